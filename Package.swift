@@ -1,0 +1,118 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "rulesd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "rulesd", targets: ["rulesd"]),
+        .executable(name: "rulesctl", targets: ["rulesctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
+    ],
+    targets: [
+        // Lua 5.4 from Debian's liblua5.4-dev.
+        .systemLibrary(name: "CLua", pkgConfig: "lua5.4", providers: [.apt(["liblua5.4-dev"])]),
+        // libinotifytools from Debian's libinotifytools0-dev (no pkg-config file is shipped).
+        .systemLibrary(name: "CInotifyTools", providers: [.apt(["libinotifytools0-dev"])]),
+        // Every use of the Lua C API: sandboxed states, budgets, bounded library functions,
+        // rule registration and evaluation, each entered from Swift through one protected call.
+        .target(name: "CRuleSandbox", dependencies: ["CLua"]),
+        // Value types of the rule model and JSON; no C, no I/O.
+        .target(name: "RuleModel"),
+        // Loads rule directories into sandboxed Lua states and evaluates them.
+        .target(
+            name: "RuleEngine",
+            dependencies: [
+                "CRuleSandbox",
+                "RuleModel",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Watches the rules directory (inotify through libinotifytools, or polling) and says when to rescan.
+        .target(
+            name: "RuleWatcher",
+            dependencies: [
+                "CInotifyTools",
+                "RuleEngine",
+                "RuleModel",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // systemd's notify, socket-activation and watchdog protocols, spoken without libsystemd.
+        .target(name: "SystemdSupport"),
+        // The socket protocol: line framing, request decoding, answer encoding.
+        .target(
+            name: "RulesProtocol",
+            dependencies: [
+                "RuleEngine",
+                "RuleModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The daemon: workers, generations, reloads, the socket server, metrics.
+        .target(
+            name: "RulesDaemon",
+            dependencies: [
+                "RuleEngine",
+                "RuleModel",
+                "RuleWatcher",
+                "RulesProtocol",
+                "SystemdSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "rulesd",
+            dependencies: [
+                "RulesDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "rulesctl",
+            dependencies: [
+                "RuleEngine",
+                "RuleModel",
+                "RulesProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "RuleModelTests", dependencies: ["RuleModel"]),
+        .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"]),
+        .testTarget(name: "RuleWatcherTests", dependencies: ["RuleWatcher", "RuleEngine", "RuleModel"]),
+        .testTarget(name: "SystemdSupportTests", dependencies: ["SystemdSupport"]),
+        .testTarget(
+            name: "RulesProtocolTests",
+            dependencies: [
+                "RulesProtocol",
+                "RuleEngine",
+                "RuleModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        // End to end: starts the real binaries on temporary sockets and rules directories.
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["rulesd", "rulesctl", "RuleModel", "SystemdSupport"]
+        ),
+    ]
+)

@@ -1,0 +1,192 @@
+/*
+ * rule_sandbox.h - the C face of one sandboxed Lua state holding a rule set.
+ *
+ * Every function here is one complete, protected transaction with Lua: it may
+ * fail, but a Lua error never escapes it (and so never unwinds a Swift frame).
+ * An rs_state is not thread-safe: one thread uses it at a time.
+ */
+#ifndef RULESD_RULE_SANDBOX_H
+#define RULESD_RULE_SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rs_state rs_state;
+
+/** Budgets of one state. Zero means "use the built-in default". */
+typedef struct rs_limits {
+    /** Bytes the Lua allocator may hand out to this state. */
+    uint64_t memory_limit;
+    /** VM instructions (and equivalent C work) per file load. */
+    uint64_t load_instruction_limit;
+    /** Wall-clock budget of one file load, in nanoseconds. */
+    uint64_t load_timeout_ns;
+    /** VM instructions (and equivalent C work) per evaluation. */
+    uint64_t eval_instruction_limit;
+    /** Wall-clock budget of one evaluation, in nanoseconds. */
+    uint64_t eval_timeout_ns;
+    /** Deepest nesting accepted in a context or request. */
+    uint32_t max_context_depth;
+    /** Most values (scalars, arrays, objects) accepted in one context or request. */
+    uint32_t max_context_values;
+    /** Lines a rule may log per evaluation, and bytes per line. */
+    uint32_t log_lines_per_eval;
+    uint32_t log_line_bytes;
+} rs_limits;
+
+/** Outcome of an evaluation. */
+typedef enum rs_status {
+    /** The rule returned a variant (flags) or a route matched (routes). */
+    RS_OK = 0,
+    /** The rule returned nil (flags), or no route matched (routes). */
+    RS_NO_DECISION = 1,
+    /** The flag has no rule (reason STATIC). */
+    RS_STATIC = 2,
+    /** The flag is disabled (reason DISABLED). */
+    RS_DISABLED = 3,
+    /** The rule raised an error (code GENERAL). */
+    RS_ERR_GENERAL = 10,
+    /** An instruction, time or memory budget ran out (code RESOURCE_LIMIT). */
+    RS_ERR_RESOURCE_LIMIT = 11,
+    /** The rule returned something that is not a variant / target (code TYPE_MISMATCH). */
+    RS_ERR_TYPE_MISMATCH = 12,
+    /** The context or request could not be converted (code INVALID_CONTEXT). */
+    RS_ERR_INVALID_CONTEXT = 13,
+    /** Misuse of this API (an index out of range, a state that failed to load). */
+    RS_ERR_INTERNAL = 14,
+} rs_status;
+
+/**
+ * Result of one evaluation. Texts (error messages, route targets) live in the state's text
+ * buffer (rs_text_buffer), valid until the next evaluation on the state.
+ */
+typedef struct rs_outcome {
+    int32_t status;          /**< an rs_status */
+    int32_t index;           /**< flags: variant index (variants sorted by name), -1 when none;
+                                  routes: index of the matching or failing route (priority order), -1 when none */
+    uint32_t message_offset; /**< error text: escaped, truncated, not NUL-terminated */
+    uint32_t message_length;
+    uint32_t target_offset;  /**< routes: the target */
+    uint32_t target_length;
+} rs_outcome;
+
+/** One problem found while loading (a compile error, a failing chunk, a validation error). */
+typedef struct rs_diagnostic {
+    const char *file;    /**< relative path, NUL-terminated; valid until the state is freed */
+    int32_t line;        /**< 0 when unknown */
+    const char *message; /**< NUL-terminated, escaped */
+} rs_diagnostic;
+
+/** A flag as declared, after validation. Strings stay valid until the state is freed. */
+typedef struct rs_flag_info {
+    const char *key;
+    const char *description;   /**< NULL when absent */
+    const char *file;
+    int32_t line;
+    int32_t enabled;
+    int32_t has_rule;
+    int32_t default_variant;   /**< index into variants */
+    int32_t variant_count;
+} rs_flag_info;
+
+typedef struct rs_variant_info {
+    const char *name;
+    const char *json;          /**< the value, as canonical JSON text */
+    size_t json_len;
+} rs_variant_info;
+
+typedef struct rs_route_info {
+    const char *name;
+    const char *description;   /**< NULL when absent */
+    const char *file;
+    int32_t line;
+    int64_t priority;
+    int32_t has_match;         /**< 0: matches every request */
+    const char *static_target; /**< NULL when the target is a function */
+} rs_route_info;
+
+typedef struct rs_config_info {
+    const char *key;
+    const char *file;
+    int32_t line;
+    const char *json;          /**< the value, as canonical JSON text */
+    size_t json_len;
+} rs_config_info;
+
+/** A line logged by a rule with log(level, message). */
+typedef struct rs_log_line {
+    int32_t level;             /**< 0 debug, 1 info, 2 warning, 3 error */
+    const char *key;           /**< flag or route being evaluated, NULL at load */
+    const char *text;          /**< escaped, truncated, NUL-terminated */
+} rs_log_line;
+
+/**
+ * Creates an empty sandboxed state.
+ * @return NULL when the state cannot be created (out of memory); `error` then holds the reason.
+ */
+rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap);
+
+/** Closes the Lua state and frees everything it owns. */
+void rs_state_free(rs_state *S);
+
+/**
+ * Compiles (text mode only) and runs one rule file's chunk in its own environment.
+ * @return 0 on success; otherwise the problem is appended to the diagnostics.
+ */
+int rs_load_file(rs_state *S, const char *relative_path, const char *source, size_t length);
+
+/**
+ * Validates the whole rule set once every file is loaded, then freezes all
+ * load-time data. After a 0 return the state only evaluates.
+ * @return the number of diagnostics (0 on success).
+ */
+int rs_finish_loading(rs_state *S);
+
+size_t rs_diagnostic_count(const rs_state *S);
+rs_diagnostic rs_diagnostic_at(const rs_state *S, size_t index);
+
+size_t rs_flag_count(const rs_state *S);
+rs_flag_info rs_flag_at(const rs_state *S, size_t index);
+rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant);
+size_t rs_route_count(const rs_state *S);
+rs_route_info rs_route_at(const rs_state *S, size_t index);
+size_t rs_config_count(const rs_state *S);
+rs_config_info rs_config_at(const rs_state *S, size_t index);
+
+/** Bytes the state's allocator currently holds. */
+uint64_t rs_memory_in_use(const rs_state *S);
+
+/**
+ * Evaluates one flag (index from rs_flag_at) for a context given as JSON text (an object).
+ * @param now seconds since the epoch that `now()` returns during this evaluation.
+ */
+void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
+                  rs_outcome *outcome);
+
+/**
+ * Evaluates every flag for one context, converted once. `outcomes` has room for rs_flag_count() entries.
+ * @return RS_OK, or RS_ERR_INVALID_CONTEXT (`context_error` then describes the problem; outcomes untouched).
+ */
+int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_length, double now,
+                          rs_outcome *outcomes, rs_outcome *context_error);
+
+/** Routes one request given as JSON text (an object). */
+void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome);
+
+/** The texts that outcomes point into; valid until the next evaluation. */
+const char *rs_text_buffer(const rs_state *S);
+
+/** Lines logged by rules since the last call; the pointers stay valid until the next evaluation. */
+size_t rs_log_count(const rs_state *S);
+rs_log_line rs_log_at(const rs_state *S, size_t index);
+/** Forgets the logged lines. */
+void rs_log_clear(rs_state *S);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,452 @@
+/*
+ * rs_freeze.c - making sure no state survives an evaluation.
+ *
+ * A rule set is loaded once per worker and then evaluated many times in the
+ * same Lua state, because a fresh state per request costs ~30 us. Two things
+ * could carry one request's data into the next:
+ *   - tables that exist at load time (file-level tables, globals, library
+ *     tables, the declarations themselves): after loading, every one reachable
+ *     from the rules is frozen in place (rs_freeze_table), so writes raise;
+ *   - variables captured by load-time closures (upvalues): a rule function
+ *     that assigns to a file-level local would keep state in it. Upvalues
+ *     cannot be made read-only, so the compiled code of every reachable
+ *     closure is inspected and such assignments are refused at load, with
+ *     the file and line of the assignment.
+ * Values that cannot be frozen (coroutines, C closures with state such as a
+ * gmatch iterator, userdata) refuse the rule set if the rules can reach them.
+ */
+#include "rs_state.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- compiled-code inspection ------------------------------------------------------------ */
+
+/* Lua 5.4's binary chunk layout (ldump.c) and the opcodes that write upvalues (lopcodes.h). The
+ * header is checked in full, so a Lua built differently is refused instead of misread. */
+#define BC_VERSION 0x54
+#define BC_FORMAT 0
+#define OP_SETUPVAL 10
+#define OP_SETTABUP 15
+#define ABSLINEINFO (-0x80)
+#define TAG_NIL 0x00
+#define TAG_FALSE 0x01
+#define TAG_TRUE 0x11
+#define TAG_INT 0x03
+#define TAG_FLOAT 0x13
+#define TAG_SHORTSTR 0x04
+#define TAG_LONGSTR 0x14
+
+typedef struct bc_reader {
+    const unsigned char *p, *end;
+    bool bad;
+} bc_reader;
+
+typedef struct bc_string {
+    const char *s;
+    size_t len; /* s == NULL: absent */
+} bc_string;
+
+typedef struct bc_abs {
+    int pc, line;
+} bc_abs;
+
+typedef struct bc_proto {
+    bc_string source;
+    int linedefined;
+    uint32_t *code;
+    size_t ncode;
+    bc_string *kstr; /* string constants by index (other constants: s == NULL) */
+    size_t nk;
+    unsigned char *up_instack, *up_idx;
+    size_t nup;
+    struct bc_proto *protos;
+    size_t nprotos;
+    signed char *lineinfo;
+    size_t nlineinfo;
+    bc_abs *abslineinfo;
+    size_t nabs;
+    bc_string *upnames;
+    size_t nupnames;
+} bc_proto;
+
+static unsigned char bc_byte(bc_reader *r) {
+    if (r->p >= r->end) {
+        r->bad = true;
+        return 0;
+    }
+    return *r->p++;
+}
+
+static size_t bc_size(bc_reader *r) {
+    size_t x = 0;
+    for (int i = 0; i < 10; i++) {
+        unsigned char b = bc_byte(r);
+        x = (x << 7) | (b & 0x7F);
+        if (b & 0x80) return x;
+        if (r->bad) return 0;
+    }
+    r->bad = true;
+    return 0;
+}
+
+static const unsigned char *bc_block(bc_reader *r, size_t n) {
+    if ((size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const unsigned char *b = r->p;
+    r->p += n;
+    return b;
+}
+
+static bc_string bc_str(bc_reader *r) {
+    bc_string s = {NULL, 0};
+    size_t size = bc_size(r);
+    if (size == 0 || r->bad) return s;
+    const unsigned char *b = bc_block(r, size - 1);
+    if (b) {
+        s.s = (const char *)b;
+        s.len = size - 1;
+    }
+    return s;
+}
+
+static void *bc_alloc(bc_reader *r, size_t n, size_t size) {
+    if (r->bad || n > (size_t)(r->end - r->p) + 1) { /* each element takes at least one byte */
+        r->bad = true;
+        return NULL;
+    }
+    void *p = calloc(n ? n : 1, size);
+    if (p == NULL) r->bad = true;
+    return p;
+}
+
+static void bc_free(bc_proto *f) {
+    free(f->code);
+    free(f->kstr);
+    free(f->up_instack);
+    free(f->up_idx);
+    for (size_t i = 0; f->protos && i < f->nprotos; i++) bc_free(&f->protos[i]);
+    free(f->protos);
+    free(f->lineinfo);
+    free(f->abslineinfo);
+    free(f->upnames);
+}
+
+static void bc_function(bc_reader *r, bc_proto *f, bc_string parent_source, int depth) {
+    if (depth > 250) {
+        r->bad = true;
+        return;
+    }
+    f->source = bc_str(r);
+    if (f->source.s == NULL) f->source = parent_source;
+    f->linedefined = (int)bc_size(r);
+    (void)bc_size(r); /* lastlinedefined */
+    (void)bc_byte(r); /* numparams */
+    (void)bc_byte(r); /* is_vararg */
+    (void)bc_byte(r); /* maxstacksize */
+    f->ncode = bc_size(r);
+    f->code = bc_alloc(r, f->ncode, sizeof *f->code);
+    const unsigned char *code = bc_block(r, f->ncode * 4);
+    if (code && f->code) memcpy(f->code, code, f->ncode * 4);
+    f->nk = bc_size(r);
+    f->kstr = bc_alloc(r, f->nk, sizeof *f->kstr);
+    for (size_t i = 0; i < f->nk && !r->bad; i++) {
+        switch (bc_byte(r)) {
+        case TAG_NIL:
+        case TAG_FALSE:
+        case TAG_TRUE: break;
+        case TAG_INT:
+        case TAG_FLOAT: bc_block(r, 8); break;
+        case TAG_SHORTSTR:
+        case TAG_LONGSTR: f->kstr[i] = bc_str(r); break;
+        default: r->bad = true;
+        }
+    }
+    f->nup = bc_size(r);
+    f->up_instack = bc_alloc(r, f->nup, 1);
+    f->up_idx = bc_alloc(r, f->nup, 1);
+    for (size_t i = 0; i < f->nup && !r->bad; i++) {
+        f->up_instack[i] = bc_byte(r);
+        f->up_idx[i] = bc_byte(r);
+        (void)bc_byte(r); /* kind */
+    }
+    f->nprotos = bc_size(r);
+    f->protos = bc_alloc(r, f->nprotos, sizeof *f->protos);
+    for (size_t i = 0; i < f->nprotos && !r->bad; i++) bc_function(r, &f->protos[i], f->source, depth + 1);
+    f->nlineinfo = bc_size(r);
+    f->lineinfo = bc_alloc(r, f->nlineinfo, 1);
+    const unsigned char *li = bc_block(r, f->nlineinfo);
+    if (li && f->lineinfo) memcpy(f->lineinfo, li, f->nlineinfo);
+    f->nabs = bc_size(r);
+    f->abslineinfo = bc_alloc(r, f->nabs, sizeof *f->abslineinfo);
+    for (size_t i = 0; i < f->nabs && !r->bad; i++) {
+        f->abslineinfo[i].pc = (int)bc_size(r);
+        f->abslineinfo[i].line = (int)bc_size(r);
+    }
+    size_t nloc = bc_size(r);
+    for (size_t i = 0; i < nloc && !r->bad; i++) {
+        (void)bc_str(r);
+        (void)bc_size(r);
+        (void)bc_size(r);
+    }
+    f->nupnames = bc_size(r);
+    f->upnames = bc_alloc(r, f->nupnames, sizeof *f->upnames);
+    for (size_t i = 0; i < f->nupnames && !r->bad; i++) f->upnames[i] = bc_str(r);
+}
+
+/* Source line of instruction `pc`: the last absolute anchor at or before it, plus the deltas. */
+static int bc_line(const bc_proto *f, int pc) {
+    if (f->nlineinfo == 0) return 0;
+    int basepc = -1, line = f->linedefined;
+    for (size_t i = 0; i < f->nabs; i++) {
+        if (f->abslineinfo[i].pc > pc) break;
+        basepc = f->abslineinfo[i].pc;
+        line = f->abslineinfo[i].line;
+    }
+    while (basepc++ < pc && (size_t)basepc < f->nlineinfo) {
+        if (f->lineinfo[basepc] != ABSLINEINFO) line += f->lineinfo[basepc];
+    }
+    return line;
+}
+
+static void bc_name(const bc_string *s, char *dst, size_t cap) {
+    if (s == NULL || s->s == NULL) {
+        snprintf(dst, cap, "?");
+        return;
+    }
+    rs_escape_text(dst, cap, s->s, s->len);
+}
+
+/* Reports writes, in `f` and the functions nested in it, to upvalues that are load-time cells
+ * (`loadtime[i]` for upvalue i of f). Returns the number reported. */
+static int bc_check(rs_state *S, const bc_proto *f, const bool *loadtime, int budget) {
+    int found = 0;
+    char file[256], name[128], key[128];
+    bc_name(&f->source, file, sizeof file);
+    const char *path = file[0] == '@' || file[0] == '=' ? file + 1 : file;
+    for (size_t pc = 0; pc < f->ncode && found < budget; pc++) {
+        uint32_t ins = f->code[pc];
+        unsigned op = ins & 0x7F;
+        if (op == OP_SETUPVAL) {
+            unsigned b = (ins >> 16) & 0xFF;
+            if (b < f->nup && loadtime[b]) {
+                bc_name(b < f->nupnames ? &f->upnames[b] : NULL, name, sizeof name);
+                rs_add_diag(S, path, bc_line(f, (int)pc),
+                            "a rule function assigns to the file-level variable '%s'; state must not survive an "
+                            "evaluation (use a local inside the function)",
+                            name);
+                found++;
+            }
+        } else if (op == OP_SETTABUP) {
+            unsigned a = (ins >> 7) & 0xFF, b = (ins >> 16) & 0xFF;
+            if (a < f->nup && loadtime[a]) {
+                bc_name(a < f->nupnames ? &f->upnames[a] : NULL, name, sizeof name);
+                bc_name(b < f->nk ? &f->kstr[b] : NULL, key, sizeof key);
+                if (strcmp(name, "_ENV") == 0)
+                    rs_add_diag(S, path, bc_line(f, (int)pc),
+                                "a rule function assigns to the global '%s'; state must not survive an evaluation "
+                                "(use a local inside the function)",
+                                key);
+                else
+                    rs_add_diag(S, path, bc_line(f, (int)pc),
+                                "a rule function assigns to field '%s' of the file-level table '%s', which is "
+                                "read-only after loading",
+                                key, name);
+                found++;
+            }
+        }
+    }
+    for (size_t i = 0; i < f->nprotos && found < budget; i++) {
+        const bc_proto *q = &f->protos[i];
+        bool *inner = calloc(q->nup ? q->nup : 1, sizeof *inner);
+        if (inner == NULL) abort();
+        bool any = false;
+        for (size_t u = 0; u < q->nup; u++) {
+            /* In the stack: a local of the enclosing function's own activation, fresh per call.
+             * Otherwise: an upvalue of the enclosing function, load-time if that one is. */
+            inner[u] = !q->up_instack[u] && q->up_idx[u] < f->nup && loadtime[q->up_idx[u]];
+            any = any || inner[u];
+        }
+        if (any) found += bc_check(S, q, inner, budget - found);
+        free(inner);
+    }
+    return found;
+}
+
+typedef struct dump_buffer {
+    bool started;
+    luaL_Buffer b;
+} dump_buffer;
+
+/* The buffer is opened on the first write, above the function being dumped (lua_dump reads the
+ * function from the top of the stack when it starts, and the buffer needs to own the top). */
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+    dump_buffer *db = ud;
+    if (!db->started) {
+        db->started = true;
+        luaL_buffinit(L, &db->b);
+    }
+    luaL_addlstring(&db->b, p, sz);
+    return 0;
+}
+
+int rs_check_closure(rs_state *S, lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    dump_buffer db;
+    db.started = false;
+    lua_pushvalue(L, idx);
+    int rc = lua_dump(L, dump_writer, &db, 0);
+    if (!db.started) luaL_buffinit(L, &db.b);
+    luaL_pushresult(&db.b);
+    lua_remove(L, -2);
+    if (rc != 0) {
+        lua_pop(L, 1);
+        rs_add_diag(S, "", 0, "cannot inspect a rule function (dump failed)");
+        return 1;
+    }
+    size_t len;
+    const unsigned char *bytes = (const unsigned char *)lua_tolstring(L, -1, &len);
+    bc_reader r = {bytes, bytes + len, false};
+    static const unsigned char signature[] = "\x1bLua";
+    static const unsigned char data[] = "\x19\x93\r\n\x1a\n";
+    const unsigned char *sig = bc_block(&r, 4);
+    bool header_ok = sig && memcmp(sig, signature, 4) == 0 && bc_byte(&r) == BC_VERSION && bc_byte(&r) == BC_FORMAT;
+    const unsigned char *d = header_ok ? bc_block(&r, 6) : NULL;
+    header_ok = header_ok && d && memcmp(d, data, 6) == 0 && bc_byte(&r) == 4 && bc_byte(&r) == 8 &&
+                bc_byte(&r) == 8 && bc_block(&r, 16) != NULL;
+    int found = 0;
+    if (!header_ok) {
+        rs_add_diag(S, "", 0, "cannot inspect compiled rules: unexpected Lua bytecode format");
+        found = 1;
+    } else {
+        (void)bc_byte(&r); /* number of upvalues of the main function */
+        bc_proto f;
+        memset(&f, 0, sizeof f);
+        bc_string none = {NULL, 0};
+        bc_function(&r, &f, none, 0);
+        if (r.bad) {
+            rs_add_diag(S, "", 0, "cannot inspect compiled rules: malformed bytecode");
+            found = 1;
+        } else {
+            bool *loadtime = calloc(f.nup ? f.nup : 1, sizeof *loadtime);
+            if (loadtime == NULL) abort();
+            for (size_t u = 0; u < f.nup; u++) loadtime[u] = true; /* every cell of a load-time closure */
+            found = bc_check(S, &f, loadtime, 20);
+            free(loadtime);
+        }
+        bc_free(&f);
+    }
+    lua_pop(L, 1);
+    return found;
+}
+
+/* ---- reachability ------------------------------------------------------------------------ */
+
+/* Work list entries: (value, origin) where origin indexes the roots table for error reports. */
+static void push_work(lua_State *L, int work, lua_Integer *n, int value, lua_Integer origin) {
+    lua_pushvalue(L, value);
+    lua_rawseti(L, work, ++*n);
+    lua_pushinteger(L, origin);
+    lua_rawseti(L, work, ++*n);
+}
+
+static void origin_report(rs_state *S, lua_State *L, int roots, lua_Integer origin, const char *what) {
+    lua_rawgeti(L, roots, origin);
+    lua_getfield(L, -1, "file");
+    lua_getfield(L, -2, "line");
+    lua_getfield(L, -3, "what");
+    rs_add_diag(S, lua_tostring(L, -3), (int32_t)lua_tointeger(L, -2), "%s keeps %s, which cannot be made read-only",
+                lua_tostring(L, -1) ? lua_tostring(L, -1) : "a rule", what);
+    lua_pop(L, 4);
+}
+
+void rs_freeze_reachable(rs_state *S, lua_State *L, int roots) {
+    roots = lua_absindex(L, roots);
+    int top = lua_gettop(L);
+    lua_newtable(L);
+    int seen = lua_gettop(L);
+    lua_newtable(L);
+    int work = lua_gettop(L);
+    lua_newtable(L);
+    int tables = lua_gettop(L);
+    lua_Integer nwork = 0, ntables = 0;
+    lua_Integer nroots = (lua_Integer)lua_rawlen(L, roots);
+    for (lua_Integer i = 1; i <= nroots; i++) {
+        lua_rawgeti(L, roots, i);
+        lua_getfield(L, -1, "value");
+        push_work(L, work, &nwork, lua_gettop(L), i);
+        lua_pop(L, 2);
+    }
+    int checked_closures = 0;
+    while (nwork > 0) {
+        lua_rawgeti(L, work, nwork - 1);
+        lua_rawgeti(L, work, nwork);
+        lua_Integer origin = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawseti(L, work, nwork--);
+        lua_pushnil(L);
+        lua_rawseti(L, work, nwork--);
+        int v = lua_gettop(L);
+        int t = lua_type(L, v);
+        if (t == LUA_TTABLE || t == LUA_TFUNCTION || t == LUA_TTHREAD || t == LUA_TUSERDATA) {
+            lua_pushvalue(L, v);
+            lua_rawget(L, seen);
+            bool was_seen = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+            if (was_seen) {
+                lua_pop(L, 1);
+                continue;
+            }
+            lua_pushvalue(L, v);
+            lua_pushboolean(L, 1);
+            lua_rawset(L, seen);
+        }
+        switch (t) {
+        case LUA_TTABLE:
+            if (rs_is_frozen(L, v)) break; /* frozen with everything it holds, when it was frozen */
+            lua_pushnil(L);
+            while (lua_next(L, v)) {
+                push_work(L, work, &nwork, -2, origin);
+                push_work(L, work, &nwork, -1, origin);
+                lua_pop(L, 1);
+            }
+            if (lua_getmetatable(L, v)) {
+                push_work(L, work, &nwork, -1, origin);
+                lua_pop(L, 1);
+            }
+            lua_pushvalue(L, v);
+            lua_rawseti(L, tables, ++ntables);
+            break;
+        case LUA_TFUNCTION:
+            if (lua_iscfunction(L, v)) {
+                if (lua_getupvalue(L, v, 1) != NULL) {
+                    lua_pop(L, 1);
+                    origin_report(S, L, roots, origin, "an iterator or wrapped coroutine created while loading");
+                }
+            } else {
+                for (int i = 1;; i++) {
+                    if (lua_getupvalue(L, v, i) == NULL) break;
+                    push_work(L, work, &nwork, -1, origin);
+                    lua_pop(L, 1);
+                }
+                if (checked_closures++ < 100000) rs_check_closure(S, L, v);
+            }
+            break;
+        case LUA_TTHREAD: origin_report(S, L, roots, origin, "a coroutine created while loading"); break;
+        case LUA_TUSERDATA:
+        case LUA_TLIGHTUSERDATA: origin_report(S, L, roots, origin, "a userdata value"); break;
+        default: break;
+        }
+        lua_pop(L, 1);
+    }
+    for (lua_Integer i = 1; i <= ntables; i++) {
+        lua_rawgeti(L, tables, i);
+        rs_freeze_table(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+}

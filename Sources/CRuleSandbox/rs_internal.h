@@ -1,0 +1,64 @@
+/*
+ * rs_internal.h - what the pieces of the rule sandbox share inside the C target.
+ *
+ * Everything that touches the Lua API lives in this target; Swift only sees
+ * include/rule_sandbox.h, whose functions each run one protected transaction.
+ * Code in this target may raise Lua errors (luaL_error) freely: every entry
+ * point from Swift runs under lua_pcall, so an error never unwinds a Swift frame.
+ */
+#ifndef RULESD_RS_INTERNAL_H
+#define RULESD_RS_INTERNAL_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef LUA_VERSION_NUM
+#error "rule sandbox needs the Lua 5.4 headers (Debian: liblua5.4-dev)"
+#endif
+#if LUA_VERSION_NUM != 504
+#error "rule sandbox is written for Lua 5.4 exactly"
+#endif
+
+/*
+ * Budget accounting.
+ *
+ * One budget counter is shared by the Lua VM (a count hook charges
+ * RS_HOOK_INTERVAL instructions each time it fires) and by every library
+ * function written in C that can do unbounded work on its own (pattern
+ * matching, string.rep, table.concat, ...): such functions call rs_charge()
+ * with an estimate of the steps they are about to take, or have taken.
+ *
+ * rs_charge() raises a Lua error when the budget is exhausted or the wall-clock
+ * deadline has passed. The breach is sticky: the sandbox marks the state as
+ * killed, so pcall/xpcall/coroutines cannot swallow it, and the host reports
+ * RESOURCE_LIMIT. Callers must not hold resources that need freeing when they
+ * call rs_charge() (it may longjmp), or must free them first.
+ */
+#define RS_HOOK_INTERVAL 1000
+
+void rs_charge(lua_State *L, uint64_t steps);
+
+/* Raise the sticky resource-limit error directly (e.g. a C function refusing an
+ * input whose processing could not be bounded). `what` is a short reason. */
+int rs_resource_error(lua_State *L, const char *what);
+
+/* The key of the flag or route whose rule is being evaluated (the default seed
+ * of split/rollout), or NULL outside an evaluation (at load time). */
+const char *rs_current_key(lua_State *L, size_t *len);
+
+/* Registers the native helper functions (split, rollout, semver, ip,
+ * starts_with, ends_with) into the table at the top of the stack. Implemented
+ * in rs_helpers.c. */
+void rs_open_helpers(lua_State *L);
+
+/* Pattern functions with a step budget, replacing string.find, string.match,
+ * string.gmatch and string.gsub; same semantics as Lua 5.4's. Implemented in
+ * rs_pattern.c. */
+int rs_str_find(lua_State *L);
+int rs_str_match(lua_State *L);
+int rs_str_gmatch(lua_State *L);
+int rs_str_gsub(lua_State *L);
+
+#endif

@@ -1,0 +1,1212 @@
+/*
+ * rs_rules.c - the rule-file API (flag, route, config, flag_value, log, now),
+ * whole-rule-set validation, and the evaluation transactions.
+ */
+#include "rs_state.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum decl_kind { DECL_FLAG = 1, DECL_ROUTE = 2, DECL_CONFIG = 3 };
+
+static const char *kind_name(int kind) {
+    return kind == DECL_FLAG ? "flag" : kind == DECL_ROUTE ? "route" : "config";
+}
+
+#define MAX_KEY_BYTES 256
+#define MAX_VARIANTS 10000
+
+/* ---- declarations ------------------------------------------------------------------------ */
+
+static void check_key(lua_State *L, int kind, const char *key, size_t len) {
+    if (len == 0) luaL_error(L, "%s name must not be empty", kind_name(kind));
+    if (len > MAX_KEY_BYTES) luaL_error(L, "%s name is longer than %d bytes", kind_name(kind), MAX_KEY_BYTES);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c <= 0x20 || c == 0x7F) luaL_error(L, "%s name must not contain spaces or control characters", kind_name(kind));
+    }
+}
+
+/* flag "key" { ... }: the second call. Upvalues: kind, key, line, token. */
+static int decl_body(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    int kind = (int)lua_tointeger(L, lua_upvalueindex(1));
+    const char *key = lua_tostring(L, lua_upvalueindex(2));
+    if (S->phase != RS_PHASE_LOAD) return luaL_error(L, "%s declarations are only allowed while a rule file loads", kind_name(kind));
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_rawget(L, -2);
+    bool pending = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!pending) return luaL_error(L, "%s '%s' was already given its definition", kind_name(kind), key);
+    if (lua_gettop(L) < 2 || lua_isnil(L, 1)) {
+        if (kind == DECL_CONFIG) return luaL_error(L, "config '%s' needs a value: config \"%s\" (value)", key, key);
+        return luaL_error(L, "%s '%s' needs a definition table: %s \"%s\" { ... }", kind_name(kind), key,
+                          kind_name(kind), key);
+    }
+    if (kind != DECL_CONFIG && lua_type(L, 1) != LUA_TTABLE)
+        return luaL_error(L, "%s '%s' needs a definition table, got a %s", kind_name(kind), key, luaL_typename(L, 1));
+    lua_pushvalue(L, lua_upvalueindex(4));
+    lua_pushnil(L);
+    lua_rawset(L, -3); /* no longer pending */
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 6);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_setfield(L, -2, "kind");
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_setfield(L, -2, "key");
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "value");
+    lua_pushstring(L, S->current_file);
+    lua_setfield(L, -2, "file");
+    lua_pushvalue(L, lua_upvalueindex(3));
+    lua_setfield(L, -2, "line");
+    lua_pushinteger(L, S->next_seq++);
+    lua_setfield(L, -2, "seq");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+static int caller_line(lua_State *L) {
+    lua_Debug ar;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) return ar.currentline;
+    return 0;
+}
+
+static int decl_start(lua_State *L, int kind) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_LOAD) return luaL_error(L, "%s declarations are only allowed while a rule file loads", kind_name(kind));
+    size_t len;
+    const char *key = luaL_checklstring(L, 1, &len);
+    check_key(L, kind, key, len);
+    int line = caller_line(L);
+    lua_pushinteger(L, kind);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, line);
+    lua_newtable(L); /* token identifying this declaration while it waits for its table */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    lua_pushvalue(L, -2);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "key");
+    lua_pushstring(L, S->current_file);
+    lua_setfield(L, -2, "file");
+    lua_pushinteger(L, line);
+    lua_setfield(L, -2, "line");
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_pushcclosure(L, decl_body, 4);
+    return 1;
+}
+
+static int api_flag(lua_State *L) { return decl_start(L, DECL_FLAG); }
+static int api_route(lua_State *L) { return decl_start(L, DECL_ROUTE); }
+static int api_config(lua_State *L) { return decl_start(L, DECL_CONFIG); }
+
+/* ---- functions available to rules while they run ----------------------------------------- */
+
+static int api_now(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_EVAL) return luaL_error(L, "now() is only available while a rule is evaluated");
+    if (S->now == floor(S->now) && fabs(S->now) < 9.0e15) lua_pushinteger(L, (lua_Integer)S->now);
+    else lua_pushnumber(L, S->now);
+    return 1;
+}
+
+static int api_log(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    int n = lua_gettop(L);
+    int level = 1, msg = 1;
+    if (n >= 2) {
+        const char *l = luaL_checkstring(L, 1);
+        if (strcmp(l, "debug") == 0) level = 0;
+        else if (strcmp(l, "info") == 0) level = 1;
+        else if (strcmp(l, "warn") == 0 || strcmp(l, "warning") == 0) level = 2;
+        else if (strcmp(l, "error") == 0) level = 3;
+        else return luaL_argerror(L, 1, "level must be debug, info, warn or error");
+        msg = 2;
+    }
+    if (S->log_lines_this_eval >= S->limits.log_lines_per_eval) {
+        S->log_lines_dropped++;
+        return 0;
+    }
+    S->log_lines_this_eval++;
+    size_t len = 0;
+    const char *text;
+    char small[64];
+    switch (lua_type(L, msg)) {
+    case LUA_TSTRING:
+    case LUA_TNUMBER: text = lua_tolstring(L, msg, &len); break;
+    case LUA_TBOOLEAN: text = lua_toboolean(L, msg) ? "true" : "false"; len = strlen(text); break;
+    default:
+        snprintf(small, sizeof small, "(%s)", luaL_typename(L, msg));
+        text = small;
+        len = strlen(text);
+    }
+    rs_charge(L, len / 16 + 1);
+    char *clean = malloc(S->limits.log_line_bytes);
+    if (clean == NULL) abort();
+    rs_escape_text(clean, S->limits.log_line_bytes, text, len);
+    if (S->log_count == S->log_cap) {
+        size_t cap = S->log_cap ? S->log_cap * 2 : 8;
+        rs_log_entry *logs = realloc(S->logs, cap * sizeof *logs);
+        if (logs == NULL) abort();
+        S->logs = logs;
+        S->log_cap = cap;
+    }
+    rs_log_entry *e = &S->logs[S->log_count++];
+    e->level = level;
+    if (S->phase == RS_PHASE_EVAL && S->current_key) e->key = rs_strndup(S->current_key, S->current_key_len);
+    else e->key = rs_strdup(S->current_file ? S->current_file : "");
+    e->text = clean;
+    return 0;
+}
+
+static int find_flag(lua_State *L, const char *key, size_t len) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_flag_index);
+    lua_pushlstring(L, key, len);
+    lua_rawget(L, -2);
+    int idx = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+    lua_pop(L, 2);
+    return idx;
+}
+
+/* Checks a rule's return value at the top against flag f; replaces it with nothing on success
+ * and returns the variant index (-1: no decision), or raises a type-mismatch message. */
+static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t why_cap) {
+    int t = lua_type(L, -1);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (t == LUA_TSTRING) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, f->variants_ref);
+        lua_pushvalue(L, -2);
+        lua_rawget(L, -2);
+        int idx = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) - 1 : -2;
+        lua_pop(L, 2);
+        if (idx >= 0) {
+            lua_pop(L, 1);
+            return idx;
+        }
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        char clean[128];
+        rs_escape_text(clean, sizeof clean, s, len);
+        snprintf(why, why_cap, "rule returned '%s', which is not a variant of flag '%s'", clean, f->key);
+    } else {
+        snprintf(why, why_cap, "rule returned a %s; a rule returns a variant name of flag '%s' or nil",
+                 lua_typename(L, t), f->key);
+    }
+    lua_pop(L, 1);
+    return -2;
+}
+
+typedef struct nested_call {
+    rs_flag_entry *f;
+} nested_call;
+
+/* flag_value(key, ctx) -> variant, value: another flag's decision, for prerequisites. */
+static int api_flag_value(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_EVAL) return luaL_error(L, "flag_value() is only available while a rule is evaluated");
+    size_t len;
+    const char *key = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int idx = find_flag(L, key, len);
+    if (idx < 0) return luaL_error(L, "flag_value: no flag named '%s'", key);
+    rs_flag_entry *f = &S->flags[idx];
+    for (int i = 0; i < S->flag_depth; i++) {
+        if (S->flag_stack[i] == idx) return luaL_error(L, "flag_value: prerequisite cycle through flag '%s'", f->key);
+    }
+    if (S->flag_depth >= RS_MAX_FLAG_DEPTH)
+        return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
+    int variant = f->default_variant;
+    if (f->enabled && f->rule_ref != LUA_NOREF) {
+        const char *saved_key = S->current_key;
+        size_t saved_len = S->current_key_len;
+        S->flag_stack[S->flag_depth++] = idx;
+        S->current_key = f->key;
+        S->current_key_len = f->key_len;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
+        lua_pushvalue(L, 2);
+        int status = lua_pcall(L, 1, 1, 0);
+        S->flag_depth--;
+        S->current_key = saved_key;
+        S->current_key_len = saved_len;
+        if (status == LUA_ERRMEM && S->killed == RS_KILL_NONE) rs_mark_killed(L, RS_KILL_MEMORY);
+        if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
+        if (status != LUA_OK) {
+            char msg[RS_MESSAGE_CAP_BYTES];
+            rs_error_text(L, -1, msg, sizeof msg);
+            return luaL_error(L, "flag_value('%s'): %s", f->key, msg);
+        }
+        char why[300];
+        int v = variant_of_result(L, f, why, sizeof why);
+        if (v == -2) return luaL_error(L, "flag_value('%s'): %s", f->key, why);
+        if (v >= 0) variant = v;
+    }
+    lua_pushstring(L, f->variants[variant].name);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
+    lua_rawgeti(L, -1, variant + 1);
+    lua_remove(L, -2);
+    return 2;
+}
+
+void rs_open_rule_api(lua_State *L) {
+    static const luaL_Reg api[] = {
+        {"flag", api_flag}, {"route", api_route}, {"config", api_config}, {"flag_value", api_flag_value},
+        {"log", api_log},   {"now", api_now},     {NULL, NULL},
+    };
+    luaL_setfuncs(L, api, 0);
+}
+
+/* ---- loading ----------------------------------------------------------------------------- */
+
+typedef struct load_args {
+    rs_state *S;
+    const char *path;
+    const char *source;
+    size_t length;
+    int stage; /* 0 compile, 1 run */
+} load_args;
+
+static int load_tx(lua_State *L) {
+    load_args *a = lua_touserdata(L, 1);
+    rs_state *S = a->S;
+    char chunkname[4200];
+    snprintf(chunkname, sizeof chunkname, "@%s", a->path);
+    /* Text mode only: a binary chunk saved as x.lua is refused ("attempt to load a binary chunk"). */
+    if (luaL_loadbufferx(L, a->source, a->length, chunkname, "t") != LUA_OK) return lua_error(L);
+    /* The file's own environment: its globals are its own, library lookups fall through to the
+     * frozen base environment. */
+    lua_createtable(L, 0, 8);
+    int env = lua_gettop(L);
+    lua_createtable(L, 0, 2);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_base);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, env);
+    lua_pushvalue(L, env);
+    lua_setfield(L, env, "_G");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, env);
+    lua_setfield(L, -2, "value");
+    lua_pushstring(L, a->path);
+    lua_setfield(L, -2, "file");
+    lua_pushinteger(L, 0);
+    lua_setfield(L, -2, "line");
+    lua_pushfstring(L, "the file-level data of %s", a->path);
+    lua_setfield(L, -2, "what");
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 1);
+    lua_setupvalue(L, env - 1, 1);
+    a->stage = 1;
+    S->current_file = a->path;
+    S->log_lines_this_eval = 0;
+    rs_arm(S, RS_PHASE_LOAD, S->limits.load_instruction_limit, S->limits.load_timeout_ns);
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+/* Splits Lua's "path:line: message" into its parts when the prefix names `path`. */
+static void add_lua_error(rs_state *S, const char *path, const char *msg) {
+    size_t plen = strlen(path);
+    if (strncmp(msg, path, plen) == 0 && msg[plen] == ':') {
+        char *end;
+        long line = strtol(msg + plen + 1, &end, 10);
+        if (end != msg + plen + 1 && *end == ':') {
+            rs_add_diag(S, path, (int32_t)line, "%s", end[1] == ' ' ? end + 2 : end + 1);
+            return;
+        }
+    }
+    rs_add_diag(S, path, 0, "%s", msg);
+}
+
+int rs_load_file(rs_state *S, const char *relative_path, const char *source, size_t length) {
+    lua_State *L = S->L;
+    if (S->finished) {
+        rs_add_diag(S, relative_path, 0, "the rule set is already complete");
+        return 1;
+    }
+    load_args a = {S, relative_path, source, length, 0};
+    lua_settop(L, 0);
+    lua_pushcfunction(L, load_tx);
+    lua_pushlightuserdata(L, &a);
+    int status = lua_pcall(L, 1, 0, 0);
+    int killed = S->killed;
+    rs_disarm(S);
+    S->current_file = NULL;
+    if (status == LUA_OK) {
+        lua_settop(L, 0);
+        return 0;
+    }
+    char msg[RS_MESSAGE_CAP_BYTES];
+    if (killed != RS_KILL_NONE || status == LUA_ERRMEM) {
+        rs_add_diag(S, relative_path, 0, "loading stopped: %s",
+                    rs_kill_message(killed != RS_KILL_NONE ? killed : RS_KILL_MEMORY));
+    } else {
+        rs_error_text(L, -1, msg, sizeof msg);
+        add_lua_error(S, relative_path, msg);
+    }
+    lua_settop(L, 0);
+    return 1;
+}
+
+/* ---- validation -------------------------------------------------------------------------- */
+
+typedef struct decl_view {
+    int kind;
+    const char *key;
+    size_t key_len;
+    const char *file;
+    int32_t line;
+    int32_t seq;
+    lua_Integer record; /* index in the decls sequence */
+} decl_view;
+
+/* Pushes the table to iterate for a definition: its storage if it is frozen. */
+static int iterable(lua_State *L, int idx) {
+    if (rs_is_frozen(L, idx)) rs_push_storage(L, idx);
+    else lua_pushvalue(L, idx);
+    return lua_gettop(L);
+}
+
+static bool field_name(lua_State *L, rs_state *S, decl_view *d, char *name, size_t cap) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+        rs_add_diag(S, d->file, d->line, "%s '%s': field names must be strings (found a %s key)", kind_name(d->kind),
+                    d->key, luaL_typename(L, -2));
+        return false;
+    }
+    size_t len;
+    const char *k = lua_tolstring(L, -2, &len);
+    rs_escape_text(name, cap, k, len);
+    return true;
+}
+
+static char *json_or_diag(lua_State *L, rs_state *S, decl_view *d, int idx, const char *what, size_t *len) {
+    if (!rs_to_json(L, idx)) {
+        rs_add_diag(S, d->file, d->line, "%s '%s': %s %s", kind_name(d->kind), d->key, what, lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return NULL;
+    }
+    const char *s = lua_tolstring(L, -1, len);
+    char *copy = rs_strndup(s, *len);
+    lua_pop(L, 1);
+    return copy;
+}
+
+typedef struct variant_tmp {
+    const char *name;
+    size_t len;
+} variant_tmp;
+
+static int variant_cmp(const void *a, const void *b) {
+    const variant_tmp *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->len < y->len ? -1 : (x->len > y->len));
+}
+
+static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_flag_entry *f) {
+    int top = lua_gettop(L);
+    int t = iterable(L, def);
+    lua_createtable(L, 0, 3); /* variants, default and rule, collected by name */
+    int fields = lua_gettop(L);
+    bool ok = true;
+    f->enabled = true;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        char name[80];
+        if (!field_name(L, S, d, name, sizeof name)) {
+            ok = false;
+            lua_pop(L, 1);
+            continue;
+        }
+        int vt = lua_type(L, -1);
+        if (strcmp(name, "description") == 0 && vt == LUA_TSTRING) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            f->description = rs_strndup(s, len);
+        } else if ((strcmp(name, "variants") == 0 && vt == LUA_TTABLE) ||
+                   (strcmp(name, "default") == 0 && vt == LUA_TSTRING) ||
+                   (strcmp(name, "rule") == 0 && vt == LUA_TFUNCTION)) {
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -2);
+            lua_rawset(L, fields);
+        } else if (strcmp(name, "enabled") == 0 && vt == LUA_TBOOLEAN) {
+            f->enabled = lua_toboolean(L, -1);
+        } else if (strcmp(name, "description") == 0 || strcmp(name, "variants") == 0 ||
+                   strcmp(name, "default") == 0 || strcmp(name, "enabled") == 0 || strcmp(name, "rule") == 0) {
+            static const char *const expected[] = {"a string", "a table", "a string", "a boolean", "a function"};
+            static const char *const names[] = {"description", "variants", "default", "enabled", "rule"};
+            for (int i = 0; i < 5; i++)
+                if (strcmp(name, names[i]) == 0)
+                    rs_add_diag(S, d->file, d->line, "flag '%s': '%s' must be %s, not a %s", d->key, name, expected[i],
+                                luaL_typename(L, -1));
+            ok = false;
+        } else {
+            rs_add_diag(S, d->file, d->line,
+                        "flag '%s': unknown field '%s' (a flag has description, variants, default, enabled, rule)",
+                        d->key, name);
+            ok = false;
+        }
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, fields, "variants");
+    int variants = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_getfield(L, fields, "default");
+    int deflt = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_getfield(L, fields, "rule");
+    int rule = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    /* Variants, sorted by name; their values as JSON; lookup tables for evaluation. */
+    lua_newtable(L);
+    int vmap = lua_gettop(L);
+    lua_newtable(L);
+    int values = lua_gettop(L);
+    if (variants) {
+        int vt = iterable(L, variants);
+        size_t count = 0;
+        lua_pushnil(L);
+        while (lua_next(L, vt)) {
+            count++;
+            lua_pop(L, 1);
+        }
+        if (count == 0) {
+            rs_add_diag(S, d->file, d->line, "flag '%s': variants must not be empty", d->key);
+            ok = false;
+        } else if (count > MAX_VARIANTS) {
+            rs_add_diag(S, d->file, d->line, "flag '%s': more than %d variants", d->key, MAX_VARIANTS);
+            ok = false;
+        } else {
+            variant_tmp *names = lua_newuserdatauv(L, count * sizeof *names, 0);
+            size_t n = 0;
+            lua_pushnil(L);
+            while (lua_next(L, vt)) {
+                if (lua_type(L, -2) != LUA_TSTRING) {
+                    rs_add_diag(S, d->file, d->line, "flag '%s': variant names must be strings (found a %s)", d->key,
+                                luaL_typename(L, -2));
+                    ok = false;
+                } else {
+                    names[n].name = lua_tolstring(L, -2, &names[n].len);
+                    if (names[n].len == 0 || names[n].len > MAX_KEY_BYTES) {
+                        rs_add_diag(S, d->file, d->line, "flag '%s': a variant name is empty or too long", d->key);
+                        ok = false;
+                    } else {
+                        n++;
+                    }
+                }
+                lua_pop(L, 1);
+            }
+            qsort(names, n, sizeof *names, variant_cmp);
+            f->variants = calloc(n ? n : 1, sizeof *f->variants);
+            if (f->variants == NULL) abort();
+            for (size_t i = 0; i < n; i++) {
+                lua_pushlstring(L, names[i].name, names[i].len);
+                lua_pushvalue(L, -1);
+                lua_rawget(L, vt);
+                char label[MAX_KEY_BYTES + 32];
+                char clean[MAX_KEY_BYTES + 8];
+                rs_escape_text(clean, sizeof clean, names[i].name, names[i].len);
+                snprintf(label, sizeof label, "variant '%s'", clean);
+                size_t jlen;
+                char *json = json_or_diag(L, S, d, lua_gettop(L), label, &jlen);
+                if (json == NULL) {
+                    ok = false;
+                    lua_pop(L, 2);
+                    continue;
+                }
+                rs_variant_entry *v = &f->variants[f->variant_count];
+                v->name = rs_strndup(names[i].name, names[i].len);
+                v->json = json;
+                v->json_len = jlen;
+                f->variant_count++;
+                lua_rawseti(L, values, f->variant_count); /* the value */
+                lua_pushinteger(L, f->variant_count);
+                lua_rawset(L, vmap); /* name -> index */
+            }
+            lua_pop(L, 1); /* names */
+        }
+        lua_pop(L, 1); /* vt */
+        if (!deflt) {
+            rs_add_diag(S, d->file, d->line, "flag '%s': 'default' is required when 'variants' are given", d->key);
+            ok = false;
+        }
+    } else {
+        f->variants = calloc(2, sizeof *f->variants);
+        if (f->variants == NULL) abort();
+        const char *const names[] = {"off", "on"};
+        for (int i = 0; i < 2; i++) {
+            f->variants[i].name = rs_strdup(names[i]);
+            f->variants[i].json = rs_strdup(i ? "true" : "false");
+            f->variants[i].json_len = strlen(f->variants[i].json);
+            lua_pushboolean(L, i);
+            lua_rawseti(L, values, i + 1);
+            lua_pushstring(L, names[i]);
+            lua_pushinteger(L, i + 1);
+            lua_rawset(L, vmap);
+        }
+        f->variant_count = 2;
+    }
+    f->default_variant = -1;
+    if (deflt) {
+        lua_pushvalue(L, deflt);
+        lua_rawget(L, vmap);
+        if (lua_isinteger(L, -1)) f->default_variant = (int32_t)lua_tointeger(L, -1) - 1;
+        else if (ok) {
+            char clean[MAX_KEY_BYTES + 8];
+            size_t len;
+            const char *s = lua_tolstring(L, deflt, &len);
+            rs_escape_text(clean, sizeof clean, s, len);
+            rs_add_diag(S, d->file, d->line, "flag '%s': default '%s' is not one of its variants", d->key, clean);
+            ok = false;
+        }
+        lua_pop(L, 1);
+    } else if (!variants) {
+        f->default_variant = 0; /* "off" */
+    }
+    if (ok) {
+        lua_pushvalue(L, vmap);
+        f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pushvalue(L, values);
+        f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        if (rule) {
+            lua_pushvalue(L, rule);
+            f->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+    }
+    lua_settop(L, top);
+}
+
+static void validate_route(lua_State *L, rs_state *S, decl_view *d, int def, rs_route_entry *r) {
+    int top = lua_gettop(L);
+    int t = iterable(L, def);
+    bool ok = true, has_target = false;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        char name[80];
+        if (!field_name(L, S, d, name, sizeof name)) {
+            ok = false;
+            lua_pop(L, 1);
+            continue;
+        }
+        int vt = lua_type(L, -1);
+        if (strcmp(name, "description") == 0 && vt == LUA_TSTRING) {
+            r->description = rs_strdup(lua_tostring(L, -1));
+        } else if (strcmp(name, "priority") == 0 && vt == LUA_TNUMBER) {
+            lua_Integer p;
+            if (lua_isinteger(L, -1)) p = lua_tointeger(L, -1);
+            else {
+                double v = lua_tonumber(L, -1);
+                if (v != floor(v) || fabs(v) > 9.0e15) {
+                    rs_add_diag(S, d->file, d->line, "route '%s': priority must be an integer", d->key);
+                    ok = false;
+                }
+                p = (lua_Integer)(v == v && fabs(v) <= 9.0e15 ? v : 0);
+            }
+            r->priority = p;
+        } else if (strcmp(name, "match") == 0 && vt == LUA_TFUNCTION) {
+            lua_pushvalue(L, -1);
+            r->match_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        } else if (strcmp(name, "target") == 0 && (vt == LUA_TFUNCTION || vt == LUA_TSTRING)) {
+            has_target = true;
+            if (vt == LUA_TSTRING) {
+                size_t len;
+                const char *s = lua_tolstring(L, -1, &len);
+                if (len == 0 || len >= RS_TARGET_CAP) {
+                    rs_add_diag(S, d->file, d->line, "route '%s': target must be a non-empty string under %d bytes",
+                                d->key, RS_TARGET_CAP);
+                    ok = false;
+                } else {
+                    r->static_target = rs_strndup(s, len);
+                }
+            } else {
+                lua_pushvalue(L, -1);
+                r->target_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            }
+        } else if (strcmp(name, "description") == 0 || strcmp(name, "priority") == 0 || strcmp(name, "match") == 0 ||
+                   strcmp(name, "target") == 0) {
+            const char *expected = strcmp(name, "description") == 0 ? "a string"
+                                   : strcmp(name, "priority") == 0  ? "an integer"
+                                   : strcmp(name, "match") == 0     ? "a function"
+                                                                    : "a string or a function";
+            rs_add_diag(S, d->file, d->line, "route '%s': '%s' must be %s, not a %s", d->key, name, expected,
+                        luaL_typename(L, -1));
+            ok = false;
+        } else {
+            rs_add_diag(S, d->file, d->line,
+                        "route '%s': unknown field '%s' (a route has description, priority, match, target)", d->key,
+                        name);
+            ok = false;
+        }
+        lua_pop(L, 1);
+    }
+    if (!has_target && ok) rs_add_diag(S, d->file, d->line, "route '%s': 'target' is required", d->key);
+    lua_settop(L, top);
+}
+
+static int decl_cmp(const void *a, const void *b) {
+    const decl_view *x = a, *y = b;
+    if (x->kind != y->kind) return x->kind - y->kind;
+    size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+    int c = memcmp(x->key, y->key, n);
+    if (c) return c;
+    if (x->key_len != y->key_len) return x->key_len < y->key_len ? -1 : 1;
+    c = strcmp(x->file, y->file);
+    if (c) return c;
+    return x->seq - y->seq;
+}
+
+static int route_cmp(const void *a, const void *b) {
+    const rs_route_entry *x = a, *y = b;
+    if (x->priority != y->priority) return x->priority > y->priority ? -1 : 1;
+    int c = strcmp(x->file, y->file);
+    if (c) return c;
+    return x->seq - y->seq;
+}
+
+static int diag_cmp(const void *a, const void *b) {
+    const rs_diag_entry *x = a, *y = b;
+    int c = strcmp(x->file, y->file);
+    if (c) return c;
+    if (x->line != y->line) return x->line < y->line ? -1 : 1;
+    return strcmp(x->message, y->message);
+}
+
+typedef struct finish_args {
+    rs_state *S;
+} finish_args;
+
+static int finish_tx(lua_State *L) {
+    rs_state *S = ((finish_args *)lua_touserdata(L, 1))->S;
+    lua_settop(L, 0);
+    /* Declarations left waiting for their table: `flag "x"` alone does nothing and is a mistake. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_getfield(L, -1, "kind");
+        lua_getfield(L, -2, "key");
+        lua_getfield(L, -3, "file");
+        lua_getfield(L, -4, "line");
+        int kind = (int)lua_tointeger(L, -4);
+        rs_add_diag(S, lua_tostring(L, -2), (int32_t)lua_tointeger(L, -1),
+                    "%s '%s' is declared without a definition (write %s \"%s\" { ... })", kind_name(kind),
+                    lua_tostring(L, -3), kind_name(kind), lua_tostring(L, -3));
+        lua_pop(L, 5);
+    }
+    lua_settop(L, 0);
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
+    int decls = 1;
+    size_t n = lua_rawlen(L, decls);
+    decl_view *views = lua_newuserdatauv(L, (n ? n : 1) * sizeof *views, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, decls, (lua_Integer)i + 1);
+        lua_getfield(L, -1, "kind");
+        views[i].kind = (int)lua_tointeger(L, -1);
+        lua_getfield(L, -2, "key");
+        views[i].key = lua_tolstring(L, -1, &views[i].key_len);
+        lua_getfield(L, -3, "file");
+        views[i].file = lua_tostring(L, -1);
+        lua_getfield(L, -4, "line");
+        views[i].line = (int32_t)lua_tointeger(L, -1);
+        lua_getfield(L, -5, "seq");
+        views[i].seq = (int32_t)lua_tointeger(L, -1);
+        views[i].record = (lua_Integer)i + 1;
+        lua_pop(L, 6); /* the strings stay alive in the records */
+    }
+    qsort(views, n, sizeof *views, decl_cmp);
+    size_t nflags = 0, nroutes = 0, nconfigs = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && views[i].kind == views[i - 1].kind && views[i].key_len == views[i - 1].key_len &&
+            memcmp(views[i].key, views[i - 1].key, views[i].key_len) == 0) {
+            size_t first = i - 1;
+            while (first > 0 && views[first - 1].kind == views[i].kind && views[first - 1].key_len == views[i].key_len &&
+                   memcmp(views[first - 1].key, views[i].key, views[i].key_len) == 0)
+                first--;
+            rs_add_diag(S, views[i].file, views[i].line, "duplicate %s '%s' (first declared at %s:%d)",
+                        kind_name(views[i].kind), views[i].key, views[first].file, views[first].line);
+            views[i].kind = -views[i].kind; /* skip it below */
+            continue;
+        }
+        if (views[i].kind == DECL_FLAG) nflags++;
+        else if (views[i].kind == DECL_ROUTE) nroutes++;
+        else nconfigs++;
+    }
+    S->flags = calloc(nflags ? nflags : 1, sizeof *S->flags);
+    S->routes = calloc(nroutes ? nroutes : 1, sizeof *S->routes);
+    S->configs = calloc(nconfigs ? nconfigs : 1, sizeof *S->configs);
+    if (!S->flags || !S->routes || !S->configs) abort();
+    lua_newtable(L);
+    int flag_index = lua_gettop(L);
+    for (size_t i = 0; i < n; i++) {
+        decl_view *d = &views[i];
+        if (d->kind < 0) continue;
+        lua_rawgeti(L, decls, d->record);
+        lua_getfield(L, -1, "value");
+        int def = lua_gettop(L);
+        if (d->kind == DECL_FLAG) {
+            rs_flag_entry *f = &S->flags[S->flag_count++];
+            f->key = rs_strndup(d->key, d->key_len);
+            f->key_len = d->key_len;
+            f->file = rs_strdup(d->file);
+            f->line = d->line;
+            f->seq = d->seq;
+            f->rule_ref = f->variants_ref = f->values_ref = LUA_NOREF;
+            validate_flag(L, S, d, def, f);
+            lua_pushlstring(L, d->key, d->key_len);
+            lua_pushinteger(L, (lua_Integer)S->flag_count - 1);
+            lua_rawset(L, flag_index);
+        } else if (d->kind == DECL_ROUTE) {
+            rs_route_entry *r = &S->routes[S->route_count++];
+            r->name = rs_strndup(d->key, d->key_len);
+            r->name_len = d->key_len;
+            r->file = rs_strdup(d->file);
+            r->line = d->line;
+            r->seq = d->seq;
+            r->match_ref = r->target_ref = LUA_NOREF;
+            validate_route(L, S, d, def, r);
+        } else {
+            rs_config_entry *c = &S->configs[S->config_count++];
+            c->key = rs_strndup(d->key, d->key_len);
+            c->file = rs_strdup(d->file);
+            c->line = d->line;
+            size_t len = 0;
+            c->json = json_or_diag(L, S, d, def, "value", &len);
+            if (c->json == NULL) c->json = rs_strdup("null");
+            c->json_len = c->json ? strlen(c->json) : 0;
+            if (len) c->json_len = len;
+        }
+        lua_pop(L, 2);
+    }
+    lua_pushvalue(L, flag_index);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_flag_index);
+    qsort(S->routes, S->route_count, sizeof *S->routes, route_cmp);
+
+    /* Freeze everything the rules can reach, checking closures on the way. */
+    lua_newtable(L);
+    int roots = lua_gettop(L);
+    lua_Integer nroots = 0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
+    size_t nenvs = lua_rawlen(L, -1);
+    for (size_t i = 1; i <= nenvs; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        lua_rawseti(L, roots, ++nroots);
+    }
+    lua_pop(L, 1);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, decls, (lua_Integer)i);
+        lua_createtable(L, 0, 4);
+        lua_getfield(L, -2, "value");
+        lua_setfield(L, -2, "value");
+        lua_getfield(L, -2, "file");
+        lua_setfield(L, -2, "file");
+        lua_getfield(L, -2, "line");
+        lua_setfield(L, -2, "line");
+        lua_getfield(L, -2, "kind");
+        lua_getfield(L, -3, "key");
+        lua_pushfstring(L, "%s '%s'", kind_name((int)lua_tointeger(L, -2)), lua_tostring(L, -1));
+        lua_setfield(L, -4, "what");
+        lua_pop(L, 2);
+        lua_rawseti(L, roots, ++nroots);
+        lua_pop(L, 1);
+    }
+    rs_freeze_reachable(S, L, roots);
+    /* Nothing below may be reached by rules, and loading is over: drop the load-time bookkeeping. */
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    return 0;
+}
+
+int rs_finish_loading(rs_state *S) {
+    lua_State *L = S->L;
+    if (!S->finished) {
+        S->finished = true;
+        finish_args a = {S};
+        lua_settop(L, 0);
+        lua_pushcfunction(L, finish_tx);
+        lua_pushlightuserdata(L, &a);
+        S->phase = RS_PHASE_HOST;
+        int status = lua_pcall(L, 1, 0, 0);
+        if (status != LUA_OK) {
+            char msg[RS_MESSAGE_CAP_BYTES];
+            if (status == LUA_ERRMEM) snprintf(msg, sizeof msg, "%s", rs_kill_message(RS_KILL_MEMORY));
+            else rs_error_text(L, -1, msg, sizeof msg);
+            rs_add_diag(S, "", 0, "validating the rule set failed: %s", msg);
+        }
+        lua_settop(L, 0);
+        rs_disarm(S);
+        /* Stable order, one line per problem (a shared helper reached twice reports once). */
+        if (S->diag_count > 1) qsort(S->diags, S->diag_count, sizeof *S->diags, diag_cmp);
+        size_t w = 0;
+        for (size_t i = 0; i < S->diag_count; i++) {
+            if (w > 0 && diag_cmp(&S->diags[w - 1], &S->diags[i]) == 0) {
+                free(S->diags[i].file);
+                free(S->diags[i].message);
+                continue;
+            }
+            S->diags[w++] = S->diags[i];
+        }
+        S->diag_count = w;
+        S->usable = S->diag_count == 0;
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    return (int)S->diag_count;
+}
+
+/* ---- model -------------------------------------------------------------------------------- */
+
+size_t rs_flag_count(const rs_state *S) { return S->usable ? S->flag_count : 0; }
+
+rs_flag_info rs_flag_at(const rs_state *S, size_t index) {
+    rs_flag_info info;
+    memset(&info, 0, sizeof info);
+    if (!S->usable || index >= S->flag_count) return info;
+    const rs_flag_entry *f = &S->flags[index];
+    info.key = f->key;
+    info.description = f->description;
+    info.file = f->file;
+    info.line = f->line;
+    info.enabled = f->enabled;
+    info.has_rule = f->rule_ref != LUA_NOREF;
+    info.default_variant = f->default_variant;
+    info.variant_count = f->variant_count;
+    return info;
+}
+
+rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant) {
+    rs_variant_info info = {"", "null", 4};
+    if (!S->usable || flag >= S->flag_count || variant >= (size_t)S->flags[flag].variant_count) return info;
+    const rs_variant_entry *v = &S->flags[flag].variants[variant];
+    info.name = v->name;
+    info.json = v->json;
+    info.json_len = v->json_len;
+    return info;
+}
+
+size_t rs_route_count(const rs_state *S) { return S->usable ? S->route_count : 0; }
+
+rs_route_info rs_route_at(const rs_state *S, size_t index) {
+    rs_route_info info;
+    memset(&info, 0, sizeof info);
+    if (!S->usable || index >= S->route_count) return info;
+    const rs_route_entry *r = &S->routes[index];
+    info.name = r->name;
+    info.description = r->description;
+    info.file = r->file;
+    info.line = r->line;
+    info.priority = r->priority;
+    info.has_match = r->match_ref != LUA_NOREF;
+    info.static_target = r->static_target;
+    return info;
+}
+
+size_t rs_config_count(const rs_state *S) { return S->usable ? S->config_count : 0; }
+
+rs_config_info rs_config_at(const rs_state *S, size_t index) {
+    rs_config_info info;
+    memset(&info, 0, sizeof info);
+    if (!S->usable || index >= S->config_count) return info;
+    const rs_config_entry *c = &S->configs[index];
+    info.key = c->key;
+    info.file = c->file;
+    info.line = c->line;
+    info.json = c->json;
+    info.json_len = c->json_len;
+    return info;
+}
+
+/* ---- evaluation --------------------------------------------------------------------------- */
+
+enum eval_stage { STAGE_CONTEXT, STAGE_RULE, STAGE_RESULT };
+
+typedef struct eval_args {
+    rs_state *S;
+    const char *json;
+    size_t json_len;
+    size_t flag;
+    rs_outcome *outcome;
+    rs_outcome *outcomes; /* all flags */
+    int stage;
+    int route;
+    char why[300];
+} eval_args;
+
+static void set_message(rs_state *S, rs_outcome *o, const char *msg, size_t len) {
+    o->message_offset = rs_text_append(S, msg, len, true, &o->message_length);
+}
+
+/* Classifies a failed protected call of user code (error object on top). */
+static void classify_failure(rs_state *S, lua_State *L, int status, rs_outcome *o) {
+    char msg[RS_MESSAGE_CAP_BYTES];
+    if (S->killed != RS_KILL_NONE || status == LUA_ERRMEM) {
+        o->status = RS_ERR_RESOURCE_LIMIT;
+        const char *m = rs_kill_message(S->killed != RS_KILL_NONE ? S->killed : RS_KILL_MEMORY);
+        set_message(S, o, m, strlen(m));
+        return;
+    }
+    o->status = RS_ERR_GENERAL;
+    size_t len = rs_error_text(L, -1, msg, sizeof msg);
+    set_message(S, o, msg, len);
+}
+
+static void begin_rule(rs_state *S, const char *key, size_t key_len) {
+    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
+    S->current_key = key;
+    S->current_key_len = key_len;
+    S->flag_depth = 0;
+    S->log_lines_this_eval = 0;
+}
+
+/* Runs one flag's rule with the context at `ctx`; fills the outcome. Never raises. */
+static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcome *o) {
+    rs_flag_entry *f = &S->flags[index];
+    o->index = f->default_variant;
+    if (!f->enabled) {
+        o->status = RS_DISABLED;
+        return;
+    }
+    if (f->rule_ref == LUA_NOREF) {
+        o->status = RS_STATIC;
+        return;
+    }
+    begin_rule(S, f->key, f->key_len);
+    S->flag_stack[S->flag_depth++] = (int32_t)index;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
+    lua_pushvalue(L, ctx);
+    int status = lua_pcall(L, 1, 1, 0);
+    if (status != LUA_OK) {
+        classify_failure(S, L, status, o);
+        lua_pop(L, 1);
+        rs_disarm(S);
+        return;
+    }
+    rs_disarm(S);
+    char why[300];
+    int v = variant_of_result(L, f, why, sizeof why);
+    if (v == -2) {
+        o->status = RS_ERR_TYPE_MISMATCH;
+        set_message(S, o, why, strlen(why));
+    } else if (v == -1) {
+        o->status = RS_NO_DECISION;
+    } else {
+        o->status = RS_OK;
+        o->index = v;
+    }
+}
+
+static int eval_flag_tx(lua_State *L) {
+    eval_args *a = lua_touserdata(L, 1);
+    rs_state *S = a->S;
+    a->stage = STAGE_CONTEXT;
+    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    a->stage = STAGE_RULE;
+    run_flag(S, L, a->flag, lua_gettop(L), a->outcome);
+    return 0;
+}
+
+static void reset_outcome(rs_outcome *o) { memset(o, 0, sizeof *o); }
+
+void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
+                  rs_outcome *outcome) {
+    lua_State *L = S->L;
+    reset_outcome(outcome);
+    S->text_len = 0;
+    if (!S->usable || flag >= S->flag_count) {
+        outcome->status = RS_ERR_INTERNAL;
+        outcome->index = -1;
+        set_message(S, outcome, "no such flag in this rule set", 29);
+        return;
+    }
+    rs_flag_entry *f = &S->flags[flag];
+    if (!f->enabled || f->rule_ref == LUA_NOREF) {
+        /* No rule runs, so the context is not even converted. */
+        outcome->status = f->enabled ? RS_STATIC : RS_DISABLED;
+        outcome->index = f->default_variant;
+        return;
+    }
+    S->now = now;
+    eval_args a;
+    a.S = S;
+    a.json = context_json;
+    a.json_len = context_length;
+    a.flag = flag;
+    a.outcome = outcome;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, eval_flag_tx);
+    lua_pushlightuserdata(L, &a);
+    int status = lua_pcall(L, 1, 0, 0);
+    if (status != LUA_OK) {
+        outcome->index = f->default_variant;
+        if (a.stage == STAGE_CONTEXT && status != LUA_ERRMEM) {
+            char msg[RS_MESSAGE_CAP_BYTES];
+            size_t len = rs_error_text(L, -1, msg, sizeof msg);
+            outcome->status = RS_ERR_INVALID_CONTEXT;
+            set_message(S, outcome, msg, len);
+        } else {
+            classify_failure(S, L, status, outcome);
+        }
+    }
+    rs_disarm(S);
+    lua_settop(L, 0);
+}
+
+static int eval_all_tx(lua_State *L) {
+    eval_args *a = lua_touserdata(L, 1);
+    rs_state *S = a->S;
+    a->stage = STAGE_CONTEXT;
+    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    a->stage = STAGE_RULE;
+    int ctx = lua_gettop(L);
+    for (size_t i = 0; i < S->flag_count; i++) {
+        reset_outcome(&a->outcomes[i]);
+        run_flag(S, L, i, ctx, &a->outcomes[i]);
+        lua_settop(L, ctx);
+    }
+    return 0;
+}
+
+int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_length, double now,
+                          rs_outcome *outcomes, rs_outcome *context_error) {
+    lua_State *L = S->L;
+    reset_outcome(context_error);
+    S->text_len = 0;
+    if (!S->usable) {
+        context_error->status = RS_ERR_INTERNAL;
+        return RS_ERR_INTERNAL;
+    }
+    S->now = now;
+    eval_args a;
+    a.S = S;
+    a.json = context_json;
+    a.json_len = context_length;
+    a.outcomes = outcomes;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, eval_all_tx);
+    lua_pushlightuserdata(L, &a);
+    int status = lua_pcall(L, 1, 0, 0);
+    int32_t result = RS_OK;
+    if (status != LUA_OK) {
+        /* Each flag runs in its own protected call, so only the context conversion (or memory
+         * exhaustion outside any rule) ends up here. */
+        if (a.stage == STAGE_CONTEXT && status != LUA_ERRMEM) {
+            char msg[RS_MESSAGE_CAP_BYTES];
+            size_t len = rs_error_text(L, -1, msg, sizeof msg);
+            context_error->status = RS_ERR_INVALID_CONTEXT;
+            set_message(S, context_error, msg, len);
+        } else {
+            classify_failure(S, L, status, context_error);
+        }
+        result = context_error->status;
+    }
+    rs_disarm(S);
+    lua_settop(L, 0);
+    return result;
+}
+
+static int eval_route_tx(lua_State *L) {
+    eval_args *a = lua_touserdata(L, 1);
+    rs_state *S = a->S;
+    rs_outcome *o = a->outcome;
+    a->stage = STAGE_CONTEXT;
+    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    int req = lua_gettop(L);
+    a->stage = STAGE_RULE;
+    o->status = RS_NO_DECISION;
+    o->index = -1;
+    /* One budget for the whole routing decision, however many routes it tries. */
+    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
+    S->log_lines_this_eval = 0;
+    for (size_t i = 0; i < S->route_count; i++) {
+        rs_route_entry *r = &S->routes[i];
+        S->current_key = r->name;
+        S->current_key_len = r->name_len;
+        a->route = (int)i;
+        if (r->match_ref != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, r->match_ref);
+            lua_pushvalue(L, req);
+            lua_call(L, 1, 1);
+            bool matched = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+            if (!matched) continue;
+        }
+        o->index = (int32_t)i;
+        if (r->static_target) {
+            o->status = RS_OK;
+            o->target_offset = rs_text_append(S, r->static_target, strlen(r->static_target), false, &o->target_length);
+            return 0;
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->target_ref);
+        lua_pushvalue(L, req);
+        lua_call(L, 1, 1);
+        size_t len = 0;
+        const char *target = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (target == NULL || len == 0 || len >= RS_TARGET_CAP) {
+            a->stage = STAGE_RESULT;
+            if (target == NULL)
+                snprintf(a->why, sizeof a->why, "target function of route '%s' returned a %s, not a string", r->name,
+                         luaL_typename(L, -1));
+            else
+                snprintf(a->why, sizeof a->why, "target function of route '%s' returned an empty or oversized string",
+                         r->name);
+            return 0;
+        }
+        o->status = RS_OK;
+        o->target_offset = rs_text_append(S, target, len, false, &o->target_length);
+        return 0;
+    }
+    o->index = -1;
+    return 0;
+}
+
+void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome) {
+    lua_State *L = S->L;
+    reset_outcome(outcome);
+    S->text_len = 0;
+    if (!S->usable) {
+        outcome->status = RS_ERR_INTERNAL;
+        outcome->index = -1;
+        return;
+    }
+    S->now = now;
+    eval_args a;
+    memset(&a, 0, sizeof a);
+    a.S = S;
+    a.json = request_json;
+    a.json_len = request_length;
+    a.outcome = outcome;
+    a.route = -1;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, eval_route_tx);
+    lua_pushlightuserdata(L, &a);
+    int status = lua_pcall(L, 1, 0, 0);
+    if (status != LUA_OK) {
+        if (a.stage == STAGE_CONTEXT && status != LUA_ERRMEM) {
+            char msg[RS_MESSAGE_CAP_BYTES];
+            size_t len = rs_error_text(L, -1, msg, sizeof msg);
+            outcome->status = RS_ERR_INVALID_CONTEXT;
+            set_message(S, outcome, msg, len);
+        } else {
+            classify_failure(S, L, status, outcome);
+        }
+        outcome->index = a.route;
+    } else if (a.stage == STAGE_RESULT) {
+        outcome->status = RS_ERR_TYPE_MISMATCH;
+        set_message(S, outcome, a.why, strlen(a.why));
+        outcome->index = a.route;
+    }
+    rs_disarm(S);
+    lua_settop(L, 0);
+}

@@ -1,0 +1,434 @@
+/*
+ * rs_state.c - a sandboxed Lua state: capped allocator, instruction/deadline
+ * guard with a sticky kill, diagnostics and the text buffer.
+ */
+#define _GNU_SOURCE
+#include "rs_state.h"
+
+#include <lualib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char rs_key_decls = 0;
+const char rs_key_pending = 0;
+const char rs_key_envs = 0;
+const char rs_key_base = 0;
+const char rs_key_flag_index = 0;
+const char rs_key_twins = 0;
+
+#define DEFAULT_MEMORY_LIMIT (64ull << 20)
+#define DEFAULT_LOAD_INSTRUCTIONS 50000000ull
+#define DEFAULT_LOAD_TIMEOUT_NS 2000000000ull
+#define DEFAULT_EVAL_INSTRUCTIONS 1000000ull
+#define DEFAULT_EVAL_TIMEOUT_NS 50000000ull
+#define DEFAULT_CONTEXT_DEPTH 32
+#define DEFAULT_CONTEXT_VALUES 10000
+#define DEFAULT_LOG_LINES 8
+#define DEFAULT_LOG_BYTES 512
+
+uint64_t rs_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+rs_state *rs_state_of(lua_State *L) {
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return (rs_state *)ud;
+}
+
+/*
+ * The allocator enforces the state's byte cap. Once a rule has been killed it
+ * refuses all growth, which turns allocating C loops (which the count hook
+ * cannot interrupt) into a memory error at the moment of the kill.
+ */
+static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    rs_state *S = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        S->memory_in_use -= old;
+        return NULL;
+    }
+    if (nsize > old) {
+        uint64_t growth = nsize - old;
+        if (S->killed != RS_KILL_NONE && S->phase != RS_PHASE_HOST && S->phase != RS_PHASE_SETUP) return NULL;
+        if (S->memory_in_use + growth > S->memory_limit) return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p == NULL) return NULL;
+    S->memory_in_use = S->memory_in_use - old + nsize;
+    return p;
+}
+
+static int rs_panic(lua_State *L) {
+    /* An error outside any protected call: every entry point uses lua_pcall, so this means a bug
+     * in the sandbox. Continuing with the state (or returning into Swift) would be unsafe. */
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)";
+    fprintf(stderr, "rulesd: fatal: unprotected Lua error: %s\n", msg);
+    fflush(stderr);
+    abort();
+}
+
+const char *rs_kill_message(int kill) {
+    switch (kill) {
+    case RS_KILL_INSTRUCTIONS: return "resource limit: instruction budget exhausted";
+    case RS_KILL_DEADLINE: return "resource limit: time limit exceeded";
+    case RS_KILL_MEMORY: return "resource limit: memory limit exceeded";
+    case RS_KILL_REFUSED: return "resource limit: input too large for a bounded function";
+    default: return "resource limit";
+    }
+}
+
+static void rs_hook(lua_State *L, lua_Debug *ar);
+
+int rs_raise_kill(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    lua_sethook(L, rs_hook, LUA_MASKCOUNT, 1);
+    lua_pushstring(L, rs_kill_message(S->killed));
+    return lua_error(L);
+}
+
+void rs_mark_killed(lua_State *L, int reason) {
+    rs_state *S = rs_state_of(L);
+    if (S->killed == RS_KILL_NONE) S->killed = reason;
+    /* From now on every instruction of this thread re-raises, so nothing can catch the kill and
+     * carry on; the pcall/xpcall/coroutine wrappers re-raise when control comes back to them. */
+    lua_sethook(L, rs_hook, LUA_MASKCOUNT, 1);
+}
+
+static void rs_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return;
+    if (S->killed == RS_KILL_NONE) {
+        S->budget_left -= RS_HOOK_INTERVAL;
+        if (S->budget_left < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
+        else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
+        else return;
+    }
+    rs_mark_killed(L, S->killed);
+    rs_raise_kill(L);
+}
+
+void rs_charge(lua_State *L, uint64_t steps) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return;
+    if (S->killed == RS_KILL_NONE) {
+        if (steps > (uint64_t)INT64_MAX || (S->budget_left -= (int64_t)steps) < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
+        else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
+        else return;
+    }
+    rs_mark_killed(L, S->killed);
+    rs_raise_kill(L);
+}
+
+int rs_resource_error(lua_State *L, const char *what) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return luaL_error(L, "%s", what);
+    rs_mark_killed(L, RS_KILL_REFUSED);
+    return luaL_error(L, "resource limit: %s", what);
+}
+
+const char *rs_current_key(lua_State *L, size_t *len) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_EVAL || S->current_key == NULL) return NULL;
+    if (len) *len = S->current_key_len;
+    return S->current_key;
+}
+
+void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) {
+    S->phase = phase;
+    S->killed = RS_KILL_NONE;
+    S->budget_left = instructions > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)instructions;
+    S->deadline_ns = rs_now_ns() + timeout_ns;
+    /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
+    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
+}
+
+void rs_disarm(rs_state *S) {
+    S->phase = RS_PHASE_HOST;
+    S->killed = RS_KILL_NONE;
+    S->current_key = NULL;
+    S->current_key_len = 0;
+    S->flag_depth = 0;
+    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
+}
+
+char *rs_strndup(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (d == NULL) abort(); /* host memory exhausted: nothing sensible is left to do */
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+char *rs_strdup(const char *s) { return s ? rs_strndup(s, strlen(s)) : NULL; }
+
+/* Length of the valid UTF-8 sequence starting at p (1..4), or 0 when invalid. */
+static size_t utf8_sequence(const unsigned char *p, size_t left) {
+    unsigned c = p[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) n = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) n = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) n = 4, min = 0x10000;
+    else return 0;
+    if (left < n) return 0;
+    unsigned cp = c & (0x7F >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return n;
+}
+
+size_t rs_escape_text(char *dst, size_t cap, const char *src, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0) return 0;
+    const size_t limit = cap > 4 ? cap - 4 : 0; /* room for "..." and the NUL */
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)src[i];
+        char esc[5];
+        size_t n = 0;
+        size_t consumed = 1;
+        if (c == '\n') esc[0] = '\\', esc[1] = 'n', n = 2;
+        else if (c == '\t') esc[0] = '\\', esc[1] = 't', n = 2;
+        else if (c == '\r') esc[0] = '\\', esc[1] = 'r', n = 2;
+        else if (c < 0x20 || c == 0x7F) esc[0] = '\\', esc[1] = 'x', esc[2] = hex[c >> 4], esc[3] = hex[c & 15], n = 4;
+        else if (c < 0x80) esc[0] = (char)c, n = 1;
+        else {
+            size_t seq = utf8_sequence((const unsigned char *)src + i, len - i);
+            if (seq == 0) esc[0] = '\\', esc[1] = 'x', esc[2] = hex[c >> 4], esc[3] = hex[c & 15], n = 4;
+            else {
+                memcpy(esc, src + i, seq);
+                n = seq;
+                consumed = seq;
+            }
+        }
+        if (o + n > limit) {
+            memcpy(dst + o, "...", 3);
+            o += 3;
+            dst[o] = 0;
+            return o;
+        }
+        memcpy(dst + o, esc, n);
+        o += n;
+        i += consumed;
+    }
+    dst[o] = 0;
+    return o;
+}
+
+void rs_add_diag(rs_state *S, const char *file, int32_t line, const char *fmt, ...) {
+    char raw[1024], clean[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(raw, sizeof raw, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof raw) n = sizeof raw - 1;
+    rs_escape_text(clean, sizeof clean, raw, (size_t)n);
+    if (S->diag_count == S->diag_cap) {
+        size_t cap = S->diag_cap ? S->diag_cap * 2 : 8;
+        rs_diag_entry *d = realloc(S->diags, cap * sizeof *d);
+        if (d == NULL) abort();
+        S->diags = d;
+        S->diag_cap = cap;
+    }
+    rs_diag_entry *d = &S->diags[S->diag_count++];
+    d->file = rs_strdup(file ? file : "");
+    d->line = line;
+    d->message = rs_strdup(clean);
+}
+
+uint32_t rs_text_append(rs_state *S, const char *src, size_t len, bool escape, uint32_t *out_len) {
+    size_t need = escape ? (len * 4 + 8 < RS_MESSAGE_CAP_BYTES ? len * 4 + 8 : RS_MESSAGE_CAP_BYTES) : len + 1;
+    if (S->text_len + need > S->text_cap) {
+        size_t cap = S->text_cap ? S->text_cap : 1024;
+        while (cap < S->text_len + need) cap *= 2;
+        char *t = realloc(S->text, cap);
+        if (t == NULL) abort();
+        S->text = t;
+        S->text_cap = cap;
+    }
+    uint32_t offset = (uint32_t)S->text_len;
+    size_t n;
+    if (escape) n = rs_escape_text(S->text + offset, need, src, len);
+    else {
+        memcpy(S->text + offset, src, len);
+        S->text[offset + len] = 0;
+        n = len;
+    }
+    S->text_len += n + 1;
+    *out_len = (uint32_t)n;
+    return offset;
+}
+
+size_t rs_error_text(lua_State *L, int idx, char *dst, size_t cap) {
+    /* Only strings are read: calling __tostring on a hostile error object could raise or loop. */
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        return rs_escape_text(dst, cap, s, len);
+    }
+    int n = snprintf(dst, cap, "(error object is a %s value)", luaL_typename(L, idx));
+    return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
+}
+
+/* ---- state lifetime ---------------------------------------------------------------------- */
+
+typedef struct setup_args {
+    rs_state *S;
+} setup_args;
+
+static int setup_tx(lua_State *L) {
+    /* The standard libraries are opened into the real globals table, which user code never sees:
+     * rs_build_base_env copies the allowed functions (and the sandbox's wrappers) into a new,
+     * frozen environment and drops everything else. */
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+    luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
+    lua_settop(L, 0);
+    rs_build_base_env(L);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_twins);
+    return 0;
+}
+
+rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
+    rs_state *S = calloc(1, sizeof *S);
+    if (S == NULL) {
+        snprintf(error, error_cap, "out of memory");
+        return NULL;
+    }
+    if (limits) S->limits = *limits;
+    rs_limits *l = &S->limits;
+    if (!l->memory_limit) l->memory_limit = DEFAULT_MEMORY_LIMIT;
+    if (!l->load_instruction_limit) l->load_instruction_limit = DEFAULT_LOAD_INSTRUCTIONS;
+    if (!l->load_timeout_ns) l->load_timeout_ns = DEFAULT_LOAD_TIMEOUT_NS;
+    if (!l->eval_instruction_limit) l->eval_instruction_limit = DEFAULT_EVAL_INSTRUCTIONS;
+    if (!l->eval_timeout_ns) l->eval_timeout_ns = DEFAULT_EVAL_TIMEOUT_NS;
+    if (!l->max_context_depth) l->max_context_depth = DEFAULT_CONTEXT_DEPTH;
+    if (!l->max_context_values) l->max_context_values = DEFAULT_CONTEXT_VALUES;
+    if (!l->log_lines_per_eval) l->log_lines_per_eval = DEFAULT_LOG_LINES;
+    if (!l->log_line_bytes) l->log_line_bytes = DEFAULT_LOG_BYTES;
+    if (l->log_line_bytes < 16) l->log_line_bytes = 16;
+    S->memory_limit = l->memory_limit;
+    S->phase = RS_PHASE_SETUP;
+    S->L = lua_newstate(rs_alloc, S);
+    if (S->L == NULL) {
+        snprintf(error, error_cap, "cannot create a Lua state within %llu bytes",
+                 (unsigned long long)S->memory_limit);
+        free(S);
+        return NULL;
+    }
+    lua_atpanic(S->L, rs_panic);
+    /* Generational collection suits the workload: every evaluation makes short-lived garbage
+     * (the context tables) while the rule set itself never changes. */
+    lua_gc(S->L, LUA_GCGEN, 0, 0);
+    lua_pushcfunction(S->L, setup_tx);
+    int status = lua_pcall(S->L, 0, 0, 0);
+    if (status != LUA_OK) {
+        rs_error_text(S->L, -1, error, error_cap);
+        lua_close(S->L);
+        free(S);
+        return NULL;
+    }
+    lua_settop(S->L, 0);
+    rs_disarm(S);
+    return S;
+}
+
+void rs_log_clear(rs_state *S) {
+    for (size_t i = 0; i < S->log_count; i++) {
+        free(S->logs[i].key);
+        free(S->logs[i].text);
+    }
+    S->log_count = 0;
+}
+
+void rs_state_free(rs_state *S) {
+    if (S == NULL) return;
+    /* Finalizers are refused by the sandbox (setmetatable rejects __gc), so closing runs no user code. */
+    S->phase = RS_PHASE_HOST;
+    lua_close(S->L);
+    for (size_t i = 0; i < S->diag_count; i++) {
+        free(S->diags[i].file);
+        free(S->diags[i].message);
+    }
+    free(S->diags);
+    for (size_t i = 0; i < S->flag_count; i++) {
+        rs_flag_entry *f = &S->flags[i];
+        free(f->key);
+        free(f->description);
+        free(f->file);
+        for (int32_t v = 0; v < f->variant_count; v++) {
+            free(f->variants[v].name);
+            free(f->variants[v].json);
+        }
+        free(f->variants);
+    }
+    free(S->flags);
+    for (size_t i = 0; i < S->route_count; i++) {
+        free(S->routes[i].name);
+        free(S->routes[i].description);
+        free(S->routes[i].file);
+        free(S->routes[i].static_target);
+    }
+    free(S->routes);
+    for (size_t i = 0; i < S->config_count; i++) {
+        free(S->configs[i].key);
+        free(S->configs[i].file);
+        free(S->configs[i].json);
+    }
+    free(S->configs);
+    rs_log_clear(S);
+    free(S->logs);
+    free(S->text);
+    free(S);
+}
+
+uint64_t rs_memory_in_use(const rs_state *S) { return S->memory_in_use; }
+
+size_t rs_diagnostic_count(const rs_state *S) { return S->diag_count; }
+
+rs_diagnostic rs_diagnostic_at(const rs_state *S, size_t index) {
+    rs_diagnostic d = {"", 0, ""};
+    if (index < S->diag_count) {
+        d.file = S->diags[index].file;
+        d.line = S->diags[index].line;
+        d.message = S->diags[index].message;
+    }
+    return d;
+}
+
+size_t rs_log_count(const rs_state *S) { return S->log_count; }
+
+rs_log_line rs_log_at(const rs_state *S, size_t index) {
+    rs_log_line l = {0, NULL, ""};
+    if (index < S->log_count) {
+        l.level = S->logs[index].level;
+        l.key = S->logs[index].key;
+        l.text = S->logs[index].text;
+    }
+    return l;
+}
+
+const char *rs_text_buffer(const rs_state *S) { return S->text ? S->text : ""; }

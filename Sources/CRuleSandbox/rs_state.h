@@ -1,0 +1,212 @@
+/*
+ * rs_state.h - the private layout of a sandboxed state and the helpers the
+ * sandbox's own files share (not used by rs_pattern.c / rs_helpers.c, which only
+ * need rs_internal.h).
+ */
+#ifndef RULESD_RS_STATE_H
+#define RULESD_RS_STATE_H
+
+#include "rs_internal.h"
+#include "rule_sandbox.h"
+
+#include <stdbool.h>
+
+enum rs_phase {
+    RS_PHASE_SETUP = 0, /* building the environment: no user code runs */
+    RS_PHASE_LOAD,      /* running a rule file's chunk */
+    RS_PHASE_HOST,      /* host work between user code (validation, freezing) */
+    RS_PHASE_EVAL,      /* running a rule for a request */
+};
+
+enum rs_kill {
+    RS_KILL_NONE = 0,
+    RS_KILL_INSTRUCTIONS,
+    RS_KILL_DEADLINE,
+    RS_KILL_MEMORY,
+    RS_KILL_REFUSED, /* a bounded library function refused its input */
+};
+
+/* Longest error text kept for one outcome. */
+#define RS_MESSAGE_CAP_BYTES 480
+/* Longest route target accepted. */
+#define RS_TARGET_CAP 1024
+
+/* Deepest chain of flag_value() prerequisites. */
+#define RS_MAX_FLAG_DEPTH 16
+
+typedef struct rs_diag_entry {
+    char *file;
+    int32_t line;
+    char *message;
+} rs_diag_entry;
+
+typedef struct rs_variant_entry {
+    char *name;
+    char *json;
+    size_t json_len;
+} rs_variant_entry;
+
+typedef struct rs_flag_entry {
+    char *key;
+    size_t key_len;
+    char *description;
+    char *file;
+    int32_t line;
+    int32_t seq;
+    bool enabled;
+    int rule_ref;      /* registry reference of the rule function, LUA_NOREF when static */
+    int variants_ref;  /* registry: table variant name -> index (1-based) */
+    int values_ref;    /* registry: sequence of variant values (Lua values, frozen) by index */
+    int32_t default_variant;
+    int32_t variant_count;
+    rs_variant_entry *variants;
+} rs_flag_entry;
+
+typedef struct rs_route_entry {
+    char *name;
+    size_t name_len;
+    char *description;
+    char *file;
+    int32_t line;
+    int32_t seq;
+    int64_t priority;
+    int match_ref;     /* LUA_NOREF: matches everything */
+    int target_ref;    /* function target, LUA_NOREF when static */
+    char *static_target;
+} rs_route_entry;
+
+typedef struct rs_config_entry {
+    char *key;
+    char *file;
+    int32_t line;
+    char *json;
+    size_t json_len;
+} rs_config_entry;
+
+typedef struct rs_log_entry {
+    int32_t level;
+    char *key;
+    char *text;
+} rs_log_entry;
+
+/* The stock library functions that the sandbox's wrappers delegate to. */
+typedef struct rs_originals {
+    lua_CFunction setmetatable, rawget, rawset, rawlen, next;
+    lua_CFunction rep, pack, byte;
+    lua_CFunction concat, insert, remove, move, sort, unpack;
+    lua_CFunction create, resume;
+} rs_originals;
+
+struct rs_state {
+    lua_State *L;
+    rs_limits limits;
+    rs_originals orig;
+
+    /* Allocator accounting. */
+    uint64_t memory_in_use;
+    uint64_t memory_limit;
+
+    /* The running transaction's guard. */
+    int phase;
+    int killed;
+    int64_t budget_left;
+    uint64_t deadline_ns;
+    const char *current_key;
+    size_t current_key_len;
+    const char *current_file; /* while loading */
+    double now;
+    int flag_depth;
+    int32_t flag_stack[RS_MAX_FLAG_DEPTH];
+    uint32_t log_lines_this_eval;
+    uint32_t log_lines_dropped;
+
+    /* Loading. */
+    int32_t next_seq;
+    bool finished;
+    bool usable; /* finished without diagnostics */
+
+    rs_diag_entry *diags;
+    size_t diag_count, diag_cap;
+
+    rs_flag_entry *flags;
+    size_t flag_count;
+    rs_route_entry *routes;
+    size_t route_count;
+    rs_config_entry *configs;
+    size_t config_count;
+
+    rs_log_entry *logs;
+    size_t log_count, log_cap;
+
+    /* Texts that outcomes point into. */
+    char *text;
+    size_t text_len, text_cap;
+};
+
+/* Registry keys (addresses of these statics are unique light userdata). */
+extern const char rs_key_decls;     /* sequence of declaration records */
+extern const char rs_key_pending;   /* declarations still waiting for their table */
+extern const char rs_key_envs;      /* sequence of per-file environments */
+extern const char rs_key_base;      /* the frozen base environment */
+extern const char rs_key_flag_index;/* flag key -> flag index (0-based) */
+extern const char rs_key_twins;     /* frozen table -> metatable twin */
+
+rs_state *rs_state_of(lua_State *L);
+uint64_t rs_now_ns(void);
+
+/* Arms the guard for user code: budget, deadline, fresh hook count. */
+void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns);
+/* Back to host work: no budget applies, a kill is forgotten. */
+void rs_disarm(rs_state *S);
+/* Marks the running rule as killed (sticky) for `reason`, without raising. */
+void rs_mark_killed(lua_State *L, int reason);
+/* Raises the sticky error for the current kill reason. */
+int rs_raise_kill(lua_State *L);
+const char *rs_kill_message(int kill);
+
+/* Diagnostics and texts. */
+void rs_add_diag(rs_state *S, const char *file, int32_t line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Copies `len` bytes of untrusted text into dst (cap bytes), escaping control and invalid
+ * UTF-8 bytes and truncating with "..."; always NUL-terminates. Returns the length written. */
+size_t rs_escape_text(char *dst, size_t cap, const char *src, size_t len);
+/* Appends escaped text to the state's text buffer; returns its offset. */
+uint32_t rs_text_append(rs_state *S, const char *src, size_t len, bool escape, uint32_t *out_len);
+/* A message for the error object at the top of the stack (strings only; other types by name). */
+size_t rs_error_text(lua_State *L, int idx, char *dst, size_t cap);
+char *rs_strdup(const char *s);
+char *rs_strndup(const char *s, size_t n);
+
+/* Environment (rs_env.c). */
+int rs_build_base_env(lua_State *L);
+bool rs_is_frozen(lua_State *L, int idx);
+/* Pushes the storage table of the frozen table at idx. */
+void rs_push_storage(lua_State *L, int idx);
+/* Raw get that sees through frozen tables: pushes t[k] for the key on top (popped). */
+void rs_rawget_any(lua_State *L, int idx);
+
+/* Freezing (rs_freeze.c): turns the table at idx into a read-only proxy in place. */
+void rs_freeze_table(lua_State *L, int idx);
+/* Wraps a fresh table at the top as read-only (contexts): replaces it by its proxy. */
+void rs_make_readonly(lua_State *L);
+/* Freezes everything reachable from the values in the sequence at idx; reports what cannot be
+ * frozen as diagnostics against `file`/`line` of each root (parallel sequences). */
+void rs_freeze_reachable(rs_state *S, lua_State *L, int roots_idx);
+/* Checks the compiled code of the Lua function at idx (a load-time closure): reports each
+ * assignment to a load-time variable. Returns the number of problems reported. */
+int rs_check_closure(rs_state *S, lua_State *L, int idx);
+
+/* JSON (rs_json.c). */
+/* Pushes a read-only table built from a JSON object; raises on invalid input. */
+void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values);
+/* Serialises the Lua value at idx to canonical JSON into a luaL_Buffer-backed string pushed on the
+ * stack; on failure pushes nil and an error message instead. */
+bool rs_to_json(lua_State *L, int idx);
+
+/* The ro metamethods, compared by identity to recognise frozen tables. */
+int rs_ro_newindex(lua_State *L);
+
+/* Rule API (rs_rules.c): registers flag, route, config, flag_value, log and now into the table on top. */
+void rs_open_rule_api(lua_State *L);
+
+#endif

@@ -1,0 +1,143 @@
+import CRuleSandbox
+import RuleModel
+
+/// Turns rule files into a validated ``RuleSet`` and the Lua states that evaluate it.
+public enum RuleCompiler {
+    /// Loads `sources` into a fresh sandboxed state and validates the whole rule set.
+    ///
+    /// All-or-nothing: any compile error, failing chunk, budget breach or validation error rejects the
+    /// whole set, and every problem is reported.
+    /// - Parameters:
+    ///   - sources: the rule files, with paths relative to the rules directory.
+    ///   - limits: the budgets for loading and for later evaluations.
+    /// - Returns: the rule set and a first evaluator for it.
+    public static func compile(
+        _ sources: [RuleSource], limits: RuleEngineLimits = RuleEngineLimits()
+    ) throws(RuleLoadFailure) -> (ruleSet: RuleSet, evaluator: RuleEvaluator) {
+        let sorted = sources.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
+        var oversized: [RuleDiagnostic] = []
+        for source in sorted where source.content.count > limits.maxFileBytes {
+            oversized.append(
+                RuleDiagnostic(
+                    location: SourceLocation(file: source.path, line: 0),
+                    message: "file is larger than \(limits.maxFileBytes) bytes"))
+        }
+        if !oversized.isEmpty { throw RuleLoadFailure(diagnostics: oversized) }
+        let state = try loadState(sorted, limits: limits)
+        let ruleSet: RuleSet
+        do {
+            ruleSet = try extractModel(state, sources: sorted, limits: limits)
+        } catch {
+            rs_state_free(state)
+            throw error
+        }
+        return (ruleSet, RuleEvaluator(state: state, ruleSet: ruleSet))
+    }
+
+    /// Loads an already validated rule set into another fresh state (one per worker thread).
+    /// - Returns: an evaluator that answers exactly like every other evaluator of `ruleSet`.
+    public static func makeEvaluator(for ruleSet: RuleSet) throws(RuleLoadFailure) -> RuleEvaluator {
+        let state = try loadState(ruleSet.sources, limits: ruleSet.limits)
+        // Loading is deterministic (no clock, no randomness at load time); a difference would mean a
+        // sandbox bug, and answers would then depend on the worker.
+        guard rs_flag_count(state) == ruleSet.flags.count, rs_route_count(state) == ruleSet.routes.count,
+            rs_config_count(state) == ruleSet.configs.count
+        else {
+            rs_state_free(state)
+            throw RuleLoadFailure("the rule set loaded differently in a second Lua state")
+        }
+        return RuleEvaluator(state: state, ruleSet: ruleSet)
+    }
+
+    private static func loadState(_ sources: [RuleSource], limits: RuleEngineLimits) throws(RuleLoadFailure)
+        -> OpaquePointer
+    {
+        var sandboxLimits = limits.sandboxLimits
+        var error = [CChar](repeating: 0, count: 256)
+        guard let state = rs_state_new(&sandboxLimits, &error, error.count) else {
+            let reason = error.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            throw RuleLoadFailure("cannot create a Lua state: \(reason)")
+        }
+        for source in sources {
+            source.content.withUnsafeBufferPointer { content in
+                content.withMemoryRebound(to: CChar.self) { chars in
+                    _ = rs_load_file(state, source.path, chars.baseAddress, chars.count)
+                }
+            }
+        }
+        let problems = Int(rs_finish_loading(state))
+        if problems > 0 {
+            let diagnostics = (0..<problems).map { index -> RuleDiagnostic in
+                let d = rs_diagnostic_at(state, index)
+                return RuleDiagnostic(
+                    location: SourceLocation(file: String(cString: d.file), line: Int(d.line)),
+                    message: String(cString: d.message))
+            }
+            rs_state_free(state)
+            throw RuleLoadFailure(diagnostics: diagnostics)
+        }
+        return state
+    }
+
+    private static func extractModel(_ state: OpaquePointer, sources: [RuleSource], limits: RuleEngineLimits)
+        throws(RuleLoadFailure) -> RuleSet
+    {
+        let parser = JSONParser()
+        var flags: [FlagDefinition] = []
+        for index in 0..<rs_flag_count(state) {
+            let info = rs_flag_at(state, index)
+            var variants: [FlagVariant] = []
+            for v in 0..<Int(info.variant_count) {
+                let variant = rs_flag_variant_at(state, index, v)
+                let json = bytes(variant.json, variant.json_len)
+                let value: JSONValue
+                do { value = try parser.parse(json) } catch {
+                    throw RuleLoadFailure("internal: variant value of \(String(cString: info.key)) is not JSON")
+                }
+                variants.append(FlagVariant(name: String(cString: variant.name), value: value, json: json))
+            }
+            flags.append(
+                FlagDefinition(
+                    key: String(cString: info.key),
+                    description: info.description.map { String(cString: $0) },
+                    variants: variants,
+                    defaultVariant: Int(info.default_variant),
+                    enabled: info.enabled != 0,
+                    hasRule: info.has_rule != 0,
+                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+        }
+        var routes: [RouteDefinition] = []
+        for index in 0..<rs_route_count(state) {
+            let info = rs_route_at(state, index)
+            routes.append(
+                RouteDefinition(
+                    name: String(cString: info.name),
+                    description: info.description.map { String(cString: $0) },
+                    priority: info.priority,
+                    hasMatch: info.has_match != 0,
+                    staticTarget: info.static_target.map { String(cString: $0) },
+                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+        }
+        var configs: [ConfigEntry] = []
+        for index in 0..<rs_config_count(state) {
+            let info = rs_config_at(state, index)
+            let json = bytes(info.json, info.json_len)
+            let value: JSONValue
+            do { value = try parser.parse(json) } catch {
+                throw RuleLoadFailure("internal: config value \(String(cString: info.key)) is not JSON")
+            }
+            configs.append(
+                ConfigEntry(
+                    key: String(cString: info.key), value: value, json: json,
+                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+        }
+        return RuleSet(
+            revision: RuleRevision(sources: sources), sources: sources, flags: flags, routes: routes,
+            configs: configs, limits: limits)
+    }
+
+    private static func bytes(_ pointer: UnsafePointer<CChar>?, _ count: Int) -> [UInt8] {
+        guard let pointer, count > 0 else { return [] }
+        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+    }
+}

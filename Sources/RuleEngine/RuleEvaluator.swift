@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import CRuleSandbox
+import RuleModel
+
+/// Evaluates one rule set in its own sandboxed Lua state.
+///
+/// Not thread-safe, by design: a Lua state is used by one thread at a time. A daemon keeps one evaluator
+/// per worker thread and per rule-set generation, so evaluation needs no lock. Run it on a thread with a
+/// stack of at least 1 MiB.
+public final class RuleEvaluator {
+    /// The rule set this evaluator answers for.
+    public let ruleSet: RuleSet
+    private let state: OpaquePointer
+    private var outcomes: [rs_outcome]
+
+    init(state: OpaquePointer, ruleSet: RuleSet) {
+        self.state = state
+        self.ruleSet = ruleSet
+        self.outcomes = Array(repeating: rs_outcome(), count: ruleSet.flags.count)
+    }
+
+    deinit {
+        rs_state_free(state)
+    }
+
+    /// Bytes the Lua state holds.
+    public var memoryInUse: Int { Int(rs_memory_in_use(state)) }
+
+    /// Evaluates the flag at `index` (into `ruleSet.flags`) for a context given as JSON text.
+    /// - Parameters:
+    ///   - index: the flag's index in ``RuleSet/flags``.
+    ///   - context: a JSON object (empty bytes mean an empty context).
+    ///   - now: what `now()` returns to the rule, in seconds since the epoch.
+    /// - Returns: the variant and reason; on a rule failure the default variant with reason ERROR.
+    public func evaluateFlag(at index: Int, context: UnsafeRawBufferPointer, now: Double) -> FlagDecision {
+        var outcome = rs_outcome()
+        rs_eval_flag(state, index, context.baseAddress?.assumingMemoryBound(to: CChar.self), context.count, now, &outcome)
+        return decision(outcome, flag: index)
+    }
+
+    /// Evaluates the flag named `key` for a context given as a JSON value.
+    /// - Returns: nil when the rule set has no such flag.
+    public func evaluateFlag(key: String, context: JSONValue = .object(JSONObject()), now: Double = RuleClock.now())
+        -> FlagDecision?
+    {
+        guard let index = ruleSet.flagIndex(forKey: key) else { return nil }
+        let json = JSONWriter.string(context)
+        return Array(json.utf8).withUnsafeBytes { evaluateFlag(at: index, context: $0, now: now) }
+    }
+
+    /// Evaluates every flag for one context, converted once.
+    /// - Returns: one decision per flag (in ``RuleSet/flags`` order), or the context's problem.
+    public func evaluateAllFlags(context: UnsafeRawBufferPointer, now: Double) -> Result<[FlagDecision], RuleFailure> {
+        var contextError = rs_outcome()
+        let count = outcomes.count
+        let status = outcomes.withUnsafeMutableBufferPointer { buffer in
+            rs_eval_all_flags(
+                state, context.baseAddress?.assumingMemoryBound(to: CChar.self), context.count, now,
+                buffer.baseAddress, &contextError)
+        }
+        if status != Int32(RS_OK.rawValue) {
+            return .failure(failure(contextError) ?? RuleFailure(code: .invalidContext, message: "invalid context"))
+        }
+        var decisions: [FlagDecision] = []
+        decisions.reserveCapacity(count)
+        for index in 0..<count { decisions.append(decision(outcomes[index], flag: index)) }
+        return .success(decisions)
+    }
+
+    /// Evaluates every flag for a context given as a JSON value.
+    public func evaluateAllFlags(context: JSONValue = .object(JSONObject()), now: Double = RuleClock.now())
+        -> Result<[FlagDecision], RuleFailure>
+    {
+        Array(JSONWriter.string(context).utf8).withUnsafeBytes { evaluateAllFlags(context: $0, now: now) }
+    }
+
+    /// Routes a request given as JSON text: the first route (in priority order) whose `match` accepts it.
+    public func route(request: UnsafeRawBufferPointer, now: Double) -> RouteDecision {
+        var outcome = rs_outcome()
+        rs_eval_route(state, request.baseAddress?.assumingMemoryBound(to: CChar.self), request.count, now, &outcome)
+        switch Int(outcome.status) {
+        case Int(RS_OK.rawValue):
+            return .matched(routeIndex: Int(outcome.index), target: text(outcome.target_offset, outcome.target_length))
+        case Int(RS_NO_DECISION.rawValue):
+            return .noRoute
+        default:
+            let failure = failure(outcome) ?? RuleFailure(code: .general, message: "routing failed")
+            return .failed(routeIndex: outcome.index >= 0 ? Int(outcome.index) : nil, failure)
+        }
+    }
+
+    /// Routes a request given as a JSON value.
+    public func route(request: JSONValue, now: Double = RuleClock.now()) -> RouteDecision {
+        Array(JSONWriter.string(request).utf8).withUnsafeBytes { route(request: $0, now: now) }
+    }
+
+    /// Whether rules have logged lines that ``takeLogs()`` would return.
+    public var hasLogs: Bool { rs_log_count(state) > 0 }
+
+    /// The lines rules logged since the last call (escaped and length-limited by the sandbox).
+    public func takeLogs() -> [RuleLogLine] {
+        let count = rs_log_count(state)
+        guard count > 0 else { return [] }
+        var lines: [RuleLogLine] = []
+        for index in 0..<count {
+            let line = rs_log_at(state, index)
+            lines.append(
+                RuleLogLine(
+                    level: RuleLogLine.Level(rawValue: Int(line.level)) ?? .info,
+                    origin: line.key.map { String(cString: $0) } ?? "",
+                    text: String(cString: line.text)))
+        }
+        rs_log_clear(state)
+        return lines
+    }
+
+    private func decision(_ outcome: rs_outcome, flag: Int) -> FlagDecision {
+        let variant = Int(outcome.index) >= 0 ? Int(outcome.index) : ruleSet.flags[flag].defaultVariant
+        switch Int(outcome.status) {
+        case Int(RS_OK.rawValue): return FlagDecision(variantIndex: variant, reason: .targetingMatch)
+        case Int(RS_NO_DECISION.rawValue): return FlagDecision(variantIndex: variant, reason: .defaultValue)
+        case Int(RS_STATIC.rawValue): return FlagDecision(variantIndex: variant, reason: .staticValue)
+        case Int(RS_DISABLED.rawValue): return FlagDecision(variantIndex: variant, reason: .disabled)
+        default:
+            return FlagDecision(
+                variantIndex: ruleSet.flags[flag].defaultVariant, reason: .error,
+                failure: failure(outcome) ?? RuleFailure(code: .general, message: "evaluation failed"))
+        }
+    }
+
+    private func failure(_ outcome: rs_outcome) -> RuleFailure? {
+        let code: RuleErrorCode
+        switch Int(outcome.status) {
+        case Int(RS_ERR_GENERAL.rawValue), Int(RS_ERR_INTERNAL.rawValue): code = .general
+        case Int(RS_ERR_RESOURCE_LIMIT.rawValue): code = .resourceLimit
+        case Int(RS_ERR_TYPE_MISMATCH.rawValue): code = .typeMismatch
+        case Int(RS_ERR_INVALID_CONTEXT.rawValue): code = .invalidContext
+        default: return nil
+        }
+        return RuleFailure(code: code, message: text(outcome.message_offset, outcome.message_length))
+    }
+
+    private func text(_ offset: UInt32, _ length: UInt32) -> String {
+        guard length > 0, let base = rs_text_buffer(state) else { return "" }
+        let start = UnsafeRawPointer(base + Int(offset)).assumingMemoryBound(to: UInt8.self)
+        return String(decoding: UnsafeBufferPointer(start: start, count: Int(length)), as: UTF8.self)
+    }
+}
+
+/// Wall-clock time as rules see it through `now()`.
+public enum RuleClock {
+    /// Seconds since the epoch, with sub-second precision.
+    public static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
