@@ -95,9 +95,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Shared by the test targets: file-system edit sequences, a harness that runs the real daemon.
+        .target(name: "RulesTestSupport", dependencies: ["RuleModel"], path: "Tests/RulesTestSupport"),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel"]),
         .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"]),
-        .testTarget(name: "RuleWatcherTests", dependencies: ["RuleWatcher", "RuleEngine", "RuleModel"]),
+        .testTarget(
+            name: "RuleWatcherTests", dependencies: ["RuleWatcher", "RuleEngine", "RuleModel", "RulesTestSupport"]
+        ),
         .testTarget(name: "SystemdSupportTests", dependencies: ["SystemdSupport"]),
         .testTarget(
             name: "RulesProtocolTests",
@@ -112,7 +116,7 @@ let package = Package(
         // End to end: starts the real binaries on temporary sockets and rules directories.
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["rulesd", "rulesctl", "RuleModel", "SystemdSupport"]
+            dependencies: ["rulesd", "rulesctl", "RuleModel", "SystemdSupport", "RulesTestSupport"]
         ),
     ]
 )
