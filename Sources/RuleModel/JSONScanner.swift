@@ -29,6 +29,12 @@ public struct JSONMember: Sendable, Hashable {
     public var kind: JSONKind
 
     /// Creates a member description.
+    ///
+    /// - Parameters:
+    ///   - keyRange: The key's raw bytes between its quotes.
+    ///   - keyIsEscaped: Whether the key contains escapes.
+    ///   - valueRange: The value's bytes.
+    ///   - kind: The value's kind.
     public init(keyRange: Range<Int>, keyIsEscaped: Bool, valueRange: Range<Int>, kind: JSONKind) {
         self.keyRange = keyRange
         self.keyIsEscaped = keyIsEscaped

@@ -291,6 +291,7 @@ extension JSONObject: Sequence {
         members.makeIterator()
     }
 
+    /// The number of members.
     public var underestimatedCount: Int { members.count }
 }
 

@@ -12,8 +12,10 @@
 public struct JSONWriter: Sendable {
     /// Output options.
     public struct Options: OptionSet, Sendable, Hashable {
+        /// The option bits.
         public let rawValue: UInt8
 
+        /// Creates options from their bits.
         public init(rawValue: UInt8) {
             self.rawValue = rawValue
         }

@@ -1,13 +1,8 @@
 import RuleModel
 import Testing
 
-/// Parses `text` with default limits, or returns the error.
-func parseResult(_ text: String, limits: JSONLimits = JSONLimits()) -> Result<JSONValue, JSONParseError> {
-    Result { () throws(JSONParseError) in try JSONParser(limits: limits).parse(text) }
-}
-
 /// The error parsing `bytes` gives, or nil when it parses.
-func parseError(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> JSONParseError? {
+func jsonParseError(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> JSONParseError? {
     do {
         _ = try JSONParser(limits: limits).parse(bytes)
         return nil
@@ -17,12 +12,12 @@ func parseError(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> JSONPars
 }
 
 /// The error parsing `text` gives, or nil when it parses.
-func parseError(_ text: String, limits: JSONLimits = JSONLimits()) -> JSONParseError? {
-    parseError(Array(text.utf8), limits: limits)
+func jsonParseError(_ text: String, limits: JSONLimits = JSONLimits()) -> JSONParseError? {
+    jsonParseError(Array(text.utf8), limits: limits)
 }
 
 /// Valid documents in the spirit of JSONTestSuite's `y_` cases.
-let validDocuments: [String] = [
+let jsonValidDocuments: [String] = [
     "null", "true", "false", "0", "-0", "1", "-1", "123", "1.5", "-1.5e10", "1E2", "1e+2", "1e-2", "0.0", "0e0",
     "-0.0e-0", "\"\"", "\"a\"", "\"\\u0000\"", "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", "\"\\uD834\\uDD1E\"", "\"\\uFFFF\"",
     "\"\u{7F}\"", "\"é€😀\"", "\"\u{10FFFF}\"", "[]", "[[]]", "[1,2,3]", "[ 1 , 2 ]", "{}", "{\"a\":1}",
@@ -32,7 +27,7 @@ let validDocuments: [String] = [
 ]
 
 /// Invalid documents in the spirit of JSONTestSuite's `n_` cases.
-let invalidDocuments: [String] = [
+let jsonInvalidDocuments: [String] = [
     "", " ", "nul", "tru", "fals", "True", "NULL", "nan", "NaN", "Infinity", "-Infinity", "undefined", "01", "-01",
     "00", "1.", ".5", "+1", "-", "1e", "1e+", "1E-", "1.e5", "0x10", "1.5e", "- 1", "1 2", "[1,]", "[,1]", "[1,,2]",
     "[1 2]", "[", "]", "[[]", "[]]", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\" 1}", "{\"a\":1,}", "{,}", "{1:1}",
@@ -44,14 +39,14 @@ let invalidDocuments: [String] = [
 
 @Suite("JSONParser")
 struct JSONParserTests {
-    @Test(arguments: validDocuments)
+    @Test(arguments: jsonValidDocuments)
     func acceptsValidDocument(_ document: String) {
-        #expect(parseError(document) == nil)
+        #expect(jsonParseError(document) == nil)
     }
 
-    @Test(arguments: invalidDocuments)
+    @Test(arguments: jsonInvalidDocuments)
     func rejectsInvalidDocument(_ document: String) {
-        #expect(parseError(document) != nil)
+        #expect(jsonParseError(document) != nil)
     }
 
     @Test func parsesLiterals() throws {
@@ -140,9 +135,9 @@ struct JSONParserTests {
     }
 
     @Test func rejectsNumberThatOverflowsToInfinity() {
-        #expect(parseError("1e400") == JSONParseError(offset: 0, message: "number out of range at byte 0"))
-        #expect(parseError("[-1.8e308]") == JSONParseError(offset: 1, message: "number out of range at byte 1"))
-        #expect(parseError(String(repeating: "9", count: 400)) != nil)
+        #expect(jsonParseError("1e400") == JSONParseError(offset: 0, message: "number out of range at byte 0"))
+        #expect(jsonParseError("[-1.8e308]") == JSONParseError(offset: 1, message: "number out of range at byte 1"))
+        #expect(jsonParseError(String(repeating: "9", count: 400)) != nil)
     }
 
     @Test func acceptsLargestFiniteDouble() throws {
@@ -152,12 +147,12 @@ struct JSONParserTests {
 
     @Test(arguments: ["01", "-", "1.", "-01", "1e", "1e+", "1.e5", "-x", "2.5E"])
     func rejectsMalformedNumber(_ text: String) {
-        #expect(parseError(text) == JSONParseError(offset: 0, message: "invalid number at byte 0"))
+        #expect(jsonParseError(text) == JSONParseError(offset: 0, message: "invalid number at byte 0"))
     }
 
     @Test func rejectsNumberWithLeadingPlusOrDot() {
-        #expect(parseError("+1") == JSONParseError(offset: 0, message: "unexpected character '+' at byte 0"))
-        #expect(parseError(".5") == JSONParseError(offset: 0, message: "unexpected character '.' at byte 0"))
+        #expect(jsonParseError("+1") == JSONParseError(offset: 0, message: "unexpected character '+' at byte 0"))
+        #expect(jsonParseError(".5") == JSONParseError(offset: 0, message: "unexpected character '.' at byte 0"))
     }
 
     // MARK: Strings
@@ -184,42 +179,45 @@ struct JSONParserTests {
 
     @Test func rejectsLoneHighSurrogateEscape() {
         #expect(
-            parseError(#""a\uD800""#)
+            jsonParseError(#""a\uD800""#)
                 == JSONParseError(offset: 2, message: "lone surrogate \\uD800 in string at byte 2"))
     }
 
     @Test func rejectsLoneLowSurrogateEscape() {
         #expect(
-            parseError(#""\udc00""#) == JSONParseError(offset: 1, message: "lone surrogate \\uDC00 in string at byte 1")
+            jsonParseError(#""\udc00""#)
+                == JSONParseError(offset: 1, message: "lone surrogate \\uDC00 in string at byte 1")
         )
     }
 
     @Test func rejectsHighSurrogateFollowedByNonSurrogate() {
-        #expect(parseError(#""\uD800\u0041""#)?.message == "lone surrogate \\uD800 in string at byte 1")
-        #expect(parseError(#""\uD800\uD800""#)?.message == "lone surrogate \\uD800 in string at byte 1")
+        #expect(jsonParseError(#""\uD800\u0041""#)?.message == "lone surrogate \\uD800 in string at byte 1")
+        #expect(jsonParseError(#""\uD800\uD800""#)?.message == "lone surrogate \\uD800 in string at byte 1")
     }
 
     @Test func rejectsUnknownEscape() {
         #expect(
-            parseError(#""ab\q""#) == JSONParseError(offset: 3, message: "invalid escape '\\q' in string at byte 3"))
+            jsonParseError(#""ab\q""#) == JSONParseError(offset: 3, message: "invalid escape '\\q' in string at byte 3")
+        )
     }
 
     @Test func rejectsMalformedUnicodeEscape() {
         #expect(
-            parseError(#""\u12G4""#) == JSONParseError(offset: 1, message: "invalid \\u escape in string at byte 1"))
+            jsonParseError(#""\u12G4""#) == JSONParseError(offset: 1, message: "invalid \\u escape in string at byte 1")
+        )
     }
 
     @Test func rejectsUnescapedControlCharacter() {
         #expect(
-            parseError("\"a\nb\"")
+            jsonParseError("\"a\nb\"")
                 == JSONParseError(offset: 2, message: "unescaped control character 0x0A in string at byte 2")
         )
     }
 
     @Test func reportsUnterminatedString() {
-        #expect(parseError(#"["abc"#) == JSONParseError(offset: 1, message: "unterminated string"))
-        #expect(parseError(#""abc\"#) == JSONParseError(offset: 0, message: "unterminated string"))
-        #expect(parseError(#""\u12"#) == JSONParseError(offset: 0, message: "unterminated string"))
+        #expect(jsonParseError(#"["abc"#) == JSONParseError(offset: 1, message: "unterminated string"))
+        #expect(jsonParseError(#""abc\"#) == JSONParseError(offset: 0, message: "unterminated string"))
+        #expect(jsonParseError(#""\u12"#) == JSONParseError(offset: 0, message: "unterminated string"))
     }
 
     @Test(
@@ -230,7 +228,7 @@ struct JSONParserTests {
         ] as [[UInt8]])
     func rejectsInvalidUTF8InString(_ sequence: [UInt8]) {
         let document: [UInt8] = [0x22, 0x61] + sequence + [0x22]
-        #expect(parseError(document) == JSONParseError(offset: 2, message: "invalid UTF-8 in string at byte 2"))
+        #expect(jsonParseError(document) == JSONParseError(offset: 2, message: "invalid UTF-8 in string at byte 2"))
     }
 
     @Test(
@@ -245,18 +243,18 @@ struct JSONParserTests {
 
     @Test func rejectsNonASCIIOutsideStrings() {
         #expect(
-            parseError([0x5B, 0xC3, 0xA9, 0x5D])
+            jsonParseError([0x5B, 0xC3, 0xA9, 0x5D])
                 == JSONParseError(offset: 1, message: "unexpected character 0xC3 at byte 1"))
     }
 
     @Test func appliesStringLengthLimitToValuesAndKeys() {
         let limits = JSONLimits(maxStringBytes: 4)
-        #expect(parseError(#"["abcd"]"#, limits: limits) == nil)
+        #expect(jsonParseError(#"["abcd"]"#, limits: limits) == nil)
         #expect(
-            parseError(#"["abcde"]"#, limits: limits)
+            jsonParseError(#"["abcde"]"#, limits: limits)
                 == JSONParseError(offset: 1, message: "string longer than 4 bytes"))
         #expect(
-            parseError(#"{"abcde":1}"#, limits: limits)
+            jsonParseError(#"{"abcde":1}"#, limits: limits)
                 == JSONParseError(offset: 1, message: "string longer than 4 bytes"))
     }
 
@@ -268,55 +266,56 @@ struct JSONParserTests {
 
     @Test(arguments: ["\u{0C}1", "\u{0B}1", "\u{A0}1", "\u{FEFF}1"])
     func rejectsNonJSONWhitespace(_ text: String) {
-        #expect(parseError(text)?.offset == 0)
+        #expect(jsonParseError(text)?.offset == 0)
     }
 
     @Test func reportsEmptyInputAsUnexpectedEnd() {
-        #expect(parseError("") == JSONParseError(offset: 0, message: "unexpected end of input"))
-        #expect(parseError("  ") == JSONParseError(offset: 2, message: "unexpected end of input"))
+        #expect(jsonParseError("") == JSONParseError(offset: 0, message: "unexpected end of input"))
+        #expect(jsonParseError("  ") == JSONParseError(offset: 2, message: "unexpected end of input"))
     }
 
     @Test func reportsTruncatedDocumentAsUnexpectedEnd() {
-        #expect(parseError(#"{"a":[1,"#) == JSONParseError(offset: 8, message: "unexpected end of input"))
-        #expect(parseError("tru") == JSONParseError(offset: 3, message: "unexpected end of input"))
+        #expect(jsonParseError(#"{"a":[1,"#) == JSONParseError(offset: 8, message: "unexpected end of input"))
+        #expect(jsonParseError("tru") == JSONParseError(offset: 3, message: "unexpected end of input"))
     }
 
     @Test func reportsUnexpectedCharacterWithOffset() {
-        #expect(parseError("[1,x]") == JSONParseError(offset: 3, message: "unexpected character 'x' at byte 3"))
-        #expect(parseError("trUe") == JSONParseError(offset: 2, message: "unexpected character 'U' at byte 2"))
-        #expect(parseError(#"{"a" 1}"#) == JSONParseError(offset: 5, message: "unexpected character '1' at byte 5"))
+        #expect(jsonParseError("[1,x]") == JSONParseError(offset: 3, message: "unexpected character 'x' at byte 3"))
+        #expect(jsonParseError("trUe") == JSONParseError(offset: 2, message: "unexpected character 'U' at byte 2"))
+        #expect(jsonParseError(#"{"a" 1}"#) == JSONParseError(offset: 5, message: "unexpected character '1' at byte 5"))
     }
 
     @Test func rejectsTrailingComma() {
-        #expect(parseError("[1,]") == JSONParseError(offset: 3, message: "unexpected character ']' at byte 3"))
-        #expect(parseError(#"{"a":1,}"#) == JSONParseError(offset: 7, message: "unexpected character '}' at byte 7"))
+        #expect(jsonParseError("[1,]") == JSONParseError(offset: 3, message: "unexpected character ']' at byte 3"))
+        #expect(
+            jsonParseError(#"{"a":1,}"#) == JSONParseError(offset: 7, message: "unexpected character '}' at byte 7"))
     }
 
     @Test func rejectsTrailingData() {
-        #expect(parseError("{} x") == JSONParseError(offset: 3, message: "trailing data after JSON value"))
-        #expect(parseError("1 2") == JSONParseError(offset: 2, message: "trailing data after JSON value"))
-        #expect(parseError("[]]") == JSONParseError(offset: 2, message: "trailing data after JSON value"))
-        #expect(parseError("01") == JSONParseError(offset: 0, message: "invalid number at byte 0"))
+        #expect(jsonParseError("{} x") == JSONParseError(offset: 3, message: "trailing data after JSON value"))
+        #expect(jsonParseError("1 2") == JSONParseError(offset: 2, message: "trailing data after JSON value"))
+        #expect(jsonParseError("[]]") == JSONParseError(offset: 2, message: "trailing data after JSON value"))
+        #expect(jsonParseError("01") == JSONParseError(offset: 0, message: "invalid number at byte 0"))
     }
 
     // MARK: Duplicate keys
 
     @Test func rejectsDuplicateKey() {
-        #expect(parseError(#"{"a":1,"a":2}"#) == JSONParseError(offset: 7, message: #"duplicate key "a""#))
+        #expect(jsonParseError(#"{"a":1,"a":2}"#) == JSONParseError(offset: 7, message: #"duplicate key "a""#))
     }
 
     @Test func rejectsDuplicateKeyInNestedObject() {
-        #expect(parseError(#"[{"x":{"k":1,"k":2}}]"#) == JSONParseError(offset: 13, message: #"duplicate key "k""#))
+        #expect(jsonParseError(#"[{"x":{"k":1,"k":2}}]"#) == JSONParseError(offset: 13, message: #"duplicate key "k""#))
     }
 
     @Test func rejectsDuplicateKeyWrittenWithEscapes() {
-        #expect(parseError(#"{"ab":1,"\u0061\u0062":2}"#)?.message == #"duplicate key "ab""#)
-        #expect(parseError(#"{"\n":1,"\u000a":2}"#)?.message == #"duplicate key "\n""#)
+        #expect(jsonParseError(#"{"ab":1,"\u0061\u0062":2}"#)?.message == #"duplicate key "ab""#)
+        #expect(jsonParseError(#"{"\n":1,"\u000a":2}"#)?.message == #"duplicate key "\n""#)
     }
 
     @Test func rejectsDuplicateKeyInLargeObject() {
         let members = (0..<100).map { "\"key\($0)\":\($0)" }.joined(separator: ",")
-        #expect(parseError("{" + members + #","key57":0}"#)?.message == #"duplicate key "key57""#)
+        #expect(jsonParseError("{" + members + #","key57":0}"#)?.message == #"duplicate key "key57""#)
     }
 
     @Test func acceptsLargeObjectWithDistinctKeys() throws {
@@ -327,7 +326,7 @@ struct JSONParserTests {
     }
 
     @Test func allowsSameKeyInSiblingObjects() {
-        #expect(parseError(#"[{"a":1},{"a":2},{"b":{"a":3}}]"#) == nil)
+        #expect(jsonParseError(#"[{"a":1},{"a":2},{"b":{"a":3}}]"#) == nil)
     }
 
     @Test func treatsCanonicallyEquivalentKeysAsDistinct() throws {
@@ -338,7 +337,7 @@ struct JSONParserTests {
 
     @Test func shortensLongDuplicateKeyInMessage() {
         let key = String(repeating: "x", count: 200)
-        let message = parseError("{\"\(key)\":1,\"\(key)\":2}")?.message
+        let message = jsonParseError("{\"\(key)\":1,\"\(key)\":2}")?.message
         #expect(message == "duplicate key \"" + String(repeating: "x", count: 64) + "\"...")
     }
 
@@ -346,33 +345,35 @@ struct JSONParserTests {
 
     @Test func rejectsNestingBeyondDefaultLimit() {
         let text = String(repeating: "[", count: 100_000)
-        #expect(parseError(text) == JSONParseError(offset: 64, message: "nesting deeper than 64"))
+        #expect(jsonParseError(text) == JSONParseError(offset: 64, message: "nesting deeper than 64"))
     }
 
     @Test func acceptsNestingAtLimit() throws {
         let text = String(repeating: "[", count: 64) + String(repeating: "]", count: 64)
-        #expect(parseError(text) == nil)
+        #expect(jsonParseError(text) == nil)
         let deeper = String(repeating: "{\"a\":", count: 65) + "1" + String(repeating: "}", count: 65)
-        #expect(parseError(deeper) == JSONParseError(offset: 320, message: "nesting deeper than 64"))
+        #expect(jsonParseError(deeper) == JSONParseError(offset: 320, message: "nesting deeper than 64"))
     }
 
     @Test func appliesCustomDepthLimit() {
         let limits = JSONLimits(maxDepth: 2)
-        #expect(parseError("[[1]]", limits: limits) == nil)
-        #expect(parseError("[[[1]]]", limits: limits) == JSONParseError(offset: 2, message: "nesting deeper than 2"))
+        #expect(jsonParseError("[[1]]", limits: limits) == nil)
+        #expect(
+            jsonParseError("[[[1]]]", limits: limits) == JSONParseError(offset: 2, message: "nesting deeper than 2"))
     }
 
     @Test func walksHugeNestingWithoutRecursion() {
         let text = String(repeating: "[", count: 100_000)
         let limits = JSONLimits(maxDepth: 1_000_000)
-        #expect(parseError(text, limits: limits) == JSONParseError(offset: 100_000, message: "unexpected end of input"))
+        #expect(
+            jsonParseError(text, limits: limits) == JSONParseError(offset: 100_000, message: "unexpected end of input"))
     }
 
     @Test func limitsTotalValueCount() {
         let limits = JSONLimits(maxValues: 3)
-        #expect(parseError("[1,2]", limits: limits) == nil)
-        #expect(parseError(#"{"a":1,"b":2}"#, limits: limits) == nil)
-        #expect(parseError("[1,2,3]", limits: limits) == JSONParseError(offset: 5, message: "more than 3 values"))
+        #expect(jsonParseError("[1,2]", limits: limits) == nil)
+        #expect(jsonParseError(#"{"a":1,"b":2}"#, limits: limits) == nil)
+        #expect(jsonParseError("[1,2,3]", limits: limits) == JSONParseError(offset: 5, message: "more than 3 values"))
     }
 
     @Test func describesErrorByItsMessage() {

@@ -2,7 +2,7 @@ import RuleModel
 import Testing
 
 /// One member as the scanner's callback reported it, with the key copied out.
-struct ScannedMember: Equatable, CustomStringConvertible {
+private struct ScannedMember: Equatable, CustomStringConvertible {
     var key: String
     var range: Range<Int>
     var kind: JSONKind
@@ -10,7 +10,8 @@ struct ScannedMember: Equatable, CustomStringConvertible {
     var description: String { "\(key) \(range) \(kind)" }
 }
 
-func scanResult(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> Result<[ScannedMember], JSONParseError> {
+private func scanResult(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> Result<[ScannedMember], JSONParseError>
+{
     var members: [ScannedMember] = []
     do {
         try JSONObjectScanner(limits: limits).scan(bytes) { key, range, kind in
@@ -25,16 +26,16 @@ func scanResult(_ bytes: [UInt8], limits: JSONLimits = JSONLimits()) -> Result<[
     }
 }
 
-func scanResult(_ text: String, limits: JSONLimits = JSONLimits()) -> Result<[ScannedMember], JSONParseError> {
+private func scanResult(_ text: String, limits: JSONLimits = JSONLimits()) -> Result<[ScannedMember], JSONParseError> {
     scanResult(Array(text.utf8), limits: limits)
 }
 
-func scanError(_ text: String, limits: JSONLimits = JSONLimits()) -> JSONParseError? {
+private func scanError(_ text: String, limits: JSONLimits = JSONLimits()) -> JSONParseError? {
     if case .failure(let error) = scanResult(text, limits: limits) { return error }
     return nil
 }
 
-func kind(of value: JSONValue) -> JSONKind {
+private func kind(of value: JSONValue) -> JSONKind {
     switch value {
     case .null: return .null
     case .bool(let flag): return flag ? .true : .false
@@ -47,7 +48,7 @@ func kind(of value: JSONValue) -> JSONKind {
 
 /// Checks that the scanner accepts exactly what the parser accepts as an object, reporting the same members, and
 /// rejects the rest, with the parser's error whenever the line starts like an object.
-func expectAgreement(_ bytes: [UInt8], sourceLocation: Testing.SourceLocation = #_sourceLocation) {
+private func expectAgreement(_ bytes: [UInt8], sourceLocation: Testing.SourceLocation = #_sourceLocation) {
     let parsed = Result { () throws(JSONParseError) in try JSONParser().parse(bytes) }
     let scanned = scanResult(bytes)
     let startsLikeObject = bytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) } == UInt8(ascii: "{")
@@ -59,7 +60,7 @@ func expectAgreement(_ bytes: [UInt8], sourceLocation: Testing.SourceLocation = 
             #expect(member.key == key, "\(shown)", sourceLocation: sourceLocation)
             #expect(member.kind == kind(of: value), "\(shown)", sourceLocation: sourceLocation)
             let memberValue = try? JSONParser().parse(Array(bytes[member.range]))
-            #expect(memberValue.map { identical($0, value) } == true, "\(shown)", sourceLocation: sourceLocation)
+            #expect(memberValue.map { jsonIdentical($0, value) } == true, "\(shown)", sourceLocation: sourceLocation)
         }
     case (.success(let value), .failure(let error)):
         #expect(value.objectValue == nil, "scanner rejected \(shown): \(error)", sourceLocation: sourceLocation)
@@ -76,7 +77,7 @@ func expectAgreement(_ bytes: [UInt8], sourceLocation: Testing.SourceLocation = 
 }
 
 /// Object documents, valid and invalid, for agreement between scanner and parser.
-let objectCorpus: [String] = [
+private let objectCorpus: [String] = [
     "{}", " { } ", #"{"a":1}"#, #"{"a":-0,"b":1.5e3,"c":"x","d":true,"e":false,"f":null,"g":[],"h":{}}"#,
     #"{"nested":{"a":[1,{"b":[{"c":{}}]}]},"after":"ok"}"#, #"{"\u0041":1,"\n":2,"\uD83D\uDE00":3}"#,
     #"{"big":123456789012345678901234567890,"tiny":1e-400,"max":9223372036854775807}"#,
@@ -93,7 +94,7 @@ let objectCorpus: [String] = [
 ]
 
 /// Byte-level invalid object documents (bad UTF-8 in keys and values).
-let invalidUTF8Objects: [[UInt8]] = [
+private let invalidUTF8Objects: [[UInt8]] = [
     [0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D], [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xC0, 0xAF, 0x22, 0x7D],
     [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xED, 0xA0, 0x80, 0x22, 0x7D],
     [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xF4, 0x90, 0x80, 0x80, 0x22, 0x7D],
@@ -295,23 +296,23 @@ struct JSONScannerTests {
         expectAgreement(Array(document.utf8))
     }
 
-    @Test(arguments: validDocuments + invalidDocuments)
+    @Test(arguments: jsonValidDocuments + jsonInvalidDocuments)
     func agreesWithParserOnParserCorpusDocument(_ document: String) {
         expectAgreement(Array(document.utf8))
     }
 
     @Test(arguments: invalidUTF8Objects)
     func agreesWithParserOnInvalidUTF8(_ document: [UInt8]) {
-        #expect(parseError(document) != nil)
+        #expect(jsonParseError(document) != nil)
         expectAgreement(document)
     }
 
     @Test func agreesWithParserOnRandomObjects() {
-        var generator = SeededGenerator(seed: 0x5CA9_0001)
+        var generator = JSONTestGenerator(seed: 0x5CA9_0001)
         for _ in 0..<1000 {
             var object = JSONObject()
             for _ in 0..<Int.random(in: 0...8, using: &generator) {
-                object[randomString(&generator)] = randomValue(&generator, depth: 1)
+                object[randomJSONString(&generator)] = randomJSONValue(&generator, depth: 1)
             }
             let options: JSONWriter.Options = Bool.random(using: &generator) ? [.prettyPrinted] : []
             expectAgreement(Array(JSONWriter.string(.object(object), options: options).utf8))
@@ -319,7 +320,7 @@ struct JSONScannerTests {
     }
 
     @Test func agreesWithParserOnMutatedObjects() {
-        var generator = SeededGenerator(seed: 0x5CA9_0002)
+        var generator = JSONTestGenerator(seed: 0x5CA9_0002)
         let interesting: [UInt8] =
             Array(#"{}[]",:\0-+.eEu tfnaZ"#.utf8) + [
                 0x0A, 0x00, 0x1F, 0x7F, 0x80, 0xBF, 0xC3, 0xE2, 0xED, 0xF0, 0xF4, 0xFF,

@@ -2,7 +2,7 @@ import RuleModel
 import Testing
 
 /// A small seeded generator (SplitMix64) so random tests repeat exactly.
-struct SeededGenerator: RandomNumberGenerator {
+struct JSONTestGenerator: RandomNumberGenerator {
     var state: UInt64
 
     init(seed: UInt64) {
@@ -19,13 +19,13 @@ struct SeededGenerator: RandomNumberGenerator {
 }
 
 /// Scalars that stress escaping and UTF-8: controls, quotes, separators, every UTF-8 length and the extremes.
-let interestingScalars: [Unicode.Scalar] = [
+private let interestingScalars: [Unicode.Scalar] = [
     "a", "Z", "0", " ", "\"", "\\", "/", "\n", "\r", "\t", "\u{0}", "\u{1}", "\u{8}", "\u{C}", "\u{1F}", "\u{7F}",
     "\u{80}", "é", "\u{7FF}", "\u{800}", "€", "\u{2028}", "\u{2029}", "\u{D7FF}", "\u{E000}", "\u{FFFD}", "\u{FFFF}",
     "\u{10000}", "😀", "\u{10FFFF}",
 ]
 
-func randomString(_ generator: inout SeededGenerator) -> String {
+func randomJSONString(_ generator: inout JSONTestGenerator) -> String {
     var scalars = String.UnicodeScalarView()
     for _ in 0..<Int.random(in: 0...10, using: &generator) {
         if Bool.random(using: &generator) {
@@ -37,7 +37,7 @@ func randomString(_ generator: inout SeededGenerator) -> String {
     return String(scalars)
 }
 
-func randomDouble(_ generator: inout SeededGenerator) -> Double {
+func randomJSONDouble(_ generator: inout JSONTestGenerator) -> Double {
     switch Int.random(in: 0..<4, using: &generator) {
     case 0:
         while true {
@@ -55,7 +55,7 @@ func randomDouble(_ generator: inout SeededGenerator) -> Double {
     }
 }
 
-func randomValue(_ generator: inout SeededGenerator, depth: Int = 0) -> JSONValue {
+func randomJSONValue(_ generator: inout JSONTestGenerator, depth: Int = 0) -> JSONValue {
     let kinds = depth >= 4 ? 5 : 7
     switch Int.random(in: 0..<kinds, using: &generator) {
     case 0: return .null
@@ -65,37 +65,37 @@ func randomValue(_ generator: inout SeededGenerator, depth: Int = 0) -> JSONValu
             0, -1, 1, .max, .min, Int64(bitPattern: generator.next()), Int64.random(in: -999...999, using: &generator),
         ]
         return .integer(choices.randomElement(using: &generator)!)
-    case 3: return .number(randomDouble(&generator))
-    case 4: return .string(randomString(&generator))
+    case 3: return .number(randomJSONDouble(&generator))
+    case 4: return .string(randomJSONString(&generator))
     case 5:
         return .array(
-            (0..<Int.random(in: 0...4, using: &generator)).map { _ in randomValue(&generator, depth: depth + 1) })
+            (0..<Int.random(in: 0...4, using: &generator)).map { _ in randomJSONValue(&generator, depth: depth + 1) })
     default:
         var object = JSONObject()
         for _ in 0..<Int.random(in: 0...4, using: &generator) {
-            object[randomString(&generator)] = randomValue(&generator, depth: depth + 1)
+            object[randomJSONString(&generator)] = randomJSONValue(&generator, depth: depth + 1)
         }
         return .object(object)
     }
 }
 
 /// Equality that also tells -0.0 from 0.0 and compares object members in order.
-func identical(_ lhs: JSONValue, _ rhs: JSONValue) -> Bool {
+func jsonIdentical(_ lhs: JSONValue, _ rhs: JSONValue) -> Bool {
     switch (lhs, rhs) {
     case (.number(let a), .number(let b)): return a.bitPattern == b.bitPattern
-    case (.array(let a), .array(let b)): return a.count == b.count && zip(a, b).allSatisfy { identical($0, $1) }
+    case (.array(let a), .array(let b)): return a.count == b.count && zip(a, b).allSatisfy { jsonIdentical($0, $1) }
     case (.object(let a), .object(let b)):
         return a.count == b.count
-            && zip(a, b).allSatisfy { Array($0.key.utf8) == Array($1.key.utf8) && identical($0.value, $1.value) }
+            && zip(a, b).allSatisfy { Array($0.key.utf8) == Array($1.key.utf8) && jsonIdentical($0.value, $1.value) }
     default: return lhs == rhs
     }
 }
 
-func written(_ value: JSONValue, _ options: JSONWriter.Options = []) -> String {
+private func written(_ value: JSONValue, _ options: JSONWriter.Options = []) -> String {
     JSONWriter.string(value, options: options)
 }
 
-func escaped(_ text: String) -> String {
+private func escaped(_ text: String) -> String {
     var output: [UInt8] = []
     JSONWriter.appendEscapedString(text, to: &output)
     return String(decoding: output, as: UTF8.self)
@@ -234,34 +234,34 @@ struct JSONWriterTests {
         for options: JSONWriter.Options in [[], [.sortedKeys], [.prettyPrinted]] {
             var output: [UInt8] = []
             JSONWriter(options: options).write(value, to: &output)
-            #expect(identical(try JSONParser().parse(output), value))
+            #expect(jsonIdentical(try JSONParser().parse(output), value))
         }
     }
 
     @Test func roundTripsRandomValues() throws {
-        var generator = SeededGenerator(seed: 0x5EED_0001)
+        var generator = JSONTestGenerator(seed: 0x5EED_0001)
         for _ in 0..<3000 {
-            let value = randomValue(&generator)
+            let value = randomJSONValue(&generator)
             let text = written(value)
             let parsed = try JSONParser().parse(text)
-            #expect(identical(parsed, value), "\(text)")
+            #expect(jsonIdentical(parsed, value), "\(text)")
             #expect(written(parsed) == text)
         }
     }
 
     @Test func roundTripsRandomValuesPrettyAndSorted() throws {
-        var generator = SeededGenerator(seed: 0x5EED_0002)
+        var generator = JSONTestGenerator(seed: 0x5EED_0002)
         for _ in 0..<1000 {
-            let value = randomValue(&generator)
+            let value = randomJSONValue(&generator)
             #expect(try JSONParser().parse(written(value, .prettyPrinted)) == value)
             #expect(try JSONParser().parse(written(value, .sortedKeys)) == value)
         }
     }
 
     @Test func roundTripsRandomDoublesBitExactly() throws {
-        var generator = SeededGenerator(seed: 0x5EED_0003)
+        var generator = JSONTestGenerator(seed: 0x5EED_0003)
         for _ in 0..<20_000 {
-            let number = randomDouble(&generator)
+            let number = randomJSONDouble(&generator)
             let parsed = try JSONParser().parse(written(.number(number)))
             guard case .number(let back) = parsed else {
                 Issue.record("\(number) came back as \(parsed)")
@@ -272,7 +272,7 @@ struct JSONWriterTests {
     }
 
     @Test func roundTripsRandomIntegers() throws {
-        var generator = SeededGenerator(seed: 0x5EED_0004)
+        var generator = JSONTestGenerator(seed: 0x5EED_0004)
         for _ in 0..<20_000 {
             let integer = Int64(bitPattern: generator.next()) >> Int64.random(in: 0..<64, using: &generator)
             #expect(try JSONParser().parse(written(.integer(integer))) == .integer(integer))

@@ -1,0 +1,267 @@
+import Logging
+import NIOCore
+import RuleModel
+import RulesProtocol
+
+/// Serves one client connection: decodes request lines, answers them in order, and pushes `watch` events.
+///
+/// Synchronous requests are evaluated on the connection's own event loop by its ``Worker`` and answered
+/// immediately; the few operations that wait for something (`reload`, `status`, `metrics`) hold the lines
+/// that follow them until they are answered, so answers always come back in request order. Reading stops
+/// while too many lines wait or while the client is not reading its answers: a slow or stuck client only
+/// ever costs its own connection a bounded amount of memory.
+final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = RequestFrame
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let worker: Worker
+    private let services: DaemonServices
+    private var decoder: RequestDecoder
+    private var output: ByteBuffer
+    private var waiting = CircularBuffer<ByteBuffer>()
+    private var busy = false
+    private var heldRead = false
+    private var inputClosed = false
+    private var watching = false
+    private var closing = false
+    private var peer: PeerCredentials?
+    private var context: ChannelHandlerContext?
+
+    init(worker: Worker, services: DaemonServices, allocator: ByteBufferAllocator) {
+        self.worker = worker
+        self.services = services
+        self.decoder = RequestDecoder(maxDepth: max(services.settings.limits.maxContextDepth + 2, 8))
+        self.output = allocator.buffer(capacity: 4096)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = PeerCredentials.of(context.channel)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if watching {
+            services.watchHub.unsubscribe(ObjectIdentifier(self))
+            watching = false
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if closing { return }
+        switch unwrapInboundIn(data) {
+        case .tooLarge(let limit):
+            waiting.removeAll()
+            ResponseWriter.writeFailure(
+                id: nil,
+                error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
+                into: &output)
+            closeAfterFlush(context: context)
+        case .line(let line):
+            if busy || !waiting.isEmpty {
+                waiting.append(line)
+            } else {
+                process(line, context: context)
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushOutput(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if shouldHoldReads(context: context) {
+            heldRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        resumeReadingIfPossible(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            // Watchers are quiet by design, and a connection waiting for a reload is not idle.
+            if !watching && !busy && waiting.isEmpty { context.close(promise: nil) }
+            return
+        }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            inputClosed = true
+            closeIfDone(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A client that vanishes mid-answer (EPIPE, ECONNRESET) costs only its own connection.
+        context.close(promise: nil)
+    }
+
+    /// Shutdown: answer what was already read (and any reload in progress), then close.
+    func drainAndClose() {
+        guard let context else { return }
+        if watching {
+            services.watchHub.unsubscribe(ObjectIdentifier(self))
+            watching = false
+        }
+        inputClosed = true
+        flushOutput(context: context)
+        closeIfDone(context: context)
+    }
+
+    // MARK: - requests
+
+    private func process(_ line: ByteBuffer, context: ChannelHandlerContext) {
+        let decoded = line.withUnsafeReadableBytes { bytes in decoder.decode(bytes) }
+        switch decoded {
+        case .failure(let failure):
+            line.withUnsafeReadableBytes { bytes in
+                ResponseWriter.writeFailure(
+                    id: failure.id.map { UnsafeRawBufferPointer(rebasing: bytes[$0]) }, error: failure.error,
+                    into: &output)
+            }
+            worker.metrics.recordRequest(.ping, ok: false, since: worker.metrics.clock())
+        case .success(let request):
+            switch request.operation {
+            case .ping, .flag, .flags, .route, .config:
+                line.withUnsafeReadableBytes { bytes in worker.answer(request, line: bytes, into: &output) }
+            case .watch:
+                startWatching(request, line: line, context: context)
+            case .status, .metrics, .reload:
+                startWaiting(request, line: line, context: context)
+            }
+        }
+        if output.readableBytes >= 64 << 10 { flushOutput(context: context) }
+    }
+
+    private func idBytes(_ request: DecodedRequest, _ line: ByteBuffer) -> [UInt8]? {
+        guard let range = request.id else { return nil }
+        return line.withUnsafeReadableBytes { Array($0[range]) }
+    }
+
+    private func startWatching(_ request: DecodedRequest, line: ByteBuffer, context: ChannelHandlerContext) {
+        let generation = worker.servingGeneration
+        let id = idBytes(request, line)
+        var result: [UInt8] = []
+        result.append(contentsOf: #"{"watching":true}"#.utf8)
+        id.withUnsafeOptionalBytes { idBuffer in
+            ResponseWriter.writeSuccess(
+                id: idBuffer, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
+                result: result, into: &output)
+        }
+        if !watching {
+            watching = true
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            services.watchHub.subscribe(ObjectIdentifier(self), eventLoop: context.eventLoop) { event in
+                loopBound.value.push(event)
+            }
+        }
+    }
+
+    /// Writes a pushed event line; called on this connection's event loop.
+    private func push(_ event: [UInt8]) {
+        guard let context, !closing else { return }
+        if !context.channel.isWritable {
+            // A watcher that stopped reading: drop it rather than buffer without bound.
+            context.close(promise: nil)
+            return
+        }
+        ResponseWriter.writeEvent(event, into: &output)
+        flushOutput(context: context)
+    }
+
+    private func startWaiting(_ request: DecodedRequest, line: ByteBuffer, context: ChannelHandlerContext) {
+        busy = true
+        let id = idBytes(request, line)
+        let services = self.services
+        let peer = self.peer
+        let promise = context.eventLoop.makePromise(of: ByteBuffer.self)
+        let allocator = context.channel.allocator
+        promise.completeWithTask {
+            var buffer = allocator.buffer(capacity: 512)
+            await services.answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
+            return buffer
+        }
+        promise.futureResult.assumeIsolated().whenComplete { [self] outcome in
+            busy = false
+            guard let context = self.context else { return }
+            switch outcome {
+            case .success(var answer): output.writeBuffer(&answer)
+            case .failure(let error):
+                id.withUnsafeOptionalBytes { idBuffer in
+                    ResponseWriter.writeFailure(
+                        id: idBuffer, error: ProtocolError(.internal, "\(error)"), into: &output)
+                }
+            }
+            drainWaiting(context: context)
+            flushOutput(context: context)
+            closeIfDone(context: context)
+            resumeReadingIfPossible(context: context)
+        }
+    }
+
+    private func drainWaiting(context: ChannelHandlerContext) {
+        while !busy, !closing, let line = waiting.popFirst() {
+            process(line, context: context)
+        }
+    }
+
+    // MARK: - flow control
+
+    private func shouldHoldReads(context: ChannelHandlerContext) -> Bool {
+        waiting.count >= services.settings.maxPipelinedRequests || !context.channel.isWritable || closing
+    }
+
+    private func resumeReadingIfPossible(context: ChannelHandlerContext) {
+        if heldRead && !shouldHoldReads(context: context) {
+            heldRead = false
+            context.read()
+        }
+    }
+
+    private func flushOutput(context: ChannelHandlerContext) {
+        guard output.readableBytes > 0 else { return }
+        let buffer = output
+        output = context.channel.allocator.buffer(capacity: 4096)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func closeIfDone(context: ChannelHandlerContext) {
+        guard inputClosed, !busy, waiting.isEmpty, !watching else { return }
+        closeAfterFlush(context: context)
+    }
+
+    private func closeAfterFlush(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        let buffer = output
+        output = context.channel.allocator.buffer(capacity: 0)
+        context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+}
+
+extension Optional where Wrapped == [UInt8] {
+    func withUnsafeOptionalBytes<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
+        switch self {
+        case .some(let bytes): return bytes.withUnsafeBytes { body($0) }
+        case .none: return body(nil)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import NIOCore
+import NIOPosix
+import RuleEngine
+import RuleModel
+import RuleWatcher
+import ServiceLifecycle
+import UnixSignals
+
+/// rulesd: loads the rules, serves the socket, reloads on change, shuts down cleanly.
+public enum Daemon {
+    /// Runs the daemon until SIGTERM or SIGINT.
+    /// - Returns: the process exit status: 0 after a clean shutdown, 1 when the rules cannot be loaded at start.
+    public static func run(settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?, logger: Logger)
+        async throws -> Int32
+    {
+        let store = GenerationStore()
+        let pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger)
+        let loader = NIOThreadPool(numberOfThreads: 1)
+        loader.start()
+        let watchHub = WatchHub()
+        let metrics = DaemonMetrics()
+        let reloads = ReloadCoordinator(
+            settings: settings, store: store, pool: pool, loader: loader, watchHub: watchHub, notifier: notifier,
+            reloadMetrics: metrics, logger: logger)
+
+        logger.info(
+            "starting", metadata: [
+                "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
+                "version": "\(DaemonServices.version)",
+            ])
+        let initial: ServingGeneration
+        do {
+            initial = try await reloads.loadInitial()
+        } catch {
+            StandardError.write(Array("rulesd: cannot load the rules in \(settings.rulesDirectory):\n".utf8))
+            for diagnostic in error.diagnostics {
+                StandardError.write(Array("  \(diagnostic)\n".utf8))
+            }
+            StandardError.write(Array("rulesd: no last known good copy in \(settings.stateDirectory); not starting\n".utf8))
+            await pool.shutdown()
+            try? await loader.shutdownGracefully()
+            return 1
+        }
+
+        let reloadGroup = settings.socketGroup.flatMap { UserGroups.gid(named: $0) }
+        let services = DaemonServices(
+            settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
+            reloadGroup: reloadGroup, logger: logger)
+        let server = SocketServer(
+            settings: settings, services: services, pool: pool, activatedSocket: activatedSocket, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            StandardError.write(Array("rulesd: \(error)\n".utf8))
+            await pool.shutdown()
+            try? await loader.shutdownGracefully()
+            return 1
+        }
+        notifier.ready(status: reloads.statusLine(initial, failure: reloads.lastReload?.failure))
+
+        var watcher: RuleDirectoryWatcher?
+        if settings.watchMode != "off" {
+            watcher = RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
+        }
+        services.attach(watcher: watcher)
+
+        // Started in this order, stopped in reverse: the server stops accepting first, reloads stop last.
+        var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: ReloadService(coordinator: reloads)),
+            .init(service: SignalReloadService(coordinator: reloads)),
+        ]
+        if let watcher {
+            // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
+            // `reload` and SIGHUP still work), so its end does not stop the group.
+            serviceList.append(
+                .init(service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore))
+        }
+        serviceList.append(
+            .init(service: ServerService(server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: serviceList,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+        watcher?.stop()
+        await pool.shutdown()
+        try? await loader.shutdownGracefully()
+        logger.info("stopped")
+        return 0
+    }
+}
+
+/// Runs reloads until shutdown.
+struct ReloadService: Service {
+    let coordinator: ReloadCoordinator
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await coordinator.run()
+        } onGracefulShutdown: {
+            coordinator.finish()
+        }
+    }
+}
+
+/// SIGHUP asks for a reload (asynchronously; `rulesctl reload` waits for the outcome).
+struct SignalReloadService: Service {
+    let coordinator: ReloadCoordinator
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            coordinator.requestReload(.signal)
+        }
+    }
+}
+
+/// Turns the directory watcher's change signals into reloads.
+struct WatcherService: Service {
+    let watcher: RuleDirectoryWatcher
+    let coordinator: ReloadCoordinator
+
+    func run() async throws {
+        for await _ in watcher.changes().cancelOnGracefulShutdown() {
+            coordinator.requestReload(.watcher)
+        }
+        watcher.stop()
+    }
+}
+
+/// The socket server; shutting it down is the first step of a graceful stop.
+struct ServerService: Service {
+    let server: SocketServer
+    let notifier: LifecycleNotifier
+    let timeout: Duration
+    let logger: Logger
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await server.waitUntilClosed()
+        } onGracefulShutdown: {
+            logger.info("stopping: finishing in-flight requests")
+            notifier.stopping(status: "stopping")
+            server.stopAccepting()
+        }
+        // The listener is closed; wait for the connections' drain before the group moves on.
+        await server.shutdown(timeout: timeout)
+    }
+}
+
+/// A notifier for when no service manager listens.
+public struct NoLifecycleNotifier: LifecycleNotifier {
+    public init() {}
+    public func ready(status: String) {}
+    public func reloading(status: String) {}
+    public func stopping(status: String) {}
+    public func status(_ status: String) {}
+    public func extendStartup(by duration: Duration) {}
+}

@@ -1,0 +1,185 @@
+import CoreMetrics
+import Prometheus
+import RuleModel
+import RuleWatcher
+import RulesProtocol
+import Synchronization
+
+/// What the reload path reports to metrics.
+protocol ReloadMetrics: Sendable {
+    func recordReload(ok: Bool, seconds: Double)
+    func recordGeneration(_ generation: ServingGeneration)
+}
+
+/// The daemon's metrics, in Prometheus text format, through swift-metrics with swift-prometheus.
+///
+/// Reload-side metrics are recorded as they happen. Request-side metrics are counted per worker in
+/// thread-owned memory (no lock, no shared cache line on the request path) and merged here when metrics
+/// are read: counters are brought up to date through swift-metrics; the request-latency histogram is
+/// rendered here from the merged buckets, because swift-prometheus's histogram takes a lock per
+/// observation.
+final class DaemonMetrics: ReloadMetrics, Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: MetricsFactory
+    private let reloadsOK: CoreMetrics.Counter
+    private let reloadsFailed: CoreMetrics.Counter
+    private let reloadDuration: CoreMetrics.Timer
+    private let generationGauge: CoreMetrics.Gauge
+    private let files: CoreMetrics.Gauge
+    private let flags: CoreMetrics.Gauge
+    private let routes: CoreMetrics.Gauge
+    private let configs: CoreMetrics.Gauge
+    private let luaMemory: CoreMetrics.Gauge
+    private let connections: CoreMetrics.Gauge
+    private let watchers: CoreMetrics.Gauge
+    private let startTime: CoreMetrics.Gauge
+
+    private struct Merged {
+        var requests: [String: Int] = [:]
+        var evaluations: [String: Int] = [:]
+        var ruleErrors: [String: Int] = [:]
+        var counters: [String: CoreMetrics.Counter] = [:]
+        var info: (revision: String, gauge: Prometheus.Gauge)?
+        var modes: [String: CoreMetrics.Gauge] = [:]
+    }
+
+    private let merged = Mutex(Merged())
+
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["rulesd_reload_duration_seconds"] = [
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+        ]
+        self.factory = factory
+        reloadsOK = CoreMetrics.Counter(label: "rulesd_reloads_total", dimensions: [("outcome", "ok")], factory: factory)
+        reloadsFailed = CoreMetrics.Counter(
+            label: "rulesd_reloads_total", dimensions: [("outcome", "failed")], factory: factory)
+        reloadDuration = CoreMetrics.Timer(label: "rulesd_reload_duration_seconds", factory: factory)
+        generationGauge = CoreMetrics.Gauge(label: "rulesd_generation", factory: factory)
+        files = CoreMetrics.Gauge(label: "rulesd_rule_files", factory: factory)
+        flags = CoreMetrics.Gauge(label: "rulesd_flags", factory: factory)
+        routes = CoreMetrics.Gauge(label: "rulesd_routes", factory: factory)
+        configs = CoreMetrics.Gauge(label: "rulesd_configs", factory: factory)
+        luaMemory = CoreMetrics.Gauge(label: "rulesd_lua_state_bytes", factory: factory)
+        connections = CoreMetrics.Gauge(label: "rulesd_open_connections", factory: factory)
+        watchers = CoreMetrics.Gauge(label: "rulesd_watch_subscribers", factory: factory)
+        startTime = CoreMetrics.Gauge(label: "rulesd_start_time_seconds", factory: factory)
+        startTime.record(RuleClockTime.now())
+    }
+
+    func recordReload(ok: Bool, seconds: Double) {
+        (ok ? reloadsOK : reloadsFailed).increment()
+        reloadDuration.recordNanoseconds(Int64(seconds * 1e9))
+    }
+
+    func recordGeneration(_ generation: ServingGeneration) {
+        generationGauge.record(Int64(generation.number))
+        let ruleSet = generation.ruleSet
+        files.record(ruleSet.files.count)
+        flags.record(ruleSet.flags.count)
+        routes.record(ruleSet.routes.count)
+        configs.record(ruleSet.configs.count)
+        luaMemory.record(generation.stateMemory)
+        // An info metric: one series whose labels carry the revision; the previous one is removed.
+        merged.withLock { state in
+            if let previous = state.info { registry.unregisterGauge(previous.gauge) }
+            let gauge = registry.makeGauge(
+                name: "rulesd_rules_info",
+                labels: [("revision", ruleSet.revision.short), ("origin", generation.origin.rawValue)],
+                help: "The serving rule set: its revision and where it was loaded from")
+            gauge.set(Int64(1))
+            state.info = (ruleSet.revision.short, gauge)
+        }
+    }
+
+    /// Brings the counters up to date and renders every metric in Prometheus text format.
+    func render(
+        workers: [WorkerMetricsSnapshot], openConnections: Int, watchSubscribers: Int, watcherMode: WatcherMode?
+    ) -> [UInt8] {
+        connections.record(openConnections)
+        watchers.record(watchSubscribers)
+        var requests: [String: Int] = [:]
+        var evaluations: [String: Int] = [:]
+        var ruleErrors: [String: Int] = [:]
+        var latency = [Int](repeating: 0, count: WorkerMetrics.latencyBuckets.count + 1)
+        var latencySum = 0
+        for worker in workers {
+            for (index, count) in worker.requests.enumerated() where count > 0 {
+                let op = WorkerMetrics.operations[index / 2].rawValue
+                requests["\(op)\u{0}\(index % 2 == 0 ? "ok" : "error")", default: 0] += count
+            }
+            for (key, counts) in worker.evaluations {
+                for (reason, count) in counts.enumerated() where count > 0 {
+                    evaluations["\(key)\u{0}\(EvaluationReason.allCases[reason].rawValue)", default: 0] += count
+                }
+            }
+            for (index, count) in worker.ruleErrors.enumerated() where count > 0 {
+                ruleErrors[RuleErrorCode.allCases[index].rawValue, default: 0] += count
+            }
+            for (index, count) in worker.latencyCounts.enumerated() { latency[index] += count }
+            latencySum += worker.latencySumNanoseconds
+        }
+        merged.withLock { state in
+            advance(&state.counters, &state.requests, requests, label: "rulesd_requests_total") { key in
+                let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false)
+                return [("op", String(parts[0])), ("outcome", String(parts[1]))]
+            }
+            advance(&state.counters, &state.evaluations, evaluations, label: "rulesd_flag_evaluations_total") { key in
+                let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false)
+                return [("flag", String(parts[0])), ("reason", String(parts[1]))]
+            }
+            advance(&state.counters, &state.ruleErrors, ruleErrors, label: "rulesd_rule_errors_total") { key in
+                [("code", key)]
+            }
+            let modeName: String
+            switch watcherMode {
+            case .inotify: modeName = "inotify"
+            case .polling: modeName = "polling"
+            case nil: modeName = "off"
+            }
+            for mode in ["inotify", "polling", "off"] {
+                let gauge = state.modes[mode] ?? CoreMetrics.Gauge(
+                    label: "rulesd_watcher_mode", dimensions: [("mode", mode)], factory: factory)
+                state.modes[mode] = gauge
+                gauge.record(mode == modeName ? 1 : 0)
+            }
+        }
+        var out = registry.emitToBuffer()
+        appendLatencyHistogram(latency, sumNanoseconds: latencySum, to: &out)
+        return out
+    }
+
+    private func advance(
+        _ counters: inout [String: CoreMetrics.Counter], _ last: inout [String: Int], _ totals: [String: Int],
+        label: String,
+        dimensions: (String) -> [(String, String)]
+    ) {
+        for (key, total) in totals {
+            let delta = total - (last[key] ?? 0)
+            guard delta > 0 else { continue }
+            let counterKey = label + "\u{1}" + key
+            let counter = counters[counterKey] ?? CoreMetrics.Counter(
+                label: label, dimensions: dimensions(key), factory: factory)
+            counters[counterKey] = counter
+            counter.increment(by: delta)
+            last[key] = total
+        }
+    }
+
+    private func appendLatencyHistogram(_ counts: [Int], sumNanoseconds: Int, to out: inout [UInt8]) {
+        let name = "rulesd_request_duration_seconds"
+        var text = "# HELP \(name) Time to answer one request, from decoding to encoding\n# TYPE \(name) histogram\n"
+        var cumulative = 0
+        for (index, bound) in WorkerMetrics.latencyBuckets.enumerated() {
+            cumulative += counts[index]
+            text += "\(name)_bucket{le=\"\(bound)\"} \(cumulative)\n"
+        }
+        cumulative += counts[WorkerMetrics.latencyBuckets.count]
+        text += "\(name)_bucket{le=\"+Inf\"} \(cumulative)\n"
+        text += "\(name)_sum \(Double(sumNanoseconds) / 1e9)\n"
+        text += "\(name)_count \(cumulative)\n"
+        out.append(contentsOf: text.utf8)
+    }
+}

@@ -1,0 +1,221 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Atomics
+import Logging
+import NIOCore
+import RuleEngine
+import RuleModel
+import RuleWatcher
+import RulesProtocol
+import Synchronization
+
+/// What every connection shares: settings, the generation store, reloads, watchers, status and metrics.
+final class DaemonServices: Sendable {
+    static let version = "0.1.0"
+
+    let settings: DaemonSettings
+    let store: GenerationStore
+    let pool: WorkerPool
+    let reloads: ReloadCoordinator
+    let watchHub: WatchHub
+    let metrics: DaemonMetrics
+    let logger: Logger
+    let openConnections = ManagedAtomic<Int>(0)
+    let startedAt = RuleClockTime.now()
+    private let startedMonotonic = RuleClockTime.monotonic()
+    private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
+    /// The group allowed to ask for reloads (besides root and rulesd's own user), when known.
+    let reloadGroup: gid_t?
+
+    init(
+        settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, reloads: ReloadCoordinator,
+        watchHub: WatchHub, metrics: DaemonMetrics, reloadGroup: gid_t?, logger: Logger
+    ) {
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.reloads = reloads
+        self.watchHub = watchHub
+        self.metrics = metrics
+        self.reloadGroup = reloadGroup
+        self.logger = logger
+    }
+
+    func attach(watcher: RuleDirectoryWatcher?) {
+        self.watcher.withLock { $0 = watcher }
+    }
+
+    var watcherMode: WatcherMode? { watcher.withLock { $0?.mode } }
+
+    /// Answers the operations that wait for something: `status`, `metrics`, `reload`.
+    func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer)
+        async
+    {
+        let generation = store.generation
+        switch operation {
+        case .status:
+            success(id: id, generation: generation, result: Array(JSONWriter.string(status()).utf8), into: &buffer)
+        case .metrics:
+            let text = await metricsText()
+            var result: [UInt8] = []
+            result.append(contentsOf: #"{"content_type":"text/plain; version=0.0.4","text":"#.utf8)
+            JSONWriter.appendEscapedString(String(decoding: text, as: UTF8.self), to: &result)
+            result.append(UInt8(ascii: "}"))
+            success(id: id, generation: generation, result: result, into: &buffer)
+        case .reload:
+            if let refusal = refuseReload(peer) {
+                failure(id: id, error: refusal, into: &buffer)
+                return
+            }
+            switch await reloads.reload(.request) {
+            case .reloaded(let next, let duration):
+                let result: JSONValue = [
+                    "outcome": "reloaded", "revision": .string(next.ruleSet.revision.hex),
+                    "generation": .integer(Int64(next.number)),
+                    "previous_revision": generation.map { .string($0.ruleSet.revision.hex) } ?? .null,
+                    "duration_ms": .number((duration * 1000).rounded() / 1000),
+                ]
+                success(id: id, generation: next, result: Array(JSONWriter.string(result).utf8), into: &buffer)
+            case .unchanged(let serving):
+                let result: JSONValue = [
+                    "outcome": "unchanged", "revision": .string(serving.ruleSet.revision.hex),
+                    "generation": .integer(Int64(serving.number)),
+                ]
+                success(id: id, generation: serving, result: Array(JSONWriter.string(result).utf8), into: &buffer)
+            case .failed(let problem, _, let serving):
+                var message = WatchEvents.summary(problem)
+                if let serving { message += "; still serving \(serving.shortRevision)" }
+                failure(
+                    id: id, error: ProtocolError(.reloadFailed, message, problems: problem.diagnostics), into: &buffer)
+            }
+        default:
+            failure(id: id, error: ProtocolError(.internal, "operation \(operation.rawValue) does not wait"), into: &buffer)
+        }
+    }
+
+    /// Only root, rulesd's own user and members of the socket's group may reload: with a socket open to
+    /// everyone (containers), anyone could otherwise make the daemon do a reload's work at will.
+    private func refuseReload(_ peer: PeerCredentials?) -> ProtocolError? {
+        guard let peer else { return nil }
+        if peer.uid == 0 || peer.uid == geteuid() { return nil }
+        if settings.socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
+        if let group = reloadGroup, peer.gid == group || UserGroups.contains(uid: peer.uid, gid: group) {
+            return nil
+        }
+        return ProtocolError(.forbidden, "reload is allowed to root, rulesd's user and the socket's group only")
+    }
+
+    private func success(id: [UInt8]?, generation: ServingGeneration?, result: [UInt8], into buffer: inout ByteBuffer) {
+        id.withUnsafeOptionalBytes { idBytes in
+            ResponseWriter.writeSuccess(
+                id: idBytes, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
+                result: result, into: &buffer)
+        }
+    }
+
+    private func failure(id: [UInt8]?, error: ProtocolError, into buffer: inout ByteBuffer) {
+        id.withUnsafeOptionalBytes { idBytes in ResponseWriter.writeFailure(id: idBytes, error: error, into: &buffer) }
+    }
+
+    /// Prometheus text for `rulesctl metrics` and the HTTP listener.
+    func metricsText() async -> [UInt8] {
+        let snapshots = await pool.metricsSnapshots()
+        return metrics.render(
+            workers: snapshots, openConnections: openConnections.load(ordering: .relaxed),
+            watchSubscribers: watchHub.count, watcherMode: watcherMode)
+    }
+
+    /// The `status` result.
+    func status() -> JSONValue {
+        var object: [(String, JSONValue)] = []
+        let generation = store.generation
+        if let generation {
+            let ruleSet = generation.ruleSet
+            object.append(("revision", .string(ruleSet.revision.hex)))
+            object.append(("generation", .integer(Int64(generation.number))))
+            object.append(("origin", .string(generation.origin.rawValue)))
+            object.append(("loaded_at", .string(Timestamp.iso8601(generation.loadedAt))))
+            object.append(("counts", [
+                "files": .integer(Int64(ruleSet.files.count)), "flags": .integer(Int64(ruleSet.flags.count)),
+                "routes": .integer(Int64(ruleSet.routes.count)), "configs": .integer(Int64(ruleSet.configs.count)),
+            ]))
+            object.append((
+                "files",
+                .array(ruleSet.files.map {
+                    ["path": .string($0.path), "bytes": .integer(Int64($0.bytes)), "sha256": .string($0.sha256)]
+                })
+            ))
+            object.append(("lua_state_bytes", .integer(Int64(generation.stateMemory))))
+        } else {
+            object.append(("revision", .null))
+            object.append(("generation", .integer(0)))
+        }
+        object.append(("rules_dir", .string(settings.rulesDirectory)))
+        object.append(("state_dir", .string(settings.stateDirectory)))
+        if let record = reloads.lastReload {
+            var last: [(String, JSONValue)] = [
+                ("ok", .bool(record.ok)), ("outcome", .string(record.outcome)),
+                ("at", .string(Timestamp.iso8601(record.at))),
+                ("duration_ms", .number((record.durationMilliseconds * 1000).rounded() / 1000)),
+                ("trigger", .string(record.trigger.rawValue)),
+                ("revision", record.revision.map { .string($0.hex) } ?? .null),
+            ]
+            if let failure = record.failure {
+                let problems: [JSONValue] = failure.diagnostics.map {
+                    ["file": .string($0.location.file), "line": .integer(Int64($0.location.line)), "message": .string($0.message)]
+                }
+                last.append(("error", [
+                    "code": "RELOAD_FAILED", "message": .string(WatchEvents.summary(failure)), "problems": .array(problems),
+                ]))
+            } else {
+                last.append(("error", .null))
+            }
+            object.append(("last_reload", .object(JSONObject(last))))
+        } else {
+            object.append(("last_reload", .null))
+        }
+        switch watcherMode {
+        case .inotify?: object.append(("watcher", ["mode": "inotify"]))
+        case .polling(let reason)?: object.append(("watcher", ["mode": "polling", "reason": .string(reason)]))
+        case nil: object.append(("watcher", ["mode": "off"]))
+        }
+        object.append(("started_at", .string(Timestamp.iso8601(startedAt))))
+        object.append(("uptime_seconds", .number(((RuleClockTime.monotonic() - startedMonotonic) * 1000).rounded() / 1000)))
+        object.append(("connections", .integer(Int64(openConnections.load(ordering: .relaxed)))))
+        object.append(("watchers", .integer(Int64(watchHub.count))))
+        object.append(("requests_served", .integer(Int64(pool.requestsServed))))
+        object.append(("workers", .integer(Int64(pool.eventLoops.count))))
+        object.append(("pid", .integer(Int64(getpid()))))
+        object.append(("version", .string(Self.version)))
+        return .object(JSONObject(object))
+    }
+}
+
+/// Group membership lookups for authorisation.
+enum UserGroups {
+    /// Whether the user `uid` lists `gid` among its groups (primary or supplementary).
+    static func contains(uid: uid_t, gid: gid_t) -> Bool {
+        var record = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16 << 10)
+        guard getpwuid_r(uid, &record, &buffer, buffer.count, &result) == 0, result != nil else { return false }
+        if record.pw_gid == gid { return true }
+        var count: Int32 = 256
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        guard getgrouplist(record.pw_name, record.pw_gid, &groups, &count) >= 0 else { return false }
+        return groups.prefix(Int(count)).contains(gid)
+    }
+
+    /// The id of the group named `name`.
+    static func gid(named name: String) -> gid_t? {
+        if let numeric = gid_t(name) { return numeric }
+        var record = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 16 << 10)
+        guard getgrnam_r(name, &record, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return record.gr_gid
+    }
+}

@@ -1,0 +1,57 @@
+import RuleEngine
+import RuleModel
+import RulesProtocol
+
+/// The lines pushed to `watch` connections.
+enum WatchEvents {
+    /// `{"event":"reloaded","revision",…}`.
+    static func reloaded(
+        _ generation: ServingGeneration, previous: ServingGeneration?, duration: Double, trigger: ReloadTrigger
+    ) -> [UInt8] {
+        let ruleSet = generation.ruleSet
+        var object: [(String, JSONValue)] = [
+            ("event", "reloaded"),
+            ("revision", .string(ruleSet.revision.hex)),
+            ("generation", .integer(Int64(generation.number))),
+            ("trigger", .string(trigger.rawValue)),
+            ("duration_ms", .number((duration * 1000).rounded() / 1000)),
+            ("files", .integer(Int64(ruleSet.files.count))),
+            ("flags", .integer(Int64(ruleSet.flags.count))),
+            ("routes", .integer(Int64(ruleSet.routes.count))),
+            ("configs", .integer(Int64(ruleSet.configs.count))),
+            ("at", .string(Timestamp.iso8601(generation.loadedAt))),
+        ]
+        if let previous { object.append(("previous_revision", .string(previous.ruleSet.revision.hex))) }
+        return Array(JSONWriter.string(.object(JSONObject(object))).utf8)
+    }
+
+    /// `{"event":"reload_failed","error":{…}}`, naming every problem with its file and line.
+    static func reloadFailed(
+        _ failure: RuleLoadFailure, candidate: RuleRevision, serving: ServingGeneration?, trigger: ReloadTrigger
+    ) -> [UInt8] {
+        var out: [UInt8] = []
+        out.append(contentsOf: #"{"event":"reload_failed","revision":"#.utf8)
+        JSONWriter.appendEscapedString(candidate.hex, to: &out)
+        out.append(contentsOf: #","serving_revision":"#.utf8)
+        if let serving { JSONWriter.appendEscapedString(serving.ruleSet.revision.hex, to: &out) } else {
+            out.append(contentsOf: "null".utf8)
+        }
+        out.append(contentsOf: #","trigger":"#.utf8)
+        JSONWriter.appendEscapedString(trigger.rawValue, to: &out)
+        out.append(contentsOf: #","at":"#.utf8)
+        JSONWriter.appendEscapedString(Timestamp.iso8601(RuleClockTime.now()), to: &out)
+        out.append(contentsOf: #","error":{"code":"RELOAD_FAILED","message":"#.utf8)
+        JSONWriter.appendEscapedString(summary(failure), to: &out)
+        out.append(contentsOf: #","problems":"#.utf8)
+        ResponseWriter.appendProblems(failure.diagnostics, to: &out)
+        out.append(contentsOf: "}}".utf8)
+        return out
+    }
+
+    /// `2 problems, first: a.lua:3: unexpected symbol near 'x'`.
+    static func summary(_ failure: RuleLoadFailure) -> String {
+        let count = failure.diagnostics.count
+        guard let first = failure.diagnostics.first else { return "the rules do not load" }
+        return count == 1 ? "\(first)" : "\(count) problems, first: \(first)"
+    }
+}

@@ -1,0 +1,100 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import RuleModel
+import RulesProtocol
+
+/// Per-request metrics, counted by the worker that served the request in plain (thread-owned) memory and
+/// merged only when someone asks for metrics: the request path takes no lock and touches no shared cache
+/// line for them.
+final class WorkerMetrics {
+    /// Upper bounds of the evaluation-latency buckets, in seconds.
+    static let latencyBuckets: [Double] = [
+        0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+    ]
+    static let operations = RequestOperation.allCases
+
+    private(set) var requests = [Int](repeating: 0, count: RequestOperation.allCases.count * 2)
+    private(set) var latencyCounts = [Int](repeating: 0, count: WorkerMetrics.latencyBuckets.count + 1)
+    private(set) var latencySumNanoseconds = 0
+    /// Evaluations of the current generation, by flag index and reason (flat: flag * reasons + reason).
+    private var evaluations: [Int] = []
+    private var flagKeys: [String] = []
+    /// Evaluations of earlier generations, by flag key: counters never go backwards across reloads.
+    private var retired: [String: [Int]] = [:]
+    private(set) var ruleErrors = [Int](repeating: 0, count: RuleErrorCode.allCases.count)
+
+    @inline(__always)
+    func clock() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    func recordRequest(_ operation: RequestOperation, ok: Bool, since started: UInt64) {
+        let elapsed = Int(clock() &- started)
+        requests[Self.operationIndex(operation) * 2 + (ok ? 0 : 1)] += 1
+        latencySumNanoseconds &+= elapsed
+        let seconds = Double(elapsed) / 1e9
+        var bucket = 0
+        while bucket < Self.latencyBuckets.count && seconds > Self.latencyBuckets[bucket] { bucket += 1 }
+        latencyCounts[bucket] += 1
+    }
+
+    func recordEvaluation(flag: Int, decision: FlagDecision) {
+        evaluations[flag &* Self.reasons + Self.reasonIndex(decision.reason)] &+= 1
+        if let failure = decision.failure { recordRuleError(failure.code) }
+    }
+
+    func recordRuleError(_ code: RuleErrorCode) {
+        ruleErrors[RuleErrorCode.allCases.firstIndex(of: code)!] += 1
+    }
+
+    /// Flag indexes only mean something within one generation: fold the counts into per-key totals when
+    /// the worker switches generations.
+    func beginGeneration(flagKeys keys: [String]) {
+        retired = evaluationsByKey()
+        flagKeys = keys
+        evaluations = [Int](repeating: 0, count: keys.count * Self.reasons)
+    }
+
+    private func evaluationsByKey() -> [String: [Int]] {
+        var merged = retired
+        for (flag, key) in flagKeys.enumerated() {
+            let counts = evaluations[(flag * Self.reasons)..<((flag + 1) * Self.reasons)]
+            if counts.allSatisfy({ $0 == 0 }) { continue }
+            var total = merged[key] ?? [Int](repeating: 0, count: Self.reasons)
+            for (reason, count) in counts.enumerated() { total[reason] += count }
+            merged[key] = total
+        }
+        return merged
+    }
+
+    func snapshot() -> WorkerMetricsSnapshot {
+        WorkerMetricsSnapshot(
+            requests: requests, latencyCounts: latencyCounts, latencySumNanoseconds: latencySumNanoseconds,
+            evaluations: evaluationsByKey(), ruleErrors: ruleErrors)
+    }
+
+    static let reasons = EvaluationReason.allCases.count
+
+    static func operationIndex(_ operation: RequestOperation) -> Int {
+        operations.firstIndex(of: operation)!
+    }
+
+    static func reasonIndex(_ reason: EvaluationReason) -> Int {
+        EvaluationReason.allCases.firstIndex(of: reason)!
+    }
+}
+
+/// A copy of one worker's counters, taken on its own thread.
+struct WorkerMetricsSnapshot: Sendable {
+    var requests: [Int]
+    var latencyCounts: [Int]
+    var latencySumNanoseconds: Int
+    /// By flag key, then by reason (in `EvaluationReason.allCases` order).
+    var evaluations: [String: [Int]]
+    var ruleErrors: [Int]
+}

@@ -1,0 +1,96 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import NIOCore
+import NIOPosix
+import RuleEngine
+
+/// The event-loop threads and the worker each of them owns.
+final class WorkerPool: Sendable {
+    let group: MultiThreadedEventLoopGroup
+    let eventLoops: [any EventLoop]
+    private let workers: [NIOLoopBound<Worker>]
+    private let counters: [WorkerCounters]
+    private let indexes: [ObjectIdentifier: Int]
+
+    private init(
+        group: MultiThreadedEventLoopGroup, eventLoops: [any EventLoop], workers: [NIOLoopBound<Worker>],
+        counters: [WorkerCounters]
+    ) {
+        self.group = group
+        self.eventLoops = eventLoops
+        self.workers = workers
+        self.counters = counters
+        var indexes: [ObjectIdentifier: Int] = [:]
+        for (index, loop) in eventLoops.enumerated() { indexes[ObjectIdentifier(loop)] = index }
+        self.indexes = indexes
+    }
+
+    /// Starts `count` event-loop threads and creates each one's worker on its own thread.
+    static func start(count: Int, store: GenerationStore, logger: Logger) async throws -> WorkerPool {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
+        var loops: [any EventLoop] = []
+        for loop in group.makeIterator() { loops.append(loop) }
+        var workers: [NIOLoopBound<Worker>] = []
+        var counters: [WorkerCounters] = []
+        for (index, loop) in loops.enumerated() {
+            let counter = WorkerCounters()
+            let worker = try await loop.submit { () throws -> NIOLoopBound<Worker> in
+                let stack = ThreadStack.currentBytes()
+                guard stack == 0 || stack >= ThreadStack.minimumBytes else {
+                    throw StartupError("event-loop threads have a \(stack)-byte stack; Lua needs at least 1 MiB")
+                }
+                var workerLogger = logger
+                workerLogger[metadataKey: "worker"] = "\(index)"
+                let worker = Worker(
+                    index: index, store: store, counters: counter, metrics: WorkerMetrics(), logger: workerLogger)
+                return NIOLoopBound(worker, eventLoop: loop)
+            }.get()
+            workers.append(worker)
+            counters.append(counter)
+        }
+        return WorkerPool(group: group, eventLoops: loops, workers: workers, counters: counters)
+    }
+
+    /// The worker of the event loop the caller runs on.
+    func worker(on loop: any EventLoop) -> Worker {
+        workers[indexes[ObjectIdentifier(loop)]!].value
+    }
+
+    /// Makes every worker adopt the newest generation now rather than at its next request.
+    func refreshAll() {
+        for (index, loop) in eventLoops.enumerated() {
+            let worker = workers[index]
+            loop.execute { worker.value.refresh() }
+        }
+    }
+
+    /// Requests answered so far, by all workers.
+    var requestsServed: Int { counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) } }
+
+    /// Each worker's metrics, copied on its own thread.
+    func metricsSnapshots() async -> [WorkerMetricsSnapshot] {
+        var snapshots: [WorkerMetricsSnapshot] = []
+        for (index, loop) in eventLoops.enumerated() {
+            let worker = workers[index]
+            if let snapshot = try? await loop.submit({ worker.value.metrics.snapshot() }).get() {
+                snapshots.append(snapshot)
+            }
+        }
+        return snapshots
+    }
+
+    func shutdown() async {
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// A reason rulesd cannot start.
+public struct StartupError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

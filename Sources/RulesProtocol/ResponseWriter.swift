@@ -1,0 +1,133 @@
+import NIOCore
+import RuleModel
+
+/// Encodes answer lines: `{"id":…,"ok":true,"revision":…,"generation":…,"result":…}` or
+/// `{"id":…,"ok":false,"error":{"code":…,"message":…}}`, each followed by `\n`.
+public enum ResponseWriter {
+    /// Appends a success line.
+    /// - Parameters:
+    ///   - id: the raw JSON text of the request's `id`, or nil to leave it out.
+    ///   - revision: the short revision of the rule set that computed the answer.
+    ///   - generation: the generation that computed the answer.
+    ///   - result: the `result` object's JSON text.
+    public static func writeSuccess(
+        id: UnsafeRawBufferPointer?, revision: String, generation: UInt64, result: [UInt8], into buffer: inout ByteBuffer
+    ) {
+        buffer.writeStaticString("{")
+        if let id {
+            buffer.writeStaticString("\"id\":")
+            buffer.writeBytes(id)
+            buffer.writeStaticString(",")
+        }
+        buffer.writeStaticString("\"ok\":true,\"revision\":\"")
+        buffer.writeString(revision)
+        buffer.writeStaticString("\",\"generation\":")
+        buffer.writeString(String(generation))
+        buffer.writeStaticString(",\"result\":")
+        buffer.writeBytes(result)
+        buffer.writeStaticString("}\n")
+    }
+
+    /// Appends a failure line.
+    public static func writeFailure(id: UnsafeRawBufferPointer?, error: ProtocolError, into buffer: inout ByteBuffer) {
+        var out: [UInt8] = []
+        out.reserveCapacity(96 + error.message.utf8.count)
+        out.append(UInt8(ascii: "{"))
+        if let id {
+            out.append(contentsOf: #""id":"#.utf8)
+            out.append(contentsOf: id)
+            out.append(UInt8(ascii: ","))
+        }
+        out.append(contentsOf: #""ok":false,"error":{"code":""#.utf8)
+        out.append(contentsOf: error.code.rawValue.utf8)
+        out.append(contentsOf: #"","message":"#.utf8)
+        JSONWriter.appendEscapedString(error.message, to: &out)
+        for (key, value) in error.details.sorted(by: { $0.key < $1.key }) {
+            out.append(UInt8(ascii: ","))
+            JSONWriter.appendEscapedString(key, to: &out)
+            out.append(UInt8(ascii: ":"))
+            JSONWriter.appendEscapedString(value, to: &out)
+        }
+        if !error.problems.isEmpty {
+            out.append(contentsOf: #","problems":"#.utf8)
+            appendProblems(error.problems, to: &out)
+        }
+        out.append(contentsOf: "}}\n".utf8)
+        buffer.writeBytes(out)
+    }
+
+    /// `[{"file":…,"line":…,"message":…},…]`.
+    public static func appendProblems(_ problems: [RuleDiagnostic], to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "["))
+        for (index, problem) in problems.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: #"{"file":"#.utf8)
+            JSONWriter.appendEscapedString(problem.location.file, to: &out)
+            out.append(contentsOf: #","line":"#.utf8)
+            out.append(contentsOf: String(problem.location.line).utf8)
+            out.append(contentsOf: #","message":"#.utf8)
+            JSONWriter.appendEscapedString(problem.message, to: &out)
+            out.append(UInt8(ascii: "}"))
+        }
+        out.append(UInt8(ascii: "]"))
+    }
+
+    /// Appends a pushed event line (`watch`): the event object's JSON text and `\n`.
+    public static func writeEvent(_ json: [UInt8], into buffer: inout ByteBuffer) {
+        buffer.writeBytes(json)
+        buffer.writeStaticString("\n")
+    }
+}
+
+/// An answer line as a client reads it.
+public struct ProtocolAnswer: Sendable {
+    /// The echoed `id`, when present.
+    public var id: JSONValue?
+    public var ok: Bool
+    public var revision: String?
+    public var generation: Int64?
+    /// The `result` object's JSON text exactly as the daemon sent it.
+    public var resultJSON: [UInt8]?
+    public var error: ProtocolError?
+    /// For pushed events (`watch`): the event name, e.g. `reloaded`.
+    public var event: String?
+    /// The whole line, parsed.
+    public var value: JSONValue
+
+    /// Parses one answer or event line.
+    public init(line: [UInt8]) throws(JSONParseError) {
+        value = try JSONParser().parse(line)
+        id = value["id"]
+        ok = value["ok"]?.boolValue ?? false
+        revision = value["revision"]?.stringValue
+        generation = value["generation"]?.int64Value
+        event = value["event"]?.stringValue
+        if let error = value["error"]?.objectValue {
+            let code = error["code"]?.stringValue.flatMap(ProtocolErrorCode.init(rawValue:)) ?? .internal
+            var details: [String: String] = [:]
+            var problems: [RuleDiagnostic] = []
+            for (key, member) in error where key != "code" && key != "message" {
+                if key == "problems", let list = member.arrayValue {
+                    problems = list.map {
+                        RuleDiagnostic(
+                            location: SourceLocation(
+                                file: $0["file"]?.stringValue ?? "", line: Int($0["line"]?.int64Value ?? 0)),
+                            message: $0["message"]?.stringValue ?? "")
+                    }
+                } else {
+                    details[key] = member.stringValue ?? JSONWriter.string(member)
+                }
+            }
+            self.error = ProtocolError(
+                code, error["message"]?.stringValue ?? "", details: details, problems: problems)
+        }
+        // The line parsed as JSON above, so scanning it cannot fail; the raw `result` text is kept so
+        // that clients print exactly what the daemon encoded.
+        let scanner = JSONObjectScanner()
+        resultJSON = line.withUnsafeBytes { bytes -> [UInt8]? in
+            var members: [JSONMember] = []
+            guard (try? scanner.scan(bytes, into: &members)) != nil else { return nil }
+            return members.first { $0.keyEquals("result", in: bytes) }.map { Array(bytes[$0.valueRange]) }
+        }
+    }
+}
