@@ -57,7 +57,10 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if closing { return }
+        if closing {
+            context.read()
+            return
+        }
         switch unwrapInboundIn(data) {
         case .tooLarge(let limit):
             waiting.removeAll()
@@ -65,7 +68,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 id: nil,
                 error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
                 into: &output)
-            closeAfterFlush(context: context)
+            closeAfterFlush(context: context, linger: true)
         case .line(let line):
             if busy || !waiting.isEmpty {
                 waiting.append(line)
@@ -101,7 +104,11 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if let event = event as? ChannelEvent, event == .inputClosed {
             inputClosed = true
-            closeIfDone(context: context)
+            if closing {
+                context.close(promise: nil)
+            } else {
+                closeIfDone(context: context)
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -224,7 +231,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: - flow control
 
     private func shouldHoldReads(context: ChannelHandlerContext) -> Bool {
-        waiting.count >= services.settings.maxPipelinedRequests || !context.channel.isWritable || closing
+        waiting.count >= services.settings.maxPipelinedRequests || !context.channel.isWritable
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
@@ -246,13 +253,24 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         closeAfterFlush(context: context)
     }
 
-    private func closeAfterFlush(context: ChannelHandlerContext) {
+    /// Closes once the pending answers are written. With `linger`, only the sending side closes at first
+    /// and input is discarded for a moment: closing a Unix socket with unread input resets it, and the
+    /// client could lose the answer that says why.
+    private func closeAfterFlush(context: ChannelHandlerContext, linger: Bool = false) {
         guard !closing else { return }
         closing = true
         let buffer = output
         output = context.channel.allocator.buffer(capacity: 0)
         context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
+            guard linger else {
+                context.close(promise: nil)
+                return
+            }
+            context.close(mode: .output, promise: nil)
+            context.read()
+            context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) {
+                context.close(promise: nil)
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ public enum Daemon {
     public static func run(settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?, logger: Logger)
         async throws -> Int32
     {
+        // Trap SIGHUP before anything can be asked of the daemon: its default action would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let store = GenerationStore()
         let pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger)
         let loader = NIOThreadPool(numberOfThreads: 1)
@@ -73,7 +75,7 @@ public enum Daemon {
         // Started in this order, stopped in reverse: the server stops accepting first, reloads stop last.
         var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: ReloadService(coordinator: reloads)),
-            .init(service: SignalReloadService(coordinator: reloads)),
+            .init(service: SignalReloadService(signals: hangups, coordinator: reloads)),
         ]
         if let watcher {
             // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
@@ -112,10 +114,10 @@ struct ReloadService: Service {
 
 /// SIGHUP asks for a reload (asynchronously; `rulesctl reload` waits for the outcome).
 struct SignalReloadService: Service {
+    let signals: UnixSignalsSequence
     let coordinator: ReloadCoordinator
 
     func run() async throws {
-        let signals = await UnixSignalsSequence(trapping: .sighup)
         for await _ in signals.cancelOnGracefulShutdown() {
             coordinator.requestReload(.signal)
         }

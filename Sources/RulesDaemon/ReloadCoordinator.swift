@@ -162,7 +162,7 @@ public final class ReloadCoordinator: Sendable {
                     ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
                     trigger: .startup, revision: revision, failure: nil))
                 logLoaded(generation, duration: duration, trigger: .startup)
-                await persist(snapshot.sources, revision: revision)
+                persist(snapshot.sources, revision: revision)
                 return generation
             case .failure(let problem):
                 failure = problem
@@ -262,7 +262,7 @@ public final class ReloadCoordinator: Sendable {
             logLoaded(generation, duration: duration, trigger: trigger)
             watchHub.publish(WatchEvents.reloaded(generation, previous: serving, duration: duration, trigger: trigger))
             notifier.ready(status: statusLine(generation))
-            await persist(snapshot.sources, revision: revision)
+            persist(snapshot.sources, revision: revision)
             return .reloaded(generation, durationMilliseconds: duration)
         case .failure(let failure):
             state.withLock {
@@ -352,14 +352,20 @@ public final class ReloadCoordinator: Sendable {
         return generation
     }
 
-    private func persist(_ sources: [RuleSource], revision: RuleRevision) async {
+    /// Saves the sources as the last known good copy, after answering: the loader thread runs its work in
+    /// order, so the copy on disk always ends at the newest generation, and nobody waits for the fsyncs.
+    private func persist(_ sources: [RuleSource], revision: RuleRevision) {
         let lkg = lastKnownGood
-        do {
-            try await loader.runIfActive { try lkg.save(sources, revision: revision) }
-        } catch {
-            logger.warning(
-                "cannot save the last known good rules", metadata: ["state.dir": "\(settings.stateDirectory)",
-                "error": "\(error)"])
+        let logger = self.logger
+        let directory = settings.stateDirectory
+        loader.submit { state in
+            guard state == .active else { return }
+            do {
+                try lkg.save(sources, revision: revision)
+            } catch {
+                logger.warning(
+                    "cannot save the last known good rules", metadata: ["state.dir": "\(directory)", "error": "\(error)"])
+            }
         }
     }
 
