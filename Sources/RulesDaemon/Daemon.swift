@@ -83,6 +83,10 @@ public enum Daemon {
             serviceList.append(
                 .init(service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore))
         }
+        if let address = settings.metricsListen {
+            serviceList.append(
+                .init(service: MetricsHTTPService(address: address, services: services, group: pool.group, logger: logger)))
+        }
         serviceList.append(
             .init(service: ServerService(server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
         let group = ServiceGroup(

@@ -168,13 +168,22 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         }
     }
 
+    /// `0.000002` rather than `2e-06`: the bounds are whole microseconds.
+    static func decimal(_ seconds: Double) -> String {
+        let micros = Int((seconds * 1e6).rounded())
+        var fraction = String(micros % 1_000_000)
+        fraction = String(repeating: "0", count: 6 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        return fraction.isEmpty ? "\(micros / 1_000_000)" : "\(micros / 1_000_000).\(fraction)"
+    }
+
     private func appendLatencyHistogram(_ counts: [Int], sumNanoseconds: Int, to out: inout [UInt8]) {
         let name = "rulesd_request_duration_seconds"
         var text = "# HELP \(name) Time to answer one request, from decoding to encoding\n# TYPE \(name) histogram\n"
         var cumulative = 0
         for (index, bound) in WorkerMetrics.latencyBuckets.enumerated() {
             cumulative += counts[index]
-            text += "\(name)_bucket{le=\"\(bound)\"} \(cumulative)\n"
+            text += "\(name)_bucket{le=\"\(Self.decimal(bound))\"} \(cumulative)\n"
         }
         cumulative += counts[WorkerMetrics.latencyBuckets.count]
         text += "\(name)_bucket{le=\"+Inf\"} \(cumulative)\n"
