@@ -98,6 +98,17 @@ let package = Package(
         ),
         // Shared by the test targets: file-system edit sequences, a harness that runs the real daemon.
         .target(name: "RulesTestSupport", dependencies: ["RuleModel"], path: "Tests/RulesTestSupport"),
+        // Benchmarks that print figures (`make bench`): the engine in process, the socket under load, reloads.
+        .executableTarget(
+            name: "rulesbench",
+            dependencies: [
+                "RuleEngine",
+                "RuleModel",
+                "RulesProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel"]),
         .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"]),
         .testTarget(

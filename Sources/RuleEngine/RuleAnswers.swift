@@ -81,9 +81,14 @@ public enum RuleAnswers {
         ("FLAG_NOT_FOUND", "no flag named '\(key)'")
     }
 
-    /// The error answered when a config key (or prefix) does not exist.
+    /// The error answered when a config key does not exist.
     public static func configNotFound(_ key: String) -> (code: String, message: String) {
         ("CONFIG_NOT_FOUND", "no config value named '\(key)'")
+    }
+
+    /// The error answered when no config key starts with a (non-empty) prefix.
+    public static func configPrefixNotFound(_ prefix: String) -> (code: String, message: String) {
+        ("CONFIG_NOT_FOUND", "no config values under the prefix '\(prefix)'")
     }
 
     /// The error answered when no route matches.

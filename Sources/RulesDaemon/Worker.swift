@@ -70,75 +70,30 @@ final class Worker {
             ResponseWriter.writeFailure(id: id, error: ProtocolError(.internal, "no rule set is loaded"), into: &out)
             return
         }
-        let ruleSet = generation.ruleSet
         let started = metrics.clock()
         result.removeAll(keepingCapacity: true)
-        var failure: ProtocolError?
+        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+        let question: RuleQuestion
         switch request.operation {
         case .ping:
-            result.append(contentsOf: "{}".utf8)
+            question = .ping
         case .flag:
-            let key = request.flag ?? ""
-            guard let index = ruleSet.flagIndex(forKey: key) else {
-                failure = ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(key).message)
-                break
-            }
-            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
-            let decision = evaluator.evaluateFlag(
-                at: index, context: context ?? UnsafeRawBufferPointer(start: nil, count: 0),
-                now: request.at ?? RuleClock.now())
-            metrics.recordEvaluation(flag: index, decision: decision)
-            RuleAnswers.appendFlag(ruleSet.flags[index], decision, to: &result)
+            question = .flag(
+                key: request.flag ?? "", context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .flags:
-            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
-            switch evaluator.evaluateAllFlags(
-                context: context ?? UnsafeRawBufferPointer(start: nil, count: 0), now: request.at ?? RuleClock.now())
-            {
-            case .success(let decisions):
-                for (index, decision) in decisions.enumerated() { metrics.recordEvaluation(flag: index, decision: decision) }
-                RuleAnswers.appendFlags(ruleSet, decisions, to: &result)
-            case .failure(let problem):
-                failure = ProtocolError(.invalidRequest, "context: \(problem.message)")
-            }
+            question = .flags(context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .route:
-            let body = request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
-            switch evaluator.route(
-                request: body ?? UnsafeRawBufferPointer(start: nil, count: 0), now: request.at ?? RuleClock.now())
-            {
-            case .matched(let routeIndex, let target):
-                RuleAnswers.appendRoute(ruleSet.routes[routeIndex], target: target, to: &result)
-            case .noRoute:
-                failure = ProtocolError(.noRoute, RuleAnswers.noRoute.message)
-            case .failed(let routeIndex, let problem):
-                if problem.code == .invalidContext {
-                    failure = ProtocolError(.invalidRequest, "request: \(problem.message)")
-                } else {
-                    let route = routeIndex.map { ruleSet.routes[$0] }
-                    let answer = RuleAnswers.routeFailure(route, problem)
-                    metrics.recordRuleError(problem.code)
-                    failure = ProtocolError(
-                        .ruleError, answer.message, details: Dictionary(uniqueKeysWithValues: answer.extra))
-                }
-            }
+            question = .route(request: request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .config:
-            if let key = request.key {
-                guard let entry = ruleSet.config(key: key) else {
-                    failure = ProtocolError(.configNotFound, RuleAnswers.configNotFound(key).message)
-                    break
-                }
-                RuleAnswers.appendConfig(entry, to: &result)
-            } else {
-                let prefix = request.prefix ?? ""
-                let entries = ruleSet.configs(prefix: prefix)
-                if entries.isEmpty && !prefix.isEmpty {
-                    failure = ProtocolError(.configNotFound, "no config values under the prefix '\(prefix)'")
-                    break
-                }
-                RuleAnswers.appendConfigs(entries, to: &result)
-            }
+            question = request.key.map { .config(key: $0) } ?? .configPrefix(request.prefix ?? "")
         case .status, .watch, .reload, .metrics:
-            failure = ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous")
+            ResponseWriter.writeFailure(
+                id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous"),
+                into: &out)
+            return
         }
+        let failure = EvaluationAnswers.answer(
+            question, evaluator: evaluator, now: request.at ?? RuleClock.now(), observer: metrics, into: &result)
         if evaluator.hasLogs { forwardRuleLogs(evaluator) }
         if let failure {
             metrics.recordRequest(request.operation, ok: false, since: started)

@@ -9,7 +9,7 @@ import RulesProtocol
 /// Per-request metrics, counted by the worker that served the request in plain (thread-owned) memory and
 /// merged only when someone asks for metrics: the request path takes no lock and touches no shared cache
 /// line for them.
-final class WorkerMetrics {
+final class WorkerMetrics: EvaluationObserver {
     /// Upper bounds of the evaluation-latency buckets, in seconds.
     static let latencyBuckets: [Double] = [
         0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
@@ -43,12 +43,12 @@ final class WorkerMetrics {
         latencyCounts[bucket] += 1
     }
 
-    func recordEvaluation(flag: Int, decision: FlagDecision) {
+    func flagEvaluated(index flag: Int, decision: FlagDecision) {
         evaluations[flag &* Self.reasons + Self.reasonIndex(decision.reason)] &+= 1
-        if let failure = decision.failure { recordRuleError(failure.code) }
+        if let failure = decision.failure { ruleFailed(failure.code) }
     }
 
-    func recordRuleError(_ code: RuleErrorCode) {
+    func ruleFailed(_ code: RuleErrorCode) {
         ruleErrors[RuleErrorCode.allCases.firstIndex(of: code)!] += 1
     }
 

@@ -38,7 +38,15 @@ public enum ResponseWriter {
             out.append(contentsOf: id)
             out.append(UInt8(ascii: ","))
         }
-        out.append(contentsOf: #""ok":false,"error":{"code":""#.utf8)
+        out.append(contentsOf: #""ok":false,"error":"#.utf8)
+        appendError(error, to: &out)
+        out.append(contentsOf: "}\n".utf8)
+        buffer.writeBytes(out)
+    }
+
+    /// The `error` object alone: code, message, details in key order, problems.
+    public static func appendError(_ error: ProtocolError, to out: inout [UInt8]) {
+        out.append(contentsOf: #"{"code":""#.utf8)
         out.append(contentsOf: error.code.rawValue.utf8)
         out.append(contentsOf: #"","message":"#.utf8)
         JSONWriter.appendEscapedString(error.message, to: &out)
@@ -52,8 +60,7 @@ public enum ResponseWriter {
             out.append(contentsOf: #","problems":"#.utf8)
             appendProblems(error.problems, to: &out)
         }
-        out.append(contentsOf: "}}\n".utf8)
-        buffer.writeBytes(out)
+        out.append(UInt8(ascii: "}"))
     }
 
     /// `[{"file":…,"line":…,"message":…},…]`.

@@ -1,0 +1,91 @@
+import RuleEngine
+import RuleModel
+
+/// A question about a rule set: the evaluation operations of the protocol.
+public enum RuleQuestion {
+    case ping
+    /// One flag; `context` is a JSON object's text (empty for none).
+    case flag(key: String, context: UnsafeRawBufferPointer)
+    case flags(context: UnsafeRawBufferPointer)
+    case route(request: UnsafeRawBufferPointer)
+    case config(key: String)
+    case configPrefix(String)
+}
+
+/// Sees what an answer evaluated (the daemon counts it in its metrics).
+public protocol EvaluationObserver {
+    func flagEvaluated(index: Int, decision: FlagDecision)
+    func ruleFailed(_ code: RuleErrorCode)
+}
+
+/// Observes nothing.
+public struct NoEvaluationObserver: EvaluationObserver {
+    public init() {}
+    public func flagEvaluated(index: Int, decision: FlagDecision) {}
+    public func ruleFailed(_ code: RuleErrorCode) {}
+}
+
+/// Answers questions about a rule set: the daemon's workers and `rulesctl eval` both use this, so the same
+/// question gets the same answer, error codes and messages included, online and offline.
+public enum EvaluationAnswers {
+    /// Answers `question` with `evaluator`, appending the `result` object's JSON to `result`.
+    /// - Parameters:
+    ///   - now: what `now()` returns to rules, in seconds since the epoch.
+    ///   - observer: told about every flag evaluated and every rule failure.
+    /// - Returns: nil when `result` holds the answer, else the error to answer instead.
+    @inline(__always)
+    public static func answer<Observer: EvaluationObserver>(
+        _ question: RuleQuestion, evaluator: RuleEvaluator, now: Double, observer: Observer,
+        into result: inout [UInt8]
+    ) -> ProtocolError? {
+        let ruleSet = evaluator.ruleSet
+        switch question {
+        case .ping:
+            result.append(contentsOf: "{}".utf8)
+        case .flag(let key, let context):
+            guard let index = ruleSet.flagIndex(forKey: key) else {
+                return ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(key).message)
+            }
+            let decision = evaluator.evaluateFlag(at: index, context: context, now: now)
+            observer.flagEvaluated(index: index, decision: decision)
+            RuleAnswers.appendFlag(ruleSet.flags[index], decision, to: &result)
+        case .flags(let context):
+            switch evaluator.evaluateAllFlags(context: context, now: now) {
+            case .success(let decisions):
+                for (index, decision) in decisions.enumerated() {
+                    observer.flagEvaluated(index: index, decision: decision)
+                }
+                RuleAnswers.appendFlags(ruleSet, decisions, to: &result)
+            case .failure(let problem):
+                return ProtocolError(.invalidRequest, "context: \(problem.message)")
+            }
+        case .route(let request):
+            switch evaluator.route(request: request, now: now) {
+            case .matched(let index, let target):
+                RuleAnswers.appendRoute(ruleSet.routes[index], target: target, to: &result)
+            case .noRoute:
+                return ProtocolError(.noRoute, RuleAnswers.noRoute.message)
+            case .failed(let index, let problem):
+                if problem.code == .invalidContext {
+                    return ProtocolError(.invalidRequest, "request: \(problem.message)")
+                }
+                observer.ruleFailed(problem.code)
+                let failure = RuleAnswers.routeFailure(index.map { ruleSet.routes[$0] }, problem)
+                return ProtocolError(
+                    .ruleError, failure.message, details: Dictionary(uniqueKeysWithValues: failure.extra))
+            }
+        case .config(let key):
+            guard let entry = ruleSet.config(key: key) else {
+                return ProtocolError(.configNotFound, RuleAnswers.configNotFound(key).message)
+            }
+            RuleAnswers.appendConfig(entry, to: &result)
+        case .configPrefix(let prefix):
+            let entries = ruleSet.configs(prefix: prefix)
+            if entries.isEmpty && !prefix.isEmpty {
+                return ProtocolError(.configNotFound, RuleAnswers.configPrefixNotFound(prefix).message)
+            }
+            RuleAnswers.appendConfigs(entries, to: &result)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,141 @@
+import ArgumentParser
+import NIOCore
+import RuleEngine
+import RuleModel
+import RulesProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Times the engine in process: ns per evaluation, context conversion included.
+struct EngineBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "engine",
+        abstract: "Time evaluations in process (context conversion included) and compare with the C ceiling.")
+
+    @Option(help: "Rounds per case (cases run interleaved; medians are reported).")
+    var rounds = 15
+    @Option(help: "Milliseconds per round and case.")
+    var milliseconds = 100
+    @Option(help: "C ceiling program source to build and run beside (skipped when missing).")
+    var ceiling = "../shared/perf/lua_ceiling.c"
+    @Option(help: "Rule file for the C ceiling.")
+    var ceilingRules = "../shared/perf/rules.lua"
+
+    func run() throws {
+        let (ruleSet, evaluator) = try RuleCompiler.compile(BenchmarkRules.sources)
+        let contexts = BenchmarkRules.contexts(count: 4096)
+        let requests = BenchmarkRules.routeRequests(count: 4096)
+        let lines = contexts.map { Array((#"{"id":1,"op":"flag","flag":"new-checkout","context":"# + String(decoding: $0, as: UTF8.self) + "}").utf8) }
+        let staticIndex = ruleSet.flagIndex(forKey: "dark-mode")!
+        let targetingIndex = ruleSet.flagIndex(forKey: "team-sharing")!
+        let splitIndex = ruleSet.flagIndex(forKey: "new-checkout")!
+        let now = RuleClock.now()
+        var sink = 0
+        var decoder = RequestDecoder()
+        var output = ByteBufferAllocator().buffer(capacity: 4096)
+        var result: [UInt8] = []
+        let cases: [(String, (Int) -> Void)] = [
+            ("static flag", { i in
+                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: staticIndex, context: $0, now: now).variantIndex }
+            }),
+            ("targeting flag", { i in
+                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: targetingIndex, context: $0, now: now).variantIndex }
+            }),
+            ("targeting+split flag", { i in
+                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: splitIndex, context: $0, now: now).variantIndex }
+            }),
+            ("route over 50 routes", { i in
+                requests[i & 4095].withUnsafeBytes {
+                    if case .matched(let index, _) = evaluator.route(request: $0, now: now) { sink &+= index }
+                }
+            }),
+            ("config lookup", { i in
+                sink &+= ruleSet.config(key: i & 1 == 0 ? "http.timeout_ms" : "db.pool")?.json.count ?? 0
+            }),
+            ("full request: decode+split flag+encode", { i in
+                lines[i & 4095].withUnsafeBytes { bytes in
+                    guard case .success(let request) = decoder.decode(bytes), let range = request.context else { return }
+                    let decision = evaluator.evaluateFlag(
+                        at: splitIndex, context: UnsafeRawBufferPointer(rebasing: bytes[range]), now: now)
+                    result.removeAll(keepingCapacity: true)
+                    RuleAnswers.appendFlag(ruleSet.flags[splitIndex], decision, to: &result)
+                    output.clear()
+                    ResponseWriter.writeSuccess(
+                        id: UnsafeRawBufferPointer(rebasing: bytes[request.id!]), revision: "0123456789abcdef",
+                        generation: 1, result: result, into: &output)
+                    sink &+= output.readableBytes
+                }
+            }),
+        ]
+        var samples = [[Double]](repeating: [], count: cases.count)
+        for _ in 0..<rounds {
+            for (index, (_, body)) in cases.enumerated() {
+                samples[index].append(Timing.nanosecondsPerCall(budgetMilliseconds: milliseconds, body))
+            }
+        }
+        print("engine: ns per evaluation, median of \(rounds) rounds (min-max), context conversion included")
+        var medians: [String: Double] = [:]
+        for (index, (name, _)) in cases.enumerated() {
+            let sorted = samples[index].sorted()
+            medians[name] = sorted[sorted.count / 2]
+            print(
+                "  \(name.padding(40)) \(Timing.format(sorted[sorted.count / 2])) ns  (\(Timing.format(sorted.first!))-\(Timing.format(sorted.last!)))")
+        }
+        print("  Lua state: \(evaluator.memoryInUse / 1024) KiB; \(ruleSet.flags.count) flags, \(ruleSet.routes.count) routes")
+        if let ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules) {
+            print("C ceiling (\(ceiling)): parse+build+call+encode of new-checkout (targeting+rollout)")
+            for (label, ns) in ceilingResults.sorted(by: { $0.key < $1.key }) {
+                print("  \(label.padding(40)) \(Timing.format(ns)) ns")
+            }
+            if let ours = medians["full request: decode+split flag+encode"], let native = ceilingResults["C, native hash"] {
+                print("  ratio rulesd full request / C native hash: \(Timing.format(ours / native, digits: 2))x")
+            }
+            if let ours = medians["full request: decode+split flag+encode"], let lua = ceilingResults["C, hash in Lua"] {
+                print("  ratio rulesd full request / C hash in Lua: \(Timing.format(ours / lua, digits: 2))x")
+            }
+        } else {
+            print("C ceiling: \(ceiling) not found; skipped")
+        }
+        if sink == 42 { print("") }
+    }
+}
+
+enum Timing {
+    /// Calls `body` repeatedly for about `budgetMilliseconds` and returns the mean ns per call.
+    static func nanosecondsPerCall(budgetMilliseconds: Int, _ body: (Int) -> Void) -> Double {
+        var iterations = 0
+        let start = monotonic()
+        let deadline = start + UInt64(budgetMilliseconds) * 1_000_000
+        var now = start
+        while now < deadline {
+            for _ in 0..<256 {
+                body(iterations)
+                iterations += 1
+            }
+            now = monotonic()
+        }
+        return Double(now - start) / Double(iterations)
+    }
+
+    static func monotonic() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func format(_ value: Double, digits: Int = 0) -> String {
+        if digits == 0 { return String(Int(value.rounded())) }
+        let scale = pow(10.0, Double(digits))
+        let scaled = Int((value * scale).rounded())
+        let fraction = String(scaled % Int(scale))
+        return "\(scaled / Int(scale)).\(String(repeating: "0", count: digits - fraction.count))\(fraction)"
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}
