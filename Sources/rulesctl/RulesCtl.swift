@@ -20,11 +20,22 @@ struct RulesCtl: AsyncParsableCommand {
             Offline commands work on a rules directory without a running daemon: 'check' validates it the way \
             rulesd loads it, 'eval' answers flag, route and config questions exactly as rulesd would.
 
+            Online commands ask a running rulesd over its socket (--socket, else $RULESD_SOCKET, else \
+            /run/rulesd/rulesd.sock) and print exactly what 'eval' prints for the same rules.
+
             Exit status: 0 on success, 1 when the answer is an error (FLAG_NOT_FOUND, CONFIG_NOT_FOUND, NO_ROUTE, \
-            RULE_ERROR, INVALID_RULES, ...), 2 on a usage error.
+            RULE_ERROR, RELOAD_FAILED, INVALID_RULES, ...), 2 on a usage error, 3 when rulesd cannot be reached.
             """,
-        subcommands: [Check.self, Eval.self]
+        subcommands: [
+            Query.Ping.self, Query.Status.self, Query.Watch.self, Query.Reload.self, Query.FlagQuery.self,
+            Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self, Check.self,
+            Eval.self,
+        ]
     )
+
+    // Lets `--socket` stand before the subcommand's name (`rulesctl --socket PATH status`); each online
+    // subcommand declares it too and sees the same value.
+    @OptionGroup var socket: SocketOptions
 
     /// Exit status for command-line mistakes: 2, as grep, diff and most shells' builtins use, rather than
     /// ArgumentParser's EX_USAGE (64), so that scripts can tell "you called it wrong" from "the answer is an error"
