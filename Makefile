@@ -8,9 +8,11 @@ RUN_DIR ?= $(CURDIR)/.run
 SOCKET ?= $(RUN_DIR)/rulesd.sock
 
 # Debian packages the build and the tests need.
-DEB_PACKAGES := liblua5.4-dev libinotifytools0-dev pkg-config
+# systemd: systemd-analyze for the unit checks, systemd-socket-activate for the socket-activation tests.
+# socat: the tour's examples and hand tests.
+DEB_PACKAGES := liblua5.4-dev libinotifytools0-dev pkg-config systemd socat
 
-.PHONY: deps build run test test-c test-swift clean
+.PHONY: deps build run test test-c test-units test-swift bench clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -29,10 +31,13 @@ run: build
 	@mkdir -p $(RUN_DIR)
 	$(SWIFT) run rulesd --rules $(RULES) --socket $(SOCKET) --state-dir $(RUN_DIR)/state
 
-test: deps test-c test-swift
+test: deps test-c test-units test-swift
 
 test-c:
 	bash Tests/CSandbox/run.sh
+
+test-units:
+	bash deploy/systemd/check.sh 1.0
 
 test-swift:
 	$(SWIFT) build

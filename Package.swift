@@ -82,6 +82,7 @@ let package = Package(
             name: "rulesd",
             dependencies: [
                 "RulesDaemon",
+                "SystemdSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -2,6 +2,11 @@ import Logging
 import NIOCore
 import RuleModel
 import RulesProtocol
+import SystemdSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Serves one client connection: decodes request lines, answers them in order, and pushes `watch` events.
 ///
@@ -44,7 +49,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        peer = PeerCredentials.of(context.channel)
+        peer = Self.peer(of: context.channel)
         context.fireChannelActive()
     }
 
@@ -129,6 +134,21 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         inputClosed = true
         flushOutput(context: context)
         closeIfDone(context: context)
+    }
+
+    /// Who connected (SO_PEERCRED); on the channel's event loop the answer is immediate.
+    private static func peer(of channel: any Channel) -> PeerCredentials? {
+        #if os(Linux)
+        guard let provider = channel as? any SocketOptionProvider else { return nil }
+        var credentials: PeerCredentials?
+        // PeerCredentials is laid out like Linux's struct ucred (pid, uid, gid).
+        let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        future.assumeIsolated().whenSuccess { credentials = $0 }
+        return credentials
+        #else
+        return nil
+        #endif
     }
 
     // MARK: - requests

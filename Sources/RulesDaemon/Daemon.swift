@@ -10,15 +10,21 @@ import RuleEngine
 import RuleModel
 import RuleWatcher
 import ServiceLifecycle
+import SystemdSupport
 import UnixSignals
 
 /// rulesd: loads the rules, serves the socket, reloads on change, shuts down cleanly.
 public enum Daemon {
     /// Runs the daemon until SIGTERM or SIGINT.
     /// - Returns: the process exit status: 0 after a clean shutdown, 1 when the rules cannot be loaded at start.
-    public static func run(settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?, logger: Logger)
-        async throws -> Int32
-    {
+    /// - Parameters:
+    ///   - notifier: systemd's notify socket, or nothing.
+    ///   - activatedSocket: a listening socket handed over by systemd, or nil to bind `settings.socketPath`.
+    ///   - watchdog: systemd's watchdog settings, when it watches this process.
+    public static func run(
+        settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?,
+        watchdog: WatchdogSettings? = nil, logger: Logger
+    ) async throws -> Int32 {
         // Trap SIGHUP before anything can be asked of the daemon: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let store = GenerationStore()
@@ -36,8 +42,17 @@ public enum Daemon {
                 "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
                 "version": "\(DaemonServices.version)",
             ])
+        // A long first load (many rule files on a slow machine) asks systemd for more time, so that the start
+        // job does not time out while rules are still compiling.
+        let extender = Task {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(2))
+                notifier.extendStartup(by: .seconds(10))
+            }
+        }
         let initial: ServingGeneration
         do {
+            defer { extender.cancel() }
             initial = try await reloads.loadInitial()
         } catch {
             StandardError.write(Array("rulesd: cannot load the rules in \(settings.rulesDirectory):\n".utf8))
@@ -50,10 +65,20 @@ public enum Daemon {
             return 1
         }
 
-        let reloadGroup = settings.socketGroup.flatMap { UserGroups.gid(named: $0) }
+        // Who may reload depends on who can reach the socket: its mode and group are the unit's when systemd
+        // created it.
+        var socketMode = settings.socketMode
+        var reloadGroup = settings.socketGroup.flatMap { GroupMembership.groupID(named: $0) }
+        if let activatedSocket, let path = SocketActivation.boundPath(of: activatedSocket), !path.hasPrefix("@") {
+            var st = stat()
+            if stat(path, &st) == 0 {
+                socketMode = st.st_mode & 0o777
+                reloadGroup = st.st_gid
+            }
+        }
         let services = DaemonServices(
             settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
-            reloadGroup: reloadGroup, logger: logger)
+            socketMode: socketMode, reloadGroup: reloadGroup, logger: logger)
         let server = SocketServer(
             settings: settings, services: services, pool: pool, activatedSocket: activatedSocket, logger: logger)
         do {
@@ -82,6 +107,9 @@ public enum Daemon {
             // `reload` and SIGHUP still work), so its end does not stop the group.
             serviceList.append(
                 .init(service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore))
+        }
+        if let watchdog, let systemd = notifier as? SystemdLifecycleNotifier {
+            serviceList.append(.init(service: WatchdogService(settings: watchdog, notifier: systemd, pool: pool, logger: logger)))
         }
         if let address = settings.metricsListen {
             serviceList.append(

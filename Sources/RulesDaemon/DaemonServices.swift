@@ -11,6 +11,7 @@ import RuleModel
 import RuleWatcher
 import RulesProtocol
 import Synchronization
+import SystemdSupport
 
 /// What every connection shares: settings, the generation store, reloads, watchers, status and metrics.
 final class DaemonServices: Sendable {
@@ -29,11 +30,14 @@ final class DaemonServices: Sendable {
     private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
     /// The group allowed to ask for reloads (besides root and rulesd's own user), when known.
     let reloadGroup: gid_t?
+    /// The socket file's mode: when only its owner and group can connect, everyone connected may reload.
+    let socketMode: mode_t
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, reloads: ReloadCoordinator,
-        watchHub: WatchHub, metrics: DaemonMetrics, reloadGroup: gid_t?, logger: Logger
+        watchHub: WatchHub, metrics: DaemonMetrics, socketMode: mode_t, reloadGroup: gid_t?, logger: Logger
     ) {
+        self.socketMode = socketMode
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -101,8 +105,10 @@ final class DaemonServices: Sendable {
     private func refuseReload(_ peer: PeerCredentials?) -> ProtocolError? {
         guard let peer else { return nil }
         if peer.uid == 0 || peer.uid == geteuid() { return nil }
-        if settings.socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
-        if let group = reloadGroup, peer.gid == group || UserGroups.contains(uid: peer.uid, gid: group) {
+        if socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
+        if let group = reloadGroup,
+            GroupMembership.isPrivileged(peer: peer, supplementaryGroups: nil, group: group)
+        {
             return nil
         }
         return ProtocolError(.forbidden, "reload is allowed to root, rulesd's user and the socket's group only")
@@ -191,31 +197,5 @@ final class DaemonServices: Sendable {
         object.append(("pid", .integer(Int64(getpid()))))
         object.append(("version", .string(Self.version)))
         return .object(JSONObject(object))
-    }
-}
-
-/// Group membership lookups for authorisation.
-enum UserGroups {
-    /// Whether the user `uid` lists `gid` among its groups (primary or supplementary).
-    static func contains(uid: uid_t, gid: gid_t) -> Bool {
-        var record = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16 << 10)
-        guard getpwuid_r(uid, &record, &buffer, buffer.count, &result) == 0, result != nil else { return false }
-        if record.pw_gid == gid { return true }
-        var count: Int32 = 256
-        var groups = [gid_t](repeating: 0, count: Int(count))
-        guard getgrouplist(record.pw_name, record.pw_gid, &groups, &count) >= 0 else { return false }
-        return groups.prefix(Int(count)).contains(gid)
-    }
-
-    /// The id of the group named `name`.
-    static func gid(named name: String) -> gid_t? {
-        if let numeric = gid_t(name) { return numeric }
-        var record = group()
-        var result: UnsafeMutablePointer<group>?
-        var buffer = [CChar](repeating: 0, count: 16 << 10)
-        guard getgrnam_r(name, &record, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        return record.gr_gid
     }
 }

@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import RulesProtocol
 import Synchronization
+import SystemdSupport
 
 /// The Unix-socket listener: binds (or adopts a socket-activated listener), accepts connections up to the
 /// limit, and drains them at shutdown.
@@ -180,7 +181,7 @@ final class SocketServer: Sendable {
             throw StartupError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
         }
         if let groupName = settings.socketGroup {
-            guard let gid = UserGroups.gid(named: groupName) else {
+            guard let gid = GroupMembership.groupID(named: groupName) else {
                 throw StartupError("no group named '\(groupName)' for the socket")
             }
             guard chown(path, uid_t.max, gid) == 0 else {

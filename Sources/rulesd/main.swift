@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import RulesDaemon
+import SystemdSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -102,15 +103,34 @@ struct RulesdCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
-        let journal = environment["JOURNAL_STREAM"].map { !$0.isEmpty } ?? false
+        let journal = JournalStream.isConnected()
         let level = Logger.Level(rawValue: settings.logLevel) ?? .info
         let format: DaemonLogHandler.Format = settings.logFormat == "json" ? .json : .text
         LoggingSystem.bootstrap { label in
             DaemonLogHandler(label: label, level: level, format: format, journal: journal)
         }
         let logger = Logger(label: "rulesd")
+
+        // systemd: the listening socket (socket activation), the notify socket and the watchdog. The variables
+        // are removed from the environment once read, so nothing rulesd starts can mistake them for its own.
+        let activated: ActivatedSocket?
+        do {
+            activated = try SocketActivation.querySocket()
+        } catch {
+            logger.critical("cannot use the socket handed over by systemd", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        var notifier: LifecycleNotifier = NoLifecycleNotifier()
+        do {
+            if let systemd = try SystemdNotifier.fromEnvironment(unsetEnvironment: true) {
+                notifier = SystemdLifecycleNotifier(notifier: systemd, logger: logger)
+            }
+        } catch {
+            logger.warning("NOTIFY_SOCKET is unusable; not notifying systemd", metadata: ["error": "\(error)"])
+        }
+        let watchdog = WatchdogSettings.fromEnvironment(unsetEnvironment: true)
         let status = try await Daemon.run(
-            settings: settings, notifier: NoLifecycleNotifier(), activatedSocket: nil, logger: logger)
+            settings: settings, notifier: notifier, activatedSocket: activated?.fd, watchdog: watchdog, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }
 
