@@ -5,13 +5,13 @@ import RuleModel
 public enum RuleAnswers {
     /// `{"key","value","variant","reason","source"}`, plus `"error_code"` and `"error_message"` when the
     /// rule failed (the default variant's value is still served).
-    public static func appendFlag(_ flag: FlagDefinition, _ decision: FlagDecision, to out: inout [UInt8]) {
-        out.append(contentsOf: #"{"key":"#.utf8)
-        JSONWriter.appendEscapedString(flag.key, to: &out)
-        appendDecisionFields(flag, decision, to: &out)
-        out.append(contentsOf: #","source":"#.utf8)
-        JSONWriter.appendEscapedString(flag.location.description, to: &out)
-        out.append(UInt8(ascii: "}"))
+    @inline(__always)
+    public static func appendFlag(_ ruleSet: RuleSet, flag index: Int, _ decision: FlagDecision, to out: inout [UInt8]) {
+        let fragments = ruleSet.flagFragments[index]
+        out.append(contentsOf: fragments.head)
+        out.append(UInt8(ascii: ","))
+        appendDecision(fragments, decision, to: &out)
+        out.append(contentsOf: fragments.tail)
     }
 
     /// `{"flags":{KEY:{"value","variant","reason"},...}}`, keys in sorted order.
@@ -20,8 +20,8 @@ public enum RuleAnswers {
         for (index, flag) in ruleSet.flags.enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
             JSONWriter.appendEscapedString(flag.key, to: &out)
-            out.append(contentsOf: #":{"#.utf8)
-            appendDecisionFields(flag, decisions[index], to: &out, leadingComma: false)
+            out.append(contentsOf: ":{".utf8)
+            appendDecision(ruleSet.flagFragments[index], decisions[index], to: &out)
             out.append(UInt8(ascii: "}"))
         }
         out.append(contentsOf: "}}".utf8)
@@ -108,17 +108,16 @@ public enum RuleAnswers {
         return ("RULE_ERROR", message, extra)
     }
 
-    private static func appendDecisionFields(
-        _ flag: FlagDefinition, _ decision: FlagDecision, to out: inout [UInt8], leadingComma: Bool = true
-    ) {
-        let variant = flag.variants[decision.variantIndex]
-        out.append(contentsOf: leadingComma ? #","value":"#.utf8 : #""value":"#.utf8)
-        out.append(contentsOf: variant.json)
-        out.append(contentsOf: #","variant":"#.utf8)
-        JSONWriter.appendEscapedString(variant.name, to: &out)
-        out.append(contentsOf: #","reason":""#.utf8)
-        out.append(contentsOf: decision.reason.rawValue.utf8)
-        out.append(UInt8(ascii: "\""))
+    @inline(__always)
+    private static func appendDecision(_ fragments: FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]) {
+        out.append(contentsOf: fragments.variants[decision.variantIndex])
+        switch decision.reason {
+        case .staticValue: out.append(contentsOf: #","reason":"STATIC""#.utf8)
+        case .targetingMatch: out.append(contentsOf: #","reason":"TARGETING_MATCH""#.utf8)
+        case .defaultValue: out.append(contentsOf: #","reason":"DEFAULT""#.utf8)
+        case .disabled: out.append(contentsOf: #","reason":"DISABLED""#.utf8)
+        case .error: out.append(contentsOf: #","reason":"ERROR""#.utf8)
+        }
         if let failure = decision.failure {
             out.append(contentsOf: #","error_code":""#.utf8)
             out.append(contentsOf: failure.code.rawValue.utf8)

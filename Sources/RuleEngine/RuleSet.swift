@@ -29,8 +29,10 @@ public final class RuleSet: Sendable {
     /// Sorted by key.
     public let configs: [ConfigEntry]
     public let limits: RuleEngineLimits
-    private let flagIndexes: [String: Int]
+    private let flagIndexes: UTF8KeyIndex
     private let configIndexes: [String: Int]
+    /// Pre-encoded pieces of flag answers, so that answering copies bytes instead of escaping text.
+    let flagFragments: [FlagAnswerFragments]
 
     init(
         revision: RuleRevision, sources: [RuleSource], flags: [FlagDefinition], routes: [RouteDefinition],
@@ -45,16 +47,18 @@ public final class RuleSet: Sendable {
         self.routes = routes
         self.configs = configs
         self.limits = limits
-        var flagIndexes: [String: Int] = [:]
-        for (index, flag) in flags.enumerated() { flagIndexes[flag.key] = index }
-        self.flagIndexes = flagIndexes
+        self.flagIndexes = UTF8KeyIndex(flags.map(\.key))
+        self.flagFragments = flags.map(FlagAnswerFragments.init)
         var configIndexes: [String: Int] = [:]
         for (index, entry) in configs.enumerated() { configIndexes[entry.key] = index }
         self.configIndexes = configIndexes
     }
 
     /// Index of the flag named `key` in ``flags``.
-    public func flagIndex(forKey key: String) -> Int? { flagIndexes[key] }
+    public func flagIndex(forKey key: String) -> Int? { flagIndexes.index(of: key) }
+
+    /// Index of the flag whose key is spelled by these UTF-8 bytes.
+    public func flagIndex(forUTF8 key: UnsafeRawBufferPointer) -> Int? { flagIndexes.index(of: key) }
 
     /// The config value named `key`.
     public func config(key: String) -> ConfigEntry? { configIndexes[key].map { configs[$0] } }
@@ -94,4 +98,29 @@ public struct RuleLoadFailure: Error, Sendable, Hashable, CustomStringConvertibl
 
     /// One `file:line: message` per line.
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+}
+
+/// The parts of a flag's answers that never change: `{"key":"K"`, each variant's `"value":V,"variant":"N"`,
+/// and `,"source":"file:line"}`.
+struct FlagAnswerFragments: Sendable {
+    let head: [UInt8]
+    let variants: [[UInt8]]
+    let tail: [UInt8]
+
+    init(_ flag: FlagDefinition) {
+        var head = Array(#"{"key":"#.utf8)
+        JSONWriter.appendEscapedString(flag.key, to: &head)
+        self.head = head
+        variants = flag.variants.map { variant in
+            var bytes = Array(#""value":"#.utf8)
+            bytes.append(contentsOf: variant.json)
+            bytes.append(contentsOf: #","variant":"#.utf8)
+            JSONWriter.appendEscapedString(variant.name, to: &bytes)
+            return bytes
+        }
+        var tail = Array(#","source":"#.utf8)
+        JSONWriter.appendEscapedString(flag.location.description, to: &tail)
+        tail.append(UInt8(ascii: "}"))
+        self.tail = tail
+    }
 }

@@ -1,6 +1,7 @@
 import Atomics
 import NIOCore
 import RuleEngine
+import RulesProtocol
 
 /// Where a generation's rules came from.
 public enum GenerationOrigin: String, Sendable {
@@ -24,6 +25,8 @@ public final class ServingGeneration: Sendable, AtomicReference {
     public let stateMemory: Int
     /// The first 16 hex digits of the revision, as every answer carries it.
     public let shortRevision: String
+    /// `"ok":true,"revision":"…","generation":N,"result":`, the same for every answer of this generation.
+    let answerHeader: [UInt8]
     private let evaluators: [NIOLoopBoundBox<RuleEvaluator?>]
 
     init(
@@ -36,6 +39,7 @@ public final class ServingGeneration: Sendable, AtomicReference {
         self.loadedAt = loadedAt
         self.stateMemory = stateMemory
         self.shortRevision = ruleSet.revision.short
+        self.answerHeader = ResponseWriter.successHeader(revision: ruleSet.revision.short, generation: number)
         self.evaluators = evaluators
     }
 

@@ -78,8 +78,14 @@ final class Worker {
         case .ping:
             question = .ping
         case .flag:
-            question = .flag(
-                key: request.flag ?? "", context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
+            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
+            let now = request.at ?? RuleClock.now()
+            let failure = request.withFlagBytes(in: line) { key in
+                EvaluationAnswers.answer(
+                    .flag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+            }
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, started: started, into: &out)
+            return
         case .flags:
             question = .flags(context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .route:
@@ -94,14 +100,21 @@ final class Worker {
         }
         let failure = EvaluationAnswers.answer(
             question, evaluator: evaluator, now: request.at ?? RuleClock.now(), observer: metrics, into: &result)
+        finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, started: started, into: &out)
+    }
+
+    @inline(__always)
+    private func finish(
+        _ request: DecodedRequest, id: UnsafeRawBufferPointer?, generation: ServingGeneration, evaluator: RuleEvaluator,
+        failure: ProtocolError?, started: UInt64, into out: inout ByteBuffer
+    ) {
         if evaluator.hasLogs { forwardRuleLogs(evaluator) }
         if let failure {
             metrics.recordRequest(request.operation, ok: false, since: started)
             ResponseWriter.writeFailure(id: id, error: failure, into: &out)
         } else {
             metrics.recordRequest(request.operation, ok: true, since: started)
-            ResponseWriter.writeSuccess(
-                id: id, revision: generation.shortRevision, generation: generation.number, result: result, into: &out)
+            ResponseWriter.writeSuccess(id: id, header: generation.answerHeader, result: result, into: &out)
         }
     }
 

@@ -4,8 +4,8 @@ import RuleModel
 /// A question about a rule set: the evaluation operations of the protocol.
 public enum RuleQuestion {
     case ping
-    /// One flag; `context` is a JSON object's text (empty for none).
-    case flag(key: String, context: UnsafeRawBufferPointer)
+    /// One flag, named by its key's UTF-8 bytes; `context` is a JSON object's text (empty for none).
+    case flag(key: UnsafeRawBufferPointer, context: UnsafeRawBufferPointer)
     case flags(context: UnsafeRawBufferPointer)
     case route(request: UnsafeRawBufferPointer)
     case config(key: String)
@@ -43,12 +43,13 @@ public enum EvaluationAnswers {
         case .ping:
             result.append(contentsOf: "{}".utf8)
         case .flag(let key, let context):
-            guard let index = ruleSet.flagIndex(forKey: key) else {
-                return ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(key).message)
+            guard let index = ruleSet.flagIndex(forUTF8: key) else {
+                let name = String(decoding: key, as: UTF8.self)
+                return ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(name).message)
             }
             let decision = evaluator.evaluateFlag(at: index, context: context, now: now)
             observer.flagEvaluated(index: index, decision: decision)
-            RuleAnswers.appendFlag(ruleSet.flags[index], decision, to: &result)
+            RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
         case .flags(let context):
             switch evaluator.evaluateAllFlags(context: context, now: now) {
             case .success(let decisions):

@@ -10,8 +10,10 @@ public struct DecodedRequest: Sendable, Hashable {
     public var operation: RequestOperation
     /// The raw JSON text of `id` (any JSON value), echoed verbatim in the answer.
     public var id: Range<Int>?
-    /// `flag` (op flag).
-    public var flag: String?
+    /// `flag` (op flag): the key's UTF-8 bytes, straight from the line when it has no escapes.
+    public var flagRange: Range<Int>?
+    /// `flag` when the key had escapes and had to be decoded.
+    public var flagDecoded: String?
     /// `key` (op config).
     public var key: String?
     /// `prefix` (op config).
@@ -26,6 +28,18 @@ public struct DecodedRequest: Sendable, Hashable {
     public init(operation: RequestOperation) {
         self.operation = operation
     }
+
+    /// The flag's key, decoded (for messages and tests; the request path uses the bytes).
+    public func flag(in line: UnsafeRawBufferPointer) -> String? {
+        if let flagDecoded { return flagDecoded }
+        return flagRange.map { String(decoding: UnsafeRawBufferPointer(rebasing: line[$0]), as: UTF8.self) }
+    }
+
+    /// Calls `body` with the flag key's UTF-8 bytes.
+    public func withFlagBytes<R>(in line: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let flagDecoded { return Array(flagDecoded.utf8).withUnsafeBytes(body) }
+        return body(flagRange.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+    }
 }
 
 /// Why a line could not be decoded, and the `id` to echo when it could be read.
@@ -36,8 +50,9 @@ public struct RequestDecodingFailure: Error, Sendable, Hashable {
 
 /// Decodes request lines. Keeps a reusable buffer, so one decoder per connection.
 ///
-/// Unknown fields are refused rather than ignored: a misspelt `contxt` would otherwise silently evaluate
-/// with an empty context.
+/// Member names are compared as bytes, without building strings: this runs for every request. Unknown
+/// members are refused rather than ignored: a misspelt `contxt` would otherwise silently evaluate with an
+/// empty context.
 public struct RequestDecoder {
     private var members: [JSONMember] = []
     private let scanner: JSONObjectScanner
@@ -46,6 +61,41 @@ public struct RequestDecoder {
     public init(maxDepth: Int = 64) {
         scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth))
         members.reserveCapacity(8)
+    }
+
+    private enum Field {
+        case id, op, flag, key, prefix, at, context, request, unknown
+    }
+
+    private static func field(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> Field {
+        if member.keyIsEscaped {
+            switch member.keyString(in: line) {
+            case "id": return .id
+            case "op": return .op
+            case "flag": return .flag
+            case "key": return .key
+            case "prefix": return .prefix
+            case "at": return .at
+            case "context": return .context
+            case "request": return .request
+            default: return .unknown
+            }
+        }
+        let key = UnsafeRawBufferPointer(rebasing: line[member.keyRange])
+        switch key.count {
+        case 2:
+            if JSONObjectScanner.key(key, equals: "id") { return .id }
+            if JSONObjectScanner.key(key, equals: "op") { return .op }
+            if JSONObjectScanner.key(key, equals: "at") { return .at }
+        case 3: if JSONObjectScanner.key(key, equals: "key") { return .key }
+        case 4: if JSONObjectScanner.key(key, equals: "flag") { return .flag }
+        case 6: if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
+        case 7:
+            if JSONObjectScanner.key(key, equals: "context") { return .context }
+            if JSONObjectScanner.key(key, equals: "request") { return .request }
+        default: break
+        }
+        return .unknown
     }
 
     /// Decodes one line.
@@ -58,15 +108,18 @@ public struct RequestDecoder {
         }
         var id: Range<Int>?
         var operation: RequestOperation?
-        for member in members where member.keyEquals("id", in: line) {
-            id = member.valueRange
-        }
-        for member in members where member.keyEquals("op", in: line) {
-            guard member.kind == .string, let name = try? JSONObjectScanner.string(in: line, range: member.valueRange)
-            else {
-                return .failure(invalid("'op' must be a string", id))
+        var opMember: JSONMember?
+        for member in members {
+            switch Self.field(member, line) {
+            case .id: id = member.valueRange
+            case .op: opMember = member
+            default: break
             }
-            guard let op = RequestOperation(rawValue: name) else {
+        }
+        if let member = opMember {
+            guard member.kind == .string, let op = Self.operation(member, line) else {
+                if member.kind != .string { return .failure(invalid("'op' must be a string", id)) }
+                let name = (try? JSONObjectScanner.string(in: line, range: member.valueRange)) ?? ""
                 return .failure(invalid("unknown op '\(Self.clip(name))'", id))
             }
             operation = op
@@ -75,34 +128,42 @@ public struct RequestDecoder {
         var request = DecodedRequest(operation: operation)
         request.id = id
         for member in members {
-            if member.keyEquals("id", in: line) || member.keyEquals("op", in: line) { continue }
-            let name = member.keyString(in: line)
-            guard Self.allowed(name, for: operation) else {
+            let field = Self.field(member, line)
+            if field == .id || field == .op { continue }
+            guard Self.allowed(field, for: operation) else {
+                let name = member.keyString(in: line)
                 return .failure(invalid("unknown field '\(Self.clip(name))' for op '\(operation.rawValue)'", id))
             }
-            switch name {
-            case "flag", "key", "prefix":
-                guard member.kind == .string, let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
-                else { return .failure(invalid("'\(name)' must be a string", id)) }
-                if name == "flag" { request.flag = value } else if name == "key" { request.key = value } else {
-                    request.prefix = value
+            switch field {
+            case .flag:
+                guard member.kind == .string else { return .failure(invalid("'flag' must be a string", id)) }
+                let content = member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1
+                if UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\")) {
+                    request.flagDecoded = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                } else {
+                    request.flagRange = content
                 }
-            case "context", "request":
+            case .key, .prefix:
+                guard member.kind == .string, let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                else { return .failure(invalid("'\(field == .key ? "key" : "prefix")' must be a string", id)) }
+                if field == .key { request.key = value } else { request.prefix = value }
+            case .context, .request:
                 if member.kind == .null { continue }
+                let name = field == .context ? "context" : "request"
                 guard member.kind == .object else { return .failure(invalid("'\(name)' must be an object", id)) }
-                if name == "context" { request.context = member.valueRange } else { request.request = member.valueRange }
-            case "at":
+                if field == .context { request.context = member.valueRange } else { request.request = member.valueRange }
+            case .at:
                 if member.kind == .null { continue }
                 guard member.kind == .number, let value = Self.number(line, member.valueRange), value.isFinite else {
                     return .failure(invalid("'at' must be a number of seconds since the epoch", id))
                 }
                 request.at = value
-            default:
-                return .failure(invalid("unknown field '\(Self.clip(name))'", id))
+            case .id, .op, .unknown:
+                break
             }
         }
         switch operation {
-        case .flag where request.flag == nil:
+        case .flag where request.flagRange == nil && request.flagDecoded == nil:
             return .failure(invalid("op 'flag' needs 'flag', the flag's key", id))
         case .config where (request.key == nil) == (request.prefix == nil):
             return .failure(invalid("op 'config' needs exactly one of 'key' or 'prefix'", id))
@@ -111,24 +172,46 @@ public struct RequestDecoder {
         }
     }
 
+    private static func operation(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> RequestOperation? {
+        let content = UnsafeRawBufferPointer(rebasing: line[member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1])
+        if !content.contains(UInt8(ascii: "\\")) {
+            switch content.count {
+            case 4:
+                if JSONObjectScanner.key(content, equals: "flag") { return .flag }
+                if JSONObjectScanner.key(content, equals: "ping") { return .ping }
+            case 5:
+                if JSONObjectScanner.key(content, equals: "flags") { return .flags }
+                if JSONObjectScanner.key(content, equals: "route") { return .route }
+                if JSONObjectScanner.key(content, equals: "watch") { return .watch }
+            case 6:
+                if JSONObjectScanner.key(content, equals: "config") { return .config }
+                if JSONObjectScanner.key(content, equals: "status") { return .status }
+                if JSONObjectScanner.key(content, equals: "reload") { return .reload }
+            case 7: if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
+            default: break
+            }
+            return nil
+        }
+        return (try? JSONObjectScanner.string(in: line, range: member.valueRange)).flatMap(RequestOperation.init)
+    }
+
     private func invalid(_ message: String, _ id: Range<Int>?) -> RequestDecodingFailure {
         RequestDecodingFailure(error: ProtocolError(.invalidRequest, message), id: id)
     }
 
-    private static func allowed(_ field: String, for operation: RequestOperation) -> Bool {
+    private static func allowed(_ field: Field, for operation: RequestOperation) -> Bool {
         switch operation {
-        case .flag: return field == "flag" || field == "context" || field == "at"
-        case .flags: return field == "context" || field == "at"
-        case .route: return field == "request" || field == "at"
-        case .config: return field == "key" || field == "prefix"
+        case .flag: return field == .flag || field == .context || field == .at
+        case .flags: return field == .context || field == .at
+        case .route: return field == .request || field == .at
+        case .config: return field == .key || field == .prefix
         case .ping, .status, .watch, .reload, .metrics: return false
         }
     }
 
     private static func number(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Double? {
         if let integer = JSONObjectScanner.int64(in: bytes, range: range) { return Double(integer) }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
-        return Double(text)
+        return JSONObjectScanner.double(in: bytes, range: range)
     }
 
     private static func clip(_ text: String) -> String {

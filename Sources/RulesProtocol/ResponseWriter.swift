@@ -28,6 +28,28 @@ public enum ResponseWriter {
         buffer.writeStaticString("}\n")
     }
 
+    /// `"ok":true,"revision":"…","generation":N,"result":`, the part of every success line that only depends
+    /// on the generation that answers.
+    public static func successHeader(revision: String, generation: UInt64) -> [UInt8] {
+        Array(#""ok":true,"revision":"\#(revision)","generation":\#(generation),"result":"#.utf8)
+    }
+
+    /// Appends a success line from a precomputed ``successHeader(revision:generation:)``.
+    @inline(__always)
+    public static func writeSuccess(id: UnsafeRawBufferPointer?, header: [UInt8], result: [UInt8], into buffer: inout ByteBuffer) {
+        let idBytes = id?.count ?? 0
+        buffer.reserveCapacity(minimumWritableBytes: idBytes + header.count + result.count + 10)
+        buffer.writeInteger(UInt8(ascii: "{"))
+        if let id {
+            buffer.writeStaticString("\"id\":")
+            buffer.writeBytes(id)
+            buffer.writeInteger(UInt8(ascii: ","))
+        }
+        buffer.writeBytes(header)
+        buffer.writeBytes(result)
+        buffer.writeStaticString("}\n")
+    }
+
     /// Appends a failure line.
     public static func writeFailure(id: UnsafeRawBufferPointer?, error: ProtocolError, into buffer: inout ByteBuffer) {
         var out: [UInt8] = []

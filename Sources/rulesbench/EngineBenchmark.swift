@@ -22,6 +22,8 @@ struct EngineBenchmark: ParsableCommand {
     var ceiling = "../shared/perf/lua_ceiling.c"
     @Option(help: "Rule file for the C ceiling.")
     var ceilingRules = "../shared/perf/rules.lua"
+    @Option(help: "Run only the cases whose name contains this text (for profiling).")
+    var only: String?
 
     func run() throws {
         let (ruleSet, evaluator) = try RuleCompiler.compile(BenchmarkRules.sources)
@@ -36,6 +38,7 @@ struct EngineBenchmark: ParsableCommand {
         var decoder = RequestDecoder()
         var output = ByteBufferAllocator().buffer(capacity: 4096)
         var result: [UInt8] = []
+        let header = ResponseWriter.successHeader(revision: ruleSet.revision.short, generation: 1)
         let cases: [(String, (Int) -> Void)] = [
             ("static flag", { i in
                 contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: staticIndex, context: $0, now: now).variantIndex }
@@ -56,35 +59,38 @@ struct EngineBenchmark: ParsableCommand {
             }),
             ("full request: decode+split flag+encode", { i in
                 lines[i & 4095].withUnsafeBytes { bytes in
-                    guard case .success(let request) = decoder.decode(bytes), let range = request.context else { return }
+                    guard case .success(let request) = decoder.decode(bytes), let range = request.context,
+                        let index = request.withFlagBytes(in: bytes, { ruleSet.flagIndex(forUTF8: $0) })
+                    else { return }
                     let decision = evaluator.evaluateFlag(
-                        at: splitIndex, context: UnsafeRawBufferPointer(rebasing: bytes[range]), now: now)
+                        at: index, context: UnsafeRawBufferPointer(rebasing: bytes[range]), now: now)
                     result.removeAll(keepingCapacity: true)
-                    RuleAnswers.appendFlag(ruleSet.flags[splitIndex], decision, to: &result)
+                    RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
                     output.clear()
                     ResponseWriter.writeSuccess(
-                        id: UnsafeRawBufferPointer(rebasing: bytes[request.id!]), revision: "0123456789abcdef",
-                        generation: 1, result: result, into: &output)
+                        id: UnsafeRawBufferPointer(rebasing: bytes[request.id!]), header: header, result: result,
+                        into: &output)
                     sink &+= output.readableBytes
                 }
             }),
         ]
+        let selected = cases.filter { only == nil || $0.0.contains(only!) }
         var samples = [[Double]](repeating: [], count: cases.count)
         for _ in 0..<rounds {
-            for (index, (_, body)) in cases.enumerated() {
+            for (index, (name, body)) in cases.enumerated() where selected.contains(where: { $0.0 == name }) {
                 samples[index].append(Timing.nanosecondsPerCall(budgetMilliseconds: milliseconds, body))
             }
         }
         print("engine: ns per evaluation, median of \(rounds) rounds (min-max), context conversion included")
         var medians: [String: Double] = [:]
-        for (index, (name, _)) in cases.enumerated() {
+        for (index, (name, _)) in cases.enumerated() where !samples[index].isEmpty {
             let sorted = samples[index].sorted()
             medians[name] = sorted[sorted.count / 2]
             print(
                 "  \(name.padding(40)) \(Timing.format(sorted[sorted.count / 2])) ns  (\(Timing.format(sorted.first!))-\(Timing.format(sorted.last!)))")
         }
         print("  Lua state: \(evaluator.memoryInUse / 1024) KiB; \(ruleSet.flags.count) flags, \(ruleSet.routes.count) routes")
-        if let ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules) {
+        if only == nil, let ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules) {
             print("C ceiling (\(ceiling)): parse+build+call+encode of new-checkout (targeting+rollout)")
             for (label, ns) in ceilingResults.sorted(by: { $0.key < $1.key }) {
                 print("  \(label.padding(40)) \(Timing.format(ns)) ns")
@@ -95,7 +101,7 @@ struct EngineBenchmark: ParsableCommand {
             if let ours = medians["full request: decode+split flag+encode"], let lua = ceilingResults["C, hash in Lua"] {
                 print("  ratio rulesd full request / C hash in Lua: \(Timing.format(ours / lua, digits: 2))x")
             }
-        } else {
+        } else if only == nil {
             print("C ceiling: \(ceiling) not found; skipped")
         }
         if sink == 42 { print("") }

@@ -53,7 +53,9 @@ extension Eval {
             let input = try context.input()
             let key = key
             let answer = evaluate(try rules.directory()) { evaluator in
-                input.json.withUnsafeBytes { ask(.flag(key: key, context: $0), evaluator, now: input.now) }
+                Array(key.utf8).withUnsafeBytes { name in
+                    input.json.withUnsafeBytes { ask(.flag(key: name, context: $0), evaluator, now: input.now) }
+                }
             }
             try AnswerPrinter(json: output.json).emit(answer)
         }
