@@ -111,9 +111,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel"]),
-        .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"]),
+        .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"], exclude: ["Fixtures"]),
         .testTarget(
-            name: "RuleWatcherTests", dependencies: ["RuleWatcher", "RuleEngine", "RuleModel", "RulesTestSupport"]
+            name: "RuleWatcherTests",
+            dependencies: [
+                "RuleWatcher", "RuleEngine", "RuleModel", "RulesTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(name: "SystemdSupportTests", dependencies: ["SystemdSupport"]),
         .testTarget(

@@ -9,6 +9,7 @@
 #include "rs_state.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- read-only tables -------------------------------------------------------------------- */
@@ -172,6 +173,134 @@ static int sb_rawlen(lua_State *L) {
     return rs_state_of(L)->orig.rawlen(L);
 }
 
+/* ---- deterministic traversal ------------------------------------------------------------------ */
+
+/*
+ * Every worker holds its own Lua state, and Lua seeds its string hashes per state (from the clock and from
+ * addresses), so the stock next and pairs visit one table's keys in a different order in each worker: a rule
+ * that returned the first match of a pairs loop answered differently depending on the worker that ran it.
+ * Traversal here follows one canonical order instead: numbers ascending, then strings bytewise, then false
+ * and true; keys of other types (tables or functions used as keys) come last, in Lua's own order, which
+ * nothing can make the same across states.
+ */
+typedef struct key_entry {
+    int rank;           /* 0 number, 1 string, 2 boolean, 3 anything else */
+    long double number; /* numbers and booleans; exact for every integer and double */
+    const char *s;      /* strings: valid while the key is on the stack or in a table on it */
+    size_t len;
+    lua_Integer raw;    /* position in Lua's own traversal order: the tie-break for rank 3 */
+} key_entry;
+
+static void key_describe(lua_State *L, int idx, lua_Integer raw, key_entry *e) {
+    e->raw = raw;
+    e->s = NULL;
+    e->len = 0;
+    e->number = 0;
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+        e->rank = 0;
+        e->number = lua_isinteger(L, idx) ? (long double)lua_tointeger(L, idx) : (long double)lua_tonumber(L, idx);
+        break;
+    case LUA_TSTRING:
+        e->rank = 1;
+        e->s = lua_tolstring(L, idx, &e->len);
+        break;
+    case LUA_TBOOLEAN:
+        e->rank = 2;
+        e->number = lua_toboolean(L, idx);
+        break;
+    default: e->rank = 3;
+    }
+}
+
+static int key_entry_cmp(const void *a, const void *b) {
+    const key_entry *x = a, *y = b;
+    if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+    if (x->rank == 0 || x->rank == 2) {
+        if (x->number != y->number) return x->number < y->number ? -1 : 1;
+    } else if (x->rank == 1) {
+        int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+        if (c != 0) return c < 0 ? -1 : 1;
+        if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    }
+    return (x->raw > y->raw) - (x->raw < y->raw);
+}
+
+/* The iterator of pairs: upvalues are the table (raw storage), its keys in canonical order, and the position
+ * reached. Keys whose value was cleared during the traversal are skipped, as Lua's own next would. */
+static int ordered_iterator(lua_State *L) {
+    lua_Integer pos = lua_tointeger(L, lua_upvalueindex(3));
+    lua_Integer n = (lua_Integer)lua_rawlen(L, lua_upvalueindex(2));
+    while (++pos <= n) {
+        lua_rawgeti(L, lua_upvalueindex(2), pos);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, lua_upvalueindex(1));
+        if (!lua_isnil(L, -1)) {
+            lua_pushinteger(L, pos);
+            lua_replace(L, lua_upvalueindex(3));
+            return 2;
+        }
+        lua_pop(L, 2);
+    }
+    lua_pushinteger(L, n);
+    lua_replace(L, lua_upvalueindex(3));
+    lua_pushnil(L);
+    return 1;
+}
+
+/* Returns pairs' three values for the table at idx (frozen or read-only tables: over their storage). */
+static int push_ordered_pairs(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    if (rs_is_frozen(L, idx)) rs_push_storage(L, idx);
+    else lua_pushvalue(L, idx);
+    int t = lua_gettop(L);
+    lua_newtable(L);
+    int keys = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, keys, ++n);
+    }
+    uint64_t log2n = 1;
+    while (((uint64_t)1 << log2n) < (uint64_t)n && log2n < 63) log2n++;
+    rs_charge(L, 1 + (uint64_t)n * log2n);
+    key_entry *entries = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *entries, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, keys, i);
+        key_describe(L, -1, i, &entries[i - 1]); /* the string stays alive in `keys` */
+        lua_pop(L, 1);
+    }
+    qsort(entries, (size_t)n, sizeof *entries, key_entry_cmp);
+    lua_createtable(L, (int)n, 0);
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_rawgeti(L, keys, entries[i].raw);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushvalue(L, t);
+    lua_insert(L, -2);
+    lua_pushinteger(L, 0);
+    lua_pushcclosure(L, ordered_iterator, 3);
+    lua_pushvalue(L, idx);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* pairs: a __pairs metamethod decides, as in stock Lua; otherwise the canonical order. */
+static int sb_pairs(lua_State *L) {
+    luaL_checkany(L, 1);
+    if (luaL_getmetafield(L, 1, "__pairs") != LUA_TNIL) {
+        lua_pushvalue(L, 1);
+        lua_call(L, 1, 3);
+        return 3;
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    return push_ordered_pairs(L, 1);
+}
+
+/* next(t, k): the key after k in the canonical order. Each call walks the table (and is charged for it), so
+ * pairs is the way to traverse a large table; next stays right for emptiness tests and occasional steps. */
 static int sb_next(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
@@ -179,9 +308,47 @@ static int sb_next(lua_State *L) {
         rs_push_storage(L, 1);
         lua_replace(L, 1);
     }
-    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L); /* 3: the best candidate so far */
+    bool from_start = lua_isnil(L, 2), have_best = false;
+    key_entry after, best, current;
+    lua_Integer raw = 0;
+    if (!from_start) {
+        bool found = false;
+        lua_pushnil(L);
+        while (lua_next(L, 1)) {
+            raw++;
+            lua_pop(L, 1);
+            if (lua_rawequal(L, -1, 2)) {
+                found = true;
+                lua_pop(L, 1);
+                break;
+            }
+        }
+        if (!found) return luaL_error(L, "invalid key to 'next'");
+        key_describe(L, 2, raw, &after);
+    }
+    raw = 0;
     lua_pushnil(L);
-    return 1;
+    while (lua_next(L, 1)) {
+        lua_pop(L, 1);
+        key_describe(L, -1, ++raw, &current);
+        if ((from_start || key_entry_cmp(&current, &after) > 0) &&
+            (!have_best || key_entry_cmp(&current, &best) < 0)) {
+            lua_pushvalue(L, -1);
+            lua_replace(L, 3);
+            key_describe(L, 3, raw, &best);
+            have_best = true;
+        }
+    }
+    rs_charge(L, 1 + 2 * (uint64_t)raw);
+    if (!have_best) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 3);
+    lua_rawget(L, 1);
+    return 2;
 }
 
 static int ro_len(lua_State *L) {
@@ -190,12 +357,7 @@ static int ro_len(lua_State *L) {
     return 1;
 }
 
-static int ro_pairs(lua_State *L) {
-    lua_pushcfunction(L, sb_next);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    return 3;
-}
+static int ro_pairs(lua_State *L) { return push_ordered_pairs(L, 1); }
 
 /* Installs the metatable that makes the (empty) table at `proxy` a read-only view of `storage`. */
 static void set_readonly_meta(lua_State *L, int proxy, int storage, bool protect_false) {
@@ -378,6 +540,103 @@ static int sb_rep(lua_State *L) {
     return rs_state_of(L)->orig.rep(L);
 }
 
+/*
+ * Library functions whose work in C grows with the length of their string arguments. The count hook only
+ * sees VM instructions, so one instruction calling utf8.len on a 32 MiB string did about 0.4 s of work
+ * unseen, and a loop of such calls overran a 50 ms deadline by minutes. Each call is now charged for the
+ * bytes it touches (before it runs, where that is known), at roughly the rate its loop runs compared with
+ * VM instructions.
+ */
+static void charge_string_args(lua_State *L, uint64_t bytes_per_step) {
+    uint64_t bytes = 0;
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++)
+        if (lua_type(L, i) == LUA_TSTRING) bytes += lua_rawlen(L, i);
+    rs_charge(L, 1 + bytes / bytes_per_step);
+}
+
+#define RS_CHARGED_BY_LENGTH(wrapper, original, bytes_per_step)                                                      \
+    static int wrapper(lua_State *L) {                                                                                 \
+        charge_string_args(L, bytes_per_step);                                                                         \
+        return rs_state_of(L)->orig.original(L);                                                                       \
+    }
+
+/* Lua's normalisation of a byte range [i, j] of a string of `len` bytes (str_sub's posrelatI and getendpos),
+ * for arguments at `i_idx` and `j_idx` (0: no such argument) with the given defaults; returns the number of
+ * bytes in the range. The original function checks the arguments itself: anything that is not an integer
+ * counts as its default here. */
+static uint64_t range_bytes(lua_State *L, int i_idx, lua_Integer i_default, int j_idx, lua_Integer j_default,
+                            size_t len) {
+    int isnum = 0;
+    lua_Integer i = i_idx ? lua_tointegerx(L, i_idx, &isnum) : 0;
+    if (!isnum) i = i_default;
+    isnum = 0;
+    lua_Integer j = j_idx ? lua_tointegerx(L, j_idx, &isnum) : 0;
+    if (!isnum) j = j_default;
+    lua_Integer l = (lua_Integer)len;
+    if (i < 0) i = i < -l ? 1 : l + i + 1;
+    else if (i == 0) i = 1;
+    if (j > l) j = l;
+    else if (j < 0) j = j < -l ? 0 : l + j + 1;
+    return i > j ? 0 : (uint64_t)(j - i + 1);
+}
+
+/* Byte-at-a-time decoders: about one VM instruction's work per byte of the range they walk. */
+static int sb_utf8_len(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) rs_charge(L, 1 + range_bytes(L, 2, 1, 3, -1, lua_rawlen(L, 1)));
+    return rs_state_of(L)->orig.utf8_len(L);
+}
+
+static int sb_utf8_codepoint(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        int isnum;
+        lua_Integer i = lua_tointegerx(L, 2, &isnum);
+        rs_charge(L, 1 + range_bytes(L, 2, 1, 3, isnum ? i : 1, lua_rawlen(L, 1)));
+    }
+    return rs_state_of(L)->orig.utf8_codepoint(L);
+}
+
+/* utf8.offset walks |n| characters, but a run of continuation bytes counts as part of one character, so one
+ * call can walk the whole string: it is charged afterwards for the distance it actually moved. */
+static int sb_utf8_offset(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    size_t len = lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0;
+    lua_Integer n = luaL_optinteger(L, 2, 0);
+    lua_Integer start = luaL_optinteger(L, 3, n >= 0 ? 1 : (lua_Integer)len + 1);
+    int results = S->orig.utf8_offset(L);
+    int isnum;
+    lua_Integer end = lua_tointegerx(L, -1, &isnum);
+    uint64_t moved = isnum ? (end > start ? (uint64_t)(end - start) : (uint64_t)(start - end)) : len;
+    rs_charge(L, 1 + moved);
+    return results;
+}
+
+/* Lua 5.4.4's utf8.codes iterator skips a run of continuation bytes in one step, so a single step can scan
+ * the whole string: the scan is paid for when the iteration starts. */
+RS_CHARGED_BY_LENGTH(sb_utf8_codes, utf8_codes, 1)
+/* Byte loops with a table lookup or a copy per byte, over the whole string. */
+RS_CHARGED_BY_LENGTH(sb_upper, upper, 4)
+RS_CHARGED_BY_LENGTH(sb_lower, lower, 4)
+RS_CHARGED_BY_LENGTH(sb_reverse, reverse, 4)
+/* Scans and copies of whole arguments: format's %s and %q, tonumber's three passes over leading spaces, a
+ * format string's walk. */
+RS_CHARGED_BY_LENGTH(sb_format, format, 16)
+RS_CHARGED_BY_LENGTH(sb_tonumber, tonumber, 4)
+RS_CHARGED_BY_LENGTH(sb_packsize, packsize, 16)
+
+/* string.sub copies the range it returns, and only that (s:sub(i, i) in a loop stays cheap). */
+static int sb_sub(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) rs_charge(L, 1 + range_bytes(L, 2, 1, 3, -1, lua_rawlen(L, 1)) / 16);
+    return rs_state_of(L)->orig.sub(L);
+}
+
+/* string.unpack reads from `pos` on ("z" scans for the terminator): the format and the data from `pos`. */
+static int sb_sunpack(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING)
+        rs_charge(L, 1 + (lua_rawlen(L, 1) + range_bytes(L, 3, 1, 0, -1, lua_rawlen(L, 2))) / 16);
+    return rs_state_of(L)->orig.sunpack(L);
+}
+
 static int sb_byte(lua_State *L) {
     size_t len;
     luaL_checklstring(L, 1, &len);
@@ -459,9 +718,18 @@ static int sb_unpack(lua_State *L) {
     return rs_state_of(L)->orig.unpack(L);
 }
 
+/* A coroutine that ran out of memory ends with LUA_ERRMEM, which the stock resume hands back to the
+ * caller as (false, "not enough memory"), like any error: a rule could then carry on past a memory
+ * breach. Turn it into the sticky kill, as pcall does. */
+static void kill_if_out_of_memory(lua_State *L, lua_State *co) {
+    if (co != NULL && lua_status(co) == LUA_ERRMEM) rs_mark_killed(L, RS_KILL_MEMORY);
+}
+
 static int sb_resume(lua_State *L) {
     rs_state *S = rs_state_of(L);
+    lua_State *co = lua_tothread(L, 1);
     int n = S->orig.resume(L);
+    kill_if_out_of_memory(L, co);
     if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
     return n;
 }
@@ -472,6 +740,7 @@ static int sb_wrap_call(lua_State *L) {
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     int n = S->orig.resume(L);
+    kill_if_out_of_memory(L, lua_tothread(L, lua_upvalueindex(1)));
     if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
     int first = lua_gettop(L) - n + 1;
     if (lua_toboolean(L, first)) {
@@ -516,18 +785,16 @@ static void set_function(lua_State *L, int table, const char *name, lua_CFunctio
 }
 
 static const char *const base_names[] = {
-    "assert", "error", "ipairs", "pairs", "select", "tonumber", "tostring", "type", "rawequal", "getmetatable",
+    "assert", "error", "ipairs", "select", "tostring", "type", "rawequal", "getmetatable",
     "_VERSION", NULL,
 };
-static const char *const string_names[] = {
-    "char", "format", "len", "lower", "upper", "reverse", "sub", "packsize", "unpack", NULL,
-};
+static const char *const string_names[] = {"char", "len", NULL};
 static const char *const table_names[] = {"pack", NULL};
 static const char *const math_names[] = {
     "abs", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge", "log", "max", "maxinteger", "min", "mininteger",
     "modf", "pi", "rad", "sin", "sqrt", "tan", "tointeger", "type", "ult", "atan", "asin", "acos", NULL,
 };
-static const char *const utf8_names[] = {"char", "charpattern", "codes", "codepoint", "len", "offset", NULL};
+static const char *const utf8_names[] = {"char", "charpattern", NULL};
 static const char *const coroutine_names[] = {"create", "yield", "status", "isyieldable", "running", NULL};
 
 int rs_build_base_env(lua_State *L) {
@@ -553,6 +820,18 @@ int rs_build_base_env(lua_State *L) {
     S->orig.rep = field_cfunction(L, str, "rep");
     S->orig.pack = field_cfunction(L, str, "pack");
     S->orig.byte = field_cfunction(L, str, "byte");
+    S->orig.tonumber = field_cfunction(L, g, "tonumber");
+    S->orig.upper = field_cfunction(L, str, "upper");
+    S->orig.lower = field_cfunction(L, str, "lower");
+    S->orig.reverse = field_cfunction(L, str, "reverse");
+    S->orig.sub = field_cfunction(L, str, "sub");
+    S->orig.format = field_cfunction(L, str, "format");
+    S->orig.packsize = field_cfunction(L, str, "packsize");
+    S->orig.sunpack = field_cfunction(L, str, "unpack");
+    S->orig.utf8_len = field_cfunction(L, utf8, "len");
+    S->orig.utf8_offset = field_cfunction(L, utf8, "offset");
+    S->orig.utf8_codepoint = field_cfunction(L, utf8, "codepoint");
+    S->orig.utf8_codes = field_cfunction(L, utf8, "codes");
     S->orig.concat = field_cfunction(L, tab, "concat");
     S->orig.insert = field_cfunction(L, tab, "insert");
     S->orig.remove = field_cfunction(L, tab, "remove");
@@ -572,6 +851,8 @@ int rs_build_base_env(lua_State *L) {
     set_function(L, base, "rawset", sb_rawset);
     set_function(L, base, "rawlen", sb_rawlen);
     set_function(L, base, "next", sb_next);
+    set_function(L, base, "pairs", sb_pairs);
+    set_function(L, base, "tonumber", sb_tonumber);
 
     lua_newtable(L);
     int sstr = lua_gettop(L);
@@ -579,6 +860,13 @@ int rs_build_base_env(lua_State *L) {
     set_function(L, sstr, "rep", sb_rep);
     set_function(L, sstr, "byte", sb_byte);
     set_function(L, sstr, "pack", sb_pack);
+    set_function(L, sstr, "upper", sb_upper);
+    set_function(L, sstr, "lower", sb_lower);
+    set_function(L, sstr, "reverse", sb_reverse);
+    set_function(L, sstr, "sub", sb_sub);
+    set_function(L, sstr, "format", sb_format);
+    set_function(L, sstr, "packsize", sb_packsize);
+    set_function(L, sstr, "unpack", sb_sunpack);
     set_function(L, sstr, "find", rs_str_find);
     set_function(L, sstr, "match", rs_str_match);
     set_function(L, sstr, "gmatch", rs_str_gmatch);
@@ -601,6 +889,10 @@ int rs_build_base_env(lua_State *L) {
     lua_newtable(L);
     int sutf8 = lua_gettop(L);
     copy_fields(L, utf8, sutf8, utf8_names);
+    set_function(L, sutf8, "len", sb_utf8_len);
+    set_function(L, sutf8, "offset", sb_utf8_offset);
+    set_function(L, sutf8, "codepoint", sb_utf8_codepoint);
+    set_function(L, sutf8, "codes", sb_utf8_codes);
 
     /* coroutine.close is left out: Lua 5.4.4 crashes on some chains of it. */
     lua_newtable(L);

@@ -24,6 +24,20 @@
 
 #include "rs_internal.h"
 
+/*
+ * Charges the budget for the string arguments among the first `count`: hashing a unit, comparing an affix,
+ * scanning a version or a CIDR all take time proportional to the string, and the count hook sees none of it.
+ * Without this, a loop calling a helper on a string of many megabytes overran the deadline by seconds.
+ */
+static void charge_strings(lua_State *L, int count, uint64_t bytes_per_step)
+{
+    uint64_t bytes = 0;
+    for (int i = 1; i <= count; i++)
+        if (lua_type(L, i) == LUA_TSTRING)
+            bytes += lua_rawlen(L, i);
+    rs_charge(L, bytes / bytes_per_step);
+}
+
 /* Length of the list at `idx` as the # operator sees it (frozen proxies answer through __len); a negative answer
  * from a user __len counts as empty. */
 static lua_Integer checked_len(lua_State *L, int idx)
@@ -230,6 +244,7 @@ static int h_split(lua_State *L)
      * current key. */
     size_t seed_len;
     (void)hash_seed(L, 3, "split", &seed_len);
+    charge_strings(L, 3, 16);
     if (!lua_istable(L, 2))
         return luaL_error(L, "split: buckets must be a table of {value, weight} tables");
 
@@ -284,6 +299,7 @@ static int h_split(lua_State *L)
 static int h_rollout(lua_State *L)
 {
     size_t seed_len;
+    charge_strings(L, 3, 16);
     const char *seed = hash_seed(L, 3, "rollout", &seed_len);
     if (lua_type(L, 2) != LUA_TNUMBER)
         return luaL_error(L, "rollout: percent must be a number");
@@ -321,6 +337,7 @@ static int affix_test(lua_State *L, const char *fname, const char *what, bool at
 {
     if (lua_type(L, 2) != LUA_TSTRING)
         return luaL_error(L, "%s: %s must be a string", fname, what);
+    charge_strings(L, 2, 16);
     size_t alen, slen;
     const char *affix = lua_tolstring(L, 2, &alen);
     bool result = false;
@@ -555,6 +572,7 @@ static int h_semver_compare(lua_State *L)
 {
     char abuf[SEMVER_NUMBUF], bbuf[SEMVER_NUMBUF];
     semver a, b;
+    charge_strings(L, 2, 4);
     if (!semver_from_lua(L, 1, abuf, &a) || !semver_from_lua(L, 2, bbuf, &b)) {
         lua_pushnil(L);
         return 1;
@@ -579,6 +597,7 @@ static const struct {
  */
 static int h_semver_match(lua_State *L)
 {
+    charge_strings(L, 3, 4);
     if (lua_type(L, 2) != LUA_TSTRING)
         return luaL_error(L, "semver.match: operator must be a string");
     size_t oplen;
@@ -675,6 +694,7 @@ typedef struct ip_net {
  */
 static void parse_cidr(lua_State *L, const char *s, size_t n, ip_net *net)
 {
+    rs_charge(L, n / 16); /* the search for '/' (and an error message quoting the CIDR) cost its length */
     const char *slash = memchr(s, '/', n);
     size_t alen = slash ? (size_t)(slash - s) : n;
     bool mapped;

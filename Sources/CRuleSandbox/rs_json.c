@@ -456,9 +456,11 @@ static bool jw_table(jw *w, int idx, int depth) {
             lua_Integer k = lua_tointeger(L, -2);
             if (k > max_index) max_index = k;
         } else {
-            lua_pop(L, 2);
+            /* The key's type is read before popping it: after the pop, -1 is the table itself, and the
+             * message would name the wrong type. */
             snprintf(w->error, sizeof w->error, "has a key of type %s; JSON objects need string keys",
-                     luaL_typename(L, -1));
+                     luaL_typename(L, -2));
+            lua_pop(L, 2);
             return false;
         }
         lua_pop(L, 1);
@@ -556,6 +558,9 @@ bool rs_to_json(lua_State *L, int idx) {
     w.cap = 256;
     w.error[0] = 0;
     bool ok = jw_value(&w, idx, 0);
+    /* A walk that fails returns from any depth without popping the tables it was visiting; drop them
+     * here, so that a rule set with many bad values does not grow the loader's stack each time. */
+    lua_settop(L, w.slot);
     if (ok) lua_pushlstring(L, w.data, w.len);
     lua_remove(L, w.slot);
     lua_remove(L, w.visiting);

@@ -697,9 +697,11 @@ static int finish_tx(lua_State *L) {
         lua_getfield(L, -3, "file");
         lua_getfield(L, -4, "line");
         int kind = (int)lua_tointeger(L, -4);
+        /* The hint shows the form the kind takes: a config's value goes in parentheses, not braces. */
         rs_add_diag(S, lua_tostring(L, -2), (int32_t)lua_tointeger(L, -1),
-                    "%s '%s' is declared without a definition (write %s \"%s\" { ... })", kind_name(kind),
-                    lua_tostring(L, -3), kind_name(kind), lua_tostring(L, -3));
+                    "%s '%s' is declared without a definition (write %s \"%s\" %s)", kind_name(kind),
+                    lua_tostring(L, -3), kind_name(kind), lua_tostring(L, -3),
+                    kind == DECL_CONFIG ? "(value)" : "{ ... }");
         lua_pop(L, 5);
     }
     lua_settop(L, 0);

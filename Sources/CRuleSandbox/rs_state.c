@@ -45,7 +45,15 @@ rs_state *rs_state_of(lua_State *L) {
  * The allocator enforces the state's byte cap. Once a rule has been killed it
  * refuses all growth, which turns allocating C loops (which the count hook
  * cannot interrupt) into a memory error at the moment of the kill.
+ *
+ * Large allocations also check the deadline. One VM instruction can copy
+ * megabytes (s .. "x" on a huge string), so a thousand of them between two
+ * count hooks overran a 50 ms deadline by more than a second; an allocation of
+ * that size costs far more than reading the clock, and refusing it past the
+ * deadline ends such loops on time.
  */
+#define RS_DEADLINE_CHECK_BYTES (64u << 10)
+
 static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     rs_state *S = ud;
     size_t old = ptr ? osize : 0;
@@ -58,6 +66,11 @@ static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         uint64_t growth = nsize - old;
         if (S->killed != RS_KILL_NONE && S->phase != RS_PHASE_HOST && S->phase != RS_PHASE_SETUP) return NULL;
         if (S->memory_in_use + growth > S->memory_limit) return NULL;
+        if (growth >= RS_DEADLINE_CHECK_BYTES && (S->phase == RS_PHASE_LOAD || S->phase == RS_PHASE_EVAL) &&
+            rs_now_ns() > S->deadline_ns) {
+            S->killed = RS_KILL_DEADLINE; /* sticky, like a kill from the hook; reported as the deadline */
+            return NULL;
+        }
     }
     void *p = realloc(ptr, nsize);
     if (p == NULL) return NULL;

@@ -93,6 +93,9 @@ typedef struct rs_log_entry {
 typedef struct rs_originals {
     lua_CFunction setmetatable, rawget, rawset, rawlen, next;
     lua_CFunction rep, pack, byte;
+    /* Charged for the bytes of their string arguments that they touch (rs_env.c). */
+    lua_CFunction tonumber, upper, lower, reverse, sub, format, packsize, sunpack;
+    lua_CFunction utf8_len, utf8_offset, utf8_codepoint, utf8_codes;
     lua_CFunction concat, insert, remove, move, sort, unpack;
     lua_CFunction create, resume;
 } rs_originals;

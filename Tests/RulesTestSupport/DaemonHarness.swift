@@ -57,17 +57,24 @@ public final class DaemonHarness: @unchecked Sendable {
     ///   - arguments: extra command-line arguments.
     ///   - environment: extra environment variables.
     ///   - waitForSocket: wait for the daemon to answer before returning.
+    ///   - launcher: a command to run rulesd through (e.g. `unshare ...`), given rulesd's path and arguments.
     public func start(
         arguments: [String] = [], environment: [String: String] = [:], waitForSocket: Bool = true,
-        workers: Int = 2
+        workers: Int = 2, launcher: [String] = []
     ) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary("rulesd"))
-        process.arguments =
+        let daemonArguments =
             [
                 "--rules", rulesDirectory, "--socket", socketPath, "--state-dir", stateDirectory,
                 "--workers", String(workers), "--quiet-window", "100ms",
             ] + arguments
+        if launcher.isEmpty {
+            process.executableURL = URL(fileURLWithPath: Self.binary("rulesd"))
+            process.arguments = daemonArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: launcher[0])
+            process.arguments = Array(launcher.dropFirst()) + [Self.binary("rulesd")] + daemonArguments
+        }
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RULESD_") }
         env["NOTIFY_SOCKET"] = nil
         env["LISTEN_FDS"] = nil

@@ -1,0 +1,332 @@
+import Glibc
+import Logging
+
+/// Everything the watcher thread does: owns libinotifytools while in inotify mode, polls otherwise.
+///
+/// Lives on its one thread from start to exit; nothing else touches it. It reports to the coordinator only
+/// through `WatcherCore`.
+final class WatchEngine {
+    private let core: WatcherCore
+    private let root: String
+    private let settings: WatchSettings
+    private let logger: Logger
+    private let holder = InotifyLibrary.newHolderID()
+
+    private var registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+    private var holdsLibrary = false
+    /// Whether the library's read buffer is known to be empty (the last read timed out).
+    private var drained = true
+    private var pendingRebuild: (reason: String, since: ContinuousClock.Instant)?
+    private var rootPresent = false
+    private var nextRootCheck = ContinuousClock.now
+
+    /// How long a rebuild waits for the queue to fall quiet before going ahead anyway.
+    private let rebuildDrainLimit: Duration = .seconds(5)
+    /// How long the first setup waits for a previous watcher in this process to let go of the library.
+    private let leaseWait: Duration = .seconds(3)
+
+    init(core: WatcherCore, root: String) {
+        self.core = core
+        self.root = root.hasPrefix("/") ? root : PathResolver.join(PathResolver.currentDirectory(), root)
+        self.settings = core.settings
+        var logger = core.logger
+        logger[metadataKey: "rules.watcher.root"] = "\(self.root)"
+        self.logger = logger
+    }
+
+    private var stopping: Bool { core.isStopping }
+
+    /// The thread's body: runs until `stop()`.
+    func run() {
+        defer { releaseLibrary() }
+        var fallback: String?
+        if settings.forcePolling {
+            fallback = "forcePolling is set"
+        } else if case .unavailable(let reason) = setUpInotify(reason: "watching started", waitForLease: true) {
+            fallback = reason
+        }
+        while !stopping {
+            if let reason = fallback {
+                releaseLibrary()
+                core.setMode(.polling(reason: reason))
+                core.setWatchedDirectories(0)
+                logger.info(
+                    "watching the rules directory by polling",
+                    metadata: ["rules.watcher.mode": "polling", "rules.watcher.reason": "\(reason)"])
+                core.finishRebuild(reason: "polling: \(reason)", countsAsRebuild: false)
+                guard pollUntilInotifyReturns() else { return }
+                fallback = nil
+            }
+            switch watchWithInotify() {
+            case .stopped: return
+            case .unavailable(let reason): fallback = reason
+            }
+        }
+    }
+
+    // MARK: - inotify mode
+
+    private enum Outcome {
+        case stopped
+        case unavailable(String)
+    }
+
+    private enum Setup {
+        case ready
+        case unavailable(String)
+    }
+
+    /// Takes the library, starts an instance and watches everything; on success the mode is inotify and a
+    /// rebuild signal is on its way.
+    private func setUpInotify(reason: String, waitForLease: Bool) -> Setup {
+        let deadline = ContinuousClock.now + (waitForLease ? leaseWait : .zero)
+        var stale = InotifyLibrary.acquire(holder)
+        while stale == nil && ContinuousClock.now < deadline && !stopping {
+            sleep(for: .milliseconds(50))
+            stale = InotifyLibrary.acquire(holder)
+        }
+        guard let stale else {
+            return .unavailable("libinotifytools is in use by another watcher in this process")
+        }
+        holdsLibrary = true
+        drained = !stale
+        // No signal can be recorded meanwhile (this thread is the only source), so none needs holding.
+        switch rebuild() {
+        case .ready:
+            core.setMode(.inotify)
+            logger.info(
+                "watching the rules directory with inotify",
+                metadata: [
+                    "rules.watcher.mode": "inotify",
+                    "rules.watcher.watches": "\(registry.count)",
+                    "rules.watcher.reason": "\(reason)",
+                ])
+            core.finishRebuild(reason: reason)
+            return .ready
+        case .unavailable(let why):
+            releaseLibrary()
+            return .unavailable(why)
+        }
+    }
+
+    /// A fresh library instance with every watch added. The caller holds signals (`beginRebuild`) and releases
+    /// them (`finishRebuild`).
+    private func rebuild() -> Setup {
+        if holdsLibrary { InotifyLibrary.cleanup() }
+        registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+        pendingRebuild = nil
+        switch InotifyLibrary.initialize() {
+        case nil:
+            break
+        case .system(let code):
+            let limit =
+                WatchRegistry.readSmallFile("/proc/sys/user/max_inotify_instances")
+                ?? WatchRegistry.readSmallFile("/proc/sys/fs/inotify/max_user_instances") ?? "?"
+            return .unavailable(
+                code == EMFILE
+                    ? "inotify_init failed: too many inotify instances (max_inotify_instances=\(limit))"
+                    : "inotify_init failed: \(String(cString: strerror(code)))")
+        case .descriptorTooHigh:
+            return .unavailable("the inotify descriptor is above select()'s limit of \(InotifyLibrary.selectLimit)")
+        }
+        if !drained { drainStaleEvents() }
+        do {
+            rootPresent = try registry.register(root: root)
+        } catch {
+            return .unavailable(error.reason)
+        }
+        core.setWatchedDirectories(registry.count)
+        nextRootCheck = ContinuousClock.now + settings.pollInterval
+        if !rootPresent {
+            logger.info(
+                "the rules directory does not exist; watching for it to appear",
+                metadata: ["rules.watcher.watches": "\(registry.count)"])
+        }
+        return .ready
+    }
+
+    /// Reads and drops what the buffer still holds from an earlier instance, before any watch exists, so none of
+    /// it is taken for an event of the new watches.
+    private func drainStaleEvents() {
+        let deadline = ContinuousClock.now + rebuildDrainLimit
+        while !stopping && ContinuousClock.now < deadline {
+            if case .event = InotifyLibrary.nextEvent() { continue }
+            break
+        }
+        drained = true
+        InotifyLibrary.noteBuffer(holder, drained: true)
+    }
+
+    /// The event loop: one blocking read at a time, at most a second each, so `stop()` is seen promptly.
+    private func watchWithInotify() -> Outcome {
+        while true {
+            if stopping { return .stopped }
+            if core.readingPaused.load(ordering: .acquiring) {
+                core.readingPauseObserved.store(true, ordering: .releasing)
+                sleep(for: .milliseconds(10))
+                continue
+            }
+            core.readingPauseObserved.store(false, ordering: .releasing)
+            switch InotifyLibrary.nextEvent() {
+            case .event(let event):
+                drained = false
+                handle(event)
+                if let pending = pendingRebuild, ContinuousClock.now - pending.since >= rebuildDrainLimit {
+                    // The queue never fell quiet: rebuild anyway and drop what the old instance buffered.
+                    if case .unavailable(let why) = performRebuild() { return .unavailable(why) }
+                }
+            case .timeout:
+                drained = true
+                if pendingRebuild != nil {
+                    if case .unavailable(let why) = performRebuild() { return .unavailable(why) }
+                }
+            case .failure(let code):
+                let message = String(cString: strerror(code))
+                logger.debug(
+                    "reading inotify events failed; rebuilding", metadata: ["rules.watcher.error": "\(message)"])
+                drained = false
+                failedReads += 1
+                // A fresh instance fixes a broken descriptor; reads that fail again and again mean inotify is not
+                // usable here, and rebuilding in a loop would only spin.
+                if failedReads >= 3 { return .unavailable("reading inotify events keeps failing: \(message)") }
+                requestRebuild("reading events failed: \(message)")
+                if case .unavailable(let why) = performRebuild() { return .unavailable(why) }
+                continue
+            }
+            failedReads = 0
+            if let reason = unavailableReason {
+                unavailableReason = nil
+                return .unavailable(reason)
+            }
+            checkForMissingRoot()
+        }
+    }
+
+    private func performRebuild() -> Setup {
+        let reason = pendingRebuild?.reason ?? "rebuild"
+        logger.debug("rebuilding every watch", metadata: ["rules.watcher.reason": "\(reason)"])
+        let outcome = rebuild()
+        if case .ready = outcome {
+            core.finishRebuild(reason: reason)
+        }
+        return outcome
+    }
+
+    private func requestRebuild(_ reason: String) {
+        guard pendingRebuild == nil else { return }
+        pendingRebuild = (reason, ContinuousClock.now)
+        core.beginRebuild()
+    }
+
+    /// While the root is missing its parent is watched, but a root that appears through a path no watch covers
+    /// (an ancestor created, a mount) is also caught by looking for it now and then.
+    private func checkForMissingRoot() {
+        guard !rootPresent, pendingRebuild == nil, ContinuousClock.now >= nextRootCheck else { return }
+        nextRootCheck = ContinuousClock.now + settings.pollInterval
+        var st = stat()
+        if stat(root, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+            requestRebuild("the rules directory appeared")
+        }
+    }
+
+    private func handle(_ event: InotifyLibrary.Event) {
+        let verdict = registry.verdict(descriptor: event.descriptor, mask: event.mask, name: event.name)
+        core.countEvent(overflow: verdict.overflow)
+        if logger.logLevel <= .trace {
+            logger.trace(
+                "inotify event",
+                metadata: [
+                    "rules.watcher.wd": "\(event.descriptor)", "rules.watcher.mask": "\(event.mask)",
+                    "rules.watcher.name": "\(event.name)", "rules.watcher.relevant": "\(verdict.relevant)",
+                ])
+        }
+        if let reason = verdict.rebuild {
+            requestRebuild(reason)
+        }
+        if verdict.relevant {
+            core.recordChange(opened: verdict.writeOpened, closed: verdict.writeClosed)
+        }
+        // While a rebuild is pending the registry is out of date; the rebuild will walk the new entries anyway.
+        if let appeared = verdict.appeared, pendingRebuild == nil {
+            do {
+                try registry.registerEntry(in: appeared.directory, name: appeared.name, depth: appeared.depth)
+                core.setWatchedDirectories(registry.count)
+            } catch {
+                // The watch limit was hit on the way: give up inotify; the switch to polling signals a rescan.
+                unavailableReason = error.reason
+            }
+        }
+    }
+
+    /// Set when adding a watch for a new directory failed for good; the event loop then switches to polling.
+    private var unavailableReason: String?
+    /// Reads in a row that failed (not timed out).
+    private var failedReads = 0
+
+    private func releaseLibrary() {
+        pendingRebuild = nil
+        guard holdsLibrary else { return }
+        InotifyLibrary.cleanup()
+        InotifyLibrary.release(holder, drained: drained)
+        holdsLibrary = false
+        registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+    }
+
+    // MARK: - Polling mode
+
+    /// Polls until inotify can be used again (then returns true, watching) or until stopped (false).
+    private func pollUntilInotifyReturns() -> Bool {
+        var fingerprint = takeFingerprint()
+        var nextRetry = ContinuousClock.now + settings.inotifyRetryInterval
+        while true {
+            guard sleepUnlessStopped(settings.pollInterval) else { return false }
+            var current = takeFingerprint()
+            if current != fingerprint {
+                // Let a burst (a checkout, a copy) finish before signalling, as the quiet window does for events.
+                let start = ContinuousClock.now
+                while ContinuousClock.now - start < settings.maxDelay {
+                    guard sleepUnlessStopped(settings.quietWindow) else { return false }
+                    let again = takeFingerprint()
+                    if again == current { break }
+                    current = again
+                }
+                fingerprint = current
+                core.pollDetectedChange()
+            }
+            if !settings.forcePolling && ContinuousClock.now >= nextRetry {
+                nextRetry = ContinuousClock.now + settings.inotifyRetryInterval
+                switch setUpInotify(reason: "inotify is available again", waitForLease: false) {
+                case .ready: return true
+                case .unavailable(let reason):
+                    core.setMode(.polling(reason: reason))
+                    logger.debug("inotify is still unavailable", metadata: ["rules.watcher.reason": "\(reason)"])
+                }
+            }
+        }
+    }
+
+    private func takeFingerprint() -> TreeFingerprint {
+        core.countPoll()
+        return TreeFingerprint.take(root: root)
+    }
+
+    /// Sleeps in short slices so that `stop()` is honoured within 50 ms. Returns false when stopped.
+    private func sleepUnlessStopped(_ duration: Duration) -> Bool {
+        let deadline = ContinuousClock.now + duration
+        while true {
+            if stopping { return false }
+            let left = deadline - ContinuousClock.now
+            if left <= .zero { return true }
+            sleep(for: min(left, .milliseconds(50)))
+        }
+    }
+
+    private func sleep(for duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0 && errno == EINTR {
+            request = remaining
+        }
+    }
+}

@@ -1,0 +1,2 @@
+-- expect-load: 2: NaN or infinite
+config "refused.nan" { ratio = 0 / 0 }

@@ -1,0 +1,2 @@
+-- expect-load: 0: resource limit
+while true do end
