@@ -25,8 +25,10 @@ public enum Daemon {
         settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?,
         watchdog: WatchdogSettings? = nil, logger: Logger
     ) async throws -> Int32 {
-        // Trap SIGHUP before anything can be asked of the daemon: its default action would end the process.
+        // Trap the signals before anything can be asked of the daemon: their default action would end the
+        // process at once (a SIGTERM right after READY=1 must still be a graceful stop).
         let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let stops = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let store = GenerationStore()
         let pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger)
         let loader = NIOThreadPool(numberOfThreads: 1)
@@ -118,10 +120,13 @@ public enum Daemon {
         serviceList.append(
             .init(service: ServerService(server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
         let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: serviceList,
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+            configuration: ServiceGroupConfiguration(services: serviceList, gracefulShutdownSignals: [], logger: logger))
+        let stopper = Task {
+            for await _ in stops {
+                await group.triggerGracefulShutdown()
+            }
+        }
+        defer { stopper.cancel() }
         try await group.run()
         watcher?.stop()
         await pool.shutdown()

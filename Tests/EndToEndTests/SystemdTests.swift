@@ -33,7 +33,11 @@ final class FakeNotifySocket {
     /// The next datagram as KEY=VALUE fields; nil on timeout.
     func next() -> [String: String]? {
         var buffer = [UInt8](repeating: 0, count: 8192)
-        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        var n = -1
+        repeat {
+            // Other tests' child processes exiting interrupt the wait (SIGCHLD); only a timeout ends it.
+            n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        } while n < 0 && errno == EINTR
         guard n > 0 else { return nil }
         var fields: [String: String] = [:]
         for line in String(decoding: buffer[0..<n], as: UTF8.self).split(separator: "\n") {
