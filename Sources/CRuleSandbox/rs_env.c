@@ -392,6 +392,35 @@ void rs_make_readonly(lua_State *L) {
     lua_replace(L, storage);
 }
 
+static const char key_context_proxy = 0;
+static const char key_context_meta = 0;
+
+void rs_create_context_proxy(lua_State *L) {
+    lua_createtable(L, 0, 0);
+    int proxy = lua_gettop(L);
+    lua_createtable(L, 0, 0);
+    int storage = lua_gettop(L);
+    set_readonly_meta(L, proxy, storage, true);
+    lua_pop(L, 1);
+    lua_getmetatable(L, proxy);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_context_meta);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_context_proxy);
+}
+
+void rs_make_readonly_context(lua_State *L) {
+    int storage = lua_gettop(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_context_meta);
+    lua_pushliteral(L, "__index");
+    lua_pushvalue(L, storage);
+    lua_rawset(L, -3);
+    lua_pushliteral(L, "__rs_storage");
+    lua_pushvalue(L, storage);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_context_proxy);
+    lua_replace(L, storage);
+}
+
 /* A user __index function on a frozen table must see the proxy, never the storage (it could
  * write into the storage and so keep state across evaluations). Upvalues: storage, handler. */
 static int frozen_index(lua_State *L) {

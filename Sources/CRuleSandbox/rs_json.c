@@ -229,7 +229,7 @@ static void jp_value(jp *j, uint32_t depth) {
         jp_ws(j);
         if (j->p < j->end && *j->p == (object ? '}' : ']')) {
             j->p++;
-            rs_make_readonly(j->L);
+            if (depth == 0) rs_make_readonly_context(j->L); else rs_make_readonly(j->L);
             return;
         }
         lua_Integer index = 0;
@@ -265,7 +265,7 @@ static void jp_value(jp *j, uint32_t depth) {
             }
             jp_fail(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
         }
-        rs_make_readonly(j->L);
+        if (depth == 0) rs_make_readonly_context(j->L); else rs_make_readonly(j->L);
         return;
     }
     if (c == '"') {
@@ -290,7 +290,7 @@ void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t ma
     if (j.p >= j.end) {
         /* An absent context is an empty one. */
         lua_createtable(L, 0, 0);
-        rs_make_readonly(L);
+        rs_make_readonly_context(L);
         return;
     }
     if (*j.p != '{') jp_fail(&j, "expected an object");

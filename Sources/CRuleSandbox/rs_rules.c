@@ -1009,13 +1009,35 @@ static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcom
     }
 }
 
+/* One flag with a rule (the caller handles disabled and static flags). The rule runs unprotected inside
+ * this transaction: its errors unwind to the transaction's own protected call, which classifies them by
+ * stage, so a single evaluation costs one setjmp instead of two. */
 static int eval_flag_tx(lua_State *L) {
     eval_args *a = lua_touserdata(L, 1);
     rs_state *S = a->S;
+    rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
     rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
     a->stage = STAGE_RULE;
-    run_flag(S, L, a->flag, lua_gettop(L), a->outcome);
+    begin_rule(S, f->key, f->key_len);
+    S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
+    lua_insert(L, -2);
+    lua_call(L, 1, 1);
+    rs_disarm(S);
+    a->stage = STAGE_RESULT;
+    rs_outcome *o = a->outcome;
+    o->index = f->default_variant;
+    int v = variant_of_result(L, f, a->why, sizeof a->why);
+    if (v == -2) {
+        o->status = RS_ERR_TYPE_MISMATCH;
+        set_message(S, o, a->why, strlen(a->why));
+    } else if (v == -1) {
+        o->status = RS_NO_DECISION;
+    } else {
+        o->status = RS_OK;
+        o->index = v;
+    }
     return 0;
 }
 

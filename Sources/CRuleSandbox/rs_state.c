@@ -128,13 +128,23 @@ static void rs_hook(lua_State *L, lua_Debug *ar) {
     rs_raise_kill(L);
 }
 
+/* The wall clock is read at least once per this many charged steps (and by the hook every
+ * RS_HOOK_INTERVAL instructions); a step is a few nanoseconds, so the deadline is checked often enough. */
+#define RS_CLOCK_CHECK_STEPS 4096
+
 void rs_charge(lua_State *L, uint64_t steps) {
     rs_state *S = rs_state_of(L);
     if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return;
     if (S->killed == RS_KILL_NONE) {
-        if (steps > (uint64_t)INT64_MAX || (S->budget_left -= (int64_t)steps) < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
-        else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
-        else return;
+        if (steps > (uint64_t)INT64_MAX || (S->budget_left -= (int64_t)steps) < 0) {
+            rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
+        } else {
+            S->steps_since_clock += steps;
+            if (S->steps_since_clock < RS_CLOCK_CHECK_STEPS) return;
+            S->steps_since_clock = 0;
+            if (rs_now_ns() <= S->deadline_ns) return;
+            rs_mark_killed(L, RS_KILL_DEADLINE);
+        }
     }
     rs_mark_killed(L, S->killed);
     rs_raise_kill(L);
@@ -158,6 +168,7 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
     S->phase = phase;
     S->killed = RS_KILL_NONE;
     S->budget_left = instructions > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)instructions;
+    S->steps_since_clock = 0;
     S->deadline_ns = rs_now_ns() + timeout_ns;
     /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
     lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
@@ -322,6 +333,7 @@ static int setup_tx(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_twins);
+    rs_create_context_proxy(L);
     return 0;
 }
 

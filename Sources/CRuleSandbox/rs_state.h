@@ -113,6 +113,9 @@ struct rs_state {
     int phase;
     int killed;
     int64_t budget_left;
+    /* Steps charged since the wall clock was last read: reading it on every charge would cost more than
+     * most of the work charged (helpers charge a few steps per call). */
+    uint64_t steps_since_clock;
     uint64_t deadline_ns;
     const char *current_key;
     size_t current_key_len;
@@ -192,6 +195,12 @@ void rs_rawget_any(lua_State *L, int idx);
 void rs_freeze_table(lua_State *L, int idx);
 /* Wraps a fresh table at the top as read-only (contexts): replaces it by its proxy. */
 void rs_make_readonly(lua_State *L);
+/* Like rs_make_readonly for the top-level context object, but reuses one proxy and metatable per state:
+ * nothing can hold on to the proxy from one evaluation to the next (every place a rule could store it is
+ * frozen), so re-pointing it at each evaluation's storage is unobservable and saves two tables. */
+void rs_make_readonly_context(lua_State *L);
+/* Creates the reusable context proxy (at setup). */
+void rs_create_context_proxy(lua_State *L);
 /* Freezes everything reachable from the values in the sequence at idx; reports what cannot be
  * frozen as diagnostics against `file`/`line` of each root (parallel sequences). */
 void rs_freeze_reachable(rs_state *S, lua_State *L, int roots_idx);

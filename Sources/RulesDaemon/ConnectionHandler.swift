@@ -78,9 +78,39 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if busy || !waiting.isEmpty {
                 waiting.append(line)
             } else {
-                process(line, context: context)
+                worker.beginBatch()
+                _ = line.withUnsafeReadableBytes { process($0, context: context) }
+                worker.endBatch()
             }
+        case .lines(let lines):
+            processLines(lines, context: context)
         }
+    }
+
+    /// Answers the complete lines of one read in place; whatever follows an operation that has to wait
+    /// is kept, line by line, until it is answered.
+    private func processLines(_ lines: ByteBuffer, context: ChannelHandlerContext) {
+        let limit = services.settings.maxRequestBytes
+        worker.beginBatch()
+        let consumed = RequestFrame.forEachLine(lines) { bytes, range in
+            if closing { return false }
+            if busy || !waiting.isEmpty {
+                waiting.append(lines.getSlice(at: lines.readerIndex + range.lowerBound, length: range.count)!)
+                return true
+            }
+            if bytes.count > limit {
+                ResponseWriter.writeFailure(
+                    id: nil,
+                    error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
+                    into: &output)
+                closeAfterFlush(context: context, linger: true)
+                return false
+            }
+            if bytes.isEmpty { return true }
+            return process(bytes, context: context)
+        }
+        worker.endBatch()
+        _ = consumed
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -153,20 +183,18 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: - requests
 
-    private func process(_ line: ByteBuffer, context: ChannelHandlerContext) {
-        let decoded = line.withUnsafeReadableBytes { bytes in decoder.decode(bytes) }
-        switch decoded {
+    /// Answers one request line. Returns false when the lines after it must wait (an asynchronous
+    /// operation started).
+    private func process(_ line: UnsafeRawBufferPointer, context: ChannelHandlerContext) -> Bool {
+        switch decoder.decode(line) {
         case .failure(let failure):
-            line.withUnsafeReadableBytes { bytes in
-                ResponseWriter.writeFailure(
-                    id: failure.id.map { UnsafeRawBufferPointer(rebasing: bytes[$0]) }, error: failure.error,
-                    into: &output)
-            }
-            worker.metrics.recordRequest(.ping, ok: false, since: worker.metrics.clock())
+            ResponseWriter.writeFailure(
+                id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
+            worker.metrics.recordRequest(.ping, ok: false)
         case .success(let request):
             switch request.operation {
             case .ping, .flag, .flags, .route, .config:
-                line.withUnsafeReadableBytes { bytes in worker.answer(request, line: bytes, into: &output) }
+                worker.answer(request, line: line, into: &output)
             case .watch:
                 startWatching(request, line: line, context: context)
             case .status, .metrics, .reload:
@@ -174,14 +202,14 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         if output.readableBytes >= 64 << 10 { flushOutput(context: context) }
+        return !busy
     }
 
-    private func idBytes(_ request: DecodedRequest, _ line: ByteBuffer) -> [UInt8]? {
-        guard let range = request.id else { return nil }
-        return line.withUnsafeReadableBytes { Array($0[range]) }
+    private func idBytes(_ request: DecodedRequest, _ line: UnsafeRawBufferPointer) -> [UInt8]? {
+        request.id.map { Array(line[$0]) }
     }
 
-    private func startWatching(_ request: DecodedRequest, line: ByteBuffer, context: ChannelHandlerContext) {
+    private func startWatching(_ request: DecodedRequest, line: UnsafeRawBufferPointer, context: ChannelHandlerContext) {
         let generation = worker.servingGeneration
         let id = idBytes(request, line)
         var result: [UInt8] = []
@@ -212,7 +240,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         flushOutput(context: context)
     }
 
-    private func startWaiting(_ request: DecodedRequest, line: ByteBuffer, context: ChannelHandlerContext) {
+    private func startWaiting(_ request: DecodedRequest, line: UnsafeRawBufferPointer, context: ChannelHandlerContext) {
         busy = true
         let id = idBytes(request, line)
         let services = self.services
@@ -243,8 +271,26 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func drainWaiting(context: ChannelHandlerContext) {
+        worker.beginBatch()
+        defer { worker.endBatch() }
         while !busy, !closing, let line = waiting.popFirst() {
-            process(line, context: context)
+            var bytes = line
+            // Lines kept from a batch still carry their terminator.
+            if bytes.readableBytes > 0, bytes.getInteger(at: bytes.writerIndex - 1, as: UInt8.self) == 0x0A {
+                bytes.moveWriterIndex(to: bytes.writerIndex - 1)
+                if bytes.readableBytes > 0, bytes.getInteger(at: bytes.writerIndex - 1, as: UInt8.self) == 0x0D {
+                    bytes.moveWriterIndex(to: bytes.writerIndex - 1)
+                }
+            }
+            if bytes.readableBytes > services.settings.maxRequestBytes {
+                ResponseWriter.writeFailure(
+                    id: nil, error: ProtocolError(.requestTooLarge, "request line longer than the limit; closing the connection"),
+                    into: &output)
+                closeAfterFlush(context: context, linger: true)
+                return
+            }
+            if bytes.readableBytes == 0 { continue }
+            _ = bytes.withUnsafeReadableBytes { process($0, context: context) }
         }
     }
 

@@ -24,6 +24,11 @@ final class Worker {
     private var generation: ServingGeneration?
     private var evaluator: RuleEvaluator?
     private var result: [UInt8] = []
+    private var batchStarted: UInt64 = 0
+    private var batchRequests = 0
+    private var batchDepth = 0
+    /// The time rules see as `now()` for the requests of one batch (one read's lines).
+    private var batchNow: Double = 0
     private var ruleLogBudget = RateLimiter(perSecond: 20)
 
     init(index: Int, store: GenerationStore, counters: WorkerCounters, metrics: WorkerMetrics, logger: Logger) {
@@ -62,16 +67,38 @@ final class Worker {
     /// The serving generation as this worker sees it (for answers that only need the model).
     var servingGeneration: ServingGeneration? { current()?.0 }
 
+    /// Starts a batch of requests read together: one clock reading serves them all.
+    func beginBatch() {
+        batchDepth += 1
+        if batchDepth > 1 { return }
+        batchStarted = metrics.clock()
+        batchNow = RuleClock.now()
+        batchRequests = 0
+    }
+
+    func endBatch() {
+        batchDepth -= 1
+        if batchDepth > 0 || batchRequests == 0 { return }
+        metrics.recordLatency(nanoseconds: Int(metrics.clock() &- batchStarted), requests: batchRequests)
+        counters.requests.wrappingIncrement(by: batchRequests, ordering: .relaxed)
+        batchRequests = 0
+    }
+
     /// Answers one synchronous request (ping, flag, flags, route, config) into `out`.
     func answer(_ request: DecodedRequest, line: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
-        counters.requests.wrappingIncrement(ordering: .relaxed)
+        if batchDepth == 0 {
+            beginBatch()
+            defer { endBatch() }
+            return answer(request, line: line, into: &out)
+        }
+        batchRequests += 1
         let id = request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
         guard let (generation, evaluator) = current() else {
             ResponseWriter.writeFailure(id: id, error: ProtocolError(.internal, "no rule set is loaded"), into: &out)
             return
         }
-        let started = metrics.clock()
         result.removeAll(keepingCapacity: true)
+        let now = request.at ?? batchNow
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
         let question: RuleQuestion
         switch request.operation {
@@ -79,12 +106,11 @@ final class Worker {
             question = .ping
         case .flag:
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
-            let now = request.at ?? RuleClock.now()
             let failure = request.withFlagBytes(in: line) { key in
                 EvaluationAnswers.answer(
                     .flag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
             }
-            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, started: started, into: &out)
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
         case .flags:
             question = .flags(context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
@@ -98,22 +124,21 @@ final class Worker {
                 into: &out)
             return
         }
-        let failure = EvaluationAnswers.answer(
-            question, evaluator: evaluator, now: request.at ?? RuleClock.now(), observer: metrics, into: &result)
-        finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, started: started, into: &out)
+        let failure = EvaluationAnswers.answer(question, evaluator: evaluator, now: now, observer: metrics, into: &result)
+        finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
     }
 
     @inline(__always)
     private func finish(
         _ request: DecodedRequest, id: UnsafeRawBufferPointer?, generation: ServingGeneration, evaluator: RuleEvaluator,
-        failure: ProtocolError?, started: UInt64, into out: inout ByteBuffer
+        failure: ProtocolError?, into out: inout ByteBuffer
     ) {
         if evaluator.hasLogs { forwardRuleLogs(evaluator) }
         if let failure {
-            metrics.recordRequest(request.operation, ok: false, since: started)
+            metrics.recordRequest(request.operation, ok: false)
             ResponseWriter.writeFailure(id: id, error: failure, into: &out)
         } else {
-            metrics.recordRequest(request.operation, ok: true, since: started)
+            metrics.recordRequest(request.operation, ok: true)
             ResponseWriter.writeSuccess(id: id, header: generation.answerHeader, result: result, into: &out)
         }
     }

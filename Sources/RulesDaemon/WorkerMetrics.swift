@@ -33,14 +33,20 @@ final class WorkerMetrics: EvaluationObserver {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
-    func recordRequest(_ operation: RequestOperation, ok: Bool, since started: UInt64) {
-        let elapsed = Int(clock() &- started)
-        requests[Self.operationIndex(operation) * 2 + (ok ? 0 : 1)] += 1
+    @inline(__always)
+    func recordRequest(_ operation: RequestOperation, ok: Bool) {
+        requests[Self.operationIndex(operation) &* 2 &+ (ok ? 0 : 1)] &+= 1
+    }
+
+    /// Worker time for `count` requests answered together (the lines of one read): each is counted with
+    /// the average, which is exact for unpipelined clients and avoids two clock reads per request.
+    func recordLatency(nanoseconds elapsed: Int, requests count: Int) {
+        guard count > 0 else { return }
         latencySumNanoseconds &+= elapsed
-        let seconds = Double(elapsed) / 1e9
+        let seconds = Double(elapsed) / Double(count) / 1e9
         var bucket = 0
         while bucket < Self.latencyBuckets.count && seconds > Self.latencyBuckets[bucket] { bucket += 1 }
-        latencyCounts[bucket] += 1
+        latencyCounts[bucket] &+= count
     }
 
     func flagEvaluated(index flag: Int, decision: FlagDecision) {
@@ -80,8 +86,19 @@ final class WorkerMetrics: EvaluationObserver {
 
     static let reasons = EvaluationReason.allCases.count
 
+    @inline(__always)
     static func operationIndex(_ operation: RequestOperation) -> Int {
-        operations.firstIndex(of: operation)!
+        switch operation {
+        case .ping: return 0
+        case .flag: return 1
+        case .flags: return 2
+        case .route: return 3
+        case .config: return 4
+        case .status: return 5
+        case .watch: return 6
+        case .reload: return 7
+        case .metrics: return 8
+        }
     }
 
     static func reasonIndex(_ reason: EvaluationReason) -> Int {

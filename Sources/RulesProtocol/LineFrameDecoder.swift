@@ -2,16 +2,41 @@ import NIOCore
 
 /// One unit of input from a client connection.
 public enum RequestFrame: Sendable, Equatable {
-    /// A request line, without its line terminator (`\n` or `\r\n`).
+    /// One or more complete lines, each ending in `\n` (the last byte of the buffer is a `\n`). Handing
+    /// over every complete line of a read at once keeps the per-line cost of pipelined requests to the
+    /// handler's own work; ``RequestFrame/forEachLine(_:_:)`` splits them.
+    case lines(ByteBuffer)
+    /// A last line without a terminator, at the end of the stream (`printf '{"op":"ping"}' | socat ...`).
     case line(ByteBuffer)
     /// The client sent more than the limit without a line break; the connection answers and closes.
     case tooLarge(limit: Int)
+
+    /// Calls `body` with each line's bytes (without `\r\n` or `\n`), in order, while it returns true.
+    /// - Returns: the offset just past the last line handed to `body` (relative to the buffer's reader index).
+    @discardableResult
+    public static func forEachLine(_ buffer: ByteBuffer, _ body: (UnsafeRawBufferPointer, Range<Int>) -> Bool) -> Int {
+        buffer.withUnsafeReadableBytes { bytes in
+            var start = 0
+            while start < bytes.count {
+                let rest = UnsafeRawBufferPointer(rebasing: bytes[start...])
+                let end = rest.firstIndex(of: UInt8(ascii: "\n")).map { start + $0 } ?? bytes.count
+                var lineEnd = end
+                if lineEnd > start && bytes[lineEnd - 1] == UInt8(ascii: "\r") { lineEnd -= 1 }
+                let next = min(end + 1, bytes.count)
+                if !body(UnsafeRawBufferPointer(rebasing: bytes[start..<lineEnd]), start..<next) { return next }
+                start = next
+            }
+            return start
+        }
+    }
 }
 
 /// Splits a byte stream into newline-terminated lines, refusing lines over a maximum length.
 ///
 /// The search for `\n` resumes where it left off, so a long line arriving in many small reads costs linear
 /// time. Once a line is too large, everything after it is discarded: the connection is about to close.
+/// Lines inside one ``RequestFrame/lines(_:)`` buffer are not measured here: the handler checks each
+/// line's length as it splits them (it has to look at every byte anyway).
 public struct LineFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = RequestFrame
 
@@ -31,8 +56,8 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
             return .needMoreData
         }
         let view = buffer.readableBytesView
-        let start = view.startIndex + searched
-        guard let newline = view[start...].firstIndex(of: UInt8(ascii: "\n")) else {
+        let lastNewline = view[(view.startIndex + searched)...].lastIndex(of: UInt8(ascii: "\n"))
+        guard let lastNewline else {
             searched = view.count
             if view.count > maxLineBytes {
                 discarding = true
@@ -41,20 +66,9 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
             }
             return .needMoreData
         }
-        let length = newline - view.startIndex
         searched = 0
-        if length > maxLineBytes {
-            discarding = true
-            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            context.fireChannelRead(wrapInboundOut(.tooLarge(limit: maxLineBytes)))
-            return .needMoreData
-        }
-        var line = buffer.readSlice(length: length)!
-        buffer.moveReaderIndex(forwardBy: 1)
-        if line.readableBytes > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
-            line.moveWriterIndex(to: line.writerIndex - 1)
-        }
-        context.fireChannelRead(wrapInboundOut(.line(line)))
+        let lines = buffer.readSlice(length: lastNewline - view.startIndex + 1)!
+        context.fireChannelRead(wrapInboundOut(.lines(lines)))
         return .continue
     }
 
@@ -62,7 +76,6 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
         context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
     ) throws -> DecodingState {
         while try decode(context: context, buffer: &buffer) == .continue {}
-        // A last line without its terminator (e.g. `printf '{"op":"ping"}' | socat ...`) is still a request.
         if !discarding, buffer.readableBytes > 0 {
             var line = buffer.readSlice(length: buffer.readableBytes)!
             if line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {

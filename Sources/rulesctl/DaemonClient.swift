@@ -70,13 +70,26 @@ enum DaemonClient {
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(string: JSONWriter.string(request) + "\n"))
             for try await frame in inbound {
-                guard case .line(let line) = frame else { continue }
-                let answer: ProtocolAnswer
-                do { answer = try ProtocolAnswer(line: Array(line.readableBytesView)) } catch {
-                    Console.write("rulesctl: rulesd sent a line that is not JSON: \(error)\n", to: .standardError)
-                    throw ExitCode(unreachableExitStatus)
+                var lines: [[UInt8]] = []
+                switch frame {
+                case .lines(let buffer):
+                    RequestFrame.forEachLine(buffer) { bytes, _ in
+                        lines.append(Array(bytes))
+                        return true
+                    }
+                case .line(let buffer):
+                    lines.append(Array(buffer.readableBytesView))
+                case .tooLarge:
+                    continue
                 }
-                if try !body(answer) { return }
+                for line in lines {
+                    let answer: ProtocolAnswer
+                    do { answer = try ProtocolAnswer(line: line) } catch {
+                        Console.write("rulesctl: rulesd sent a line that is not JSON: \(error)\n", to: .standardError)
+                        throw ExitCode(unreachableExitStatus)
+                    }
+                    if try !body(answer) { return }
+                }
             }
         }
     }

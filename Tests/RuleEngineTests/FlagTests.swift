@@ -354,3 +354,20 @@ struct FlagTests {
         #expect(answer.message?.contains("print") == true)
     }
 }
+
+@Suite("Default variants that are not the first by name")
+struct DefaultVariantIndexTests {
+    @Test("a rule returning nil serves the declared default even when another variant sorts first")
+    func nilServesDeclaredDefault() throws {
+        let source = RuleSource(
+            path: "a.lua",
+            content: Array(
+                """
+                flag "p" { variants = { gross = 1, net = 2 }, default = "net", rule = function(ctx) return nil end }
+                """.utf8))
+        let (ruleSet, evaluator) = try RuleCompiler.compile([source])
+        let decision = try #require(evaluator.evaluateFlag(key: "p", context: ["country": "US"]))
+        #expect(decision.reason == .defaultValue)
+        #expect(ruleSet.flags[0].variants[decision.variantIndex].name == "net")
+    }
+}
