@@ -12,7 +12,7 @@ SOCKET ?= $(RUN_DIR)/rulesd.sock
 # socat: the tour's examples and hand tests.
 DEB_PACKAGES := liblua5.4-dev libinotifytools0-dev pkg-config systemd socat
 
-.PHONY: deps build run test test-c test-units test-swift bench clean
+.PHONY: deps build run test test-c test-units test-k8s test-swift bench clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -31,7 +31,7 @@ run: build
 	@mkdir -p $(RUN_DIR)
 	$(SWIFT) run rulesd --rules $(RULES) --socket $(SOCKET) --state-dir $(RUN_DIR)/state
 
-test: deps test-c test-units test-swift
+test: deps test-c test-units test-k8s test-swift
 
 test-c:
 	bash Tests/CSandbox/run.sh
@@ -39,9 +39,59 @@ test-c:
 test-units:
 	bash deploy/systemd/check.sh 1.0
 
+# Kubernetes manifests, offline: kubernetes-validate --strict and yamllint, pinned, from PyPI into a venv.
+test-k8s:
+	bash deploy/kubernetes/validate.sh
+
 test-swift:
 	$(SWIFT) build
 	$(SWIFT) test --no-parallel
 
 clean:
 	rm -rf .build .run
+
+# --- Benchmarks ---------------------------------------------------------------------------------------------
+# Figures, not assertions: medians of interleaved runs, and ratios to the C ceilings measured in the same run
+# when their sources are found (../shared/perf). The release build is needed for meaningful figures.
+CEILINGS ?= ../shared/perf
+
+bench: deps
+	$(SWIFT) build -c release --product rulesd
+	$(SWIFT) build -c release --product rulesbench
+	.build/release/rulesbench engine --ceiling $(CEILINGS)/lua_ceiling.c --ceiling-rules $(CEILINGS)/rules.lua
+	.build/release/rulesbench socket --ceilings $(CEILINGS)
+	.build/release/rulesbench reload
+
+# --- Installation and packaging (deploy/) --------------------------------------------------------------------
+# The release build links the Swift runtime statically (the binaries then need only Debian's libc6, libgcc-s1,
+# libstdc++6, liblua5.4-0 and libinotifytools0) and without SwiftPM's $ORIGIN run path. generate-manual,
+# swift-argument-parser's man page generator, is built next to the binaries for deploy/install.sh; it is built
+# as a product rather than run as `swift package plugin generate-manual`, because the plugin rebuilds
+# .build/release without --static-swift-stdlib (and its 1.8.2 version has no --product option).
+VERSION ?= 0.1.0
+RELEASE_FLAGS := -c release --static-swift-stdlib --disable-local-rpath
+RELEASE_DIR := .build/release
+
+.PHONY: release install uninstall deb deb-deps k8s-validate
+
+release: deps
+	$(SWIFT) build $(RELEASE_FLAGS)
+	$(SWIFT) build $(RELEASE_FLAGS) --product generate-manual
+
+install: release
+	deploy/install.sh --prefix "$(PREFIX)" --destdir "$(DESTDIR)" $(RELEASE_DIR)
+
+uninstall:
+	deploy/uninstall.sh --prefix "$(PREFIX)" --destdir "$(DESTDIR)"
+
+# dpkg-shlibdeps computes the package's Depends: from the binaries.
+deb-deps:
+	@dpkg-query -W -f='$${Status}' dpkg-dev 2>/dev/null | grep -q "install ok installed" || { \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dpkg-dev; }
+
+deb: deb-deps release
+	deploy/debian/build-deb.sh --build-dir $(RELEASE_DIR) $(VERSION)
+
+k8s-validate:
+	deploy/kubernetes/validate.sh
