@@ -61,6 +61,7 @@ bench: deps
 	.build/release/rulesbench engine --ceiling $(CEILINGS)/lua_ceiling.c --ceiling-rules $(CEILINGS)/rules.lua
 	.build/release/rulesbench socket --ceilings $(CEILINGS)
 	.build/release/rulesbench reload
+	.build/release/rulesbench scale
 
 # --- Installation and packaging (deploy/) --------------------------------------------------------------------
 # The release build links the Swift runtime statically (the binaries then need only Debian's libc6, libgcc-s1,
