@@ -12,7 +12,7 @@ SOCKET ?= $(RUN_DIR)/rulesd.sock
 # socat: the tour's examples and hand tests.
 DEB_PACKAGES := liblua5.4-dev libinotifytools0-dev pkg-config systemd socat
 
-.PHONY: deps build run test test-c test-units test-k8s test-swift bench clean
+.PHONY: deps build run test test-c test-units test-k8s test-swift lint bench clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -31,13 +31,17 @@ run: build
 	@mkdir -p $(RUN_DIR)
 	$(SWIFT) run rulesd --rules $(RULES) --socket $(SOCKET) --state-dir $(RUN_DIR)/state
 
-test: deps test-c test-units test-k8s test-swift
+test: deps test-c test-units test-k8s test-swift lint
 
 test-c:
 	bash Tests/CSandbox/run.sh
 
 test-units:
 	bash deploy/systemd/check.sh 1.0
+
+# The toolchain's formatter, with the project's .swift-format (4 spaces, 120 columns, sorted imports).
+lint:
+	$(SWIFT) format lint --strict -r Sources Tests
 
 # Kubernetes manifests, offline: kubernetes-validate --strict and yamllint, pinned, from PyPI into a venv.
 test-k8s:

@@ -6,7 +6,8 @@ public enum RuleAnswers {
     /// `{"key","value","variant","reason","source"}`, plus `"error_code"` and `"error_message"` when the
     /// rule failed (the default variant's value is still served).
     @inline(__always)
-    public static func appendFlag(_ ruleSet: RuleSet, flag index: Int, _ decision: FlagDecision, to out: inout [UInt8]) {
+    public static func appendFlag(_ ruleSet: RuleSet, flag index: Int, _ decision: FlagDecision, to out: inout [UInt8])
+    {
         let fragments = ruleSet.flagFragments[index]
         out.append(contentsOf: fragments.head)
         out.append(UInt8(ascii: ","))
@@ -109,7 +110,9 @@ public enum RuleAnswers {
     }
 
     @inline(__always)
-    private static func appendDecision(_ fragments: FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]) {
+    private static func appendDecision(
+        _ fragments: FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]
+    ) {
         out.append(contentsOf: fragments.variants[decision.variantIndex])
         switch decision.reason {
         case .staticValue: out.append(contentsOf: #","reason":"STATIC""#.utf8)

@@ -138,6 +138,8 @@ public enum RuleCompiler {
 
     private static func bytes(_ pointer: UnsafePointer<CChar>?, _ count: Int) -> [UInt8] {
         guard let pointer, count > 0 else { return [] }
-        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+        return pointer.withMemoryRebound(to: UInt8.self, capacity: count) {
+            Array(UnsafeBufferPointer(start: $0, count: count))
+        }
     }
 }

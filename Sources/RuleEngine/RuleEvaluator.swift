@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import CRuleSandbox
 import RuleModel
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Evaluates one rule set in its own sandboxed Lua state.
 ///
@@ -38,7 +39,8 @@ public final class RuleEvaluator {
     /// - Returns: the variant and reason; on a rule failure the default variant with reason ERROR.
     public func evaluateFlag(at index: Int, context: UnsafeRawBufferPointer, now: Double) -> FlagDecision {
         var outcome = rs_outcome()
-        rs_eval_flag(state, index, context.baseAddress?.assumingMemoryBound(to: CChar.self), context.count, now, &outcome)
+        rs_eval_flag(
+            state, index, context.baseAddress?.assumingMemoryBound(to: CChar.self), context.count, now, &outcome)
         return decision(outcome, flag: index)
     }
 

@@ -80,13 +80,17 @@ public struct UTF8KeyIndex: Sendable {
 func memcmpBytes(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
     var index = 0
     while index + 8 <= count {
-        if a.loadUnaligned(fromByteOffset: index, as: UInt64.self) != b.loadUnaligned(fromByteOffset: index, as: UInt64.self) {
+        if a.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            != b.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        {
             return false
         }
         index += 8
     }
     while index < count {
-        if a.load(fromByteOffset: index, as: UInt8.self) != b.load(fromByteOffset: index, as: UInt8.self) { return false }
+        if a.load(fromByteOffset: index, as: UInt8.self) != b.load(fromByteOffset: index, as: UInt8.self) {
+            return false
+        }
         index += 1
     }
     return true

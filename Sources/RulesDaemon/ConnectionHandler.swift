@@ -5,7 +5,7 @@ import RulesProtocol
 import SystemdSupport
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Serves one client connection: decodes request lines, answers them in order, and pushes `watch` events.
@@ -71,7 +71,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             waiting.removeAll()
             ResponseWriter.writeFailure(
                 id: nil,
-                error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
+                error: ProtocolError(
+                    .requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
                 into: &output)
             closeAfterFlush(context: context, linger: true)
         case .line(let line):
@@ -101,7 +102,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if bytes.count > limit {
                 ResponseWriter.writeFailure(
                     id: nil,
-                    error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
+                    error: ProtocolError(
+                        .requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
                     into: &output)
                 closeAfterFlush(context: context, linger: true)
                 return false
@@ -169,15 +171,15 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Who connected (SO_PEERCRED); on the channel's event loop the answer is immediate.
     private static func peer(of channel: any Channel) -> PeerCredentials? {
         #if os(Linux)
-        guard let provider = channel as? any SocketOptionProvider else { return nil }
-        var credentials: PeerCredentials?
-        // PeerCredentials is laid out like Linux's struct ucred (pid, uid, gid).
-        let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
-            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
-        future.assumeIsolated().whenSuccess { credentials = $0 }
-        return credentials
+            guard let provider = channel as? any SocketOptionProvider else { return nil }
+            var credentials: PeerCredentials?
+            // PeerCredentials is laid out like Linux's struct ucred (pid, uid, gid).
+            let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            future.assumeIsolated().whenSuccess { credentials = $0 }
+            return credentials
         #else
-        return nil
+            return nil
         #endif
     }
 
@@ -209,7 +211,8 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         request.id.map { Array(line[$0]) }
     }
 
-    private func startWatching(_ request: DecodedRequest, line: UnsafeRawBufferPointer, context: ChannelHandlerContext) {
+    private func startWatching(_ request: DecodedRequest, line: UnsafeRawBufferPointer, context: ChannelHandlerContext)
+    {
         let generation = worker.servingGeneration
         let id = idBytes(request, line)
         var result: [UInt8] = []
@@ -284,7 +287,9 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             if bytes.readableBytes > services.settings.maxRequestBytes {
                 ResponseWriter.writeFailure(
-                    id: nil, error: ProtocolError(.requestTooLarge, "request line longer than the limit; closing the connection"),
+                    id: nil,
+                    error: ProtocolError(
+                        .requestTooLarge, "request line longer than the limit; closing the connection"),
                     into: &output)
                 closeAfterFlush(context: context, linger: true)
                 return

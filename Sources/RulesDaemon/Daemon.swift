@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import NIOCore
 import NIOPosix
@@ -12,6 +7,12 @@ import RuleWatcher
 import ServiceLifecycle
 import SystemdSupport
 import UnixSignals
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// rulesd: loads the rules, serves the socket, reloads on change, shuts down cleanly.
 public enum Daemon {
@@ -40,7 +41,8 @@ public enum Daemon {
             reloadMetrics: metrics, logger: logger)
 
         logger.info(
-            "starting", metadata: [
+            "starting",
+            metadata: [
                 "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
                 "version": "\(DaemonServices.version)",
             ])
@@ -61,7 +63,8 @@ public enum Daemon {
             for diagnostic in error.diagnostics {
                 StandardError.write(Array("  \(diagnostic)\n".utf8))
             }
-            StandardError.write(Array("rulesd: no last known good copy in \(settings.stateDirectory); not starting\n".utf8))
+            StandardError.write(
+                Array("rulesd: no last known good copy in \(settings.stateDirectory); not starting\n".utf8))
             await pool.shutdown()
             try? await loader.shutdownGracefully()
             return 1
@@ -108,19 +111,27 @@ public enum Daemon {
             // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
             // `reload` and SIGHUP still work), so its end does not stop the group.
             serviceList.append(
-                .init(service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore))
+                .init(
+                    service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore
+                ))
         }
         if let watchdog, let systemd = notifier as? SystemdLifecycleNotifier {
-            serviceList.append(.init(service: WatchdogService(settings: watchdog, notifier: systemd, pool: pool, logger: logger)))
+            serviceList.append(
+                .init(service: WatchdogService(settings: watchdog, notifier: systemd, pool: pool, logger: logger)))
         }
         if let address = settings.metricsListen {
             serviceList.append(
-                .init(service: MetricsHTTPService(address: address, services: services, group: pool.group, logger: logger)))
+                .init(
+                    service: MetricsHTTPService(address: address, services: services, group: pool.group, logger: logger)
+                ))
         }
         serviceList.append(
-            .init(service: ServerService(server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
+            .init(
+                service: ServerService(
+                    server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
         let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(services: serviceList, gracefulShutdownSignals: [], logger: logger))
+            configuration: ServiceGroupConfiguration(services: serviceList, gracefulShutdownSignals: [], logger: logger)
+        )
         let stopper = Task {
             for await _ in stops {
                 await group.triggerGracefulShutdown()

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import RuleModel
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Writes log lines to stderr, one line per event, as text or JSON.
 ///
@@ -103,7 +104,8 @@ public struct DaemonLogHandler: LogHandler {
     static let maxValueBytes = 2048
 
     static func clip(_ text: String) -> String {
-        text.utf8.count > maxValueBytes ? String(decoding: Array(text.utf8.prefix(maxValueBytes)), as: UTF8.self) + "..." : text
+        text.utf8.count > maxValueBytes
+            ? String(decoding: Array(text.utf8.prefix(maxValueBytes)), as: UTF8.self) + "..." : text
     }
 
     /// Escapes control characters (a newline can never end the record early), quotes values with spaces,

@@ -53,7 +53,8 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
         ]
         self.factory = factory
-        reloadsOK = CoreMetrics.Counter(label: "rulesd_reloads_total", dimensions: [("outcome", "ok")], factory: factory)
+        reloadsOK = CoreMetrics.Counter(
+            label: "rulesd_reloads_total", dimensions: [("outcome", "ok")], factory: factory)
         reloadsFailed = CoreMetrics.Counter(
             label: "rulesd_reloads_total", dimensions: [("outcome", "failed")], factory: factory)
         reloadDuration = CoreMetrics.Timer(label: "rulesd_reload_duration_seconds", factory: factory)
@@ -140,8 +141,10 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             case nil: modeName = "off"
             }
             for mode in ["inotify", "polling", "off"] {
-                let gauge = state.modes[mode] ?? CoreMetrics.Gauge(
-                    label: "rulesd_watcher_mode", dimensions: [("mode", mode)], factory: factory)
+                let gauge =
+                    state.modes[mode]
+                    ?? CoreMetrics.Gauge(
+                        label: "rulesd_watcher_mode", dimensions: [("mode", mode)], factory: factory)
                 state.modes[mode] = gauge
                 gauge.record(mode == modeName ? 1 : 0)
             }
@@ -160,8 +163,10 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             let delta = total - (last[key] ?? 0)
             guard delta > 0 else { continue }
             let counterKey = label + "\u{1}" + key
-            let counter = counters[counterKey] ?? CoreMetrics.Counter(
-                label: label, dimensions: dimensions(key), factory: factory)
+            let counter =
+                counters[counterKey]
+                ?? CoreMetrics.Counter(
+                    label: label, dimensions: dimensions(key), factory: factory)
             counters[counterKey] = counter
             counter.increment(by: delta)
             last[key] = total

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Atomics
 import Logging
 import NIOCore
@@ -12,6 +7,12 @@ import RuleWatcher
 import RulesProtocol
 import Synchronization
 import SystemdSupport
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// What every connection shares: settings, the generation store, reloads, watchers, status and metrics.
 final class DaemonServices: Sendable {
@@ -55,7 +56,9 @@ final class DaemonServices: Sendable {
     var watcherMode: WatcherMode? { watcher.withLock { $0?.mode } }
 
     /// Answers the operations that wait for something: `status`, `metrics`, `reload`.
-    func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer)
+    func answerWaiting(
+        _ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
+    )
         async
     {
         let generation = store.generation
@@ -96,7 +99,8 @@ final class DaemonServices: Sendable {
                     id: id, error: ProtocolError(.reloadFailed, message, problems: problem.diagnostics), into: &buffer)
             }
         default:
-            failure(id: id, error: ProtocolError(.internal, "operation \(operation.rawValue) does not wait"), into: &buffer)
+            failure(
+                id: id, error: ProtocolError(.internal, "operation \(operation.rawValue) does not wait"), into: &buffer)
         }
     }
 
@@ -144,16 +148,26 @@ final class DaemonServices: Sendable {
             object.append(("generation", .integer(Int64(generation.number))))
             object.append(("origin", .string(generation.origin.rawValue)))
             object.append(("loaded_at", .string(Timestamp.iso8601(generation.loadedAt))))
-            object.append(("counts", [
-                "files": .integer(Int64(ruleSet.files.count)), "flags": .integer(Int64(ruleSet.flags.count)),
-                "routes": .integer(Int64(ruleSet.routes.count)), "configs": .integer(Int64(ruleSet.configs.count)),
-            ]))
-            object.append((
-                "files",
-                .array(ruleSet.files.map {
-                    ["path": .string($0.path), "bytes": .integer(Int64($0.bytes)), "sha256": .string($0.sha256)]
-                })
-            ))
+            object.append(
+                (
+                    "counts",
+                    [
+                        "files": .integer(Int64(ruleSet.files.count)), "flags": .integer(Int64(ruleSet.flags.count)),
+                        "routes": .integer(Int64(ruleSet.routes.count)),
+                        "configs": .integer(Int64(ruleSet.configs.count)),
+                    ]
+                ))
+            object.append(
+                (
+                    "files",
+                    .array(
+                        ruleSet.files.map {
+                            [
+                                "path": .string($0.path), "bytes": .integer(Int64($0.bytes)),
+                                "sha256": .string($0.sha256),
+                            ]
+                        })
+                ))
             object.append(("lua_state_bytes", .integer(Int64(generation.stateMemory))))
         } else {
             object.append(("revision", .null))
@@ -171,11 +185,19 @@ final class DaemonServices: Sendable {
             ]
             if let failure = record.failure {
                 let problems: [JSONValue] = failure.diagnostics.map {
-                    ["file": .string($0.location.file), "line": .integer(Int64($0.location.line)), "message": .string($0.message)]
+                    [
+                        "file": .string($0.location.file), "line": .integer(Int64($0.location.line)),
+                        "message": .string($0.message),
+                    ]
                 }
-                last.append(("error", [
-                    "code": "RELOAD_FAILED", "message": .string(WatchEvents.summary(failure)), "problems": .array(problems),
-                ]))
+                last.append(
+                    (
+                        "error",
+                        [
+                            "code": "RELOAD_FAILED", "message": .string(WatchEvents.summary(failure)),
+                            "problems": .array(problems),
+                        ]
+                    ))
             } else {
                 last.append(("error", .null))
             }
@@ -189,7 +211,8 @@ final class DaemonServices: Sendable {
         case nil: object.append(("watcher", ["mode": "off"]))
         }
         object.append(("started_at", .string(Timestamp.iso8601(startedAt))))
-        object.append(("uptime_seconds", .number(((RuleClockTime.monotonic() - startedMonotonic) * 1000).rounded() / 1000)))
+        object.append(
+            ("uptime_seconds", .number(((RuleClockTime.monotonic() - startedMonotonic) * 1000).rounded() / 1000)))
         object.append(("connections", .integer(Int64(openConnections.load(ordering: .relaxed)))))
         object.append(("watchers", .integer(Int64(watchHub.count))))
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import RuleEngine
 import RuleWatcher
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Everything that configures a running rulesd.
 ///
@@ -42,7 +43,8 @@ public struct DaemonSettings: Sendable {
     /// - Throws: ``SettingsError`` naming the setting and what is wrong with the value.
     public mutating func apply(name: String, value: String, origin: String) throws(SettingsError) {
         guard let spec = Self.schema.first(where: { $0.name == name }) else {
-            throw SettingsError("\(origin): unknown setting '\(name)' (known: \(Self.settingNames.joined(separator: ", ")))")
+            throw SettingsError(
+                "\(origin): unknown setting '\(name)' (known: \(Self.settingNames.joined(separator: ", ")))")
         }
         do {
             try spec.apply(&self, value)
@@ -71,7 +73,8 @@ public struct DaemonSettings: Sendable {
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
                 value = String(value.dropFirst().dropLast())
             }
-            try apply(name: name.replacingOccurrences(of: "-", with: "_"), value: value, origin: "\(path):\(lineNumber)")
+            try apply(
+                name: name.replacingOccurrences(of: "-", with: "_"), value: value, origin: "\(path):\(lineNumber)")
         }
     }
 

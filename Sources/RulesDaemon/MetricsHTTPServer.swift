@@ -65,7 +65,9 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = nil
             let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
             guard path == "/metrics" else {
-                respond(context: context, request: request, status: .notFound, body: Array("not found; try /metrics\n".utf8))
+                respond(
+                    context: context, request: request, status: .notFound, body: Array("not found; try /metrics\n".utf8)
+                )
                 return
             }
             guard request.method == .GET || request.method == .HEAD else {
@@ -81,14 +83,19 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    private func respond(context: ChannelHandlerContext, request: HTTPRequestHead, status: HTTPResponseStatus, body: [UInt8]) {
+    private func respond(
+        context: ChannelHandlerContext, request: HTTPRequestHead, status: HTTPResponseStatus, body: [UInt8]
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
         headers.add(name: "content-length", value: String(body.count))
         if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+            promise: nil)
         if request.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         }
         let keepAlive = request.isKeepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in

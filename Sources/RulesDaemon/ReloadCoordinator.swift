@@ -134,7 +134,8 @@ public final class ReloadCoordinator: Sendable {
         }
         for job in leftovers {
             job.completion?.resume(
-                returning: .failed(RuleLoadFailure("rulesd is shutting down"), candidate: nil, serving: store.generation))
+                returning: .failed(
+                    RuleLoadFailure("rulesd is shutting down"), candidate: nil, serving: store.generation))
         }
     }
 
@@ -158,9 +159,10 @@ public final class ReloadCoordinator: Sendable {
             case .success(let built):
                 let generation = publish(built, origin: .rulesDirectory)
                 let duration = (RuleClockTime.monotonic() - started) * 1000
-                record(ReloadRecord(
-                    ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
-                    trigger: .startup, revision: revision, failure: nil))
+                record(
+                    ReloadRecord(
+                        ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                        trigger: .startup, revision: revision, failure: nil))
                 logLoaded(generation, duration: duration, trigger: .startup)
                 persist(snapshot.sources, revision: revision)
                 return generation
@@ -172,9 +174,11 @@ public final class ReloadCoordinator: Sendable {
         }
         let duration = (RuleClockTime.monotonic() - started) * 1000
         state.withLock { $0.lastFailure = (revision, failure) }
-        record(ReloadRecord(
-            ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration, trigger: .startup,
-            revision: revision, failure: failure))
+        record(
+            ReloadRecord(
+                ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
+                trigger: .startup,
+                revision: revision, failure: failure))
         for diagnostic in failure.diagnostics {
             logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
         }
@@ -212,10 +216,11 @@ public final class ReloadCoordinator: Sendable {
             serving.ruleSet.revision == revision
         {
             if explicit { notifier.ready(status: statusLine(serving)) }
-            record(ReloadRecord(
-                ok: true, outcome: "unchanged", at: RuleClockTime.now(),
-                durationMilliseconds: (RuleClockTime.monotonic() - started) * 1000, trigger: trigger,
-                revision: revision, failure: nil))
+            record(
+                ReloadRecord(
+                    ok: true, outcome: "unchanged", at: RuleClockTime.now(),
+                    durationMilliseconds: (RuleClockTime.monotonic() - started) * 1000, trigger: trigger,
+                    revision: revision, failure: nil))
             return .unchanged(serving)
         }
         if let known = state.withLock({ $0.lastFailure }), known.revision == revision,
@@ -255,9 +260,10 @@ public final class ReloadCoordinator: Sendable {
                 $0.lastFailure = nil
                 $0.reloads += 1
             }
-            record(ReloadRecord(
-                ok: true, outcome: "reloaded", at: RuleClockTime.now(), durationMilliseconds: duration,
-                trigger: trigger, revision: revision, failure: nil))
+            record(
+                ReloadRecord(
+                    ok: true, outcome: "reloaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    trigger: trigger, revision: revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: trigger)
             watchHub.publish(WatchEvents.reloaded(generation, previous: serving, duration: duration, trigger: trigger))
@@ -269,9 +275,10 @@ public final class ReloadCoordinator: Sendable {
                 $0.lastFailure = (revision, failure)
                 $0.failures += 1
             }
-            record(ReloadRecord(
-                ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
-                trigger: trigger, revision: revision, failure: failure))
+            record(
+                ReloadRecord(
+                    ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    trigger: trigger, revision: revision, failure: failure))
             reloadMetrics.recordReload(ok: false, seconds: duration / 1000)
             logger.error(
                 "reload failed; the previous rules keep serving",
@@ -325,7 +332,8 @@ public final class ReloadCoordinator: Sendable {
                 var boxes = [NIOLoopBoundBox.makeBoxSendingValue(first, as: RuleEvaluator?.self, eventLoop: loops[0])]
                 for loop in loops.dropFirst() {
                     let evaluator = try RuleCompiler.makeEvaluator(for: ruleSet)
-                    boxes.append(NIOLoopBoundBox.makeBoxSendingValue(evaluator, as: RuleEvaluator?.self, eventLoop: loop))
+                    boxes.append(
+                        NIOLoopBoundBox.makeBoxSendingValue(evaluator, as: RuleEvaluator?.self, eventLoop: loop))
                 }
                 return BuiltGeneration(ruleSet: ruleSet, evaluators: boxes, stateMemory: memory)
             }
@@ -364,7 +372,8 @@ public final class ReloadCoordinator: Sendable {
                 try lkg.save(sources, revision: revision)
             } catch {
                 logger.warning(
-                    "cannot save the last known good rules", metadata: ["state.dir": "\(directory)", "error": "\(error)"])
+                    "cannot save the last known good rules",
+                    metadata: ["state.dir": "\(directory)", "error": "\(error)"])
             }
         }
     }

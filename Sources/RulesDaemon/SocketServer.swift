@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import NIOCore
 import NIOPosix
 import RulesProtocol
 import Synchronization
 import SystemdSupport
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The Unix-socket listener: binds (or adopts a socket-activated listener), accepts connections up to the
 /// limit, and drains them at shutdown.
@@ -73,7 +74,10 @@ final class SocketServer: Sendable {
             server = try await bootstrap.bind(unixDomainSocketPath: settings.socketPath).get()
             try applyPermissions()
             logger.info(
-                "serving", metadata: ["socket.path": "\(settings.socketPath)", "socket.mode": "\(String(settings.socketMode, radix: 8))"])
+                "serving",
+                metadata: [
+                    "socket.path": "\(settings.socketPath)", "socket.mode": "\(String(settings.socketMode, radix: 8))",
+                ])
         }
         channel.withLock { $0 = server }
     }
@@ -103,7 +107,9 @@ final class SocketServer: Sendable {
         }
         let remaining = services.openConnections.load(ordering: .relaxed)
         if remaining > 0 {
-            logger.warning("closing connections still busy at the end of the shutdown wait", metadata: ["connections": "\(remaining)"])
+            logger.warning(
+                "closing connections still busy at the end of the shutdown wait",
+                metadata: ["connections": "\(remaining)"])
         }
         if ownsSocketFile { unlink(settings.socketPath) }
     }
@@ -112,7 +118,8 @@ final class SocketServer: Sendable {
         var buffer = channel.allocator.buffer(capacity: 128)
         ResponseWriter.writeFailure(
             id: nil,
-            error: ProtocolError(.tooManyConnections, "rulesd is serving its maximum of \(limit) connections; try again"),
+            error: ProtocolError(
+                .tooManyConnections, "rulesd is serving its maximum of \(limit) connections; try again"),
             into: &buffer)
         channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
         return channel.eventLoop.makeSucceededVoidFuture()
@@ -126,7 +133,8 @@ final class SocketServer: Sendable {
             var st = stat()
             if stat(parent, &st) != 0 {
                 guard mkdir(parent, 0o755) == 0 || errno == EEXIST else {
-                    throw StartupError("cannot create the socket directory \(parent): \(String(cString: strerror(errno)))")
+                    throw StartupError(
+                        "cannot create the socket directory \(parent): \(String(cString: strerror(errno)))")
                 }
             }
         }

@@ -5,7 +5,7 @@ import ServiceLifecycle
 import SystemdSupport
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Tells systemd about start-up, reloads and shutdown (sd_notify), when rulesd runs under it.

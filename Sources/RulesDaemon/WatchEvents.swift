@@ -33,7 +33,9 @@ enum WatchEvents {
         out.append(contentsOf: #"{"event":"reload_failed","revision":"#.utf8)
         JSONWriter.appendEscapedString(candidate.hex, to: &out)
         out.append(contentsOf: #","serving_revision":"#.utf8)
-        if let serving { JSONWriter.appendEscapedString(serving.ruleSet.revision.hex, to: &out) } else {
+        if let serving {
+            JSONWriter.appendEscapedString(serving.ruleSet.revision.hex, to: &out)
+        } else {
             out.append(contentsOf: "null".utf8)
         }
         out.append(contentsOf: #","trigger":"#.utf8)

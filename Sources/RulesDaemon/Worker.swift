@@ -124,7 +124,8 @@ final class Worker {
                 into: &out)
             return
         }
-        let failure = EvaluationAnswers.answer(question, evaluator: evaluator, now: now, observer: metrics, into: &result)
+        let failure = EvaluationAnswers.answer(
+            question, evaluator: evaluator, now: now, observer: metrics, into: &result)
         finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
     }
 

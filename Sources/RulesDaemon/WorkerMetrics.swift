@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import RuleModel
 import RulesProtocol
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Per-request metrics, counted by the worker that served the request in plain (thread-owned) memory and
 /// merged only when someone asks for metrics: the request path takes no lock and touches no shared cache

@@ -38,7 +38,9 @@ public struct DecodedRequest: Sendable, Hashable {
     /// Calls `body` with the flag key's UTF-8 bytes.
     public func withFlagBytes<R>(in line: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
         if let flagDecoded { return Array(flagDecoded.utf8).withUnsafeBytes(body) }
-        return body(flagRange.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+        return body(
+            flagRange.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        )
     }
 }
 
@@ -144,14 +146,19 @@ public struct RequestDecoder {
                     request.flagRange = content
                 }
             case .key, .prefix:
-                guard member.kind == .string, let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                guard member.kind == .string,
+                    let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 else { return .failure(invalid("'\(field == .key ? "key" : "prefix")' must be a string", id)) }
                 if field == .key { request.key = value } else { request.prefix = value }
             case .context, .request:
                 if member.kind == .null { continue }
                 let name = field == .context ? "context" : "request"
                 guard member.kind == .object else { return .failure(invalid("'\(name)' must be an object", id)) }
-                if field == .context { request.context = member.valueRange } else { request.request = member.valueRange }
+                if field == .context {
+                    request.context = member.valueRange
+                } else {
+                    request.request = member.valueRange
+                }
             case .at:
                 if member.kind == .null { continue }
                 guard member.kind == .number, let value = Self.number(line, member.valueRange), value.isFinite else {
@@ -173,7 +180,8 @@ public struct RequestDecoder {
     }
 
     private static func operation(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> RequestOperation? {
-        let content = UnsafeRawBufferPointer(rebasing: line[member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1])
+        let content = UnsafeRawBufferPointer(
+            rebasing: line[member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1])
         if !content.contains(UInt8(ascii: "\\")) {
             switch content.count {
             case 4:

@@ -11,7 +11,8 @@ public enum ResponseWriter {
     ///   - generation: the generation that computed the answer.
     ///   - result: the `result` object's JSON text.
     public static func writeSuccess(
-        id: UnsafeRawBufferPointer?, revision: String, generation: UInt64, result: [UInt8], into buffer: inout ByteBuffer
+        id: UnsafeRawBufferPointer?, revision: String, generation: UInt64, result: [UInt8],
+        into buffer: inout ByteBuffer
     ) {
         buffer.writeStaticString("{")
         if let id {
@@ -36,7 +37,9 @@ public enum ResponseWriter {
 
     /// Appends a success line from a precomputed ``successHeader(revision:generation:)``.
     @inline(__always)
-    public static func writeSuccess(id: UnsafeRawBufferPointer?, header: [UInt8], result: [UInt8], into buffer: inout ByteBuffer) {
+    public static func writeSuccess(
+        id: UnsafeRawBufferPointer?, header: [UInt8], result: [UInt8], into buffer: inout ByteBuffer
+    ) {
         let idBytes = id?.count ?? 0
         buffer.reserveCapacity(minimumWritableBytes: idBytes + header.count + result.count + 10)
         buffer.writeInteger(UInt8(ascii: "{"))

@@ -80,7 +80,8 @@ public enum NotifyPayload {
         var truncated = false
         for scalar in text.unicodeScalars {
             // C0, DEL and the C1 block (which holds U+0085 NEXT LINE), plus the Unicode separators.
-            let isControl = scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
+            let isControl =
+                scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
                 || scalar.value == 0x2028 || scalar.value == 0x2029
             let kept: Unicode.Scalar = isControl ? " " : scalar
             let width = UTF8.width(kept)

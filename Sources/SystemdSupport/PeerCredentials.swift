@@ -121,7 +121,9 @@ public enum GroupMembership {
     public static func groupID(named name: String) -> gid_t? {
         withGroupBuffer { group, buffer, result in
             getgrnam_r(name, &group, buffer.baseAddress, buffer.count, &result)
-        } read: { $0.gr_gid }
+        } read: {
+            $0.gr_gid
+        }
     }
 
     /// Looks up a user name by id (`getpwuid_r`).

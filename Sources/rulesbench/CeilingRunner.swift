@@ -13,7 +13,8 @@ enum CeilingRunner {
         var results: [String: Double] = [:]
         for (label, flags) in [("C, hash in Lua", ["-q"]), ("C, native hash", ["-q", "-H"])] {
             guard let output = run(binary, [rules, "-s", "0.5"] + flags) else { continue }
-            for line in output.split(separator: "\n") where line.contains("test=flag1") && line.contains("phase=encode") {
+            for line in output.split(separator: "\n") where line.contains("test=flag1") && line.contains("phase=encode")
+            {
                 if let value = field(line, "ns") { results[label] = value }
             }
         }
@@ -24,7 +25,9 @@ enum CeilingRunner {
     static func build(_ source: String, name: String, extra: [String]) -> String? {
         let output = NSTemporaryDirectory() + "rulesbench-\(name)-\(getpid())"
         let cflags = (run("/usr/bin/pkg-config", ["--cflags", "lua5.4"]) ?? "").split(separator: " ").map(String.init)
-        let arguments = ["-O2", "-o", output, source] + cflags.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        let arguments =
+            ["-O2", "-o", output, source]
+            + cflags.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             .filter { !$0.isEmpty } + extra
         guard run("/usr/bin/gcc", arguments) != nil else { return nil }
         return output

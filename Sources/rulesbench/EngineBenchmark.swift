@@ -5,7 +5,7 @@ import RuleModel
 import RulesProtocol
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Times the engine in process: ns per evaluation, context conversion included.
@@ -29,7 +29,11 @@ struct EngineBenchmark: ParsableCommand {
         let (ruleSet, evaluator) = try RuleCompiler.compile(BenchmarkRules.sources)
         let contexts = BenchmarkRules.contexts(count: 4096)
         let requests = BenchmarkRules.routeRequests(count: 4096)
-        let lines = contexts.map { Array((#"{"id":1,"op":"flag","flag":"new-checkout","context":"# + String(decoding: $0, as: UTF8.self) + "}").utf8) }
+        let lines = contexts.map {
+            Array(
+                (#"{"id":1,"op":"flag","flag":"new-checkout","context":"# + String(decoding: $0, as: UTF8.self) + "}")
+                    .utf8)
+        }
         let staticIndex = ruleSet.flagIndex(forKey: "dark-mode")!
         let targetingIndex = ruleSet.flagIndex(forKey: "team-sharing")!
         let splitIndex = ruleSet.flagIndex(forKey: "new-checkout")!
@@ -40,39 +44,63 @@ struct EngineBenchmark: ParsableCommand {
         var result: [UInt8] = []
         let header = ResponseWriter.successHeader(revision: ruleSet.revision.short, generation: 1)
         let cases: [(String, (Int) -> Void)] = [
-            ("static flag", { i in
-                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: staticIndex, context: $0, now: now).variantIndex }
-            }),
-            ("targeting flag", { i in
-                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: targetingIndex, context: $0, now: now).variantIndex }
-            }),
-            ("targeting+split flag", { i in
-                contexts[i & 4095].withUnsafeBytes { sink &+= evaluator.evaluateFlag(at: splitIndex, context: $0, now: now).variantIndex }
-            }),
-            ("route over 50 routes", { i in
-                requests[i & 4095].withUnsafeBytes {
-                    if case .matched(let index, _) = evaluator.route(request: $0, now: now) { sink &+= index }
+            (
+                "static flag",
+                { i in
+                    contexts[i & 4095].withUnsafeBytes {
+                        sink &+= evaluator.evaluateFlag(at: staticIndex, context: $0, now: now).variantIndex
+                    }
                 }
-            }),
-            ("config lookup", { i in
-                sink &+= ruleSet.config(key: i & 1 == 0 ? "http.timeout_ms" : "db.pool")?.json.count ?? 0
-            }),
-            ("full request: decode+split flag+encode", { i in
-                lines[i & 4095].withUnsafeBytes { bytes in
-                    guard case .success(let request) = decoder.decode(bytes), let range = request.context,
-                        let index = request.withFlagBytes(in: bytes, { ruleSet.flagIndex(forUTF8: $0) })
-                    else { return }
-                    let decision = evaluator.evaluateFlag(
-                        at: index, context: UnsafeRawBufferPointer(rebasing: bytes[range]), now: now)
-                    result.removeAll(keepingCapacity: true)
-                    RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
-                    output.clear()
-                    ResponseWriter.writeSuccess(
-                        id: UnsafeRawBufferPointer(rebasing: bytes[request.id!]), header: header, result: result,
-                        into: &output)
-                    sink &+= output.readableBytes
+            ),
+            (
+                "targeting flag",
+                { i in
+                    contexts[i & 4095].withUnsafeBytes {
+                        sink &+= evaluator.evaluateFlag(at: targetingIndex, context: $0, now: now).variantIndex
+                    }
                 }
-            }),
+            ),
+            (
+                "targeting+split flag",
+                { i in
+                    contexts[i & 4095].withUnsafeBytes {
+                        sink &+= evaluator.evaluateFlag(at: splitIndex, context: $0, now: now).variantIndex
+                    }
+                }
+            ),
+            (
+                "route over 50 routes",
+                { i in
+                    requests[i & 4095].withUnsafeBytes {
+                        if case .matched(let index, _) = evaluator.route(request: $0, now: now) { sink &+= index }
+                    }
+                }
+            ),
+            (
+                "config lookup",
+                { i in
+                    sink &+= ruleSet.config(key: i & 1 == 0 ? "http.timeout_ms" : "db.pool")?.json.count ?? 0
+                }
+            ),
+            (
+                "full request: decode+split flag+encode",
+                { i in
+                    lines[i & 4095].withUnsafeBytes { bytes in
+                        guard case .success(let request) = decoder.decode(bytes), let range = request.context,
+                            let index = request.withFlagBytes(in: bytes, { ruleSet.flagIndex(forUTF8: $0) })
+                        else { return }
+                        let decision = evaluator.evaluateFlag(
+                            at: index, context: UnsafeRawBufferPointer(rebasing: bytes[range]), now: now)
+                        result.removeAll(keepingCapacity: true)
+                        RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
+                        output.clear()
+                        ResponseWriter.writeSuccess(
+                            id: UnsafeRawBufferPointer(rebasing: bytes[request.id!]), header: header, result: result,
+                            into: &output)
+                        sink &+= output.readableBytes
+                    }
+                }
+            ),
         ]
         let selected = cases.filter { only == nil || $0.0.contains(only!) }
         var samples = [[Double]](repeating: [], count: cases.count)
@@ -87,18 +115,24 @@ struct EngineBenchmark: ParsableCommand {
             let sorted = samples[index].sorted()
             medians[name] = sorted[sorted.count / 2]
             print(
-                "  \(name.padding(40)) \(Timing.format(sorted[sorted.count / 2])) ns  (\(Timing.format(sorted.first!))-\(Timing.format(sorted.last!)))")
+                "  \(name.padding(40)) \(Timing.format(sorted[sorted.count / 2])) ns  (\(Timing.format(sorted.first!))-\(Timing.format(sorted.last!)))"
+            )
         }
-        print("  Lua state: \(evaluator.memoryInUse / 1024) KiB; \(ruleSet.flags.count) flags, \(ruleSet.routes.count) routes")
+        print(
+            "  Lua state: \(evaluator.memoryInUse / 1024) KiB; \(ruleSet.flags.count) flags, \(ruleSet.routes.count) routes"
+        )
         if only == nil, let ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules) {
             print("C ceiling (\(ceiling)): parse+build+call+encode of new-checkout (targeting+rollout)")
             for (label, ns) in ceilingResults.sorted(by: { $0.key < $1.key }) {
                 print("  \(label.padding(40)) \(Timing.format(ns)) ns")
             }
-            if let ours = medians["full request: decode+split flag+encode"], let native = ceilingResults["C, native hash"] {
+            if let ours = medians["full request: decode+split flag+encode"],
+                let native = ceilingResults["C, native hash"]
+            {
                 print("  ratio rulesd full request / C native hash: \(Timing.format(ours / native, digits: 2))x")
             }
-            if let ours = medians["full request: decode+split flag+encode"], let lua = ceilingResults["C, hash in Lua"] {
+            if let ours = medians["full request: decode+split flag+encode"], let lua = ceilingResults["C, hash in Lua"]
+            {
                 print("  ratio rulesd full request / C hash in Lua: \(Timing.format(ours / lua, digits: 2))x")
             }
         } else if only == nil {

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A closed-loop load client: one thread, poll(2), N connections each keeping P requests in flight.
@@ -83,7 +83,8 @@ struct LoadClient {
                 cpuMeasureStart = Self.cpuSeconds()
             }
             for index in conns.indices {
-                polls[index].events = Int16(POLLIN) | (conns[index].pendingOffset < conns[index].pending.count ? Int16(POLLOUT) : 0)
+                polls[index].events =
+                    Int16(POLLIN) | (conns[index].pendingOffset < conns[index].pending.count ? Int16(POLLOUT) : 0)
                 polls[index].revents = 0
             }
             let n = poll(&polls, nfds_t(polls.count), 100)
@@ -142,7 +143,9 @@ struct LoadClient {
     private func flush(_ conn: Connection) {
         while conn.pendingOffset < conn.pending.count {
             let n = conn.pending.withUnsafeBytes {
-                send(conn.fd, $0.baseAddress! + conn.pendingOffset, conn.pending.count - conn.pendingOffset, Int32(MSG_NOSIGNAL))
+                send(
+                    conn.fd, $0.baseAddress! + conn.pendingOffset, conn.pending.count - conn.pendingOffset,
+                    Int32(MSG_NOSIGNAL))
             }
             if n < 0 {
                 // EAGAIN: the rest goes when poll says the socket can take it.

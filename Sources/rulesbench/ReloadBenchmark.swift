@@ -22,7 +22,9 @@ struct ReloadBenchmark: ParsableCommand {
     var hammerReloads = 100
 
     func run() throws {
-        let binary = rulesd ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let binary =
+            rulesd
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("rulesd").path
         print("reload: quiet window \(quietWindow) ms; medians of \(edits) edits (min-max)")
         for count in files.split(separator: ",").compactMap({ Int($0) }) {
@@ -69,13 +71,20 @@ struct ReloadBenchmark: ParsableCommand {
         }
         func summary(_ values: [Double], digits: Int = 1) -> String {
             let sorted = values.sorted()
-            return "\(Timing.format(sorted[sorted.count / 2], digits: digits)) (\(Timing.format(sorted.first!, digits: digits))-\(Timing.format(sorted.last!, digits: digits)))"
+            return
+                "\(Timing.format(sorted[sorted.count / 2], digits: digits)) (\(Timing.format(sorted.first!, digits: digits))-\(Timing.format(sorted.last!, digits: digits)))"
         }
         let excluded = included.map { $0 - Double(quietWindow) }
         print("\(count) files:")
-        print("  last write -> new revision answering: \(summary(included)) ms with the quiet window, \(summary(excluded)) ms without")
-        print("  reload itself (scan, compile \(daemon.workers) states, swap): \(summary(durations)) ms; daemon CPU per edit \(summary(cpu)) ms")
-        print("  peak resident memory during the swaps: \(peaks.max()! / 1024) MiB (resident now \(residentKiB(daemon.pid) / 1024) MiB)")
+        print(
+            "  last write -> new revision answering: \(summary(included)) ms with the quiet window, \(summary(excluded)) ms without"
+        )
+        print(
+            "  reload itself (scan, compile \(daemon.workers) states, swap): \(summary(durations)) ms; daemon CPU per edit \(summary(cpu)) ms"
+        )
+        print(
+            "  peak resident memory during the swaps: \(peaks.max()! / 1024) MiB (resident now \(residentKiB(daemon.pid) / 1024) MiB)"
+        )
     }
 
     /// Swaps between two rule sets whose flags all agree, while clients check every answer.
@@ -83,8 +92,10 @@ struct ReloadBenchmark: ParsableCommand {
         let daemon = try BenchDaemon(binary: binary, quietWindow: quietWindow)
         defer { daemon.stop() }
         func rules(_ set: String) -> String {
-            (0..<20).map { "flag \"f\($0)\" { variants = { a = 1, b = 2 }, default = \"a\", rule = function(ctx) return \"\(set)\" end }\n" }
-                .joined()
+            (0..<20).map {
+                "flag \"f\($0)\" { variants = { a = 1, b = 2 }, default = \"a\", rule = function(ctx) return \"\(set)\" end }\n"
+            }
+            .joined()
         }
         try daemon.write("r.lua", rules("a"))
         try daemon.start()
@@ -100,7 +111,8 @@ struct ReloadBenchmark: ParsableCommand {
                 var seen: [Int64: String] = [:]
                 while !stop.isSet {
                     guard let answer = try? client.request(#"{"op":"flags"}"#), answer["ok"] == true,
-                        let generation = answer["generation"]?.int64Value, let flags = answer["result"]?["flags"]?.objectValue
+                        let generation = answer["generation"]?.int64Value,
+                        let flags = answer["result"]?["flags"]?.objectValue
                     else {
                         tally.add(failed: 1)
                         continue
@@ -173,7 +185,9 @@ final class BenchDaemon {
         try process.run()
         self.process = process
         for _ in 0..<3000 {
-            if let client = try? BlockingClient(path: socket), (try? client.request(#"{"op":"ping"}"#)) != nil { return }
+            if let client = try? BlockingClient(path: socket), (try? client.request(#"{"op":"ping"}"#)) != nil {
+                return
+            }
             usleep(10_000)
         }
         throw BenchError("rulesd did not start")
@@ -208,7 +222,9 @@ final class BlockingClient {
         let bytes = Array((line + "\n").utf8)
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            }
             if n <= 0 { throw BenchError("send failed") }
             offset += n
         }

@@ -47,8 +47,12 @@ struct ScaleBenchmark: ParsableCommand {
         }
         builds.sort()
         print("scale: \(flags) flags in \(files) files (\(bytes / 1024) KiB of Lua)")
-        print("  one Lua state built and validated in \(Timing.format(builds[1], digits: 1)) ms (median of 3); it holds \(memory / 1024 / 1024) MiB")
-        let binary = rulesd ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        print(
+            "  one Lua state built and validated in \(Timing.format(builds[1], digits: 1)) ms (median of 3); it holds \(memory / 1024 / 1024) MiB"
+        )
+        let binary =
+            rulesd
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("rulesd").path
         if FileManager.default.fileExists(atPath: examples) {
             let daemon = try BenchDaemon(binary: binary, quietWindow: 300)
@@ -64,8 +68,11 @@ struct ScaleBenchmark: ParsableCommand {
         let start = LoadClient.now()
         try daemon.start()
         let ready = Double(LoadClient.now() - start) / 1e6
-        _ = try BlockingClient(path: daemon.socket).request(#"{"op":"flag","flag":"team0.feature-1","context":{"plan":"pro","user":"u-1"}}"#)
-        print("  rulesd on the \(flags) flags: serving \(Timing.format(ready, digits: 0)) ms after exec, \(residentKiB(daemon.pid) / 1024) MiB resident (VmRSS, \(daemon.workers) workers)")
+        _ = try BlockingClient(path: daemon.socket).request(
+            #"{"op":"flag","flag":"team0.feature-1","context":{"plan":"pro","user":"u-1"}}"#)
+        print(
+            "  rulesd on the \(flags) flags: serving \(Timing.format(ready, digits: 0)) ms after exec, \(residentKiB(daemon.pid) / 1024) MiB resident (VmRSS, \(daemon.workers) workers)"
+        )
         daemon.stop()
     }
 }

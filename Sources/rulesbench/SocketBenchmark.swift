@@ -38,7 +38,8 @@ struct SocketBenchmark: ParsableCommand {
 
         let contexts = BenchmarkRules.contexts(count: 4096)
         let ours = contexts.enumerated().map { index, context in
-            Array((#"{"id":\#(100000 + index),"op":"flag","flag":"\#(flag)","context":"#).utf8) + context + Array("}\n".utf8)
+            Array((#"{"id":\#(100000 + index),"op":"flag","flag":"\#(flag)","context":"#).utf8) + context
+                + Array("}\n".utf8)
         }
         if let socket {
             servers.append(("rulesd", socket, nil, ours))
@@ -48,14 +49,18 @@ struct SocketBenchmark: ParsableCommand {
             for source in BenchmarkRules.sources {
                 try Data(source.content).write(to: URL(fileURLWithPath: rules + "/" + source.path))
             }
-            let binary = rulesd ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            let binary =
+                rulesd
+                ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
                 .appendingPathComponent("rulesd").path
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = [
-                "--rules", rules, "--socket", work + "/rulesd.sock", "--state-dir", work + "/state", "--watch", "off",
-                "--log-level", "warning",
-            ] + (workers.map { ["--workers", String($0)] } ?? [])
+            process.arguments =
+                [
+                    "--rules", rules, "--socket", work + "/rulesd.sock", "--state-dir", work + "/state", "--watch",
+                    "off",
+                    "--log-level", "warning",
+                ] + (workers.map { ["--workers", String($0)] } ?? [])
             try process.run()
             children.append(process)
             try waitForSocket(work + "/rulesd.sock")
@@ -65,7 +70,9 @@ struct SocketBenchmark: ParsableCommand {
             let lua = CeilingRunner.build(ceilings + "/lua_ceiling.c", name: "lua_ceiling", extra: ["-llua5.4", "-lm"])
         {
             let cLines = ours.map { line in
-                Array(String(decoding: line, as: UTF8.self).replacingOccurrences(of: "\"context\":", with: "\"ctx\":").utf8)
+                Array(
+                    String(decoding: line, as: UTF8.self).replacingOccurrences(of: "\"context\":", with: "\"ctx\":")
+                        .utf8)
             }
             for (name, path, arguments) in [
                 ("C echo", echo, [work + "/echo.sock"]),
@@ -119,9 +126,12 @@ struct SocketBenchmark: ParsableCommand {
                 let samples = results[key(server.name)] ?? []
                 let median = Sample.median(samples)
                 var line = "  \(server.name.padding(20)) \(Timing.format(median.rps).padding(8)) req/s"
-                line += "  p50 \(Timing.format(median.p50, digits: 1)) us  p99 \(Timing.format(median.p99, digits: 1)) us"
+                line +=
+                    "  p50 \(Timing.format(median.p50, digits: 1)) us  p99 \(Timing.format(median.p99, digits: 1)) us"
                 line += "  p999 \(Timing.format(median.p999, digits: 1)) us"
-                if let cpu = median.serverMicrosecondsPerRequest { line += "  server CPU \(Timing.format(cpu, digits: 2)) us/req" }
+                if let cpu = median.serverMicrosecondsPerRequest {
+                    line += "  server CPU \(Timing.format(cpu, digits: 2)) us/req"
+                }
                 line += "  client CPU \(Timing.format(median.clientMicrosecondsPerRequest, digits: 2)) us/req"
                 print(line)
             }
@@ -133,12 +143,15 @@ struct SocketBenchmark: ParsableCommand {
                     let p99 = zip(ours, theirs).map { $0.p99 / $1.p99 }.sorted()
                     print(
                         "  rulesd / \(name): throughput \(Timing.format(throughput[throughput.count / 2], digits: 2))x, "
-                            + "p50 \(Timing.format(p50[p50.count / 2], digits: 2))x, p99 \(Timing.format(p99[p99.count / 2], digits: 2))x (per-run ratios, median)")
+                            + "p50 \(Timing.format(p50[p50.count / 2], digits: 2))x, p99 \(Timing.format(p99[p99.count / 2], digits: 2))x (per-run ratios, median)"
+                    )
                 }
             }
         }
         if let pid = servers.first?.pid {
-            print("rulesd resident memory: \(residentKiB(pid) / 1024) MiB (VmRSS), peak \(peakKiB(pid) / 1024) MiB (VmHWM)")
+            print(
+                "rulesd resident memory: \(residentKiB(pid) / 1024) MiB (VmRSS), peak \(peakKiB(pid) / 1024) MiB (VmHWM)"
+            )
         }
     }
 

@@ -43,7 +43,8 @@ enum Query {
                 Console.write(JSONWriter.string(answer.value) + "\n")
             } else {
                 Console.write(
-                    "rulesd serves revision \(answer.revision ?? "?") (generation \(answer.generation ?? 0)) at \(socket.path)\n")
+                    "rulesd serves revision \(answer.revision ?? "?") (generation \(answer.generation ?? 0)) at \(socket.path)\n"
+                )
             }
         }
     }
@@ -86,9 +87,12 @@ enum Query {
             switch result["outcome"]?.stringValue {
             case "reloaded":
                 let duration = result["duration_ms"]?.doubleValue.map { " in \(Int($0.rounded())) ms" } ?? ""
-                Console.write("reloaded: now serving \(revision) (generation \(result["generation"]?.int64Value ?? 0))\(duration)\n")
+                Console.write(
+                    "reloaded: now serving \(revision) (generation \(result["generation"]?.int64Value ?? 0))\(duration)\n"
+                )
             default:
-                Console.write("unchanged: still serving \(revision) (generation \(result["generation"]?.int64Value ?? 0))\n")
+                Console.write(
+                    "unchanged: still serving \(revision) (generation \(result["generation"]?.int64Value ?? 0))\n")
             }
         }
     }
@@ -105,9 +109,13 @@ enum Query {
             try await DaemonClient.converse(socket: socket.path, ["op": "watch"]) { answer in
                 if !acknowledged {
                     acknowledged = true
-                    if output.json { Console.write(JSONWriter.string(answer.value) + "\n") } else {
-                        Console.write(style.dim(
-                            "watching rulesd at \(socket.path): serving \(answer.revision ?? "?") (generation \(answer.generation ?? 0))") + "\n")
+                    if output.json {
+                        Console.write(JSONWriter.string(answer.value) + "\n")
+                    } else {
+                        Console.write(
+                            style.dim(
+                                "watching rulesd at \(socket.path): serving \(answer.revision ?? "?") (generation \(answer.generation ?? 0))"
+                            ) + "\n")
                     }
                     return true
                 }
@@ -203,7 +211,8 @@ enum Query {
         }
 
         func run() async throws {
-            let request: JSONValue = key.map { ["op": "config", "key": .string($0)] }
+            let request: JSONValue =
+                key.map { ["op": "config", "key": .string($0)] }
                 ?? ["op": "config", "prefix": .string(prefix ?? "")]
             try emit(try await DaemonClient.request(socket: socket.path, request), json: output.json)
         }
@@ -225,11 +234,12 @@ struct StatusPrinter {
         lines.append(("revision", revision))
         lines.append(("loaded at", status["loaded_at"]?.stringValue ?? "-"))
         if let counts = status["counts"] {
-            lines.append((
-                "rules",
-                "\(counts["files"]?.int64Value ?? 0) files, \(counts["flags"]?.int64Value ?? 0) flags, "
-                    + "\(counts["routes"]?.int64Value ?? 0) routes, \(counts["configs"]?.int64Value ?? 0) configs"
-            ))
+            lines.append(
+                (
+                    "rules",
+                    "\(counts["files"]?.int64Value ?? 0) files, \(counts["flags"]?.int64Value ?? 0) flags, "
+                        + "\(counts["routes"]?.int64Value ?? 0) routes, \(counts["configs"]?.int64Value ?? 0) configs"
+                ))
         }
         lines.append(("rules dir", status["rules_dir"]?.stringValue ?? "-"))
         if let watcher = status["watcher"] {
@@ -239,16 +249,22 @@ struct StatusPrinter {
         }
         if let last = status["last_reload"], last != .null {
             var text = "\(last["outcome"]?.stringValue ?? "?") at \(last["at"]?.stringValue ?? "?")"
-            text += " (\(last["trigger"]?.stringValue ?? "?"), \(last["duration_ms"]?.doubleValue.map { String(Int($0.rounded())) } ?? "?") ms)"
+            text +=
+                " (\(last["trigger"]?.stringValue ?? "?"), \(last["duration_ms"]?.doubleValue.map { String(Int($0.rounded())) } ?? "?") ms)"
             lines.append(("last reload", last["ok"] == .bool(false) ? style.red(text) : text))
         }
         let uptime = Int(status["uptime_seconds"]?.doubleValue ?? 0)
         lines.append(("uptime", "\(uptime / 86400)d \(uptime % 86400 / 3600)h \(uptime % 3600 / 60)m \(uptime % 60)s"))
-        lines.append((
-            "connections",
-            "\(status["connections"]?.int64Value ?? 0) open, \(status["watchers"]?.int64Value ?? 0) watching"
-        ))
-        lines.append(("requests", "\(status["requests_served"]?.int64Value ?? 0) served by \(status["workers"]?.int64Value ?? 0) workers"))
+        lines.append(
+            (
+                "connections",
+                "\(status["connections"]?.int64Value ?? 0) open, \(status["watchers"]?.int64Value ?? 0) watching"
+            ))
+        lines.append(
+            (
+                "requests",
+                "\(status["requests_served"]?.int64Value ?? 0) served by \(status["workers"]?.int64Value ?? 0) workers"
+            ))
         lines.append(("version", "\(status["version"]?.stringValue ?? "?") (pid \(status["pid"]?.int64Value ?? 0))"))
         let width = lines.map(\.0.count).max() ?? 0
         var out = lines.map { style.bold($0.0.padding(toLength: width)) + "  " + $0.1 }.joined(separator: "\n") + "\n"
@@ -259,7 +275,8 @@ struct StatusPrinter {
         if let files = status["files"]?.arrayValue, !files.isEmpty {
             out += style.bold("files") + "\n"
             for file in files {
-                out += "  \(file["path"]?.stringValue ?? "?")  \(file["bytes"]?.int64Value ?? 0) bytes  "
+                out +=
+                    "  \(file["path"]?.stringValue ?? "?")  \(file["bytes"]?.int64Value ?? 0) bytes  "
                     + style.dim(String((file["sha256"]?.stringValue ?? "").prefix(16))) + "\n"
             }
         }
@@ -282,8 +299,12 @@ struct WatchPrinter {
                 + "\(event["configs"]?.int64Value ?? 0) configs)\n"
         case "reload_failed":
             let serving = String((event["serving_revision"]?.stringValue ?? "none").prefix(16))
-            var text = "\(at) " + style.red("reload failed") + " (\(event["trigger"]?.stringValue ?? "?")); still serving \(serving)\n"
-            for problem in event["error"]?["problems"]?.arrayValue ?? [] { text += "  " + ProblemText.line(problem) + "\n" }
+            var text =
+                "\(at) " + style.red("reload failed")
+                + " (\(event["trigger"]?.stringValue ?? "?")); still serving \(serving)\n"
+            for problem in event["error"]?["problems"]?.arrayValue ?? [] {
+                text += "  " + ProblemText.line(problem) + "\n"
+            }
             return text
         default:
             return JSONWriter.string(event) + "\n"

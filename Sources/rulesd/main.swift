@@ -4,9 +4,9 @@ import RulesDaemon
 import SystemdSupport
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The rulesd daemon's command line.
@@ -98,7 +98,9 @@ struct RulesdCommand: AsyncParsableCommand {
                 ("max_file_bytes", maxFileBytes), ("metrics_listen", metricsListen),
             ]
             for (name, value) in options {
-                if let value { try settings.apply(name: name, value: value, origin: "--\(name.replacingUnderscores())") }
+                if let value {
+                    try settings.apply(name: name, value: value, origin: "--\(name.replacingUnderscores())")
+                }
             }
         } catch {
             throw ValidationError(error.description)

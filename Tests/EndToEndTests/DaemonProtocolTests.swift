@@ -4,32 +4,32 @@ import RulesTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Rules shared by the protocol tests.
 let protocolRules: [String: String] = [
     "flags.lua": """
-        flag "beta" { rule = function(ctx) if ctx.plan == "pro" then return "on" end end }
-        flag "color" {
-          variants = { red = "#f00", blue = { hex = "#00f" } }, default = "red",
-          rule = function(ctx) return ctx.color end,
-        }
-        flag "static" { }
-        flag "dark" { enabled = false, rule = function(ctx) return "on" end }
-        flag "boom" { rule = function(ctx) error("boom") end }
-        flag "clock" { rule = function(ctx) if now() >= 2000000000 then return "on" end end }
-        """,
+    flag "beta" { rule = function(ctx) if ctx.plan == "pro" then return "on" end end }
+    flag "color" {
+      variants = { red = "#f00", blue = { hex = "#00f" } }, default = "red",
+      rule = function(ctx) return ctx.color end,
+    }
+    flag "static" { }
+    flag "dark" { enabled = false, rule = function(ctx) return "on" end }
+    flag "boom" { rule = function(ctx) error("boom") end }
+    flag "clock" { rule = function(ctx) if now() >= 2000000000 then return "on" end end }
+    """,
     "routes.lua": """
-        route "api" { priority = 10, match = function(r) return starts_with(r.path, "/api/") end, target = "api-v2" }
-        route "broken" { priority = 5, match = function(r) return r.path == "/broken" and r.x.y end, target = "x" }
-        route "home" { match = function(r) return r.path == "/" end, target = function(r) return "web-" .. (r.method or "GET") end }
-        """,
+    route "api" { priority = 10, match = function(r) return starts_with(r.path, "/api/") end, target = "api-v2" }
+    route "broken" { priority = 5, match = function(r) return r.path == "/broken" and r.x.y end, target = "x" }
+    route "home" { match = function(r) return r.path == "/" end, target = function(r) return "web-" .. (r.method or "GET") end }
+    """,
     "config.lua": """
-        config "http.timeout_ms" (1500)
-        config "http.retries" (3)
-        config "db" { host = "db1", port = 5432 }
-        """,
+    config "http.timeout_ms" (1500)
+    config "http.retries" (3)
+    config "db" { host = "db1", port = 5432 }
+    """,
 ]
 
 @Suite("The socket protocol, against the real daemon")
@@ -73,7 +73,9 @@ struct DaemonProtocolTests {
     @Test("each evaluation reason is reported")
     func reasons() throws {
         let client = try daemon.connect()
-        #expect(try client.request(#"{"op":"flag","flag":"beta","context":{"plan":"free"}}"#)["result"]?["reason"] == "DEFAULT")
+        #expect(
+            try client.request(#"{"op":"flag","flag":"beta","context":{"plan":"free"}}"#)["result"]?["reason"]
+                == "DEFAULT")
         #expect(try client.request(#"{"op":"flag","flag":"static"}"#)["result"]?["reason"] == "STATIC")
         #expect(try client.request(#"{"op":"flag","flag":"dark"}"#)["result"]?["reason"] == "DISABLED")
     }
@@ -143,7 +145,10 @@ struct DaemonProtocolTests {
     @Test("config answers one key, or every key under a prefix, or CONFIG_NOT_FOUND")
     func config() throws {
         let client = try daemon.connect()
-        #expect(try client.request(#"{"op":"config","key":"db"}"#)["result"] == ["key": "db", "value": ["host": "db1", "port": 5432]])
+        #expect(
+            try client.request(#"{"op":"config","key":"db"}"#)["result"] == [
+                "key": "db", "value": ["host": "db1", "port": 5432],
+            ])
         #expect(
             try client.request(#"{"op":"config","prefix":"http."}"#)["result"]
                 == ["values": ["http.retries": 3, "http.timeout_ms": 1500]])
@@ -247,7 +252,9 @@ struct DaemonProtocolTests {
         outer: for _ in 0..<200_000 {
             var offset = 0
             while offset < line.count {
-                let n = line.withUnsafeBytes { Glibc.send(stuck.fd, $0.baseAddress! + offset, line.count - offset, Int32(MSG_NOSIGNAL)) }
+                let n = line.withUnsafeBytes {
+                    Glibc.send(stuck.fd, $0.baseAddress! + offset, line.count - offset, Int32(MSG_NOSIGNAL))
+                }
                 if n < 0 { break outer }
                 offset += n
             }
@@ -356,7 +363,9 @@ struct DaemonLifecycleTests {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(first.socketPath.utf8)) }
         _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         close(fd)
         try first.start()

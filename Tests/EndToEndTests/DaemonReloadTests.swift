@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A rule set whose flags must all agree with each other: every flag answers `set`.
@@ -107,7 +107,9 @@ struct DaemonReloadTests {
                         let variant = variants.first ?? "?"
                         seen.withLock { seen in
                             if let known = seen[generation], known != variant {
-                                problems.withLock { $0.append("generation \(generation) answered \(known) and \(variant)") }
+                                problems.withLock {
+                                    $0.append("generation \(generation) answered \(known) and \(variant)")
+                                }
                             }
                             seen[generation] = variant
                         }

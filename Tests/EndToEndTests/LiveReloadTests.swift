@@ -4,7 +4,7 @@ import RulesTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A rule file whose `marker` config value says which version of it is being served.
@@ -93,7 +93,8 @@ struct LiveReloadTests {
     func treeCopies() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1"), "b.lua": "flag \"b\" {}\n"])
         try daemon.start()
-        try FileSystemEdit.tarExtract(["a.lua": markedRules("v2"), "b.lua": "flag \"b\" { enabled = false }\n"], in: daemon.rulesDirectory)
+        try FileSystemEdit.tarExtract(
+            ["a.lua": markedRules("v2"), "b.lua": "flag \"b\" { enabled = false }\n"], in: daemon.rulesDirectory)
         #expect(daemon.waitForMarker("v2"))
         try FileSystemEdit.rsync(["a.lua": markedRules("v3"), "c/d.lua": "flag \"d\" {}\n"], in: daemon.rulesDirectory)
         #expect(daemon.waitForMarker("v3"))
@@ -118,7 +119,8 @@ struct LiveReloadTests {
     func directoriesReplaced() throws {
         let daemon = try DaemonHarness(rules: ["team/a.lua": markedRules("v1")])
         try daemon.start()
-        try FileSystemEdit.deleteAndRecreateDirectory(daemon.rulesDirectory + "/team", files: ["a.lua": markedRules("v2")])
+        try FileSystemEdit.deleteAndRecreateDirectory(
+            daemon.rulesDirectory + "/team", files: ["a.lua": markedRules("v2")])
         #expect(daemon.waitForMarker("v2"))
         try FileSystemEdit.replaceRootByRename(daemon.rulesDirectory, files: ["team/a.lua": markedRules("v3")])
         #expect(daemon.waitForMarker("v3"))
@@ -148,8 +150,12 @@ struct LiveReloadTests {
         let events = try EventLog(daemon)
         let content = markedRules("v2", flags: 3)
         let third = content.count / 3
-        let chunks = [String(content.prefix(third)), String(content.dropFirst(third).prefix(third)), String(content.dropFirst(2 * third))]
-        try await FileSystemEdit.slowWrite(daemon.rulesDirectory + "/a.lua", chunks: chunks, interval: .milliseconds(1500))
+        let chunks = [
+            String(content.prefix(third)), String(content.dropFirst(third).prefix(third)),
+            String(content.dropFirst(2 * third)),
+        ]
+        try await FileSystemEdit.slowWrite(
+            daemon.rulesDirectory + "/a.lua", chunks: chunks, interval: .milliseconds(1500))
         #expect(daemon.waitForMarker("v2"))
         // Whatever was seen meanwhile, no answer ever came from a half-written file.
         #expect(events.count("reloaded") >= 1)
@@ -160,8 +166,10 @@ struct LiveReloadTests {
     func eventFlood() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
         try daemon.start()
-        let queue = Int((try? String(contentsOfFile: "/proc/sys/fs/inotify/max_queued_events", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "16384") ?? 16384
+        let queue =
+            Int(
+                (try? String(contentsOfFile: "/proc/sys/fs/inotify/max_queued_events", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "16384") ?? 16384
         let junk = daemon.rulesDirectory + "/flood.lua"
         for index in 0..<(queue + 1000) {
             try FileSystemEdit.nanoInPlace.save("-- \(index)\n", to: "flood.lua", in: daemon.rulesDirectory)
@@ -176,7 +184,9 @@ struct LiveReloadTests {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
         try daemon.start()
         let events = try EventLog(daemon)
-        try FileSystemEdit.nanoInPlace.save("config \"marker\" (\"v2\")\nflag \"x\" {\n  rule = function(ctx)\n", to: "a.lua", in: daemon.rulesDirectory)
+        try FileSystemEdit.nanoInPlace.save(
+            "config \"marker\" (\"v2\")\nflag \"x\" {\n  rule = function(ctx)\n", to: "a.lua", in: daemon.rulesDirectory
+        )
         usleep(1_500_000)
         #expect(daemon.servedMarker() == "v1")
         #expect(events.count("reload_failed") == 1)
@@ -186,7 +196,8 @@ struct LiveReloadTests {
         try FileSystemEdit.touch(daemon.rulesDirectory + "/a.lua")
         usleep(800_000)
         #expect(events.count("reload_failed") == 1)
-        try FileSystemEdit.truncatedWrite(daemon.rulesDirectory + "/a.lua", content: markedRules("v3"), keepingBytes: 20)
+        try FileSystemEdit.truncatedWrite(
+            daemon.rulesDirectory + "/a.lua", content: markedRules("v3"), keepingBytes: 20)
         usleep(800_000)
         #expect(daemon.servedMarker() == "v1")
         try FileSystemEdit.vimRenameOnSave.save(markedRules("v4"), to: "a.lua", in: daemon.rulesDirectory)
@@ -232,7 +243,8 @@ struct LiveReloadTests {
         // A user namespace with a watch limit of 1: the watcher cannot watch the tree.
         let script = "echo 1 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""
         try daemon.start(
-            arguments: ["--poll-interval", "200ms"], launcher: ["/usr/bin/unshare", "--user", "--map-root-user", "/bin/sh", "-c", script])
+            arguments: ["--poll-interval", "200ms"],
+            launcher: ["/usr/bin/unshare", "--user", "--map-root-user", "/bin/sh", "-c", script])
         // The watcher starts right after the socket: give it a moment to find out.
         var mode: JSONValue?
         for _ in 0..<200 {

@@ -3,7 +3,7 @@ import RulesTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs rulesctl and returns its exit status and output.
@@ -36,21 +36,24 @@ struct RulesCtlOnlineTests {
 
     init() throws {
         daemon = try DaemonHarness()
-        examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        examples =
+            URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("config/rules.d").path
         try daemon.start(arguments: ["--rules", examples, "--watch", "off"])
     }
 
-    @Test("online and offline answers print identically, in both output forms", arguments: [
-        ["flag", "checkout.new-flow", "-c", "user=u-42", "-c", "plan=pro"],
-        ["flag", "checkout.new-flow", "-c", "user=u-7", "-c", "plan=enterprise", "-c", "country=DE"],
-        ["flags", "-c", "user=u-1", "-c", "plan=team", "--at", "2026-05-01T00:00:00Z"],
-        ["route", "-c", "path=/api/v2/users/7", "-c", "method=GET"],
-        ["route", "-c", "path=/nowhere"],
-        ["config", "http.timeout_ms"],
-        ["config", "--prefix", "http."],
-        ["flag", "no-such-flag"],
-    ])
+    @Test(
+        "online and offline answers print identically, in both output forms",
+        arguments: [
+            ["flag", "checkout.new-flow", "-c", "user=u-42", "-c", "plan=pro"],
+            ["flag", "checkout.new-flow", "-c", "user=u-7", "-c", "plan=enterprise", "-c", "country=DE"],
+            ["flags", "-c", "user=u-1", "-c", "plan=team", "--at", "2026-05-01T00:00:00Z"],
+            ["route", "-c", "path=/api/v2/users/7", "-c", "method=GET"],
+            ["route", "-c", "path=/nowhere"],
+            ["config", "http.timeout_ms"],
+            ["config", "--prefix", "http."],
+            ["flag", "no-such-flag"],
+        ])
     func onlineEqualsOffline(_ question: [String]) throws {
         for json in [false, true] {
             let extra = json ? ["--json"] : []

@@ -3,7 +3,7 @@ import RulesTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fake systemd notify socket: a datagram socket the test reads, at a path or an abstract name.
@@ -59,10 +59,13 @@ final class FakeNotifySocket {
 
 @Suite("systemd integration, without systemd as PID 1")
 struct SystemdTests {
-    @Test("notify: READY after loading, RELOADING with MONOTONIC_USEC then READY around reloads, STOPPING", arguments: [false, true])
+    @Test(
+        "notify: READY after loading, RELOADING with MONOTONIC_USEC then READY around reloads, STOPPING",
+        arguments: [false, true])
     func notifySequence(abstract: Bool) throws {
         let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
-        let address = abstract ? "@rulesd-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" : daemon.directory + "/notify"
+        let address =
+            abstract ? "@rulesd-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" : daemon.directory + "/notify"
         let notify = try FakeNotifySocket(address: address)
         try daemon.start(arguments: ["--watch", "off"], environment: ["NOTIFY_SOCKET": address])
         let ready = try #require(notify.next(with: "READY"))

@@ -2,7 +2,7 @@ import Foundation
 import RuleModel
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A real `rulesd` process on a temporary rules directory, socket and state directory.
@@ -207,7 +207,9 @@ public final class LineClient: @unchecked Sendable {
     public func sendBytes(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw HarnessError("send: \(String(cString: strerror(errno)))")

@@ -37,8 +37,10 @@ func uniqueAbstractName(_ purpose: String) -> String {
 
 /// Fills a `sockaddr_un` the way systemd does for its own notify socket, independently of the code
 /// under test: a path with its NUL, or a leading NUL and the name with nothing after it.
-func withTestAddress<Result>(path: String? = nil, abstract: String? = nil,
-                             _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+func withTestAddress<Result>(
+    path: String? = nil, abstract: String? = nil,
+    _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result
+) -> Result {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     let offset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
