@@ -27,6 +27,8 @@ public final class DaemonHarness: @unchecked Sendable {
         stateDirectory = directory + "/state"
         logPath = directory + "/rulesd.log"
         try FileManager.default.createDirectory(atPath: rulesDirectory, withIntermediateDirectories: true)
+        // One log file for the harness's life: restarts append to it, and its inode stays the same.
+        FileManager.default.createFile(atPath: logPath, contents: nil)
         for (path, content) in rules { try writeRule(path, content) }
     }
 
@@ -81,8 +83,8 @@ public final class DaemonHarness: @unchecked Sendable {
         env["LISTEN_PID"] = nil
         for (key, value) in environment { env[key] = value }
         process.environment = env
-        FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)
+        log?.seekToEndOfFile()
         process.standardOutput = log
         process.standardError = log
         try process.run()
