@@ -87,9 +87,10 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         merged.withLock { state in
             if let previous = state.info { registry.unregisterGauge(previous.gauge) }
             let gauge = registry.makeGauge(
-                name: "rulesd_rules_info",
-                labels: [("revision", ruleSet.revision.short), ("origin", generation.origin.rawValue)],
-                help: "The serving rule set: its revision and where it was loaded from")
+                descriptor: MetricNameDescriptor(
+                    metricName: "rulesd_rules", unitName: "info",
+                    helpText: "The serving rule set: its revision and where it was loaded from"),
+                labels: [("revision", ruleSet.revision.short), ("origin", generation.origin.rawValue)])
             gauge.set(Int64(1))
             state.info = (ruleSet.revision.short, gauge)
         }
