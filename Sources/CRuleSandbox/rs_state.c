@@ -114,15 +114,34 @@ void rs_mark_killed(lua_State *L, int reason) {
     lua_sethook(L, rs_hook, LUA_MASKCOUNT, 1);
 }
 
+/*
+ * How many instructions run between two hook calls. Some single instructions cost time in proportion to
+ * the size of their operands (comparing or hashing two huge strings), which the instruction budget cannot
+ * see; such operands need memory, so the bigger the state, the more often the hook looks at the clock.
+ * Ordinary rule sets stay well under the first threshold and keep the cheap interval.
+ */
+static int hook_interval_for(const rs_state *S) {
+    if (S->memory_in_use > (16u << 20)) return 10;
+    if (S->memory_in_use > (4u << 20)) return 100;
+    return RS_HOOK_INTERVAL;
+}
+
 static void rs_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     rs_state *S = rs_state_of(L);
     if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return;
     if (S->killed == RS_KILL_NONE) {
-        S->budget_left -= RS_HOOK_INTERVAL;
+        S->budget_left -= S->hook_interval;
         if (S->budget_left < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
         else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
-        else return;
+        else {
+            int interval = hook_interval_for(S);
+            if (interval != S->hook_interval) {
+                S->hook_interval = interval;
+                lua_sethook(L, rs_hook, LUA_MASKCOUNT, interval);
+            }
+            return;
+        }
     }
     rs_mark_killed(L, S->killed);
     rs_raise_kill(L);
@@ -171,7 +190,8 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
     S->steps_since_clock = 0;
     S->deadline_ns = rs_now_ns() + timeout_ns;
     /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
-    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
+    S->hook_interval = hook_interval_for(S);
+    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, S->hook_interval);
 }
 
 void rs_disarm(rs_state *S) {
@@ -180,6 +200,7 @@ void rs_disarm(rs_state *S) {
     S->current_key = NULL;
     S->current_key_len = 0;
     S->flag_depth = 0;
+    S->hook_interval = RS_HOOK_INTERVAL;
     lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
 }
 

@@ -113,6 +113,8 @@ struct rs_state {
     int phase;
     int killed;
     int64_t budget_left;
+    /* Instructions between two calls of the count hook on the running thread (see hook_interval_for). */
+    int hook_interval;
     /* Steps charged since the wall clock was last read: reading it on every charge would cost more than
      * most of the work charged (helpers charge a few steps per call). */
     uint64_t steps_since_clock;
