@@ -1,0 +1,114 @@
+import NIOCore
+import RuleModel
+import RulesProtocol
+import Testing
+
+@Suite("Request decoding")
+struct RequestDecoderTests {
+    private func decode(_ line: String) -> (Result<DecodedRequest, RequestDecodingFailure>, [UInt8]) {
+        var decoder = RequestDecoder()
+        let bytes = Array(line.utf8)
+        return (bytes.withUnsafeBytes { decoder.decode($0) }, bytes)
+    }
+
+    private func failure(_ line: String) -> ProtocolError? {
+        if case .failure(let failure) = decode(line).0 { return failure.error }
+        return nil
+    }
+
+    @Test("a flag request gives its key, context, time and id as ranges of the line")
+    func flagRequest() throws {
+        let (result, bytes) = decode(
+            #"{"id":[1,2],"op":"flag","flag":"checkout.new-flow","context":{"a":1},"at":12.5}"#)
+        let request = try result.get()
+        #expect(request.operation == .flag)
+        bytes.withUnsafeBytes { line in
+            #expect(request.flag(in: line) == "checkout.new-flow")
+            #expect(String(decoding: line[request.id!], as: UTF8.self) == "[1,2]")
+            #expect(String(decoding: line[request.context!], as: UTF8.self) == #"{"a":1}"#)
+        }
+        #expect(request.at == 12.5)
+    }
+
+    @Test("escaped member names and flag keys are decoded")
+    func escapes() throws {
+        let (result, bytes) = decode(#"{"o\u0070":"flag","flag":"caf\u00e9"}"#)
+        let request = try result.get()
+        bytes.withUnsafeBytes { #expect(request.flag(in: $0) == "café") }
+    }
+
+    @Test("every operation decodes", arguments: RequestOperation.allCases)
+    func operations(_ operation: RequestOperation) throws {
+        var line = #"{"op":"\#(operation.rawValue)""#
+        if operation == .flag { line += #","flag":"x""# }
+        if operation == .config { line += #","key":"x""# }
+        #expect(try decode(line + "}").0.get().operation == operation)
+    }
+
+    @Test("a line that is not a JSON object is a PARSE_ERROR")
+    func parseErrors() {
+        for line in ["not json", "[1]", #"{"op":"ping""#, #"{"op":"ping"} extra"#] {
+            #expect(failure(line)?.code == .parseError, "\(line)")
+        }
+    }
+
+    @Test("unknown ops, unknown fields, and missing or mistyped fields are INVALID_REQUEST, echoing the id")
+    func invalidRequests() {
+        let lines = [
+            #"{"op":"nope","id":1}"#, #"{"id":1}"#, #"{"op":7,"id":1}"#, #"{"op":"flag","id":1}"#,
+            #"{"op":"flag","flag":1,"id":1}"#, #"{"op":"flag","flag":"x","contxt":{},"id":1}"#,
+            #"{"op":"ping","flag":"x","id":1}"#, #"{"op":"route","request":"x","id":1}"#,
+            #"{"op":"config","id":1}"#, #"{"op":"config","key":"a","prefix":"b","id":1}"#,
+            #"{"op":"flag","flag":"x","at":"now","id":1}"#,
+        ]
+        for line in lines {
+            let (result, _) = decode(line)
+            guard case .failure(let failure) = result else {
+                Issue.record("accepted \(line)")
+                continue
+            }
+            #expect(failure.error.code == .invalidRequest, "\(line)")
+            #expect(failure.id != nil, "\(line)")
+        }
+    }
+
+    @Test("a null context or request is the same as none")
+    func nullObjects() throws {
+        let request = try decode(#"{"op":"flags","context":null}"#).0.get()
+        #expect(request.context == nil)
+    }
+}
+
+@Suite("Answer encoding")
+struct ResponseWriterTests {
+    @Test("a success line carries the id, revision, generation and result, and parses back")
+    func success() throws {
+        var buffer = ByteBufferStub.make()
+        let id = Array("7".utf8)
+        id.withUnsafeBytes { idBytes in
+            ResponseWriter.writeSuccess(
+                id: idBytes, header: ResponseWriter.successHeader(revision: "0123456789abcdef", generation: 3),
+                result: Array(#"{"x":1}"#.utf8), into: &buffer)
+        }
+        let line = String(buffer: buffer)
+        #expect(line == #"{"id":7,"ok":true,"revision":"0123456789abcdef","generation":3,"result":{"x":1}}"# + "\n")
+        let answer = try ProtocolAnswer(line: Array(line.utf8.dropLast()))
+        #expect(answer.ok)
+        #expect(answer.generation == 3)
+        #expect(answer.resultJSON == Array(#"{"x":1}"#.utf8))
+    }
+
+    @Test("a failure line carries the code, message, details and problems, and parses back")
+    func failure() throws {
+        var buffer = ByteBufferStub.make()
+        let error = ProtocolError(
+            .reloadFailed, "bad \"rules\"", details: ["route": "r"],
+            problems: [RuleDiagnostic(location: SourceLocation(file: "a.lua", line: 3), message: "oops")])
+        ResponseWriter.writeFailure(id: nil, error: error, into: &buffer)
+        let line = String(buffer: buffer)
+        #expect(line.hasSuffix("\n"))
+        let answer = try ProtocolAnswer(line: Array(line.utf8.dropLast()))
+        #expect(!answer.ok)
+        #expect(answer.error == error)
+    }
+}
