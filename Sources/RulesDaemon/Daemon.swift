@@ -193,11 +193,17 @@ struct ServerService: Service {
     let logger: Logger
 
     func run() async throws {
-        await withGracefulShutdownHandler {
-            await server.waitUntilClosed()
-        } onGracefulShutdown: {
-            logger.info("stopping: finishing in-flight requests")
-            notifier.stopping(status: "stopping")
+        // Graceful shutdown (SIGTERM) and cancellation (another service failed) both close the listener, so
+        // the wait below always ends.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await server.waitUntilClosed()
+            } onGracefulShutdown: {
+                logger.info("stopping: finishing in-flight requests")
+                notifier.stopping(status: "stopping")
+                server.stopAccepting()
+            }
+        } onCancel: {
             server.stopAccepting()
         }
         // The listener is closed; wait for the connections' drain before the group moves on.

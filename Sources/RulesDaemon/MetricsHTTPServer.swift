@@ -17,8 +17,23 @@ struct MetricsHTTPService: Service {
             throw StartupError("metrics_listen must be HOST:PORT, got \(address)")
         }
         let host = String(address[..<colon]).trimmingCharacters(in: ["[", "]"])
+        let channel: any Channel
+        do {
+            channel = try await bootstrap(host: host, port: port)
+        } catch {
+            throw StartupError("cannot serve metrics over HTTP on \(address): \(error)")
+        }
+        logger.info("serving metrics over HTTP", metadata: ["metrics.listen": "\(address)"])
+        await withGracefulShutdownHandler {
+            try? await channel.closeFuture.get()
+        } onGracefulShutdown: {
+            channel.close(promise: nil)
+        }
+    }
+
+    private func bootstrap(host: String, port: Int) async throws -> any Channel {
         let services = self.services
-        let channel = try await ServerBootstrap(group: group)
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -27,12 +42,6 @@ struct MetricsHTTPService: Service {
                 }
             }
             .bind(host: host, port: port).get()
-        logger.info("serving metrics over HTTP", metadata: ["metrics.listen": "\(address)"])
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
     }
 }
 
