@@ -87,22 +87,14 @@ private struct Walk {
     }
 
     mutating func visit(directory path: String, relative: String, depth: Int, ancestors: Set<DirectoryID>) {
-        guard let dir = opendir(path) else {
+        guard var names = DirectoryEntries.names(of: path) else {
             // A directory that vanished mid-scan is simply gone; anything else is reported.
             if errno != ENOENT && errno != ENOTDIR {
                 problems.append(reader.problem(relative, "cannot open directory: \(String(cString: strerror(errno)))"))
             }
             return
         }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name == "." || name == ".." || !RuleTreeReader.isVisible(name) { continue }
-            names.append(name)
-        }
+        names.removeAll { !RuleTreeReader.isVisible($0) }
         names.sort { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
         for name in names {
             let full = path.hasSuffix("/") ? path + name : path + "/" + name

@@ -1,5 +1,6 @@
 import CInotifyTools
 import Glibc
+import RuleModel
 import Synchronization
 
 /// The one inotify instance libinotifytools keeps per process, and who may use it.
@@ -167,16 +168,7 @@ enum InotifyLibrary {
     }
 
     private static func inotifyDescriptors() -> [Int32] {
-        guard let dir = opendir("/proc/self/fd") else { return [] }
-        defer { closedir(dir) }
-        var found: [Int32] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if let fd = Int32(name), isInotifyDescriptor(fd) { found.append(fd) }
-        }
-        return found
+        (DirectoryEntries.names(of: "/proc/self/fd") ?? []).compactMap(Int32.init).filter(isInotifyDescriptor)
     }
 
     private static func readLink(_ path: String) -> String? {

@@ -1,5 +1,6 @@
 import Glibc
 import RuleEngine
+import RuleModel
 
 /// A directory's identity, whatever path reaches it.
 struct DirectoryID: Hashable {
@@ -217,16 +218,7 @@ struct WatchRegistry {
 
     /// Names in a directory that the scanner would consider (not `.`-prefixed), unsorted.
     static func visibleEntries(of path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if RuleTreeReader.isVisible(name) { names.append(name) }
-        }
-        return names
+        (DirectoryEntries.names(of: path) ?? []).filter(RuleTreeReader.isVisible)
     }
 
     // MARK: - Events

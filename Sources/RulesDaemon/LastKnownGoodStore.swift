@@ -26,7 +26,7 @@ struct LastKnownGoodStore: Sendable {
         if readLink(current) == name { return }
         let final = root + "/" + name
         let staging = root + "/.staging-\(name.prefix(16))-\(getpid())"
-        removeTree(staging)
+        DirectoryEntries.removeTree(staging)
         try makeDirectories(staging)
         for source in sources {
             let path = staging + "/" + source.path
@@ -35,7 +35,7 @@ struct LastKnownGoodStore: Sendable {
         }
         try writeFile(staging + "/REVISION", Array((revision.hex + "\n").utf8))
         try syncDirectory(staging)
-        removeTree(final)
+        DirectoryEntries.removeTree(final)
         guard rename(staging, final) == 0 else { throw error("cannot move \(staging) to \(final)") }
         let link = root + "/.current-\(getpid())"
         unlink(link)
@@ -43,17 +43,8 @@ struct LastKnownGoodStore: Sendable {
         guard rename(link, current) == 0 else { throw error("cannot replace \(current)") }
         try syncDirectory(root)
         // Older copies are no longer needed once `current` points at the new one.
-        if let dir = opendir(root) {
-            defer { closedir(dir) }
-            var stale: [String] = []
-            while let entry = readdir(dir) {
-                let entryName = withUnsafeBytes(of: entry.pointee.d_name) {
-                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if entryName == "." || entryName == ".." || entryName == "current" || entryName == name { continue }
-                stale.append(entryName)
-            }
-            for entryName in stale { removeTree(root + "/" + entryName) }
+        for entryName in DirectoryEntries.names(of: root) ?? [] where entryName != "current" && entryName != name {
+            DirectoryEntries.removeTree(root + "/" + entryName)
         }
     }
 
@@ -109,27 +100,6 @@ struct LastKnownGoodStore: Sendable {
         let n = readlink(path, &buffer, buffer.count - 1)
         guard n > 0 else { return nil }
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    private func removeTree(_ path: String) {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return }
-        if (st.st_mode & S_IFMT) == S_IFDIR {
-            if let dir = opendir(path) {
-                var names: [String] = []
-                while let entry = readdir(dir) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                        String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-                    }
-                    if name != "." && name != ".." { names.append(name) }
-                }
-                closedir(dir)
-                for name in names { removeTree(path + "/" + name) }
-            }
-            rmdir(path)
-        } else {
-            unlink(path)
-        }
     }
 }
 

@@ -202,7 +202,7 @@ final class TemporaryDirectory {
     }
 
     deinit {
-        removeTree(path)
+        DirectoryEntries.removeTree(path)
     }
 
     /// Writes `content` at `relative`, creating the directories on the way.
@@ -239,27 +239,5 @@ final class TemporaryDirectory {
             let made = mkdir(prefix, 0o755) == 0 || errno == EEXIST
             try #require(made, "cannot create \(prefix)")
         }
-    }
-}
-
-/// Removes a directory tree without following symbolic links.
-private func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if (st.st_mode & S_IFMT) == S_IFDIR {
-        if let dir = opendir(path) {
-            var names: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(dir)
-            for name in names { removeTree(path + "/" + name) }
-        }
-        rmdir(path)
-    } else {
-        unlink(path)
     }
 }

@@ -1,5 +1,6 @@
 // Linux only, like the watcher these edits exercise.
 import Glibc
+import RuleModel
 
 /// A system call that failed while performing an edit.
 public struct FileSystemEditError: Error, CustomStringConvertible {
@@ -262,7 +263,7 @@ extension FileSystemEdit {
         try symlink(baseName(of: data), at: temporary)
         try rename(temporary, dataLink)
         var visible: Set<String> = []
-        for name in entries(of: root) where !name.hasPrefix(".") {
+        for name in DirectoryEntries.names(of: root) ?? [] where !name.hasPrefix(".") {
             visible.insert(name)
         }
         for key in files.keys.sorted() where !visible.contains(key) {
@@ -350,7 +351,7 @@ extension FileSystemEdit {
             throw FileSystemEditError(operation: "lstat", path: path, code: errno)
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            for name in entries(of: path) {
+            for name in DirectoryEntries.names(of: path) ?? [] {
                 try removeTree(join(path, name))
             }
             guard rmdir(path) == 0 || errno == ENOENT else {
@@ -506,19 +507,6 @@ extension FileSystemEdit {
             try chmod(join(data, key), 0o644)
         }
         return data
-    }
-
-    static func entries(of path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
     }
 
     static func randomSuffix(_ count: Int) -> String {
