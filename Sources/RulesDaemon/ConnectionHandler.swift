@@ -69,12 +69,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .tooLarge(let limit):
             waiting.removeAll()
-            ResponseWriter.writeFailure(
-                id: nil,
-                error: ProtocolError(
-                    .requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
-                into: &output)
-            closeAfterFlush(context: context, linger: true)
+            refuseTooLarge(limit: limit, context: context)
         case .line(let line):
             if busy || !waiting.isEmpty {
                 waiting.append(line)
@@ -93,26 +88,20 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func processLines(_ lines: ByteBuffer, context: ChannelHandlerContext) {
         let limit = services.settings.maxRequestBytes
         worker.beginBatch()
-        let consumed = RequestFrame.forEachLine(lines) { bytes, range in
+        RequestFrame.forEachLine(lines) { bytes, range in
             if closing { return false }
             if busy || !waiting.isEmpty {
                 waiting.append(lines.getSlice(at: lines.readerIndex + range.lowerBound, length: range.count)!)
                 return true
             }
             if bytes.count > limit {
-                ResponseWriter.writeFailure(
-                    id: nil,
-                    error: ProtocolError(
-                        .requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
-                    into: &output)
-                closeAfterFlush(context: context, linger: true)
+                refuseTooLarge(limit: limit, context: context)
                 return false
             }
             if bytes.isEmpty { return true }
             return process(bytes, context: context)
         }
         worker.endBatch()
-        _ = consumed
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -286,12 +275,7 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
             }
             if bytes.readableBytes > services.settings.maxRequestBytes {
-                ResponseWriter.writeFailure(
-                    id: nil,
-                    error: ProtocolError(
-                        .requestTooLarge, "request line longer than the limit; closing the connection"),
-                    into: &output)
-                closeAfterFlush(context: context, linger: true)
+                refuseTooLarge(limit: services.settings.maxRequestBytes, context: context)
                 return
             }
             if bytes.readableBytes == 0 { continue }
@@ -317,6 +301,15 @@ final class ConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let buffer = output
         output = context.channel.allocator.buffer(capacity: 4096)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Answers REQUEST_TOO_LARGE for a line over `limit` bytes and closes: the rest of the stream cannot be framed.
+    private func refuseTooLarge(limit: Int, context: ChannelHandlerContext) {
+        ResponseWriter.writeFailure(
+            id: nil,
+            error: ProtocolError(.requestTooLarge, "request line longer than \(limit) bytes; closing the connection"),
+            into: &output)
+        closeAfterFlush(context: context, linger: true)
     }
 
     private func closeIfDone(context: ChannelHandlerContext) {

@@ -52,12 +52,11 @@ extension Eval {
         func run() throws {
             let input = try context.input()
             let key = key
-            let answer = evaluate(try rules.directory()) { evaluator in
+            try printAnswer(rules, output) { evaluator in
                 Array(key.utf8).withUnsafeBytes { name in
                     input.json.withUnsafeBytes { ask(.flag(key: name, context: $0), evaluator, now: input.now) }
                 }
             }
-            try AnswerPrinter(json: output.json).emit(answer)
         }
     }
 
@@ -79,10 +78,9 @@ extension Eval {
 
         func run() throws {
             let input = try context.input()
-            let answer = evaluate(try rules.directory()) { evaluator in
+            try printAnswer(rules, output) { evaluator in
                 input.json.withUnsafeBytes { ask(.flags(context: $0), evaluator, now: input.now) }
             }
-            try AnswerPrinter(json: output.json).emit(answer)
         }
     }
 
@@ -108,10 +106,9 @@ extension Eval {
 
         func run() throws {
             let input = try request.input()
-            let answer = evaluate(try rules.directory()) { evaluator in
+            try printAnswer(rules, output) { evaluator in
                 input.json.withUnsafeBytes { ask(.route(request: $0), evaluator, now: input.now) }
             }
-            try AnswerPrinter(json: output.json).emit(answer)
         }
     }
 
@@ -151,10 +148,9 @@ extension Eval {
         func run() throws {
             let key = key
             let prefix = prefix
-            let answer = evaluate(try rules.directory()) { evaluator in
+            try printAnswer(rules, output) { evaluator in
                 ask(prefix.map { .configPrefix($0) } ?? .config(key: key ?? ""), evaluator, now: RuleClock.now())
             }
-            try AnswerPrinter(json: output.json).emit(answer)
         }
     }
 }
@@ -170,10 +166,12 @@ private func ask(_ question: RuleQuestion, _ evaluator: RuleEvaluator, now: Doub
     return .result(result)
 }
 
-/// Loads the rules, answers, and prints on standard error what rules logged on the way (rulesd would write those
-/// lines to its own log).
-private func evaluate(_ directory: String, _ question: @escaping (RuleEvaluator) -> Answer) -> Answer {
-    let (answer, logs) = OfflineRules.answer(directory) { _, evaluator in question(evaluator) }
+/// Loads the rules, answers, prints on standard error what rules logged on the way (rulesd would write those lines
+/// to its own log), then prints the answer.
+private func printAnswer(
+    _ rules: RulesOptions, _ output: OutputOptions, _ question: @escaping (RuleEvaluator) -> Answer
+) throws {
+    let (answer, logs) = OfflineRules.answer(try rules.directory()) { _, evaluator in question(evaluator) }
     Console.writeLines(OfflineRules.logLines(logs, style: TextStyle.detect(for: .standardError)), to: .standardError)
-    return answer
+    try AnswerPrinter(json: output.json).emit(answer)
 }
