@@ -22,10 +22,7 @@ struct ReloadBenchmark: ParsableCommand {
     var hammerReloads = 100
 
     func run() throws {
-        let binary =
-            rulesd
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("rulesd").path
+        let binary = BenchDaemon.binary(rulesd)
         print("reload: quiet window \(quietWindow) ms; medians of \(edits) edits (min-max)")
         for count in files.split(separator: ",").compactMap({ Int($0) }) {
             try measure(binary: binary, files: count)
@@ -164,6 +161,13 @@ final class BenchDaemon {
     }
 
     var pid: Int32 { process?.processIdentifier ?? 0 }
+
+    /// The rulesd binary to start: the one given, else the one built next to this program.
+    static func binary(_ given: String?) -> String {
+        given
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("rulesd").path
+    }
 
     /// Writes a file the way an editor's rename-on-save does (temporary, then rename).
     func write(_ path: String, _ content: String) throws {

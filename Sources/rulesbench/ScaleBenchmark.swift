@@ -50,10 +50,7 @@ struct ScaleBenchmark: ParsableCommand {
         print(
             "  one Lua state built and validated in \(Timing.format(builds[1], digits: 1)) ms (median of 3); it holds \(memory / 1024 / 1024) MiB"
         )
-        let binary =
-            rulesd
-            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("rulesd").path
+        let binary = BenchDaemon.binary(rulesd)
         if FileManager.default.fileExists(atPath: examples) {
             let daemon = try BenchDaemon(binary: binary, quietWindow: 300)
             try FileManager.default.removeItem(atPath: daemon.rules)

@@ -49,10 +49,7 @@ struct SocketBenchmark: ParsableCommand {
             for source in BenchmarkRules.sources {
                 try Data(source.content).write(to: URL(fileURLWithPath: rules + "/" + source.path))
             }
-            let binary =
-                rulesd
-                ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-                .appendingPathComponent("rulesd").path
+            let binary = BenchDaemon.binary(rulesd)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments =
