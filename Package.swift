@@ -26,6 +26,8 @@ let package = Package(
         // Every use of the Lua C API: sandboxed states, budgets, bounded library functions,
         // rule registration and evaluation, each entered from Swift through one protected call.
         .target(name: "CRuleSandbox", dependencies: ["CLua"]),
+        // epoll and eventfd from the C library, for the query socket's event loops.
+        .systemLibrary(name: "CEventPoll"),
         // Value types of the rule model and JSON; no C, no I/O.
         .target(name: "RuleModel"),
         // Loads rule directories into sandboxed Lua states and evaluates them.
@@ -67,6 +69,7 @@ let package = Package(
                 "RuleWatcher",
                 "RulesProtocol",
                 "SystemdSupport",
+                "CEventPoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -128,6 +131,14 @@ let package = Package(
                 "RuleModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        // The workers' event loop: tasks, timers and polled descriptors.
+        .testTarget(
+            name: "RulesDaemonTests",
+            dependencies: [
+                "RulesDaemon",
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // End to end: starts the real binaries on temporary sockets and rules directories.

@@ -122,7 +122,9 @@ public enum Daemon {
         if let address = settings.metricsListen {
             serviceList.append(
                 .init(
-                    service: MetricsHTTPService(address: address, services: services, group: pool.group, logger: logger)
+                    service: MetricsHTTPService(
+                        address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
+                        logger: logger)
                 ))
         }
         serviceList.append(

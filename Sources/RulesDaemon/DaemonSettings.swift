@@ -147,7 +147,7 @@ extension DaemonSettings {
         SettingSpec(name: "state_dir", help: "state directory (last known good rules)") { s, v throws(SettingsError) in
             s.stateDirectory = try nonEmpty(v)
         },
-        SettingSpec(name: "workers", help: "event-loop threads") { s, v throws(SettingsError) in
+        SettingSpec(name: "workers", help: "worker threads") { s, v throws(SettingsError) in
             s.workers = try integer(v, 1...256)
         },
         SettingSpec(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") {

@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOPosix
 import RulesProtocol
 import Synchronization
 import SystemdSupport
@@ -12,14 +11,14 @@ import SystemdSupport
 #endif
 
 /// The Unix-socket listener: binds (or adopts a socket-activated listener), accepts connections up to the
-/// limit, and drains them at shutdown.
+/// limit and deals them out to the workers' loops in turn, and drains them at shutdown.
 final class SocketServer: Sendable {
     private let settings: DaemonSettings
     private let services: DaemonServices
     private let pool: WorkerPool
     private let logger: Logger
     private let activatedSocket: CInt?
-    private let channel = Mutex<(any Channel)?>(nil)
+    private let listener = Mutex<QueryListener?>(nil)
     private let connections = ConnectionRegistry()
 
     /// - Parameter activatedSocket: a listening socket handed over by systemd, or nil to bind our own.
@@ -36,69 +35,55 @@ final class SocketServer: Sendable {
 
     /// Starts accepting connections.
     func start() async throws {
-        let bootstrap = ServerBootstrap(group: pool.group)
-            .serverChannelOption(.backlog, value: 1024)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { [services, pool, settings, connections] channel in
-                let open = services.openConnections.wrappingIncrementThenLoad(ordering: .relaxed)
-                channel.closeFuture.whenComplete { _ in
-                    services.openConnections.wrappingDecrement(ordering: .relaxed)
-                }
-                if open > settings.maxConnections {
-                    return Self.refuse(channel, limit: settings.maxConnections)
-                }
-                do {
-                    let worker = pool.worker(on: channel.eventLoop)
-                    let handler = ConnectionHandler(worker: worker, services: services, allocator: channel.allocator)
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(IdleStateHandler(readTimeout: TimeAmount(settings.idleTimeout)))
-                    try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maxLineBytes: settings.maxRequestBytes)))
-                    try sync.addHandler(handler)
-                    let key = ObjectIdentifier(channel)
-                    let drain = NIOLoopBound(handler, eventLoop: channel.eventLoop)
-                    let loop = channel.eventLoop
-                    connections.add(key) { loop.execute { drain.value.drainAndClose() } }
-                    channel.closeFuture.whenComplete { _ in connections.remove(key) }
-                    return channel.eventLoop.makeSucceededVoidFuture()
-                } catch {
-                    return channel.eventLoop.makeFailedFuture(error)
-                }
-            }
-        let server: any Channel
+        let descriptor: CInt
         if let activatedSocket {
-            server = try await bootstrap.withBoundSocket(activatedSocket).get()
+            descriptor = activatedSocket
+            _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(descriptor, F_SETFD, fcntl(descriptor, F_GETFD) | FD_CLOEXEC)
             logger.info("serving on the socket handed over by systemd", metadata: ["socket.fd": "\(activatedSocket)"])
         } else {
             try prepareSocketPath()
-            server = try await bootstrap.bind(unixDomainSocketPath: settings.socketPath).get()
-            try applyPermissions()
+            descriptor = try Self.bindListener(settings.socketPath)
+            do {
+                try applyPermissions()
+            } catch {
+                Glibc.close(descriptor)
+                unlink(settings.socketPath)
+                throw error
+            }
             logger.info(
                 "serving",
                 metadata: [
                     "socket.path": "\(settings.socketPath)", "socket.mode": "\(String(settings.socketMode, radix: 8))",
                 ])
         }
-        channel.withLock { $0 = server }
+        let listener = QueryListener(
+            descriptor: descriptor, pool: pool, services: services, connections: connections, logger: logger)
+        let started = try await pool.loops[0].submit { listener.start() }.get()
+        guard started else {
+            throw StartupError("cannot poll the listening socket: \(String(cString: strerror(errno)))")
+        }
+        self.listener.withLock { $0 = listener }
     }
 
     /// Waits until the listener is closed.
     func waitUntilClosed() async {
-        guard let server = channel.withLock({ $0 }) else { return }
-        try? await server.closeFuture.get()
+        guard let listener = listener.withLock({ $0 }) else { return }
+        try? await listener.closed.futureResult.get()
     }
 
     /// Closes the listener: no new connections. Queries that arrive meanwhile get ECONNREFUSED (or wait
     /// in systemd's socket when socket-activated).
     func stopAccepting() {
-        channel.withLock { $0 }?.close(promise: nil)
+        guard let listener = listener.withLock({ $0 }) else { return }
+        pool.loops[0].execute { listener.close() }
     }
 
     /// Stops accepting, lets every connection finish what it has read, and closes them; connections still
     /// busy after `timeout` are closed anyway. Removes the socket file if this process created it.
     func shutdown(timeout: Duration) async {
-        if let server = channel.withLock({ $0 }) {
-            try? await server.close()
+        if let listener = listener.withLock({ $0 }) {
+            try? await pool.loops[0].submit { listener.close() }.get()
         }
         for drain in connections.all() { drain() }
         let deadline = ContinuousClock.now + timeout
@@ -114,15 +99,31 @@ final class SocketServer: Sendable {
         if ownsSocketFile { unlink(settings.socketPath) }
     }
 
-    private static func refuse(_ channel: any Channel, limit: Int) -> EventLoopFuture<Void> {
-        var buffer = channel.allocator.buffer(capacity: 128)
-        ResponseWriter.writeFailure(
-            id: nil,
-            error: ProtocolError(
-                .tooManyConnections, "rulesd is serving its maximum of \(limit) connections; try again"),
-            into: &buffer)
-        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-        return channel.eventLoop.makeSucceededVoidFuture()
+    /// A listening, non-blocking Unix stream socket at `path`.
+    private static func bindListener(_ path: String) throws -> CInt {
+        var address = sockaddr_un()
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw StartupError(
+                "socket path \(path) is \(bytes.count) bytes; Unix sockets allow at most "
+                    + "\(MemoryLayout.size(ofValue: address.sun_path) - 1)")
+        }
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let descriptor = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard descriptor >= 0 else { throw StartupError("socket: \(String(cString: strerror(errno)))") }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0, listen(descriptor, 1024) == 0 else {
+            let reason = String(cString: strerror(errno))
+            Glibc.close(descriptor)
+            throw StartupError("cannot listen on \(path): \(reason)")
+        }
+        return descriptor
     }
 
     /// A socket file left behind by a crash is replaced; one that a live process still answers on is not.

@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOPosix
 import RuleEngine
 
 #if canImport(Glibc)
@@ -9,32 +8,28 @@ import RuleEngine
     import Darwin
 #endif
 
-/// The event-loop threads and the worker each of them owns.
+/// The worker threads (each a ``ServingEventLoop``) and the worker each of them owns.
 final class WorkerPool: Sendable {
-    let group: MultiThreadedEventLoopGroup
+    let loops: [ServingEventLoop]
     let eventLoops: [any EventLoop]
     private let workers: [NIOLoopBound<Worker>]
     private let counters: [WorkerCounters]
     private let indexes: [ObjectIdentifier: Int]
 
-    private init(
-        group: MultiThreadedEventLoopGroup, eventLoops: [any EventLoop], workers: [NIOLoopBound<Worker>],
-        counters: [WorkerCounters]
-    ) {
-        self.group = group
-        self.eventLoops = eventLoops
+    private init(loops: [ServingEventLoop], workers: [NIOLoopBound<Worker>], counters: [WorkerCounters]) {
+        self.loops = loops
+        self.eventLoops = loops
         self.workers = workers
         self.counters = counters
         var indexes: [ObjectIdentifier: Int] = [:]
-        for (index, loop) in eventLoops.enumerated() { indexes[ObjectIdentifier(loop)] = index }
+        for (index, loop) in loops.enumerated() { indexes[ObjectIdentifier(loop)] = index }
         self.indexes = indexes
     }
 
-    /// Starts `count` event-loop threads and creates each one's worker on its own thread.
+    /// Starts `count` worker threads and creates each one's worker on its own thread.
     static func start(count: Int, store: GenerationStore, logger: Logger) async throws -> WorkerPool {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
-        var loops: [any EventLoop] = []
-        for loop in group.makeIterator() { loops.append(loop) }
+        var loops: [ServingEventLoop] = []
+        for index in 0..<count { loops.append(try ServingEventLoop(name: "rulesd-worker-\(index)")) }
         var workers: [NIOLoopBound<Worker>] = []
         var counters: [WorkerCounters] = []
         for (index, loop) in loops.enumerated() {
@@ -53,7 +48,7 @@ final class WorkerPool: Sendable {
             workers.append(worker)
             counters.append(counter)
         }
-        return WorkerPool(group: group, eventLoops: loops, workers: workers, counters: counters)
+        return WorkerPool(loops: loops, workers: workers, counters: counters)
     }
 
     /// The worker of the event loop the caller runs on.
@@ -85,7 +80,7 @@ final class WorkerPool: Sendable {
     }
 
     func shutdown() async {
-        try? await group.shutdownGracefully()
+        for loop in loops { try? await loop.shutdownGracefully() }
     }
 }
 

@@ -1,5 +1,11 @@
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// One unit of input from a client connection.
 public enum RequestFrame: Sendable, Equatable {
     /// One or more complete lines, each ending in `\n` (the last byte of the buffer is a `\n`). Handing
@@ -18,8 +24,8 @@ public enum RequestFrame: Sendable, Equatable {
         buffer.withUnsafeReadableBytes { bytes in
             var start = 0
             while start < bytes.count {
-                let rest = UnsafeRawBufferPointer(rebasing: bytes[start...])
-                let end = rest.firstIndex(of: UInt8(ascii: "\n")).map { start + $0 } ?? bytes.count
+                let found = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
+                let end = found.map { UnsafeRawPointer($0) - bytes.baseAddress! } ?? bytes.count
                 var lineEnd = end
                 if lineEnd > start && bytes[lineEnd - 1] == UInt8(ascii: "\r") { lineEnd -= 1 }
                 let next = min(end + 1, bytes.count)
@@ -37,6 +43,9 @@ public enum RequestFrame: Sendable, Equatable {
 /// time. Once a line is too large, everything after it is discarded: the connection is about to close.
 /// Lines inside one ``RequestFrame/lines(_:)`` buffer are not measured here: the handler checks each
 /// line's length as it splits them (it has to look at every byte anyway).
+///
+/// Clients use it as a `ByteToMessageDecoder`; the daemon's connection handler calls ``nextFrame(_:)`` on
+/// each read itself, which spares every request a hop through a `ByteToMessageHandler`.
 public struct LineFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = RequestFrame
 
@@ -50,40 +59,52 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
         self.maxLineBytes = maxLineBytes
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    /// The next frame in `buffer`, consuming its bytes; nil when more input is needed. Call it with the same
+    /// growing buffer until it returns nil: the search for `\n` resumes where the last call left off.
+    public mutating func nextFrame(_ buffer: inout ByteBuffer) -> RequestFrame? {
         if discarding {
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            return .needMoreData
+            return nil
         }
         let view = buffer.readableBytesView
-        let lastNewline = view[(view.startIndex + searched)...].lastIndex(of: UInt8(ascii: "\n"))
-        guard let lastNewline else {
+        guard let lastNewline = view[(view.startIndex + searched)...].lastIndex(of: UInt8(ascii: "\n")) else {
             searched = view.count
             if view.count > maxLineBytes {
                 discarding = true
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-                context.fireChannelRead(wrapInboundOut(.tooLarge(limit: maxLineBytes)))
+                return .tooLarge(limit: maxLineBytes)
             }
-            return .needMoreData
+            return nil
         }
         searched = 0
-        let lines = buffer.readSlice(length: lastNewline - view.startIndex + 1)!
-        context.fireChannelRead(wrapInboundOut(.lines(lines)))
-        return .continue
+        return .lines(buffer.readSlice(length: lastNewline - view.startIndex + 1)!)
     }
 
-    public mutating func decodeLast(
-        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
-    ) throws -> DecodingState {
-        while try decode(context: context, buffer: &buffer) == .continue {}
+    /// The frames left in `buffer` at the end of the stream: complete lines, then a last unterminated line.
+    public mutating func lastFrames(_ buffer: inout ByteBuffer) -> [RequestFrame] {
+        var frames: [RequestFrame] = []
+        while let frame = nextFrame(&buffer) { frames.append(frame) }
         if !discarding, buffer.readableBytes > 0 {
             var line = buffer.readSlice(length: buffer.readableBytes)!
             if line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
                 line.moveWriterIndex(to: line.writerIndex - 1)
             }
             searched = 0
-            if line.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.line(line))) }
+            if line.readableBytes > 0 { frames.append(.line(line)) }
         }
+        return frames
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = nextFrame(&buffer) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(frame))
+        return frame == .tooLarge(limit: maxLineBytes) ? .needMoreData : .continue
+    }
+
+    public mutating func decodeLast(
+        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
+    ) throws -> DecodingState {
+        for frame in lastFrames(&buffer) { context.fireChannelRead(wrapInboundOut(frame)) }
         return .needMoreData
     }
 }

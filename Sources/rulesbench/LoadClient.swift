@@ -48,8 +48,9 @@ struct LoadClient {
         }
     }
 
-    /// Runs for `warmup` then `duration` seconds and reports the measured window.
-    func run(duration: Double, warmup: Double) throws -> Result {
+    /// Runs for `warmup` then `duration` seconds and reports the measured window; `measuring` is called
+    /// when that window opens (to sample the server's CPU time over the same window).
+    func run(duration: Double, warmup: Double, measuring onMeasureStart: () -> Void = {}) throws -> Result {
         var conns: [Connection] = []
         for index in 0..<connections {
             let fd = try Self.connect(socketPath)
@@ -81,6 +82,7 @@ struct LoadClient {
             if !measuring && now >= measureFrom {
                 measuring = true
                 cpuMeasureStart = Self.cpuSeconds()
+                onMeasureStart()
             }
             for index in conns.indices {
                 polls[index].events =

@@ -71,9 +71,12 @@ struct SocketBenchmark: ParsableCommand {
                     String(decoding: line, as: UTF8.self).replacingOccurrences(of: "\"context\":", with: "\"ctx\":")
                         .utf8)
             }
+            // "C+Lua" is the C server as shipped, its rules.lua computing the rollout hash in Lua; with "native
+            // hash" that hash is C code, as rulesd's split() is: the stricter reference of the two.
             for (name, path, arguments) in [
                 ("C echo", echo, [work + "/echo.sock"]),
-                ("C+Lua native hash", lua, [ceilings + "/rules.lua", "-H", "-S", work + "/lua.sock"]),
+                ("C+Lua", lua, [ceilings + "/rules.lua", "-S", work + "/lua.sock"]),
+                ("C+Lua native hash", lua, [ceilings + "/rules.lua", "-H", "-S", work + "/lua-native.sock"]),
             ] {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: path)
@@ -97,10 +100,12 @@ struct SocketBenchmark: ParsableCommand {
         for run in 1...runs {
             for (connections, depth) in parsed {
                 for server in servers {
-                    let cpuBefore = server.pid.map(processCPUSeconds) ?? 0
+                    var cpuBefore = 0.0
                     let client = LoadClient(
                         socketPath: server.socket, connections: connections, depth: depth, requests: server.requests)
-                    let result = try client.run(duration: duration, warmup: warmup)
+                    let result = try client.run(duration: duration, warmup: warmup) {
+                        cpuBefore = server.pid.map(processCPUSeconds) ?? 0
+                    }
                     let cpuAfter = server.pid.map(processCPUSeconds) ?? 0
                     let sample = Sample(
                         rps: result.requestsPerSecond, p50: result.percentile(0.5), p99: result.percentile(0.99),
@@ -115,7 +120,7 @@ struct SocketBenchmark: ParsableCommand {
                 }
             }
         }
-        print("socket: medians of \(runs) runs of \(duration) s (daemon CPU includes warm-up-free measured window)")
+        print("socket: medians of \(runs) runs of \(duration) s (server CPU over the measured window only)")
         for (connections, depth) in parsed {
             print("c=\(connections),P=\(depth)")
             let key = { (name: String) in "\(name) c=\(connections),P=\(depth)" }
@@ -133,7 +138,7 @@ struct SocketBenchmark: ParsableCommand {
                 print(line)
             }
             if let ours = results[key("rulesd")] {
-                for name in ["C+Lua native hash", "C echo"] {
+                for name in ["C+Lua", "C+Lua native hash", "C echo"] {
                     guard let theirs = results[key(name)] else { continue }
                     let throughput = zip(ours, theirs).map { $0.rps / $1.rps }.sorted()
                     let p50 = zip(ours, theirs).map { $0.p50 / $1.p50 }.sorted()

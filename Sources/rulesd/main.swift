@@ -28,7 +28,10 @@ struct RulesdCommand: AsyncParsableCommand {
     var socket: String?
     @Option(help: "Config file of `name = value` settings (default /etc/rulesd/rulesd.conf if it exists).")
     var config: String?
-    @Option(help: "Event-loop threads, each with its own Lua states (default: the number of cores).")
+    @Option(
+        help:
+            "Worker threads, each serving its share of the connections with its own Lua states (default: the number of cores)."
+    )
     var workers: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?

@@ -201,6 +201,28 @@ struct DaemonProtocolTests {
         #expect(try client.readLine() == nil)
     }
 
+    @Test("requests cut across writes at any byte are answered once their line is complete")
+    func splitAcrossWrites() throws {
+        let client = try daemon.connect()
+        let stream = (1...3).map { #"{"id":\#($0),"op":"flag","flag":"beta","context":{"plan":"pro"}}"# + "\n" }
+            .joined()
+        let bytes = Array(stream.utf8)
+        // Pieces of 7 bytes with a pause after each: every read ends inside a line, some reads finish one
+        // line and start the next.
+        var offset = 0
+        while offset < bytes.count {
+            let piece = bytes[offset..<min(offset + 7, bytes.count)]
+            try client.send(String(decoding: piece, as: UTF8.self))
+            offset += piece.count
+            usleep(2_000)
+        }
+        for id in 1...3 {
+            let answer = try client.readJSON()
+            #expect(answer["id"] == .integer(Int64(id)))
+            #expect(answer["result"]?["variant"] == "on")
+        }
+    }
+
     @Test("10,000 pipelined requests are answered in order")
     func pipelining() throws {
         let client = try daemon.connect()
@@ -268,6 +290,30 @@ struct DaemonProtocolTests {
 
 @Suite("Daemon limits and lifecycle")
 struct DaemonLifecycleTests {
+    @Test("clients that vanish with answers unread cost only their own connections")
+    func vanishingClients() throws {
+        let daemon = try DaemonHarness(rules: protocolRules)
+        try daemon.start()
+        let line = Array((#"{"op":"flags","context":{"plan":"pro"}}"# + "\n").utf8)
+        for _ in 0..<20 {
+            let client = try daemon.connect()
+            _ = fcntl(client.fd, F_SETFL, fcntl(client.fd, F_GETFL) | O_NONBLOCK)
+            var batch: [UInt8] = []
+            for _ in 0..<500 { batch += line }
+            _ = batch.withUnsafeBytes { Glibc.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            // The client goes away here, its answers unread: the daemon's next write fails.
+        }
+        let watcher = try daemon.connect()
+        var open = -1
+        for _ in 0..<100 {
+            open = try watcher.request(#"{"op":"status"}"#)["result"]?["connections"]?.intValue ?? -1
+            if open == 1 { break }
+            usleep(50_000)
+        }
+        #expect(open == 1, "connections still counted after their clients left")
+        #expect(try daemon.request(#"{"op":"flag","flag":"beta","context":{"plan":"pro"}}"#)["ok"] == true)
+    }
+
     @Test("a request line over the limit is answered REQUEST_TOO_LARGE, then the connection closes")
     func oversizeLine() throws {
         let daemon = try DaemonHarness(rules: protocolRules)
@@ -309,6 +355,21 @@ struct DaemonLifecycleTests {
         try daemon.start(arguments: ["--idle-timeout", "300ms"])
         let client = try daemon.connect()
         #expect(try client.request(#"{"op":"ping"}"#)["ok"] == true)
+        #expect(try client.readLine() == nil)
+    }
+
+    @Test("a connection that keeps asking is never idle, however long it lives")
+    func activityKeepsConnectionOpen() throws {
+        let daemon = try DaemonHarness(rules: protocolRules)
+        try daemon.start(arguments: ["--idle-timeout", "300ms"])
+        let client = try daemon.connect()
+        let started = Date()
+        var id = 0
+        while Date().timeIntervalSince(started) < 1.2 {
+            id += 1
+            #expect(try client.request(#"{"op":"ping","id":\#(id)}"#)["id"] == .integer(Int64(id)))
+            usleep(100_000)
+        }
         #expect(try client.readLine() == nil)
     }
 

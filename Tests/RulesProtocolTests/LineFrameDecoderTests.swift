@@ -69,6 +69,34 @@ struct LineFrameDecoderTests {
         #expect(lines(try readAll(channel)) == ["last:last"])
     }
 
+    @Test("called directly, nextFrame hands over complete lines and keeps the rest for the next read")
+    func directFraming() {
+        var framer = LineFrameDecoder(maxLineBytes: 64)
+        var buffer = ByteBuffer(string: "a\nbb\ncc")
+        var frames: [RequestFrame] = []
+        while let frame = framer.nextFrame(&buffer) { frames.append(frame) }
+        #expect(lines(frames) == ["a", "bb"])
+        #expect(String(buffer: buffer) == "cc")
+        buffer.writeString("c\r\nd")
+        frames = []
+        while let frame = framer.nextFrame(&buffer) { frames.append(frame) }
+        #expect(lines(frames) == ["ccc"])
+        #expect(lines(framer.lastFrames(&buffer)) == ["last:d"])
+    }
+
+    @Test("called directly, a partial line over the limit is refused once")
+    func directTooLarge() {
+        var framer = LineFrameDecoder(maxLineBytes: 8)
+        var buffer = ByteBuffer(string: "12345")
+        #expect(framer.nextFrame(&buffer) == nil)
+        buffer.writeString("67890")
+        #expect(framer.nextFrame(&buffer) == .tooLarge(limit: 8))
+        #expect(buffer.readableBytes == 0)
+        buffer.writeString("ok\n")
+        #expect(framer.nextFrame(&buffer) == nil)
+        #expect(framer.lastFrames(&buffer).isEmpty)
+    }
+
     @Test("forEachLine stops when asked and says where")
     func stopEarly() {
         var seen: [String] = []

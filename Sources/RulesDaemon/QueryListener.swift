@@ -1,0 +1,125 @@
+import CEventPoll
+import Logging
+import NIOCore
+import RulesProtocol
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The listening socket, polled by the first worker's loop: accepts connections, refuses those over the
+/// limit with an answer that says so, and deals the others out to the workers' loops in turn.
+final class QueryListener: EventPollSource, @unchecked Sendable {
+    private let descriptor: Int32
+    private let pool: WorkerPool
+    private let services: DaemonServices
+    private let connections: ConnectionRegistry
+    private let logger: Logger
+    private let loop: ServingEventLoop
+    /// Completed when the listener is closed.
+    let closed: EventLoopPromise<Void>
+    // Owned by `loop`: `@unchecked Sendable` only so that tasks can carry the reference there.
+    private var nextLoop = 0
+    private var isClosed = false
+    private var pausedUntilDescriptorsFree = false
+
+    init(
+        descriptor: Int32, pool: WorkerPool, services: DaemonServices, connections: ConnectionRegistry, logger: Logger
+    ) {
+        self.descriptor = descriptor
+        self.pool = pool
+        self.services = services
+        self.connections = connections
+        self.logger = logger
+        self.loop = pool.loops[0]
+        self.closed = pool.loops[0].makePromise(of: Void.self)
+    }
+
+    /// Starts polling the socket; on the first loop.
+    func start() -> Bool {
+        loop.register(descriptor, interest: RULESD_EPOLLIN, source: self)
+    }
+
+    /// Stops accepting and closes the socket; on the first loop.
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        if !pausedUntilDescriptorsFree { loop.deregister(descriptor) }
+        Glibc.close(descriptor)
+        closed.succeed(())
+    }
+
+    func ready(_ events: UInt32) {
+        for _ in 0..<64 where !isClosed && !pausedUntilDescriptorsFree {
+            let client = accept(descriptor, nil, nil)
+            if client < 0 {
+                switch errno {
+                case EINTR, ECONNABORTED: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // Out of descriptors: the pending connection stays in the backlog, and polling would
+                    // report it again at once. Look again in a moment instead of spinning.
+                    logger.error(
+                        "cannot accept a connection; retrying in 100 ms",
+                        metadata: ["error": "\(String(cString: strerror(errno)))"])
+                    pauseAccepting()
+                default: break
+                }
+                return
+            }
+            _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(client, F_SETFD, fcntl(client, F_GETFD) | FD_CLOEXEC)
+            accepted(client)
+        }
+    }
+
+    private func pauseAccepting() {
+        pausedUntilDescriptorsFree = true
+        loop.deregister(descriptor)
+        loop.assumeIsolated().scheduleTask(in: .milliseconds(100)) { [self] in
+            pausedUntilDescriptorsFree = false
+            if !isClosed { _ = loop.register(descriptor, interest: RULESD_EPOLLIN, source: self) }
+        }
+    }
+
+    private func accepted(_ client: Int32) {
+        let services = self.services
+        let limit = services.settings.maxConnections
+        if services.openConnections.wrappingIncrementThenLoad(ordering: .relaxed) > limit {
+            var answer = ByteBufferAllocator().buffer(capacity: 160)
+            ResponseWriter.writeFailure(
+                id: nil,
+                error: ProtocolError(
+                    .tooManyConnections, "rulesd is serving its maximum of \(limit) connections; try again"),
+                into: &answer)
+            // A fresh socket's send buffer is empty: the short answer goes out whole or not at all.
+            _ = answer.withUnsafeReadableBytes {
+                send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            }
+            Glibc.close(client)
+            services.openConnections.wrappingDecrement(ordering: .relaxed)
+            return
+        }
+        let target = pool.loops[nextLoop % pool.loops.count]
+        nextLoop &+= 1
+        let pool = self.pool
+        let connections = self.connections
+        target.execute {
+            let worker = pool.worker(on: target)
+            let key = ConnectionKey()
+            let connection = QueryConnection(
+                descriptor: client, loop: target, worker: worker, services: services,
+                onClose: {
+                    connections.remove(key.id)
+                    services.openConnections.wrappingDecrement(ordering: .relaxed)
+                })
+            let bound = NIOLoopBound(connection, eventLoop: target)
+            connections.add(key.id) { target.execute { bound.value.drainAndClose() } }
+            _ = connection.start()
+        }
+    }
+}
+
+/// A unique key for a connection in the ``ConnectionRegistry``, valid while the key object lives.
+final class ConnectionKey: Sendable {
+    var id: ObjectIdentifier { ObjectIdentifier(self) }
+}

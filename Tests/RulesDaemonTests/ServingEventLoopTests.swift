@@ -1,0 +1,171 @@
+import CEventPoll
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import RulesDaemon
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite("The workers' event loop")
+struct ServingEventLoopTests {
+    @Test("tasks handed in from other threads run on the loop's own thread, in order")
+    func executeRunsOnTheLoop() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        #expect(!loop.inEventLoop)
+        let seen = Mutex<[Int]>([])
+        let onLoop = Mutex<[Bool]>([])
+        for index in 0..<100 {
+            loop.execute {
+                seen.withLock { $0.append(index) }
+                onLoop.withLock { $0.append(loop.inEventLoop) }
+            }
+        }
+        let last = try await loop.submit { loop.inEventLoop }.get()
+        #expect(last)
+        #expect(seen.withLock { $0 } == Array(0..<100))
+        #expect(onLoop.withLock { $0 }.allSatisfy { $0 })
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("scheduled tasks run at their deadlines, earliest first, and not before")
+    func timersRunInDeadlineOrder() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let order = Mutex<[Int]>([])
+        let start = NIODeadline.now()
+        let late = loop.scheduleTask(in: .milliseconds(60)) { order.withLock { $0.append(60) } }
+        let early = loop.scheduleTask(in: .milliseconds(20)) { order.withLock { $0.append(20) } }
+        let middle = loop.scheduleTask(in: .milliseconds(40)) { order.withLock { $0.append(40) } }
+        try await early.futureResult.get()
+        #expect(NIODeadline.now() - start >= .milliseconds(20))
+        try await middle.futureResult.get()
+        try await late.futureResult.get()
+        #expect(order.withLock { $0 } == [20, 40, 60])
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("a cancelled task never runs and its future fails with cancelled")
+    func cancelledTimersDoNotRun() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let ran = Mutex(false)
+        let scheduled = loop.scheduleTask(in: .milliseconds(30)) { ran.withLock { $0 = true } }
+        scheduled.cancel()
+        await #expect(throws: EventLoopError.cancelled) { try await scheduled.futureResult.get() }
+        try await loop.scheduleTask(in: .milliseconds(60)) {}.futureResult.get()
+        #expect(!ran.withLock { $0 })
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("repeated tasks and promises work on it as on any NIO event loop")
+    func nioFacilities() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let count = Mutex(0)
+        let promise = loop.makePromise(of: Void.self)
+        let repeated = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(5)) { _ in
+            if count.withLock({
+                $0 += 1; return $0
+            }) == 3 {
+                promise.succeed(())
+            }
+        }
+        try await promise.futureResult.get()
+        repeated.cancel()
+        #expect(count.withLock { $0 } >= 3)
+        let value = try await loop.submit { 42 }.get()
+        #expect(value == 42)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("shutting down answers the callback and fails timers that will never fire")
+    func shutdownFailsPendingTimers() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let pending = loop.scheduleTask(in: .seconds(3600)) {}
+        let failure = Mutex<EventLoopError?>(nil)
+        // Registered before the shutdown: a stopped loop runs no more tasks.
+        pending.futureResult.whenFailure { error in failure.withLock { $0 = error as? EventLoopError } }
+        try await loop.shutdownGracefully()
+        #expect(failure.withLock { $0 } == .shutdown)
+    }
+
+    @Test("a registered descriptor is reported ready on the loop, and not after it is deregistered")
+    func pollsDescriptors() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
+        let ends = pair
+        defer {
+            close(ends[0])
+            close(ends[1])
+        }
+        let reader = CountingSource(descriptor: ends[0], loop: loop)
+        let registered = try await loop.submit { loop.register(ends[0], interest: RULESD_EPOLLIN, source: reader) }
+            .get()
+        #expect(registered)
+        _ = write(ends[1], "ping\n", 5)
+        try await reader.firstRead.futureResult.get()
+        #expect(reader.bytes.withLock { $0 } == Array("ping\n".utf8))
+        try await loop.submit { loop.deregister(ends[0]) }.get()
+        _ = write(ends[1], "more\n", 5)
+        try await loop.scheduleTask(in: .milliseconds(50)) {}.futureResult.get()
+        #expect(reader.bytes.withLock { $0 } == Array("ping\n".utf8))
+        try await loop.shutdownGracefully()
+    }
+}
+
+private final class CountingSource: EventPollSource, Sendable {
+    let descriptor: Int32
+    let bytes = Mutex<[UInt8]>([])
+    let firstRead: EventLoopPromise<Void>
+
+    init(descriptor: Int32, loop: ServingEventLoop) {
+        self.descriptor = descriptor
+        self.firstRead = loop.makePromise(of: Void.self)
+    }
+
+    func ready(_ events: UInt32) {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(descriptor, &buffer, buffer.count)
+        if count > 0 {
+            bytes.withLock { $0.append(contentsOf: buffer[0..<count]) }
+            firstRead.succeed(())
+        }
+    }
+}
+
+@Suite("The loop's timer heap")
+struct TimerHeapTests {
+    private func timer(_ milliseconds: Int64, _ sequence: UInt64) -> LoopTimer {
+        let timer = LoopTimer(
+            deadline: NIODeadline.uptimeNanoseconds(UInt64(milliseconds) * 1_000_000), run: {}, abandon: {})
+        timer.sequence = sequence
+        return timer
+    }
+
+    @Test("timers come out by deadline, then in the order they were scheduled, whatever was removed")
+    func ordering() {
+        var heap = TimerHeap()
+        var generator = SystemRandomNumberGenerator()
+        var timers: [LoopTimer] = []
+        for sequence in 0..<500 {
+            let item = timer(Int64.random(in: 1...50, using: &generator), UInt64(sequence))
+            timers.append(item)
+            heap.insert(item)
+        }
+        var removed = Set<ObjectIdentifier>()
+        for item in timers.shuffled().prefix(200) {
+            let first = heap.remove(item)
+            let second = heap.remove(item)
+            #expect(first)
+            #expect(!second)
+            removed.insert(ObjectIdentifier(item))
+        }
+        var out: [LoopTimer] = []
+        while let next = heap.popFirst() { out.append(next) }
+        let expected = timers.filter { !removed.contains(ObjectIdentifier($0)) }.sorted { $0.precedes($1) }
+        #expect(out.map { ObjectIdentifier($0) } == expected.map { ObjectIdentifier($0) })
+        #expect(heap.isEmpty)
+        #expect(heap.millisecondsUntilNext() == -1)
+    }
+}
