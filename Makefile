@@ -63,7 +63,7 @@ bench: deps
 	$(SWIFT) build -c release --product rulesd
 	$(SWIFT) build -c release --product rulesbench
 	.build/release/rulesbench engine --ceiling $(CEILINGS)/lua_ceiling.c --ceiling-rules $(CEILINGS)/rules.lua
-	.build/release/rulesbench socket --ceilings $(CEILINGS)
+	.build/release/rulesbench socket --ceilings $(CEILINGS) --workers default,1
 	.build/release/rulesbench reload
 	.build/release/rulesbench scale
 

@@ -53,14 +53,15 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
         for _ in 0..<64 where !isClosed && !pausedUntilDescriptorsFree {
             let client = accept(descriptor, nil, nil)
             if client < 0 {
-                switch errno {
+                let failure = errno
+                switch failure {
                 case EINTR, ECONNABORTED: continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     // Out of descriptors: the pending connection stays in the backlog, and polling would
                     // report it again at once. Look again in a moment instead of spinning.
                     logger.error(
                         "cannot accept a connection; retrying in 100 ms",
-                        metadata: ["error": "\(String(cString: strerror(errno)))"])
+                        metadata: ["error": "\(String(cString: strerror(failure)))"])
                     pauseAccepting()
                 default: break
                 }

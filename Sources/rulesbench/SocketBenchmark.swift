@@ -13,8 +13,12 @@ struct SocketBenchmark: ParsableCommand {
     var socket: String?
     @Option(help: "The rulesd binary to start (default: next to this program).")
     var rulesd: String?
-    @Option(help: "Worker threads of the started rulesd (default: the number of cores).")
-    var workers: Int?
+    @Option(
+        help: """
+            Worker threads of the started rulesd, comma-separated to start one rulesd per count, all measured in \
+            the same run; "default" is the daemon's own default (the number of cores).
+            """)
+    var workers = "default"
     @Option(help: "Configurations as CONNECTIONSxDEPTH, comma-separated.")
     var configs = "1x1,8x1,8x32"
     @Option(help: "Measured seconds per configuration and server.")
@@ -50,18 +54,25 @@ struct SocketBenchmark: ParsableCommand {
                 try Data(source.content).write(to: URL(fileURLWithPath: rules + "/" + source.path))
             }
             let binary = BenchDaemon.binary(rulesd)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments =
-                [
-                    "--rules", rules, "--socket", work + "/rulesd.sock", "--state-dir", work + "/state", "--watch",
-                    "off",
-                    "--log-level", "warning",
-                ] + (workers.map { ["--workers", String($0)] } ?? [])
-            try process.run()
-            children.append(process)
-            try waitForSocket(work + "/rulesd.sock")
-            servers.append(("rulesd", work + "/rulesd.sock", process.processIdentifier, ours))
+            let counts = workers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            for count in counts {
+                let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+                let name =
+                    count == "default"
+                    ? "rulesd (\(cores) workers)" : "rulesd (\(count) worker\(count == "1" ? "" : "s"))"
+                let socket = work + "/rulesd-\(count).sock"
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: binary)
+                process.arguments =
+                    [
+                        "--rules", rules, "--socket", socket, "--state-dir", work + "/state-\(count)", "--watch", "off",
+                        "--log-level", "warning",
+                    ] + (count == "default" ? [] : ["--workers", count])
+                try process.run()
+                children.append(process)
+                try waitForSocket(socket)
+                servers.append((name, socket, process.processIdentifier, ours))
+            }
         }
         if let echo = CeilingRunner.build(ceilings + "/echo_server.c", name: "echo_server", extra: []),
             let lua = CeilingRunner.build(ceilings + "/lua_ceiling.c", name: "lua_ceiling", extra: ["-llua5.4", "-lm"])
@@ -137,23 +148,25 @@ struct SocketBenchmark: ParsableCommand {
                 line += "  client CPU \(Timing.format(median.clientMicrosecondsPerRequest, digits: 2)) us/req"
                 print(line)
             }
-            if let ours = results[key("rulesd")] {
+            for daemon in servers where daemon.name.hasPrefix("rulesd") {
+                guard let ours = results[key(daemon.name)] else { continue }
                 for name in ["C+Lua", "C+Lua native hash", "C echo"] {
                     guard let theirs = results[key(name)] else { continue }
                     let throughput = zip(ours, theirs).map { $0.rps / $1.rps }.sorted()
                     let p50 = zip(ours, theirs).map { $0.p50 / $1.p50 }.sorted()
                     let p99 = zip(ours, theirs).map { $0.p99 / $1.p99 }.sorted()
                     print(
-                        "  rulesd / \(name): throughput \(Timing.format(throughput[throughput.count / 2], digits: 2))x, "
+                        "  \(daemon.name) / \(name): throughput \(Timing.format(throughput[throughput.count / 2], digits: 2))x, "
                             + "p50 \(Timing.format(p50[p50.count / 2], digits: 2))x, p99 \(Timing.format(p99[p99.count / 2], digits: 2))x (per-run ratios, median)"
                     )
                 }
             }
         }
-        if let pid = servers.first?.pid {
+        for daemon in servers where daemon.name.hasPrefix("rulesd") {
+            guard let pid = daemon.pid else { continue }
             print(
-                "rulesd resident memory: \(residentKiB(pid) / 1024) MiB (VmRSS), peak \(peakKiB(pid) / 1024) MiB (VmHWM)"
-            )
+                "\(daemon.name) resident memory: \(residentKiB(pid) / 1024) MiB (VmRSS), "
+                    + "peak \(peakKiB(pid) / 1024) MiB (VmHWM)")
         }
     }
 
