@@ -1,11 +1,10 @@
 #ifndef RULESD_CEVENTPOLL_SHIM_H
 #define RULESD_CEVENTPOLL_SHIM_H
-// epoll, eventfd and thread names, which Swift's Glibc module does not export. The helpers keep Swift away
+// epoll and eventfd, which Swift's Glibc module does not export. The helpers keep Swift away
 // from struct epoll_event, which is packed on x86-64.
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 
 static inline int rulesd_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
@@ -28,9 +27,6 @@ static inline int rulesd_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events
     }
     return count;
 }
-
-/// Names the calling thread (at most 15 bytes are kept), as `top -H` and /proc show it.
-static inline void rulesd_name_thread(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 static inline int rulesd_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import RuleEngine
 import Synchronization
 
 /// Watches a rules directory and says when to rescan it.
@@ -61,7 +62,7 @@ public final class RuleDirectoryWatcher: Sendable {
         // Nothing is signalled, not even a safety rescan, before the first watches are in place.
         core.beginRebuild()
         core.threadRunning.store(true, ordering: .releasing)
-        let launched = WatcherThread.start(name: "rules-watcher") {
+        let launched = DedicatedThread.start(name: "rules-watcher", stackBytes: WatcherThread.stackSize) {
             defer { core.threadRunning.store(false, ordering: .releasing) }
             WatchEngine(core: core, root: root).run()
         }
@@ -102,55 +103,8 @@ public final class RuleDirectoryWatcher: Sendable {
     var isEventReadingPaused: Bool { core.readingPauseObserved.load(ordering: .acquiring) }
 }
 
-/// Starts the dedicated thread with an explicit stack size (the watcher blocks; it must not run on the
-/// concurrency pool).
+/// The watcher's thread: it blocks, so it must not run on the concurrency pool.
 enum WatcherThread {
     /// Ample for the watcher's recursion (directory walks at most `maxDepth` deep, small frames).
     static let stackSize = 1 << 20
-
-    fileprivate final class Body: Sendable {
-        let name: String
-        let run: @Sendable () -> Void
-
-        init(name: String, run: @escaping @Sendable () -> Void) {
-            self.name = name
-            self.run = run
-        }
-    }
-
-    /// Starts a detached thread running `body`. Returns false when the thread could not be created.
-    static func start(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setstacksize(&attributes, stackSize)
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let context = Unmanaged.passRetained(Body(name: name, run: body)).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, &attributes, watcherThreadEntry, context)
-        guard result == 0 else {
-            Unmanaged<Body>.fromOpaque(context).release()
-            return false
-        }
-        return true
-    }
-
-    /// Names the calling thread for `top -H`, `ps -L` and core dumps. `pthread_setname_np` is not imported
-    /// without `_GNU_SOURCE`, so the name is written where it lives; a failure only costs the name.
-    fileprivate static func nameCurrentThread(_ name: String) {
-        let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        let bytes = Array(name.utf8.prefix(15))
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    }
-}
-
-/// The thread's entry point: takes back the body passed to `pthread_create` and runs it.
-private func watcherThreadEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
-    guard let context else { return nil }
-    let body = Unmanaged<WatcherThread.Body>.fromOpaque(context).takeRetainedValue()
-    WatcherThread.nameCurrentThread(body.name)
-    body.run()
-    return nil
 }

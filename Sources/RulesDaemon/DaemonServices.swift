@@ -216,7 +216,7 @@ final class DaemonServices: Sendable {
         object.append(("connections", .integer(Int64(openConnections.load(ordering: .relaxed)))))
         object.append(("watchers", .integer(Int64(watchHub.count))))
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))
-        object.append(("workers", .integer(Int64(pool.eventLoops.count))))
+        object.append(("workers", .integer(Int64(pool.loops.count))))
         object.append(("pid", .integer(Int64(getpid()))))
         object.append(("version", .string(Self.version)))
         return .object(JSONObject(object))

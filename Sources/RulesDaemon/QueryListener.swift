@@ -36,8 +36,10 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
     }
 
     /// Starts polling the socket; on the first loop.
-    func start() -> Bool {
-        loop.register(descriptor, interest: RULESD_EPOLLIN, source: self)
+    func start() throws {
+        guard loop.register(descriptor, interest: RULESD_EPOLLIN, source: self) else {
+            throw StartupError("cannot poll the listening socket: \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Stops accepting and closes the socket; on the first loop.

@@ -324,7 +324,7 @@ public final class ReloadCoordinator: Sendable {
     /// Compiles the rule set and one Lua state per worker, on the loader thread.
     private func build(_ sources: [RuleSource]) async -> Result<BuiltGeneration, RuleLoadFailure> {
         let limits = settings.limits
-        let loops = pool.eventLoops
+        let loops = pool.loops
         do {
             let built = try await loader.runIfActive { () throws -> BuiltGeneration in
                 let (ruleSet, first) = try RuleCompiler.compile(sources, limits: limits)

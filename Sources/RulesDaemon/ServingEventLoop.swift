@@ -2,6 +2,7 @@ import Atomics
 import CEventPoll
 import Dispatch
 import NIOCore
+import RuleEngine
 import Synchronization
 
 #if canImport(Glibc)
@@ -58,10 +59,15 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
         }
         _ = rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_ADD, wakeDescriptor, RULESD_EPOLLIN, Self.wakeToken)
         let started = Mutex(false)
-        try LoopThread.start(name: name, stackBytes: stackBytes) { [self] in
+        let launched = DedicatedThread.start(name: name, stackBytes: stackBytes) { [self] in
             ownerThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
             started.withLock { $0 = true }
             run()
+        }
+        guard launched else {
+            Glibc.close(wakeDescriptor)
+            Glibc.close(epoll)
+            throw StartupError("cannot start the worker thread \(name)")
         }
         while !started.withLock({ $0 }) { sched_yield() }
     }
@@ -161,9 +167,10 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
         var masks = [UInt32](repeating: 0, count: 64)
         while true {
             runQueuedTasks()
-            runDueTimers()
+            let now = NIODeadline.now()
+            runDueTimers(now: now)
             if stopRequested.load(ordering: .sequentiallyConsistent) { break }
-            let timeout: Int32 = queued.withLock { $0.isEmpty } ? timers.millisecondsUntilNext() : 0
+            let timeout: Int32 = queued.withLock { $0.isEmpty } ? timers.millisecondsUntilNext(now: now) : 0
             let count = tokens.withUnsafeMutableBufferPointer { tokens in
                 masks.withUnsafeMutableBufferPointer { masks in
                     rulesd_epoll_wait(epoll, tokens.baseAddress, masks.baseAddress, 64, timeout)
@@ -202,9 +209,7 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
         for task in tasks { task() }
     }
 
-    private func runDueTimers() {
-        guard !timers.isEmpty else { return }
-        let now = NIODeadline.now()
+    private func runDueTimers(now: NIODeadline) {
         while let timer = timers.first, timer.deadline <= now {
             _ = timers.popFirst()
             timer.run()
@@ -274,10 +279,10 @@ struct TimerHeap {
         return true
     }
 
-    /// Milliseconds until the next deadline, rounded up; -1 (wait for ever) without timers.
-    func millisecondsUntilNext() -> Int32 {
+    /// Milliseconds from `now` until the next deadline, rounded up; -1 (wait for ever) without timers.
+    func millisecondsUntilNext(now: NIODeadline) -> Int32 {
         guard let next = items.first else { return -1 }
-        let nanoseconds = next.deadline.uptimeNanoseconds &- NIODeadline.now().uptimeNanoseconds
+        let nanoseconds = next.deadline.uptimeNanoseconds &- now.uptimeNanoseconds
         if Int64(bitPattern: nanoseconds) <= 0 { return 0 }
         return Int32(clamping: (nanoseconds + 999_999) / 1_000_000)
     }
@@ -309,39 +314,5 @@ struct TimerHeap {
         items.swapAt(a, b)
         items[a].heapIndex = a
         items[b].heapIndex = b
-    }
-}
-
-/// Starts a detached thread with a given stack size and name.
-enum LoopThread {
-    private final class Body {
-        let name: String
-        let run: () -> Void
-        init(name: String, run: @escaping () -> Void) {
-            self.name = name
-            self.run = run
-        }
-    }
-
-    static func start(name: String, stackBytes: Int, _ run: @escaping () -> Void) throws {
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setstacksize(&attributes, stackBytes)
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let body = Unmanaged.passRetained(Body(name: name, run: run)).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(
-            &thread, &attributes,
-            { argument in
-                let body = Unmanaged<Body>.fromOpaque(argument!).takeRetainedValue()
-                rulesd_name_thread(body.name)
-                body.run()
-                return nil
-            }, body)
-        guard result == 0 else {
-            Unmanaged<Body>.fromOpaque(body).release()
-            throw StartupError("cannot start a worker thread: \(String(cString: strerror(result)))")
-        }
     }
 }

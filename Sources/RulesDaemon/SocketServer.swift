@@ -59,10 +59,7 @@ final class SocketServer: Sendable {
         }
         let listener = QueryListener(
             descriptor: descriptor, pool: pool, services: services, connections: connections, logger: logger)
-        let started = try await pool.loops[0].submit { listener.start() }.get()
-        guard started else {
-            throw StartupError("cannot poll the listening socket: \(String(cString: strerror(errno)))")
-        }
+        try await pool.loops[0].submit { try listener.start() }.get()
         self.listener.withLock { $0 = listener }
     }
 

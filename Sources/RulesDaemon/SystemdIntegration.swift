@@ -45,9 +45,9 @@ struct WatchdogService: Service {
 
     func run() async throws {
         let period = settings.pingPeriod
-        let heartbeats = pool.eventLoops.map { _ in ManagedAtomic<UInt64>(Self.now()) }
+        let heartbeats = pool.loops.map { _ in ManagedAtomic<UInt64>(Self.now()) }
         var tasks: [RepeatedTask] = []
-        for (index, loop) in pool.eventLoops.enumerated() {
+        for (index, loop) in pool.loops.enumerated() {
             let heartbeat = heartbeats[index]
             tasks.append(
                 loop.scheduleRepeatedTask(initialDelay: .zero, delay: TimeAmount(period / 4)) { _ in

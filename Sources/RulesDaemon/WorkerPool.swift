@@ -11,14 +11,12 @@ import RuleEngine
 /// The worker threads (each a ``ServingEventLoop``) and the worker each of them owns.
 final class WorkerPool: Sendable {
     let loops: [ServingEventLoop]
-    let eventLoops: [any EventLoop]
     private let workers: [NIOLoopBound<Worker>]
     private let counters: [WorkerCounters]
     private let indexes: [ObjectIdentifier: Int]
 
     private init(loops: [ServingEventLoop], workers: [NIOLoopBound<Worker>], counters: [WorkerCounters]) {
         self.loops = loops
-        self.eventLoops = loops
         self.workers = workers
         self.counters = counters
         var indexes: [ObjectIdentifier: Int] = [:]
@@ -58,7 +56,7 @@ final class WorkerPool: Sendable {
 
     /// Makes every worker adopt the newest generation now rather than at its next request.
     func refreshAll() {
-        for (index, loop) in eventLoops.enumerated() {
+        for (index, loop) in loops.enumerated() {
             let worker = workers[index]
             loop.execute { worker.value.refresh() }
         }
@@ -70,7 +68,7 @@ final class WorkerPool: Sendable {
     /// Each worker's metrics, copied on its own thread.
     func metricsSnapshots() async -> [WorkerMetricsSnapshot] {
         var snapshots: [WorkerMetricsSnapshot] = []
-        for (index, loop) in eventLoops.enumerated() {
+        for (index, loop) in loops.enumerated() {
             let worker = workers[index]
             if let snapshot = try? await loop.submit({ worker.value.metrics.snapshot() }).get() {
                 snapshots.append(snapshot)

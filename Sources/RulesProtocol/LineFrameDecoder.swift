@@ -98,7 +98,8 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let frame = nextFrame(&buffer) else { return .needMoreData }
         context.fireChannelRead(wrapInboundOut(frame))
-        return frame == .tooLarge(limit: maxLineBytes) ? .needMoreData : .continue
+        if case .tooLarge = frame { return .needMoreData }
+        return .continue
     }
 
     public mutating func decodeLast(

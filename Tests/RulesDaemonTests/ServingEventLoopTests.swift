@@ -166,6 +166,6 @@ struct TimerHeapTests {
         let expected = timers.filter { !removed.contains(ObjectIdentifier($0)) }.sorted { $0.precedes($1) }
         #expect(out.map { ObjectIdentifier($0) } == expected.map { ObjectIdentifier($0) })
         #expect(heap.isEmpty)
-        #expect(heap.millisecondsUntilNext() == -1)
+        #expect(heap.millisecondsUntilNext(now: .now()) == -1)
     }
 }
