@@ -60,7 +60,20 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // The daemon: workers, generations, reloads, the socket server, metrics.
+        // The query-serving core: the workers' epoll event loops, the listener, and each connection's state
+        // machine. Knows nothing of rules or reloads beyond the QueryBackend protocol the daemon implements.
+        .target(
+            name: "QueryServing",
+            dependencies: [
+                "CEventPoll",
+                "RuleEngine",
+                "RulesProtocol",
+                "SystemdSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The daemon: workers, generations, reloads, settings, metrics, systemd glue; serves through QueryServing.
         .target(
             name: "RulesDaemon",
             dependencies: [
@@ -69,7 +82,7 @@ let package = Package(
                 "RuleWatcher",
                 "RulesProtocol",
                 "SystemdSupport",
-                "CEventPoll",
+                "QueryServing",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -133,7 +146,17 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        // The workers' event loop: tasks, timers and polled descriptors.
+        // The serving core over socketpairs: the event loop, the connection state machine, the registry.
+        .testTarget(
+            name: "QueryServingTests",
+            dependencies: [
+                "QueryServing",
+                "RulesProtocol",
+                "SystemdSupport",
+                "CEventPoll",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "RulesDaemonTests",
             dependencies: [

@@ -26,22 +26,51 @@ public enum DedicatedThread {
         }
     }
 
+    /// A started thread, to tell whether code runs on it.
+    public struct Handle: Sendable {
+        fileprivate let thread: pthread_t
+
+        /// Whether the caller runs on this thread.
+        public var isCurrent: Bool { pthread_equal(pthread_self(), thread) != 0 }
+    }
+
     /// Starts a detached thread named `name` (at most 15 bytes are kept) running `body` on a stack of
-    /// `stackBytes`. Returns false when the thread could not be created.
-    public static func start(name: String, stackBytes: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
+    /// `stackBytes`.
+    /// - Returns: the thread, or nil when it could not be created.
+    @discardableResult
+    public static func start(name: String, stackBytes: Int, _ body: @escaping @Sendable () -> Void) -> Handle? {
+        create(name: name, stackBytes: stackBytes, detached: true, body)
+    }
+
+    /// Runs `body` on a new thread named `name` with a stack of `stackBytes` and waits for its result; runs
+    /// it on the calling thread when no thread can be created.
+    public static func run<T>(name: String, stackBytes: Int, _ body: @escaping () -> T) -> T {
+        nonisolated(unsafe) var result: T?
+        nonisolated(unsafe) let work = body
+        // The caller waits for the thread to end (pthread_join), so the result is never shared concurrently.
+        guard let handle = create(name: name, stackBytes: stackBytes, detached: false, { result = work() }) else {
+            return body()
+        }
+        pthread_join(handle.thread, nil)
+        return result!
+    }
+
+    private static func create(
+        name: String, stackBytes: Int, detached: Bool, _ body: @escaping @Sendable () -> Void
+    ) -> Handle? {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
         pthread_attr_setstacksize(&attributes, stackBytes)
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        if detached { pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED)) }
         let context = Unmanaged.passRetained(Body(name: name, run: body)).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(&thread, &attributes, dedicatedThreadEntry, context)
         guard result == 0 else {
             Unmanaged<Body>.fromOpaque(context).release()
-            return false
+            return nil
         }
-        return true
+        return Handle(thread: thread)
     }
 
     /// Names the calling thread for `top -H`, `ps -L` and core dumps. `pthread_setname_np` is not imported

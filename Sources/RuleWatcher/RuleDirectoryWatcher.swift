@@ -66,7 +66,7 @@ public final class RuleDirectoryWatcher: Sendable {
             defer { core.threadRunning.store(false, ordering: .releasing) }
             WatchEngine(core: core, root: root).run()
         }
-        guard launched else {
+        guard launched != nil else {
             core.threadRunning.store(false, ordering: .releasing)
             core.logger.info("cannot start the rules watcher thread; the change stream ends")
             continuation.finish()

@@ -1,51 +1,247 @@
 import Logging
 import NIOCore
 import NIOPosix
+import QueryServing
 import RuleEngine
 import RuleModel
 import RuleWatcher
 import ServiceLifecycle
+import Synchronization
 import SystemdSupport
 import UnixSignals
 
 #if canImport(Glibc)
     import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
-/// rulesd: loads the rules, serves the socket, reloads on change, shuts down cleanly.
+/// rulesd's entry point: the daemon as the one service of a `ServiceGroup` that stops it gracefully on
+/// SIGTERM and SIGINT.
 public enum Daemon {
     /// Runs the daemon until SIGTERM or SIGINT.
-    /// - Returns: the process exit status: 0 after a clean shutdown, 1 when the rules cannot be loaded at start.
     /// - Parameters:
+    ///   - settings: the daemon's settings.
     ///   - notifier: systemd's notify socket, or nothing.
     ///   - activatedSocket: a listening socket handed over by systemd, or nil to bind `settings.socketPath`.
     ///   - watchdog: systemd's watchdog settings, when it watches this process.
+    ///   - logger: where everything is logged, start-up failures included.
+    /// - Returns: the process exit status: 0 after a clean shutdown, 1 when rulesd could not start (or a
+    ///   serving loop failed).
     public static func run(
         settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?,
         watchdog: WatchdogSettings? = nil, logger: Logger
-    ) async throws -> Int32 {
-        // Trap the signals before anything can be asked of the daemon: their default action would end the
+    ) async -> Int32 {
+        let daemon = DaemonService(
+            settings: settings, notifier: notifier, activatedSocket: activatedSocket, watchdog: watchdog,
+            logger: logger)
+        // The group traps SIGTERM and SIGINT before the daemon starts: their default action would end the
         // process at once (a SIGTERM right after READY=1 must still be a graceful stop).
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+            logger.info("stopped")
+            return 0
+        } catch let failure as DaemonStartupFailure {
+            failure.log(to: logger)
+            return 1
+        } catch {
+            logger.critical("rulesd stopped on an error", metadata: ["error": "\(error)"])
+            return 1
+        }
+    }
+}
+
+/// Why the daemon could not start (or had to stop), as it is logged.
+public struct DaemonStartupFailure: Error, CustomStringConvertible {
+    public var message: String
+    /// Rule problems behind it, each at `file:line`.
+    public var diagnostics: [RuleDiagnostic]
+    var metadata: Logger.Metadata
+
+    init(_ message: String, diagnostics: [RuleDiagnostic] = [], metadata: Logger.Metadata = [:]) {
+        self.message = message
+        self.diagnostics = diagnostics
+        self.metadata = metadata
+    }
+
+    public var description: String {
+        ([message] + diagnostics.map { "  \($0)" }).joined(separator: "\n")
+    }
+
+    func log(to logger: Logger) {
+        for diagnostic in diagnostics {
+            logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
+        }
+        logger.critical("\(message)", metadata: metadata)
+    }
+}
+
+/// rulesd as a swift-service-lifecycle `Service`: loads the rules, serves the socket, reloads on change, and
+/// on graceful shutdown stops accepting, finishes what it has read and stops.
+///
+/// Its parts run as services of an inner group, started in dependency order and stopped in reverse: reloads
+/// first up and last down, the socket server last up and first down. The worker loops and the loader thread
+/// are started before the group and released once, after it, whatever way the daemon ends.
+public struct DaemonService: Service {
+    let settings: DaemonSettings
+    let notifier: LifecycleNotifier
+    let activatedSocket: CInt?
+    let watchdog: WatchdogSettings?
+    let logger: Logger
+    let onReady: (@Sendable (ServingGeneration) -> Void)?
+
+    /// - Parameter onReady: the readiness hook: called once the first rules serve and the socket accepts
+    ///   connections (after systemd was told READY=1).
+    public init(
+        settings: DaemonSettings, notifier: LifecycleNotifier, activatedSocket: CInt?, watchdog: WatchdogSettings?,
+        logger: Logger, onReady: (@Sendable (ServingGeneration) -> Void)? = nil
+    ) {
+        self.settings = settings
+        self.notifier = notifier
+        self.activatedSocket = activatedSocket
+        self.watchdog = watchdog
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        // SIGHUP is trapped before anything can be asked of the daemon: its default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let stops = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let store = GenerationStore()
-        let pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger)
+        let loopFailure = Mutex<Error?>(nil)
+        let shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let pool: WorkerPool
+        do {
+            pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger) {
+                [logger] error in
+                logger.critical("a serving loop stopped", metadata: ["error": "\(error)"])
+                loopFailure.withLock { $0 = error }
+                shutdownRequests.continuation.yield()
+            }
+        } catch {
+            throw DaemonStartupFailure("cannot start the worker threads: \(error)")
+        }
         let loader = NIOThreadPool(numberOfThreads: 1)
         loader.start()
+        var outcome: Error?
+        do {
+            try await serve(
+                store: store, pool: pool, loader: loader, hangups: hangups, shutdownRequests: shutdownRequests.stream)
+        } catch {
+            outcome = error
+        }
+        // The one clean-up, for every way out.
+        await pool.shutdown()
+        try? await loader.shutdownGracefully()
+        if let outcome { throw outcome }
+        if let failure = loopFailure.withLock({ $0 }) {
+            throw DaemonStartupFailure("a serving loop stopped: \(failure)")
+        }
+    }
+
+    private func serve(
+        store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool, hangups: UnixSignalsSequence,
+        shutdownRequests: AsyncStream<Void>
+    ) async throws {
         let watchHub = WatchHub()
         let metrics = DaemonMetrics()
         let reloads = ReloadCoordinator(
             settings: settings, store: store, pool: pool, loader: loader, watchHub: watchHub, notifier: notifier,
             reloadMetrics: metrics, logger: logger)
-
         logger.info(
             "starting",
             metadata: [
                 "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
                 "version": "\(DaemonServices.version)",
             ])
+        let initial = try await loadInitialRules(reloads)
+        if Task.isShuttingDownGracefully { return }
+
+        let services = DaemonServices(
+            settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
+            socketMode: reloadAccess.mode, reloadGroup: reloadAccess.group, logger: logger)
+        let server = QueryServer(
+            configuration: QueryServerConfiguration(
+                socketPath: settings.socketPath, socketMode: settings.socketMode, socketGroup: try socketGroupID(),
+                activatedSocket: activatedSocket, limits: services.connectionLimits),
+            loops: pool.loops, backend: services, connections: services.connections, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            throw DaemonStartupFailure("\(error)")
+        }
+        notifier.ready(status: reloads.statusLine(initial, failure: reloads.lastReload?.failure))
+        onReady?(initial)
+
+        let watcher =
+            settings.watchMode == "off"
+            ? nil : RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
+        services.attach(watcher: watcher)
+        defer { watcher?.stop() }
+
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: parts(
+                    reloads: reloads, hangups: hangups, watcher: watcher, pool: pool, services: services,
+                    server: server),
+                gracefulShutdownSignals: [], logger: logger))
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                // A serving loop that failed stops the daemon as a signal would.
+                tasks.addTask {
+                    for await _ in shutdownRequests {
+                        await group.triggerGracefulShutdown()
+                        return
+                    }
+                }
+                try await tasks.next()
+                tasks.cancelAll()
+            }
+        } onGracefulShutdown: {
+            Task { await group.triggerGracefulShutdown() }
+        }
+    }
+
+    /// The daemon's parts, in start order (stopped in reverse: the server stops accepting first, reloads stop
+    /// last).
+    private func parts(
+        reloads: ReloadCoordinator, hangups: UnixSignalsSequence, watcher: RuleDirectoryWatcher?, pool: WorkerPool,
+        services: DaemonServices, server: QueryServer
+    ) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: ReloadService(coordinator: reloads)),
+            .init(service: SignalReloadService(signals: hangups, coordinator: reloads)),
+        ]
+        if let watcher {
+            // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
+            // `reload` and SIGHUP still work), so its end does not stop the group.
+            parts.append(
+                .init(
+                    service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore
+                ))
+        }
+        if let watchdog, let systemd = notifier as? SystemdLifecycleNotifier {
+            parts.append(
+                .init(service: WatchdogService(settings: watchdog, notifier: systemd, pool: pool, logger: logger)))
+        }
+        if let address = settings.metricsListen {
+            parts.append(
+                .init(
+                    service: MetricsHTTPService(
+                        address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
+                        logger: logger)))
+        }
+        parts.append(
+            .init(
+                service: ServerService(
+                    server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
+        return parts
+    }
+
+    /// The first rules: the rules directory, or the last known good copy when it does not load.
+    private func loadInitialRules(_ reloads: ReloadCoordinator) async throws -> ServingGeneration {
         // A long first load (many rule files on a slow machine) asks systemd for more time, so that the start
         // job does not time out while rules are still compiling.
         let extender = Task {
@@ -54,98 +250,39 @@ public enum Daemon {
                 notifier.extendStartup(by: .seconds(10))
             }
         }
-        let initial: ServingGeneration
+        defer { extender.cancel() }
         do {
-            defer { extender.cancel() }
-            initial = try await reloads.loadInitial()
+            return try await reloads.loadInitial()
         } catch {
-            StandardError.write(Array("rulesd: cannot load the rules in \(settings.rulesDirectory):\n".utf8))
-            for diagnostic in error.diagnostics {
-                StandardError.write(Array("  \(diagnostic)\n".utf8))
-            }
-            StandardError.write(
-                Array("rulesd: no last known good copy in \(settings.stateDirectory); not starting\n".utf8))
-            await pool.shutdown()
-            try? await loader.shutdownGracefully()
-            return 1
+            throw DaemonStartupFailure(
+                "cannot load the rules in \(settings.rulesDirectory), and there is no usable last known good copy "
+                    + "in \(settings.stateDirectory); not starting",
+                diagnostics: error.diagnostics,
+                metadata: ["rules.dir": "\(settings.rulesDirectory)", "state.dir": "\(settings.stateDirectory)"])
         }
+    }
 
-        // Who may reload depends on who can reach the socket: its mode and group are the unit's when systemd
-        // created it.
-        var socketMode = settings.socketMode
-        var reloadGroup = settings.socketGroup.flatMap { GroupMembership.groupID(named: $0) }
+    /// Who may reload depends on who can reach the socket: its mode and group are the unit's when systemd
+    /// created it.
+    private var reloadAccess: (mode: mode_t, group: gid_t?) {
+        var mode = settings.socketMode
+        var group = try? socketGroupID()
         if let activatedSocket, let path = SocketActivation.boundPath(of: activatedSocket), !path.hasPrefix("@") {
             var st = stat()
             if stat(path, &st) == 0 {
-                socketMode = st.st_mode & 0o777
-                reloadGroup = st.st_gid
+                mode = st.st_mode & 0o777
+                group = st.st_gid
             }
         }
-        let services = DaemonServices(
-            settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
-            socketMode: socketMode, reloadGroup: reloadGroup, logger: logger)
-        let server = SocketServer(
-            settings: settings, services: services, pool: pool, activatedSocket: activatedSocket, logger: logger)
-        do {
-            try await server.start()
-        } catch {
-            StandardError.write(Array("rulesd: \(error)\n".utf8))
-            await pool.shutdown()
-            try? await loader.shutdownGracefully()
-            return 1
-        }
-        notifier.ready(status: reloads.statusLine(initial, failure: reloads.lastReload?.failure))
+        return (mode, group)
+    }
 
-        var watcher: RuleDirectoryWatcher?
-        if settings.watchMode != "off" {
-            watcher = RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
-        }
-        services.attach(watcher: watcher)
-
-        // Started in this order, stopped in reverse: the server stops accepting first, reloads stop last.
-        var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: ReloadService(coordinator: reloads)),
-            .init(service: SignalReloadService(signals: hangups, coordinator: reloads)),
-        ]
-        if let watcher {
-            // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
-            // `reload` and SIGHUP still work), so its end does not stop the group.
-            serviceList.append(
-                .init(
-                    service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore
-                ))
-        }
-        if let watchdog, let systemd = notifier as? SystemdLifecycleNotifier {
-            serviceList.append(
-                .init(service: WatchdogService(settings: watchdog, notifier: systemd, pool: pool, logger: logger)))
-        }
-        if let address = settings.metricsListen {
-            serviceList.append(
-                .init(
-                    service: MetricsHTTPService(
-                        address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
-                        logger: logger)
-                ))
-        }
-        serviceList.append(
-            .init(
-                service: ServerService(
-                    server: server, notifier: notifier, timeout: settings.shutdownTimeout, logger: logger)))
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(services: serviceList, gracefulShutdownSignals: [], logger: logger)
-        )
-        let stopper = Task {
-            for await _ in stops {
-                await group.triggerGracefulShutdown()
-            }
-        }
-        defer { stopper.cancel() }
-        try await group.run()
-        watcher?.stop()
-        await pool.shutdown()
-        try? await loader.shutdownGracefully()
-        logger.info("stopped")
-        return 0
+    /// The socket's group, by name or number.
+    private func socketGroupID() throws -> gid_t? {
+        guard let name = settings.socketGroup else { return nil }
+        if let gid = GroupMembership.groupID(named: name) { return gid }
+        if let number = gid_t(name) { return number }
+        throw DaemonStartupFailure("no group named '\(name)' for the socket")
     }
 }
 
@@ -189,7 +326,7 @@ struct WatcherService: Service {
 
 /// The socket server; shutting it down is the first step of a graceful stop.
 struct ServerService: Service {
-    let server: SocketServer
+    let server: QueryServer
     let notifier: LifecycleNotifier
     let timeout: Duration
     let logger: Logger

@@ -1,6 +1,7 @@
 import Atomics
 import Logging
 import NIOCore
+import QueryServing
 import RuleEngine
 import RuleModel
 import RuleWatcher
@@ -10,12 +11,10 @@ import SystemdSupport
 
 #if canImport(Glibc)
     import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
 /// What every connection shares: settings, the generation store, reloads, watchers, status and metrics.
-final class DaemonServices: Sendable {
+final class DaemonServices: QueryBackend {
     static let version = "0.1.0"
 
     let settings: DaemonSettings
@@ -25,7 +24,8 @@ final class DaemonServices: Sendable {
     let watchHub: WatchHub
     let metrics: DaemonMetrics
     let logger: Logger
-    let openConnections = ManagedAtomic<Int>(0)
+    /// The query socket's open connections (their one owner; the server admits and removes them).
+    let connections = ConnectionRegistry()
     let startedAt = RuleClockTime.now()
     private let startedMonotonic = RuleClockTime.monotonic()
     private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
@@ -55,12 +55,38 @@ final class DaemonServices: Sendable {
 
     var watcherMode: WatcherMode? { watcher.withLock { $0?.mode } }
 
+    // MARK: - QueryBackend
+
+    func responder(on loop: ServingEventLoop) -> QueryResponder {
+        pool.worker(on: loop)
+    }
+
+    func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 512)
+        await answerWaiting(operation, id: id, peer: peer, into: &buffer)
+        return buffer
+    }
+
+    func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void) {
+        watchHub.subscribe(key, eventLoop: loop, deliver: deliver)
+    }
+
+    func unwatch(_ key: ObjectIdentifier) {
+        watchHub.unsubscribe(key)
+    }
+
+    /// The limits of every query connection, from the settings.
+    var connectionLimits: ConnectionLimits {
+        ConnectionLimits(
+            maxRequestBytes: settings.maxRequestBytes, maxPipelinedRequests: settings.maxPipelinedRequests,
+            idleTimeout: TimeAmount(settings.idleTimeout), maxContextDepth: settings.limits.maxContextDepth,
+            maxConnections: settings.maxConnections)
+    }
+
     /// Answers the operations that wait for something: `status`, `metrics`, `reload`.
-    func answerWaiting(
+    private func answerWaiting(
         _ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
-    )
-        async
-    {
+    ) async {
         let generation = store.generation
         switch operation {
         case .status:
@@ -134,7 +160,7 @@ final class DaemonServices: Sendable {
     func metricsText() async -> [UInt8] {
         let snapshots = await pool.metricsSnapshots()
         return metrics.render(
-            workers: snapshots, openConnections: openConnections.load(ordering: .relaxed),
+            workers: snapshots, openConnections: connections.count,
             watchSubscribers: watchHub.count, watcherMode: watcherMode)
     }
 
@@ -213,7 +239,7 @@ final class DaemonServices: Sendable {
         object.append(("started_at", .string(Timestamp.iso8601(startedAt))))
         object.append(
             ("uptime_seconds", .number(((RuleClockTime.monotonic() - startedMonotonic) * 1000).rounded() / 1000)))
-        object.append(("connections", .integer(Int64(openConnections.load(ordering: .relaxed)))))
+        object.append(("connections", .integer(Int64(connections.count))))
         object.append(("watchers", .integer(Int64(watchHub.count))))
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))
         object.append(("workers", .integer(Int64(pool.loops.count))))

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import QueryServing
 import ServiceLifecycle
 
 /// The optional HTTP listener serving `/metrics` (Prometheus text format) for scrapers that cannot use the

@@ -1,6 +1,7 @@
 import Atomics
 import Logging
 import NIOCore
+import QueryServing
 import RuleEngine
 import RuleModel
 import RulesProtocol
@@ -15,7 +16,7 @@ final class WorkerCounters: Sendable {
 /// evaluation of every synchronous request of the connections on that loop.
 ///
 /// Owned by its event loop: created there and only ever used there (see ``WorkerPool``).
-final class Worker {
+final class Worker: QueryResponder {
     let index: Int
     let store: GenerationStore
     let counters: WorkerCounters
@@ -142,6 +143,17 @@ final class Worker {
             metrics.recordRequest(request.operation, ok: true)
             ResponseWriter.writeSuccess(id: id, header: generation.answerHeader, result: result, into: &out)
         }
+    }
+
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {
+        let generation = servingGeneration
+        ResponseWriter.writeSuccess(
+            id: id, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
+            result: Array(#"{"watching":true}"#.utf8), into: &out)
+    }
+
+    func recordUndecodable() {
+        metrics.recordRequest(.ping, ok: false)
     }
 
     /// Rule `log()` lines go to the daemon's log, at most a few per second per worker so that a chatty rule

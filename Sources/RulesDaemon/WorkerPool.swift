@@ -1,11 +1,10 @@
 import Logging
 import NIOCore
+import QueryServing
 import RuleEngine
 
 #if canImport(Glibc)
     import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
 /// The worker threads (each a ``ServingEventLoop``) and the worker each of them owns.
@@ -25,9 +24,14 @@ final class WorkerPool: Sendable {
     }
 
     /// Starts `count` worker threads and creates each one's worker on its own thread.
-    static func start(count: Int, store: GenerationStore, logger: Logger) async throws -> WorkerPool {
+    /// - Parameter onLoopFailure: told when a loop had to stop (its poll failed); the daemon cannot serve on.
+    static func start(
+        count: Int, store: GenerationStore, logger: Logger, onLoopFailure: (@Sendable (Error) -> Void)? = nil
+    ) async throws -> WorkerPool {
         var loops: [ServingEventLoop] = []
-        for index in 0..<count { loops.append(try ServingEventLoop(name: "rulesd-worker-\(index)")) }
+        for index in 0..<count {
+            loops.append(try ServingEventLoop(name: "rulesd-worker-\(index)", onFailure: onLoopFailure))
+        }
         var workers: [NIOLoopBound<Worker>] = []
         var counters: [WorkerCounters] = []
         for (index, loop) in loops.enumerated() {
@@ -80,11 +84,4 @@ final class WorkerPool: Sendable {
     func shutdown() async {
         for loop in loops { try? await loop.shutdownGracefully() }
     }
-}
-
-/// A reason rulesd cannot start.
-public struct StartupError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
 }

@@ -163,3 +163,13 @@ public struct ProtocolAnswer: Sendable {
         }
     }
 }
+
+extension Optional where Wrapped == [UInt8] {
+    /// Calls `body` with the bytes, or with nil: for an `id` kept as bytes and written later.
+    public func withUnsafeOptionalBytes<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
+        switch self {
+        case .some(let bytes): return bytes.withUnsafeBytes { body($0) }
+        case .none: return body(nil)
+        }
+    }
+}

@@ -5,19 +5,19 @@ import Glibc
 /// The length matters for abstract names: the kernel treats every byte up to `length` as part of the
 /// name, so padding the address to `sizeof(sockaddr_un)` would make trailing NULs part of it and the
 /// datagram would go to a socket nobody listens on.
-struct UnixSocketAddress {
+public struct UnixSocketAddress: Sendable {
     /// Bytes available in `sun_path` (108 on Linux).
-    static let pathCapacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+    public static let pathCapacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
     /// Offset of `sun_path` inside `sockaddr_un` (2 on Linux).
-    static let pathOffset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
+    public static let pathOffset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
 
-    private(set) var storage = sockaddr_un()
-    let length: socklen_t
+    public private(set) var storage = sockaddr_un()
+    public let length: socklen_t
 
     /// An address for a filesystem path: the path bytes plus one NUL terminator.
     /// - Parameters:
     ///   - path: The path; must not contain NUL and must fit in `sun_path` with its terminator.
-    init?(path: String) {
+    public init?(path: String) {
         let bytes = Array(path.utf8)
         guard !bytes.isEmpty, !bytes.contains(0), bytes.count < Self.pathCapacity else { return nil }
         storage.sun_family = sa_family_t(AF_UNIX)
@@ -31,7 +31,7 @@ struct UnixSocketAddress {
     /// An address in the abstract namespace: a leading NUL, then the name, and nothing after it.
     /// - Parameters:
     ///   - abstractName: The name without the leading '@'.
-    init?(abstractName: String) {
+    public init?(abstractName: String) {
         let bytes = Array(abstractName.utf8)
         guard !bytes.isEmpty, bytes.count + 1 <= Self.pathCapacity else { return nil }
         storage.sun_family = sa_family_t(AF_UNIX)
@@ -43,7 +43,7 @@ struct UnixSocketAddress {
     }
 
     /// Calls `body` with the address as a `sockaddr` pointer and its length.
-    func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
         withUnsafePointer(to: storage) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
@@ -54,7 +54,7 @@ struct UnixSocketAddress {
     ///   - address: The address filled in by the kernel.
     ///   - length: The length the kernel reported.
     /// - Returns: The path, "@name" for an abstract name, or nil for an unnamed socket.
-    static func describe(_ address: sockaddr_un, length: socklen_t) -> String? {
+    public static func describe(_ address: sockaddr_un, length: socklen_t) -> String? {
         let pathLength = min(Int(length) - pathOffset, pathCapacity)
         guard pathLength > 0 else { return nil }
         return withUnsafeBytes(of: address.sun_path) { raw -> String? in

@@ -93,45 +93,6 @@ enum LargeStack {
 
     /// Runs `body` on the new thread and waits for it.
     static func run<T>(_ body: @escaping () -> T) -> T {
-        let job = Job<T>(body)
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setstacksize(&attributes, stackBytes)
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(job).toOpaque()
-        let status = pthread_create(
-            &thread, &attributes,
-            { context in
-                let job = Unmanaged<AnyJob>.fromOpaque(context!).takeRetainedValue()
-                job.execute()
-                return nil
-            }, context)
-        if status != 0 {
-            // No thread: run here rather than not at all (the stack is then whatever this thread has).
-            Unmanaged<AnyJob>.fromOpaque(context).release()
-            return body()
-        }
-        pthread_join(thread, nil)
-        return job.result!
-    }
-
-    /// Type-erased so the C start routine, which cannot be generic, can run it.
-    private class AnyJob: @unchecked Sendable {
-        func execute() {}
-    }
-
-    /// Handed from the caller to the thread and back; the join orders the accesses, so no lock is needed.
-    private final class Job<T>: AnyJob, @unchecked Sendable {
-        let body: () -> T
-        var result: T?
-
-        init(_ body: @escaping () -> T) {
-            self.body = body
-        }
-
-        override func execute() {
-            result = body()
-        }
+        DedicatedThread.run(name: "rulesctl-rules", stackBytes: stackBytes, body)
     }
 }

@@ -134,7 +134,7 @@ struct RulesdCommand: AsyncParsableCommand {
             logger.warning("NOTIFY_SOCKET is unusable; not notifying systemd", metadata: ["error": "\(error)"])
         }
         let watchdog = WatchdogSettings.fromEnvironment(unsetEnvironment: true)
-        let status = try await Daemon.run(
+        let status = await Daemon.run(
             settings: settings, notifier: notifier, activatedSocket: activated?.fd, watchdog: watchdog, logger: logger)
         if status != 0 { throw ExitCode(status) }
     }

@@ -343,6 +343,18 @@ struct DaemonLifecycleTests {
             }
         }
         #expect(held.count == 3)
+        // Beyond the limit, a reserve connection answers ping (then closes) and refuses anything else.
+        let probe = try daemon.connect()
+        #expect(try probe.request(#"{"op":"ping","id":1}"#)["ok"] == true)
+        #expect(try probe.readLine() == nil)
+        let extra = try daemon.connect()
+        let refusal = try extra.request(#"{"op":"flag","flag":"beta","id":2}"#)
+        #expect(refusal["error"]?["code"] == "TOO_MANY_CONNECTIONS")
+        #expect(refusal["id"] == .integer(2))
+        #expect(try extra.readLine() == nil)
+        // With the reserve held too, a new connection is refused at once.
+        var reserve: [LineClient] = []
+        for _ in 0..<8 { reserve.append(try daemon.connect()) }
         let refused = try daemon.connect()
         #expect(try refused.readJSON()["error"]?["code"] == "TOO_MANY_CONNECTIONS")
         #expect(try refused.readLine() == nil)

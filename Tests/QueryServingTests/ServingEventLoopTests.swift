@@ -3,7 +3,7 @@ import NIOCore
 import Synchronization
 import Testing
 
-@testable import RulesDaemon
+@testable import QueryServing
 
 #if canImport(Glibc)
     import Glibc

@@ -2,17 +2,20 @@ import CEventPoll
 import Logging
 import NIOCore
 import RulesProtocol
+import SystemdSupport
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// The listening socket, polled by the first worker's loop: accepts connections, refuses those over the
-/// limit with an answer that says so, and deals the others out to the workers' loops in turn.
+/// The listening socket, polled by the first loop: accepts connections, admits them through the
+/// ``ConnectionRegistry`` (refusing those over the limit with an answer that says so), and deals the others
+/// out to the loops in turn.
 final class QueryListener: EventPollSource, @unchecked Sendable {
     private let descriptor: Int32
-    private let pool: WorkerPool
-    private let services: DaemonServices
+    private let loops: [ServingEventLoop]
+    private let backend: QueryBackend
+    private let limits: ConnectionLimits
     private let connections: ConnectionRegistry
     private let logger: Logger
     private let loop: ServingEventLoop
@@ -24,15 +27,17 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
     private var pausedUntilDescriptorsFree = false
 
     init(
-        descriptor: Int32, pool: WorkerPool, services: DaemonServices, connections: ConnectionRegistry, logger: Logger
+        descriptor: Int32, loops: [ServingEventLoop], backend: QueryBackend, limits: ConnectionLimits,
+        connections: ConnectionRegistry, logger: Logger
     ) {
         self.descriptor = descriptor
-        self.pool = pool
-        self.services = services
+        self.loops = loops
+        self.backend = backend
+        self.limits = limits
         self.connections = connections
         self.logger = logger
-        self.loop = pool.loops[0]
-        self.closed = pool.loops[0].makePromise(of: Void.self)
+        self.loop = loops[0]
+        self.closed = loops[0].makePromise(of: Void.self)
     }
 
     /// Starts polling the socket; on the first loop.
@@ -85,40 +90,42 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
     }
 
     private func accepted(_ client: Int32) {
-        let services = self.services
-        let limit = services.settings.maxConnections
-        if services.openConnections.wrappingIncrementThenLoad(ordering: .relaxed) > limit {
-            var answer = ByteBufferAllocator().buffer(capacity: 160)
-            ResponseWriter.writeFailure(
-                id: nil,
-                error: ProtocolError(
-                    .tooManyConnections, "rulesd is serving its maximum of \(limit) connections; try again"),
-                into: &answer)
-            // A fresh socket's send buffer is empty: the short answer goes out whole or not at all.
-            _ = answer.withUnsafeReadableBytes {
-                send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-            }
-            Glibc.close(client)
-            services.openConnections.wrappingDecrement(ordering: .relaxed)
+        let key = ConnectionKey()
+        guard let admission = connections.admit(key.id, limits: limits) else {
+            refuse(client)
             return
         }
-        let target = pool.loops[nextLoop % pool.loops.count]
+        let peer = peerCredentials(fd: client)
+        let target = loops[nextLoop % loops.count]
         nextLoop &+= 1
-        let pool = self.pool
+        let backend = self.backend
+        let limits = self.limits
         let connections = self.connections
         target.execute {
-            let worker = pool.worker(on: target)
-            let key = ConnectionKey()
             let connection = QueryConnection(
-                descriptor: client, loop: target, worker: worker, services: services,
-                onClose: {
-                    connections.remove(key.id)
-                    services.openConnections.wrappingDecrement(ordering: .relaxed)
-                })
+                descriptor: client, loop: target, responder: backend.responder(on: target), backend: backend,
+                limits: limits, admission: admission, peer: peer, onClose: { connections.remove(key.id) })
+            guard connection.start() else { return }
             let bound = NIOLoopBound(connection, eventLoop: target)
-            connections.add(key.id) { target.execute { bound.value.drainAndClose() } }
-            _ = connection.start()
+            connections.setDrain(key.id) { target.execute { bound.value.drain() } }
         }
+    }
+
+    /// Answers TOO_MANY_CONNECTIONS and closes.
+    private func refuse(_ client: Int32) {
+        var answer = ByteBufferAllocator().buffer(capacity: 160)
+        ResponseWriter.writeFailure(
+            id: nil,
+            error: ProtocolError(
+                .tooManyConnections,
+                "rulesd is serving its maximum of \(limits.maxConnections) connections (and its reserve of "
+                    + "\(limits.reservedConnections) for ping and status); try again"),
+            into: &answer)
+        // A fresh socket's send buffer is empty: the short answer goes out whole or not at all.
+        _ = answer.withUnsafeReadableBytes {
+            send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+        }
+        Glibc.close(client)
     }
 }
 

@@ -1,4 +1,3 @@
-import Atomics
 import CEventPoll
 import Dispatch
 import NIOCore
@@ -10,7 +9,7 @@ import Synchronization
 #endif
 
 /// A descriptor registered with a ``ServingEventLoop``: told, on the loop's thread, when it is ready.
-protocol EventPollSource: AnyObject {
+public protocol EventPollSource: AnyObject {
     /// `events` is the epoll mask that came back (`RULESD_EPOLLIN`, `RULESD_EPOLLOUT`, `RULESD_EPOLLHUP`...).
     func ready(_ events: UInt32)
 }
@@ -26,17 +25,39 @@ protocol EventPollSource: AnyObject {
 /// and repeated tasks, and `assumeIsolated()` work on it unchanged. The metrics HTTP listener and rulesctl
 /// stay NIO channels; only the query connections (``QueryConnection``) are polled here.
 ///
+/// Its life follows NIO's `SelectableEventLoop`: ``Lifecycle`` goes `open` → `closing` → `closed`, and only
+/// forward. Work handed in once it is closing is refused (`submit` and `scheduleTask` fail with
+/// `EventLoopError.shutdown`, `execute` drops the task) rather than queued where nothing would run it.
+///
 /// Mutable state has one owner: what only the loop's thread touches (registrations, timers, the read
-/// buffer) is plain; what other threads hand in (tasks) goes through a lock and an eventfd.
-final class ServingEventLoop: EventLoop, @unchecked Sendable {
-    let name: String
+/// buffer) is plain; what other threads hand in (tasks) goes through one lock, and the eventfd is written
+/// only when the queue goes from empty to not empty, so a burst of tasks costs one wake-up.
+public final class ServingEventLoop: EventLoop, @unchecked Sendable {
+    /// Where the loop is in its life.
+    public enum Lifecycle: Sendable, Equatable {
+        /// Running tasks, timers and descriptors.
+        case open
+        /// Shutdown was asked for (or the poll failed): the loop runs what it had already accepted, then stops.
+        case closing
+        /// The thread has ended; descriptors are closed.
+        case closed
+    }
+
+    /// What other threads share with the loop, under one lock.
+    private struct Shared {
+        var lifecycle = Lifecycle.open
+        var tasks: [@Sendable () -> Void] = []
+        var shutdownCallbacks: [(DispatchQueue, @Sendable (Error?) -> Void)] = []
+        /// Why the loop stopped on its own (the poll failed), if it did.
+        var failure: Error?
+    }
+
+    public let name: String
     private let epoll: Int32
     private let wakeDescriptor: Int32
-    private let ownerThread = ManagedAtomic<UInt>(0)
-    private let queued = Mutex<[@Sendable () -> Void]>([])
-    private let stopRequested = ManagedAtomic<Bool>(false)
-    private let stopped = Mutex<(done: Bool, callbacks: [(DispatchQueue, @Sendable (Error?) -> Void)])>(
-        (false, []))
+    private let thread: DedicatedThread.Handle
+    private let shared = Mutex(Shared())
+    private let onFailure: (@Sendable (Error) -> Void)?
 
     // Owned by the loop's thread.
     private var sources: [EventPollSource?] = []
@@ -48,8 +69,14 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private static let wakeToken = UInt64.max
 
     /// Starts the loop's thread, with a stack of `stackBytes` (Lua's C calls need room).
-    init(name: String, stackBytes: Int = 8 << 20) throws {
+    /// - Parameters:
+    ///   - name: the thread's name (`top -H`, core dumps).
+    ///   - stackBytes: the thread's stack size.
+    ///   - onFailure: called (on the loop's thread, once) when the loop has to stop because polling failed
+    ///     for a reason other than a signal; the loop is closed by then.
+    public init(name: String, stackBytes: Int = 8 << 20, onFailure: (@Sendable (Error) -> Void)? = nil) throws {
         self.name = name
+        self.onFailure = onFailure
         epoll = rulesd_epoll_create()
         guard epoll >= 0 else { throw StartupError("epoll_create1: \(String(cString: strerror(errno)))") }
         wakeDescriptor = rulesd_eventfd()
@@ -58,31 +85,75 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
             throw StartupError("eventfd: \(String(cString: strerror(errno)))")
         }
         _ = rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_ADD, wakeDescriptor, RULESD_EPOLLIN, Self.wakeToken)
-        let started = Mutex(false)
-        let launched = DedicatedThread.start(name: name, stackBytes: stackBytes) { [self] in
-            ownerThread.store(UInt(pthread_self()), ordering: .sequentiallyConsistent)
-            started.withLock { $0 = true }
-            run()
-        }
-        guard launched else {
+        // The thread's identity comes back from pthread_create itself, so nothing waits for the thread to run:
+        // tasks handed in before it starts are queued and run first thing.
+        let body = LoopBody()
+        guard let handle = DedicatedThread.start(name: name, stackBytes: stackBytes, body.run) else {
             Glibc.close(wakeDescriptor)
             Glibc.close(epoll)
             throw StartupError("cannot start the worker thread \(name)")
         }
-        while !started.withLock({ $0 }) { sched_yield() }
+        thread = handle
+        body.hand(self)
     }
+
+    /// Hands the thread its loop once the loop is fully initialised: the thread blocks on a semaphore until
+    /// `init` has stored it (no spinning), while `init` itself never waits for the thread.
+    private final class LoopBody: Sendable {
+        private let stored = DispatchSemaphore(value: 0)
+        private let loop = Mutex<ServingEventLoop?>(nil)
+
+        func hand(_ target: ServingEventLoop) {
+            loop.withLock { $0 = target }
+            stored.signal()
+        }
+
+        func run() {
+            stored.wait()
+            let target = loop.withLock { value in
+                defer { value = nil }
+                return value
+            }
+            target?.run()
+        }
+    }
+
+    /// Where the loop is in its life.
+    public var lifecycle: Lifecycle { shared.withLock { $0.lifecycle } }
 
     // MARK: - EventLoop
 
-    var inEventLoop: Bool { ownerThread.load(ordering: .relaxed) == UInt(pthread_self()) }
+    public var inEventLoop: Bool { thread.isCurrent }
 
-    func execute(_ task: @escaping @Sendable () -> Void) {
-        queued.withLock { $0.append(task) }
-        if !inEventLoop { wake() }
+    /// Runs `task` on the loop. Once the loop is closing the task is dropped: use ``submit(_:)`` to learn
+    /// about it.
+    public func execute(_ task: @escaping @Sendable () -> Void) {
+        _ = enqueue(task)
+    }
+
+    /// Queues `task`; false when the loop no longer accepts work.
+    private func enqueue(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let (accepted, wakeNeeded) = shared.withLock { shared -> (Bool, Bool) in
+            guard shared.lifecycle == .open else { return (false, false) }
+            shared.tasks.append(task)
+            // One wake-up per batch: later tasks find the queue non-empty and the eventfd already written.
+            return (true, shared.tasks.count == 1)
+        }
+        if wakeNeeded && !inEventLoop { wake() }
+        return accepted
+    }
+
+    public func submit<T>(_ task: @escaping @Sendable () throws -> T) -> EventLoopFuture<T> {
+        let promise = makePromise(of: T.self)
+        let accepted = enqueue {
+            do { promise.assumeIsolatedUnsafeUnchecked().succeed(try task()) } catch { promise.fail(error) }
+        }
+        if !accepted { promise.fail(EventLoopError.shutdown) }
+        return promise.futureResult
     }
 
     @discardableResult
-    func scheduleTask<T>(deadline: NIODeadline, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
+    public func scheduleTask<T>(deadline: NIODeadline, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
         let promise = makePromise(of: T.self)
         let timer = LoopTimer(
             deadline: deadline,
@@ -95,7 +166,11 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
             nextTimerSequence &+= 1
             timers.insert(timer)
         }
-        if inEventLoop { schedule() } else { execute(schedule) }
+        if inEventLoop {
+            schedule()
+        } else if !enqueue(schedule) {
+            promise.fail(EventLoopError.shutdown)
+        }
         return Scheduled(promise: promise) { [self] in
             let cancel: @Sendable () -> Void = { [self] in
                 if timers.remove(timer) { promise.fail(EventLoopError.cancelled) }
@@ -105,36 +180,43 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
     }
 
     @discardableResult
-    func scheduleTask<T>(in delay: TimeAmount, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
+    public func scheduleTask<T>(in delay: TimeAmount, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
         scheduleTask(deadline: .now() + delay, task)
     }
 
-    func preconditionInEventLoop(file: StaticString, line: UInt) {
+    public func preconditionInEventLoop(file: StaticString, line: UInt) {
         precondition(inEventLoop, "not on the event loop \(name)", file: file, line: line)
     }
 
-    func preconditionNotInEventLoop(file: StaticString, line: UInt) {
+    public func preconditionNotInEventLoop(file: StaticString, line: UInt) {
         precondition(!inEventLoop, "on the event loop \(name)", file: file, line: line)
     }
 
-    func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable (Error?) -> Void) {
-        let alreadyDone = stopped.withLock { state -> Bool in
-            if state.done { return true }
-            state.callbacks.append((queue, callback))
-            return false
+    public func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable (Error?) -> Void) {
+        let (alreadyClosed, failure, wakeNeeded) = shared.withLock { shared -> (Bool, Error?, Bool) in
+            switch shared.lifecycle {
+            case .closed:
+                return (true, shared.failure, false)
+            case .open:
+                shared.lifecycle = .closing
+                shared.shutdownCallbacks.append((queue, callback))
+                return (false, nil, true)
+            case .closing:
+                shared.shutdownCallbacks.append((queue, callback))
+                return (false, nil, false)
+            }
         }
-        if alreadyDone {
-            queue.run { callback(nil) }
-            return
+        if alreadyClosed {
+            queue.async { callback(failure) }
+        } else if wakeNeeded && !inEventLoop {
+            wake()
         }
-        stopRequested.store(true, ordering: .sequentiallyConsistent)
-        wake()
     }
 
     // MARK: - descriptors (on the loop's thread)
 
     /// Starts polling `descriptor` for `interest` (an epoll mask) on behalf of `source`.
-    func register(_ descriptor: Int32, interest: UInt32, source: EventPollSource) -> Bool {
+    public func register(_ descriptor: Int32, interest: UInt32, source: EventPollSource) -> Bool {
         guard rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_ADD, descriptor, interest, UInt64(descriptor)) == 0 else {
             return false
         }
@@ -144,12 +226,12 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
         return true
     }
 
-    func modify(_ descriptor: Int32, interest: UInt32) {
+    public func modify(_ descriptor: Int32, interest: UInt32) {
         _ = rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_MOD, descriptor, interest, UInt64(descriptor))
     }
 
     /// Stops polling `descriptor`; call before closing it.
-    func deregister(_ descriptor: Int32) {
+    public func deregister(_ descriptor: Int32) {
         _ = rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_DEL, descriptor, 0, 0)
         let index = Int(descriptor)
         if index < sources.count { sources[index] = nil }
@@ -165,18 +247,30 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private func run() {
         var tokens = [UInt64](repeating: 0, count: 64)
         var masks = [UInt32](repeating: 0, count: 64)
+        var failure: Error?
         while true {
-            runQueuedTasks()
+            let moreQueued = runQueuedTasks()
             let now = NIODeadline.now()
             runDueTimers(now: now)
-            if stopRequested.load(ordering: .sequentiallyConsistent) { break }
-            let timeout: Int32 = queued.withLock { $0.isEmpty } ? timers.millisecondsUntilNext(now: now) : 0
+            if shared.withLock({ $0.lifecycle }) != .open { break }
+            let timeout: Int32 = moreQueued ? 0 : timers.millisecondsUntilNext(now: now)
             let count = tokens.withUnsafeMutableBufferPointer { tokens in
                 masks.withUnsafeMutableBufferPointer { masks in
                     rulesd_epoll_wait(epoll, tokens.baseAddress, masks.baseAddress, 64, timeout)
                 }
             }
-            if count < 0 { continue }  // EINTR
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                // EBADF, EFAULT, EINVAL: the loop's own descriptors are broken and nothing it polls can be
+                // served any more. Stop rather than spin, and say why.
+                failure = ServingLoopFailure(loop: name, call: "epoll_wait", errno: code)
+                shared.withLock { shared in
+                    shared.lifecycle = .closing
+                    shared.failure = failure
+                }
+                break
+            }
             for index in 0..<Int(count) {
                 let token = tokens[index]
                 if token == Self.wakeToken {
@@ -187,26 +281,33 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
                 }
             }
         }
-        // Whatever was handed in before the stop still runs; timers that will never fire fail their promises.
-        runQueuedTasks()
+        // What was accepted before the stop still runs; timers that will never fire fail their promises.
+        _ = runQueuedTasks()
         while let timer = timers.popFirst() { timer.abandon() }
+        let callbacks = shared.withLock { shared -> [(DispatchQueue, @Sendable (Error?) -> Void)] in
+            shared.lifecycle = .closed
+            // Tasks that raced the last drain are refused now: the loop will never run them.
+            shared.tasks.removeAll()
+            defer { shared.shutdownCallbacks = [] }
+            return shared.shutdownCallbacks
+        }
+        // Closed only now, under no lock and after the state says closed: nobody writes the eventfd any more.
         Glibc.close(wakeDescriptor)
         Glibc.close(epoll)
-        let callbacks = stopped.withLock { state -> [(DispatchQueue, @Sendable (Error?) -> Void)] in
-            state.done = true
-            defer { state.callbacks = [] }
-            return state.callbacks
-        }
-        for (queue, callback) in callbacks { queue.run { callback(nil) } }
+        let reason = failure
+        for (queue, callback) in callbacks { queue.async { callback(reason) } }
+        if let reason { onFailure?(reason) }
     }
 
-    private func runQueuedTasks() {
-        let tasks = queued.withLock { queue -> [@Sendable () -> Void] in
-            if queue.isEmpty { return [] }
-            defer { queue.removeAll(keepingCapacity: true) }
-            return queue
+    /// Runs the tasks queued so far; true when more were queued meanwhile.
+    private func runQueuedTasks() -> Bool {
+        let tasks = shared.withLock { shared -> [@Sendable () -> Void] in
+            if shared.tasks.isEmpty { return [] }
+            defer { shared.tasks.removeAll(keepingCapacity: true) }
+            return shared.tasks
         }
         for task in tasks { task() }
+        return !tasks.isEmpty && shared.withLock { !$0.tasks.isEmpty }
     }
 
     private func runDueTimers(now: NIODeadline) {
@@ -217,8 +318,12 @@ final class ServingEventLoop: EventLoop, @unchecked Sendable {
     }
 }
 
-extension DispatchQueue {
-    fileprivate func run(_ body: @escaping @Sendable () -> Void) { async(execute: body) }
+/// A serving loop stopped because a system call it cannot do without failed.
+public struct ServingLoopFailure: Error, Sendable, CustomStringConvertible {
+    public var loop: String
+    public var call: String
+    public var errno: Int32
+    public var description: String { "\(loop): \(call) failed: \(String(cString: strerror(errno)))" }
 }
 
 /// A task waiting for its deadline on a ``ServingEventLoop``.
