@@ -8,6 +8,7 @@
  */
 #include "rs_state.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,16 +288,44 @@ static int push_ordered_pairs(lua_State *L, int idx) {
     return 3;
 }
 
-/* pairs: a __pairs metamethod decides, as in stock Lua; otherwise the canonical order. */
+static int pairs_continue(lua_State *L, int status, lua_KContext extra) {
+    (void)L, (void)status, (void)extra;
+    return 3;
+}
+
+/* pairs: a __pairs metamethod decides, as in stock Lua (and may yield, as there); otherwise the canonical
+ * order. */
 static int sb_pairs(lua_State *L) {
     luaL_checkany(L, 1);
     if (luaL_getmetafield(L, 1, "__pairs") != LUA_TNIL) {
         lua_pushvalue(L, 1);
-        lua_call(L, 1, 3);
+        lua_callk(L, 1, 3, 0, pairs_continue);
         return 3;
     }
     luaL_checktype(L, 1, LUA_TTABLE);
     return push_ordered_pairs(L, 1);
+}
+
+/* The position, in Lua's own traversal order, of a key that is no longer live in the table at idx (its value was
+ * cleared during a traversal, as in `for k in next, t do t[k] = nil end`): Lua's own next still accepts such a
+ * dead key, and raises its "invalid key to 'next'" for a key that never was there. Positions of live keys are
+ * even (2, 4, ...); the dead key sits just before the live key that follows it. */
+static lua_Integer dead_key_position(lua_State *L, int idx, int key) {
+    lua_pushvalue(L, key);
+    if (!lua_next(L, idx)) return 0; /* no live key follows: after every live key (the caller adds the count) */
+    lua_pop(L, 1);
+    lua_Integer raw = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        raw += 2;
+        lua_pop(L, 1);
+        if (lua_rawequal(L, -1, -2)) {
+            lua_pop(L, 2);
+            return raw - 1;
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
 }
 
 /* next(t, k): the key after k in the canonical order. Each call walks the table (and is charged for it), so
@@ -316,7 +345,7 @@ static int sb_next(lua_State *L) {
         bool found = false;
         lua_pushnil(L);
         while (lua_next(L, 1)) {
-            raw++;
+            raw += 2;
             lua_pop(L, 1);
             if (lua_rawequal(L, -1, 2)) {
                 found = true;
@@ -324,14 +353,18 @@ static int sb_next(lua_State *L) {
                 break;
             }
         }
-        if (!found) return luaL_error(L, "invalid key to 'next'");
+        if (!found) {
+            lua_Integer position = dead_key_position(L, 1, 2);
+            raw = position ? position : raw + 1;
+        }
         key_describe(L, 2, raw, &after);
     }
     raw = 0;
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         lua_pop(L, 1);
-        key_describe(L, -1, ++raw, &current);
+        raw += 2;
+        key_describe(L, -1, raw, &current);
         if ((from_start || key_entry_cmp(&current, &after) > 0) &&
             (!have_best || key_entry_cmp(&current, &best) < 0)) {
             lua_pushvalue(L, -1);
@@ -340,7 +373,7 @@ static int sb_next(lua_State *L) {
             have_best = true;
         }
     }
-    rs_charge(L, 1 + 2 * (uint64_t)raw);
+    rs_charge(L, 1 + (uint64_t)raw);
     if (!have_best) {
         lua_pushnil(L);
         return 1;
@@ -359,6 +392,14 @@ static int ro_len(lua_State *L) {
 
 static int ro_pairs(lua_State *L) { return push_ordered_pairs(L, 1); }
 
+/* The metamethods of every read-only view: writes refused, length and traversal over the storage. */
+static const luaL_Reg readonly_metamethods[] = {
+    {"__newindex", rs_ro_newindex},
+    {"__len", ro_len},
+    {"__pairs", ro_pairs},
+    {NULL, NULL},
+};
+
 /* Installs the metatable that makes the (empty) table at `proxy` a read-only view of `storage`. */
 static void set_readonly_meta(lua_State *L, int proxy, int storage, bool protect_false) {
     lua_createtable(L, 0, 6);
@@ -368,15 +409,7 @@ static void set_readonly_meta(lua_State *L, int proxy, int storage, bool protect
     lua_pushliteral(L, "__rs_storage");
     lua_pushvalue(L, storage);
     lua_rawset(L, -3);
-    lua_pushliteral(L, "__newindex");
-    lua_pushcfunction(L, rs_ro_newindex);
-    lua_rawset(L, -3);
-    lua_pushliteral(L, "__len");
-    lua_pushcfunction(L, ro_len);
-    lua_rawset(L, -3);
-    lua_pushliteral(L, "__pairs");
-    lua_pushcfunction(L, ro_pairs);
-    lua_rawset(L, -3);
+    luaL_setfuncs(L, readonly_metamethods, 0);
     if (protect_false) {
         lua_pushliteral(L, "__metatable");
         lua_pushboolean(L, 0);
@@ -471,9 +504,11 @@ void rs_freeze_table(lua_State *L, int idx) {
         lua_pushnil(L);
         lua_rawset(L, idx);
     }
-    /* The proxy's own metatable: the user's metamethods, then the read-only machinery. */
+    /* The proxy's own metatable: the read-only machinery, then the user's metamethods (a user's own __len or
+     * __pairs replaces the storage-reading one; __newindex is never copied, so writes stay refused). */
     lua_createtable(L, 0, 8);
     int meta = lua_gettop(L);
+    luaL_setfuncs(L, readonly_metamethods, 0);
     if (mt) {
         for (const char *const *name = copied_metamethods; *name; name++) {
             lua_pushstring(L, *name);
@@ -490,25 +525,6 @@ void rs_freeze_table(lua_State *L, int idx) {
     lua_pushliteral(L, "__rs_storage");
     lua_pushvalue(L, storage);
     lua_rawset(L, meta);
-    lua_pushliteral(L, "__newindex");
-    lua_pushcfunction(L, rs_ro_newindex);
-    lua_rawset(L, meta);
-    lua_pushliteral(L, "__len");
-    lua_rawget(L, meta);
-    if (lua_isnil(L, -1)) {
-        lua_pushliteral(L, "__len");
-        lua_pushcfunction(L, ro_len);
-        lua_rawset(L, meta);
-    }
-    lua_pop(L, 1);
-    lua_pushliteral(L, "__pairs");
-    lua_rawget(L, meta);
-    if (lua_isnil(L, -1)) {
-        lua_pushliteral(L, "__pairs");
-        lua_pushcfunction(L, ro_pairs);
-        lua_rawset(L, meta);
-    }
-    lua_pop(L, 1);
     /* __index: straight to the storage; a user __index table chains behind it (VM-native and
      * safe, since tables are frozen too); a user __index function goes through frozen_index. */
     lua_pushliteral(L, "__index");
@@ -695,56 +711,179 @@ static int sb_pack(lua_State *L) {
     return rs_state_of(L)->orig.pack(L);
 }
 
-static lua_Integer table_length(lua_State *L, int idx) {
-    luaL_checktype(L, idx, LUA_TTABLE);
+/*
+ * The table functions below follow Lua 5.4's own (ltablib.c) step for step, with two differences that keep them
+ * bounded and faithful: each checks its arguments completely before it charges the budget for the range it is
+ * about to walk, so a call that stock Lua rejects at once still fails with the same catchable error instead of
+ * exhausting the budget; and each asks for the length (a __len metamethod is rule code) exactly once.
+ */
+#define TAB_R 1 /* read */
+#define TAB_W 2 /* write */
+#define TAB_L 4 /* length */
+#define TAB_RW (TAB_R | TAB_W)
+
+static bool has_metafield(lua_State *L, int idx, const char *name) {
+    if (luaL_getmetafield(L, idx, name) == LUA_TNIL) return false;
+    lua_pop(L, 1);
+    return true;
+}
+
+/* Argument `arg` must be a table, or behave like one for what the function does with it (stock checktab). */
+static void check_table_like(lua_State *L, int arg, int what) {
+    if (lua_type(L, arg) == LUA_TTABLE) return;
+    if (lua_getmetatable(L, arg)) {
+        lua_pop(L, 1);
+        if ((!(what & TAB_R) || has_metafield(L, arg, "__index")) &&
+            (!(what & TAB_W) || has_metafield(L, arg, "__newindex")) &&
+            (!(what & TAB_L) || has_metafield(L, arg, "__len")))
+            return;
+    }
+    luaL_checktype(L, arg, LUA_TTABLE); /* raises the stock message */
+}
+
+static lua_Integer table_length(lua_State *L, int idx, int what) {
+    check_table_like(L, idx, what | TAB_L);
     return luaL_len(L, idx);
 }
 
-static void charge_range(lua_State *L, lua_Integer from, lua_Integer to) {
-    if (to >= from) {
-        lua_Unsigned n = (lua_Unsigned)to - (lua_Unsigned)from + 1u;
-        rs_charge(L, n);
-    }
+/* The number of elements in [from, to], saturating: the full integer range has 2^64 of them, one more than a
+ * 64-bit count holds, and must not wrap to a charge of zero. */
+static uint64_t range_count(lua_Integer from, lua_Integer to) {
+    if (to < from) return 0;
+    lua_Unsigned gap = (lua_Unsigned)to - (lua_Unsigned)from;
+    return gap == (lua_Unsigned)-1 ? UINT64_MAX : (uint64_t)gap + 1;
+}
+
+static void concat_field(lua_State *L, luaL_Buffer *b, lua_Integer i) {
+    lua_geti(L, 1, i);
+    if (!lua_isstring(L, -1))
+        luaL_error(L, "invalid value (%s) at index %I in table for 'concat'", luaL_typename(L, -1), (LUAI_UACINT)i);
+    luaL_addvalue(b);
 }
 
 static int sb_concat(lua_State *L) {
-    lua_Integer last = lua_isnoneornil(L, 4) ? table_length(L, 1) : luaL_checkinteger(L, 4);
-    charge_range(L, luaL_optinteger(L, 3, 1), last);
-    return rs_state_of(L)->orig.concat(L);
+    lua_Integer last = table_length(L, 1, TAB_R);
+    size_t lsep;
+    const char *sep = luaL_optlstring(L, 2, "", &lsep);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    last = luaL_optinteger(L, 4, last);
+    rs_charge(L, 1 + range_count(i, last));
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (; i < last; i++) {
+        concat_field(L, &b, i);
+        luaL_addlstring(&b, sep, lsep);
+    }
+    if (i == last) concat_field(L, &b, i);
+    luaL_pushresult(&b);
+    return 1;
 }
 
 static int sb_insert(lua_State *L) {
-    if (lua_gettop(L) == 3) charge_range(L, luaL_checkinteger(L, 2), table_length(L, 1));
-    else rs_charge(L, 1);
-    return rs_state_of(L)->orig.insert(L);
+    lua_Integer e = table_length(L, 1, TAB_RW);
+    e = (lua_Integer)((lua_Unsigned)e + 1u); /* first empty element */
+    lua_Integer pos;
+    switch (lua_gettop(L)) {
+    case 2: pos = e; break;
+    case 3:
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        break;
+    default: return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    rs_charge(L, 1 + range_count(pos, e));
+    for (lua_Integer i = e; i > pos; i--) {
+        lua_geti(L, 1, i - 1);
+        lua_seti(L, 1, i);
+    }
+    lua_seti(L, 1, pos);
+    return 0;
 }
 
 static int sb_remove(lua_State *L) {
-    lua_Integer size = table_length(L, 1);
-    charge_range(L, luaL_optinteger(L, 2, size), size);
-    return rs_state_of(L)->orig.remove(L);
+    lua_Integer size = table_length(L, 1, TAB_RW);
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size)
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 1, "position out of bounds");
+    rs_charge(L, 1 + range_count(pos, size));
+    lua_geti(L, 1, pos);
+    for (; pos < size; pos++) {
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
 }
 
+/* table.move: every check of the stock function runs first (integers, tables, "too many elements to move",
+ * "destination wrap around"); only a move that will happen is charged. */
 static int sb_move(lua_State *L) {
-    charge_range(L, luaL_checkinteger(L, 2), luaL_checkinteger(L, 3));
+    lua_Integer f = luaL_checkinteger(L, 2);
+    lua_Integer e = luaL_checkinteger(L, 3);
+    lua_Integer t = luaL_checkinteger(L, 4);
+    int tt = !lua_isnoneornil(L, 5) ? 5 : 1;
+    check_table_like(L, 1, TAB_R);
+    check_table_like(L, tt, TAB_W);
+    if (e >= f) {
+        luaL_argcheck(L, f > 0 || e < LUA_MAXINTEGER + f, 3, "too many elements to move");
+        lua_Integer n = e - f + 1;
+        luaL_argcheck(L, t <= LUA_MAXINTEGER - n + 1, 4, "destination wrap around");
+        rs_charge(L, 1 + (uint64_t)n);
+    }
     return rs_state_of(L)->orig.move(L);
 }
 
+/* table.unpack: the range is checked against what the stack can hold before it is charged. */
+static int sb_unpack(lua_State *L) {
+    lua_Integer i = luaL_optinteger(L, 2, 1);
+    lua_Integer e = lua_isnoneornil(L, 3) ? luaL_len(L, 1) : luaL_checkinteger(L, 3);
+    if (i > e) return 0;
+    lua_Unsigned n = (lua_Unsigned)e - (lua_Unsigned)i;
+    if (n >= (unsigned int)INT_MAX || !lua_checkstack(L, (int)(++n))) return luaL_error(L, "too many results to unpack");
+    rs_charge(L, (uint64_t)n);
+    for (; i < e; i++) lua_geti(L, 1, i);
+    lua_geti(L, 1, e);
+    return (int)n;
+}
+
+/* The __len of a table-like proxy made by sort: the length its caller already obtained (upvalue 1). */
+static int known_length(lua_State *L) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    return 1;
+}
+
+/* table.sort: the stock quicksort, charged n log n once the length and the order function are known. The stock
+ * function asks for the length itself; when that would run rule code a second time (a __len written in Lua), it
+ * is handed a stand-in that reads and writes through to the table and answers the length already obtained. */
 static int sb_sort(lua_State *L) {
-    lua_Integer n = table_length(L, 1);
+    lua_Integer n = table_length(L, 1, TAB_RW);
     if (n > 1) {
+        luaL_argcheck(L, n < INT_MAX, 1, "array too big");
+        if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
         uint64_t log2n = 1;
         while (((uint64_t)1 << log2n) < (uint64_t)n && log2n < 63) log2n++;
         rs_charge(L, (uint64_t)n * log2n);
     }
+    if (luaL_getmetafield(L, 1, "__len") != LUA_TNIL) {
+        bool rule_code = !lua_iscfunction(L, -1);
+        lua_pop(L, 1);
+        if (rule_code) {
+            lua_settop(L, 2);
+            lua_createtable(L, 0, 0);
+            lua_createtable(L, 0, 3);
+            lua_pushvalue(L, 1);
+            lua_setfield(L, -2, "__index");
+            lua_pushvalue(L, 1);
+            lua_setfield(L, -2, "__newindex");
+            lua_pushinteger(L, n);
+            lua_pushcclosure(L, known_length, 1);
+            lua_setfield(L, -2, "__len");
+            lua_setmetatable(L, -2);
+            lua_replace(L, 1);
+        }
+    }
     return rs_state_of(L)->orig.sort(L);
-}
-
-static int sb_unpack(lua_State *L) {
-    lua_Integer first = luaL_optinteger(L, 2, 1);
-    lua_Integer last = lua_isnoneornil(L, 3) ? table_length(L, 1) : luaL_checkinteger(L, 3);
-    charge_range(L, first, last);
-    return rs_state_of(L)->orig.unpack(L);
 }
 
 /* A coroutine that ran out of memory ends with LUA_ERRMEM, which the stock resume hands back to the
@@ -776,7 +915,18 @@ static int sb_wrap_call(lua_State *L) {
         lua_remove(L, first);
         return n - 1;
     }
-    if (lua_type(L, -1) == LUA_TSTRING) {
+    /* An error inside the coroutine: close its pending to-be-closed variables, as the stock wrap does; their
+     * __close handlers may replace the error. */
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int status = lua_status(co);
+    if (status != LUA_OK && status != LUA_YIELD) {
+        status = lua_resetthread(co);
+        if (status == LUA_ERRMEM) rs_mark_killed(L, RS_KILL_MEMORY);
+        if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1);
+    }
+    if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
         luaL_where(L, 1);
         lua_insert(L, -2);
         lua_concat(L, 2);
@@ -791,6 +941,34 @@ static int sb_wrap(lua_State *L) {
 }
 
 /* ---- building the environment ------------------------------------------------------------ */
+
+/*
+ * An argument error names the function from the calling code when it can ("bad argument #1 to 'gsub'"); when the
+ * call gives no name (pcall(string.rep), a call through a local), Lua's auxiliary library looks the function up
+ * in the registry's table of loaded modules, two levels deep. That table still held the stock libraries, so the
+ * sandbox's functions were named '?'. It now lists what rules actually see: the base environment as _G and each
+ * library table, by their (unfrozen) storage, since the lookup walks them with lua_next.
+ */
+static void publish_library_names(lua_State *L, int base) {
+    lua_newtable(L);
+    int loaded = lua_gettop(L);
+    rs_push_storage(L, base);
+    int storage = lua_gettop(L);
+    lua_pushvalue(L, storage);
+    lua_setfield(L, loaded, LUA_GNAME);
+    lua_pushnil(L);
+    while (lua_next(L, storage)) {
+        if (lua_type(L, -2) == LUA_TSTRING && rs_is_frozen(L, -1)) {
+            rs_push_storage(L, -1);
+            lua_pushvalue(L, -3);
+            lua_insert(L, -2);
+            lua_rawset(L, loaded);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+}
 
 static lua_CFunction field_cfunction(lua_State *L, int table, const char *name) {
     lua_getfield(L, table, name);
@@ -808,10 +986,6 @@ static void copy_fields(lua_State *L, int from, int to, const char *const *names
     }
 }
 
-static void set_function(lua_State *L, int table, const char *name, lua_CFunction f) {
-    lua_pushcfunction(L, f);
-    lua_setfield(L, table, name);
-}
 
 static const char *const base_names[] = {
     "assert", "error", "ipairs", "select", "tostring", "type", "rawequal", "getmetatable",
@@ -825,6 +999,66 @@ static const char *const math_names[] = {
 };
 static const char *const utf8_names[] = {"char", "charpattern", NULL};
 static const char *const coroutine_names[] = {"create", "yield", "status", "isyieldable", "running", NULL};
+
+/* The sandbox's own base functions, beside the stock ones copied by name (base_names). */
+static const luaL_Reg base_functions[] = {
+    {"pcall", sb_pcall},
+    {"xpcall", sb_xpcall},
+    {"setmetatable", sb_setmetatable},
+    {"rawget", sb_rawget},
+    {"rawset", sb_rawset},
+    {"rawlen", sb_rawlen},
+    {"next", sb_next},
+    {"pairs", sb_pairs},
+    {"tonumber", sb_tonumber},
+    {NULL, NULL},
+};
+
+/* string: bounded or charged versions of the stock functions, and the budgeted pattern functions. */
+static const luaL_Reg string_functions[] = {
+    {"rep", sb_rep},
+    {"byte", sb_byte},
+    {"pack", sb_pack},
+    {"upper", sb_upper},
+    {"lower", sb_lower},
+    {"reverse", sb_reverse},
+    {"sub", sb_sub},
+    {"format", sb_format},
+    {"packsize", sb_packsize},
+    {"unpack", sb_sunpack},
+    {"find", rs_str_find},
+    {"match", rs_str_match},
+    {"gmatch", rs_str_gmatch},
+    {"gsub", rs_str_gsub},
+    {NULL, NULL},
+};
+
+/* table: each charged for the range it walks. */
+static const luaL_Reg table_functions[] = {
+    {"concat", sb_concat},
+    {"insert", sb_insert},
+    {"remove", sb_remove},
+    {"move", sb_move},
+    {"sort", sb_sort},
+    {"unpack", sb_unpack},
+    {NULL, NULL},
+};
+
+/* utf8: charged for the bytes each decodes. */
+static const luaL_Reg utf8_functions[] = {
+    {"len", sb_utf8_len},
+    {"offset", sb_utf8_offset},
+    {"codepoint", sb_utf8_codepoint},
+    {"codes", sb_utf8_codes},
+    {NULL, NULL},
+};
+
+/* coroutine: resume and wrap re-raise a kill (close is left out: Lua 5.4.4 crashes on some chains of it). */
+static const luaL_Reg coroutine_functions[] = {
+    {"resume", sb_resume},
+    {"wrap", sb_wrap},
+    {NULL, NULL},
+};
 
 int rs_build_base_env(lua_State *L) {
     rs_state *S = rs_state_of(L);
@@ -873,43 +1107,17 @@ int rs_build_base_env(lua_State *L) {
     lua_newtable(L);
     int base = lua_gettop(L);
     copy_fields(L, g, base, base_names);
-    set_function(L, base, "pcall", sb_pcall);
-    set_function(L, base, "xpcall", sb_xpcall);
-    set_function(L, base, "setmetatable", sb_setmetatable);
-    set_function(L, base, "rawget", sb_rawget);
-    set_function(L, base, "rawset", sb_rawset);
-    set_function(L, base, "rawlen", sb_rawlen);
-    set_function(L, base, "next", sb_next);
-    set_function(L, base, "pairs", sb_pairs);
-    set_function(L, base, "tonumber", sb_tonumber);
+    luaL_setfuncs(L, base_functions, 0);
 
     lua_newtable(L);
     int sstr = lua_gettop(L);
     copy_fields(L, str, sstr, string_names);
-    set_function(L, sstr, "rep", sb_rep);
-    set_function(L, sstr, "byte", sb_byte);
-    set_function(L, sstr, "pack", sb_pack);
-    set_function(L, sstr, "upper", sb_upper);
-    set_function(L, sstr, "lower", sb_lower);
-    set_function(L, sstr, "reverse", sb_reverse);
-    set_function(L, sstr, "sub", sb_sub);
-    set_function(L, sstr, "format", sb_format);
-    set_function(L, sstr, "packsize", sb_packsize);
-    set_function(L, sstr, "unpack", sb_sunpack);
-    set_function(L, sstr, "find", rs_str_find);
-    set_function(L, sstr, "match", rs_str_match);
-    set_function(L, sstr, "gmatch", rs_str_gmatch);
-    set_function(L, sstr, "gsub", rs_str_gsub);
+    luaL_setfuncs(L, string_functions, 0);
 
     lua_newtable(L);
     int stab = lua_gettop(L);
     copy_fields(L, tab, stab, table_names);
-    set_function(L, stab, "concat", sb_concat);
-    set_function(L, stab, "insert", sb_insert);
-    set_function(L, stab, "remove", sb_remove);
-    set_function(L, stab, "move", sb_move);
-    set_function(L, stab, "sort", sb_sort);
-    set_function(L, stab, "unpack", sb_unpack);
+    luaL_setfuncs(L, table_functions, 0);
 
     lua_newtable(L);
     int smath = lua_gettop(L);
@@ -918,17 +1126,12 @@ int rs_build_base_env(lua_State *L) {
     lua_newtable(L);
     int sutf8 = lua_gettop(L);
     copy_fields(L, utf8, sutf8, utf8_names);
-    set_function(L, sutf8, "len", sb_utf8_len);
-    set_function(L, sutf8, "offset", sb_utf8_offset);
-    set_function(L, sutf8, "codepoint", sb_utf8_codepoint);
-    set_function(L, sutf8, "codes", sb_utf8_codes);
+    luaL_setfuncs(L, utf8_functions, 0);
 
-    /* coroutine.close is left out: Lua 5.4.4 crashes on some chains of it. */
     lua_newtable(L);
     int sco = lua_gettop(L);
     copy_fields(L, co, sco, coroutine_names);
-    set_function(L, sco, "resume", sb_resume);
-    set_function(L, sco, "wrap", sb_wrap);
+    luaL_setfuncs(L, coroutine_functions, 0);
 
     lua_pushvalue(L, base);
     rs_open_helpers(L);
@@ -975,6 +1178,7 @@ int rs_build_base_env(lua_State *L) {
     rs_freeze_table(L, base);
     lua_pushvalue(L, base);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_base);
+    publish_library_names(L, base);
     /* The real globals table (holding load, dofile, require, print, ...) is dropped: nothing the
      * sandbox hands to rules refers to it. */
     lua_newtable(L);

@@ -778,14 +778,6 @@ static int h_ip_in_cidr(lua_State *L)
 /* Registration                                                                                                   */
 /* ------------------------------------------------------------------------------------------------------------ */
 
-static void set_functions(lua_State *L, int tidx, const luaL_Reg *fns)
-{
-    for (; fns->name != NULL; fns++) {
-        lua_pushcfunction(L, fns->func); /* light C functions: no upvalues, as the sandbox requires */
-        lua_setfield(L, tidx, fns->name);
-    }
-}
-
 void rs_open_helpers(lua_State *L)
 {
     static const luaL_Reg top[] = {
@@ -805,15 +797,14 @@ void rs_open_helpers(lua_State *L)
         {NULL, NULL},
     };
 
+    /* Without upvalues (nup 0), each is a light C function, as the sandbox requires. */
     int t = lua_absindex(L, -1);
     luaL_checkstack(L, 3, "rs_open_helpers");
-    set_functions(L, t, top);
+    luaL_setfuncs(L, top, 0);
 
-    lua_createtable(L, 0, 2);
-    set_functions(L, lua_absindex(L, -1), semver_fns);
+    luaL_newlib(L, semver_fns);
     lua_setfield(L, t, "semver");
 
-    lua_createtable(L, 0, 1);
-    set_functions(L, lua_absindex(L, -1), ip_fns);
+    luaL_newlib(L, ip_fns);
     lua_setfield(L, t, "ip");
 }

@@ -343,6 +343,7 @@ int rs_load_file(rs_state *S, const char *relative_path, const char *source, siz
     lua_pushlightuserdata(L, &a);
     int status = lua_pcall(L, 1, 0, 0);
     int killed = S->killed;
+    int32_t kill_line = S->kill_line;
     rs_disarm(S);
     S->current_file = NULL;
     if (status == LUA_OK) {
@@ -351,7 +352,7 @@ int rs_load_file(rs_state *S, const char *relative_path, const char *source, siz
     }
     char msg[RS_MESSAGE_CAP_BYTES];
     if (killed != RS_KILL_NONE || status == LUA_ERRMEM) {
-        rs_add_diag(S, relative_path, 0, "loading stopped: %s",
+        rs_add_diag(S, relative_path, killed != RS_KILL_NONE ? kill_line : 0, "loading stopped: %s",
                     rs_kill_message(killed != RS_KILL_NONE ? killed : RS_KILL_MEMORY));
     } else {
         rs_error_text(L, -1, msg, sizeof msg);
@@ -416,13 +417,18 @@ static int variant_cmp(const void *a, const void *b) {
     return c ? c : (x->len < y->len ? -1 : (x->len > y->len));
 }
 
-static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_flag_entry *f) {
-    int top = lua_gettop(L);
-    int t = iterable(L, def);
-    lua_createtable(L, 0, 3); /* variants, default and rule, collected by name */
-    int fields = lua_gettop(L);
+/* The fields a flag definition may have, with the type each must be. */
+static const char *const flag_field_names[] = {"description", "variants", "default", "enabled", "rule"};
+static const char *const flag_field_types[] = {"a string", "a table", "a string", "a boolean", "a function"};
+static const int flag_field_lua_types[] = {LUA_TSTRING, LUA_TTABLE, LUA_TSTRING, LUA_TBOOLEAN, LUA_TFUNCTION};
+#define FLAG_FIELD_COUNT 5
+
+/* Phase 1: reads the definition's fields (key at -2, value at -1 during the walk). Description and enabled go
+ * straight into the entry; variants, default and rule are collected by name into the table at `fields` for the
+ * phases below. Reports unknown and mistyped fields; returns false when there was any. */
+static bool read_flag_fields(lua_State *L, rs_state *S, decl_view *d, int def, int fields, rs_flag_entry *f) {
     bool ok = true;
-    f->enabled = true;
+    int t = iterable(L, def);
     lua_pushnil(L);
     while (lua_next(L, t)) {
         char name[80];
@@ -431,158 +437,204 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
             lua_pop(L, 1);
             continue;
         }
+        int field = 0;
+        while (field < FLAG_FIELD_COUNT && strcmp(name, flag_field_names[field]) != 0) field++;
         int vt = lua_type(L, -1);
-        if (strcmp(name, "description") == 0 && vt == LUA_TSTRING) {
-            size_t len;
-            const char *s = lua_tolstring(L, -1, &len);
-            f->description = rs_strndup(s, len);
-        } else if ((strcmp(name, "variants") == 0 && vt == LUA_TTABLE) ||
-                   (strcmp(name, "default") == 0 && vt == LUA_TSTRING) ||
-                   (strcmp(name, "rule") == 0 && vt == LUA_TFUNCTION)) {
-            lua_pushvalue(L, -2);
-            lua_pushvalue(L, -2);
-            lua_rawset(L, fields);
-        } else if (strcmp(name, "enabled") == 0 && vt == LUA_TBOOLEAN) {
-            f->enabled = lua_toboolean(L, -1);
-        } else if (strcmp(name, "description") == 0 || strcmp(name, "variants") == 0 ||
-                   strcmp(name, "default") == 0 || strcmp(name, "enabled") == 0 || strcmp(name, "rule") == 0) {
-            static const char *const expected[] = {"a string", "a table", "a string", "a boolean", "a function"};
-            static const char *const names[] = {"description", "variants", "default", "enabled", "rule"};
-            for (int i = 0; i < 5; i++)
-                if (strcmp(name, names[i]) == 0)
-                    rs_add_diag(S, d->file, d->line, "flag '%s': '%s' must be %s, not a %s", d->key, name, expected[i],
-                                luaL_typename(L, -1));
-            ok = false;
-        } else {
+        if (field == FLAG_FIELD_COUNT) {
             rs_add_diag(S, d->file, d->line,
                         "flag '%s': unknown field '%s' (a flag has description, variants, default, enabled, rule)",
                         d->key, name);
             ok = false;
+        } else if (vt != flag_field_lua_types[field]) {
+            rs_add_diag(S, d->file, d->line, "flag '%s': '%s' must be %s, not a %s", d->key, name,
+                        flag_field_types[field], luaL_typename(L, -1));
+            ok = false;
+        } else if (vt == LUA_TBOOLEAN) {
+            f->enabled = lua_toboolean(L, -1);
+        } else if (strcmp(name, "description") == 0) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            f->description = rs_strndup(s, len);
+        } else {
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -2);
+            lua_rawset(L, fields);
         }
         lua_pop(L, 1);
     }
-    lua_getfield(L, fields, "variants");
-    int variants = lua_isnil(L, -1) ? 0 : lua_gettop(L);
-    lua_getfield(L, fields, "default");
-    int deflt = lua_isnil(L, -1) ? 0 : lua_gettop(L);
-    lua_getfield(L, fields, "rule");
-    int rule = lua_isnil(L, -1) ? 0 : lua_gettop(L);
-    /* Variants, sorted by name; their values as JSON; lookup tables for evaluation. */
+    lua_pop(L, 1); /* t */
+    return ok;
+}
+
+/* Records one variant: its JSON in the entry, its value in `values`, its index in `vmap` (name -> index).
+ * The variant's name and value are at -2 and -1 and are popped. Returns false (reported) when the value cannot
+ * be expressed as JSON. */
+static bool add_variant(lua_State *L, rs_state *S, decl_view *d, rs_flag_entry *f, const variant_tmp *name,
+                        int vmap, int values) {
+    char label[MAX_KEY_BYTES + 32];
+    char clean[MAX_KEY_BYTES + 8];
+    rs_escape_text(clean, sizeof clean, name->name, name->len);
+    snprintf(label, sizeof label, "variant '%s'", clean);
+    size_t jlen;
+    char *json = json_or_diag(L, S, d, lua_gettop(L), label, &jlen);
+    if (json == NULL) {
+        lua_pop(L, 2);
+        return false;
+    }
+    rs_variant_entry *v = &f->variants[f->variant_count];
+    v->name = rs_strndup(name->name, name->len);
+    v->json = json;
+    v->json_len = jlen;
+    f->variant_count++;
+    lua_rawseti(L, values, f->variant_count); /* the value */
+    lua_pushinteger(L, f->variant_count);
+    lua_rawset(L, vmap); /* name -> index */
+    return true;
+}
+
+/* Phase 2a: the flag's own variants from the table at `variants`, sorted by name. Returns false (reported) when
+ * the table is empty, too large, or holds a bad name or value. */
+static bool read_variants(lua_State *L, rs_state *S, decl_view *d, int variants, int vmap, int values,
+                          rs_flag_entry *f) {
+    int top = lua_gettop(L);
+    bool ok = true;
+    int vt = iterable(L, variants);
+    size_t count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, vt)) {
+        count++;
+        lua_pop(L, 1);
+    }
+    if (count == 0) {
+        rs_add_diag(S, d->file, d->line, "flag '%s': variants must not be empty", d->key);
+        ok = false;
+        goto done;
+    }
+    if (count > MAX_VARIANTS) {
+        rs_add_diag(S, d->file, d->line, "flag '%s': more than %d variants", d->key, MAX_VARIANTS);
+        ok = false;
+        goto done;
+    }
+    variant_tmp *names = lua_newuserdatauv(L, count * sizeof *names, 0);
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, vt)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            rs_add_diag(S, d->file, d->line, "flag '%s': variant names must be strings (found a %s)", d->key,
+                        luaL_typename(L, -2));
+            ok = false;
+        } else {
+            names[n].name = lua_tolstring(L, -2, &names[n].len);
+            if (names[n].len == 0 || names[n].len > MAX_KEY_BYTES) {
+                rs_add_diag(S, d->file, d->line, "flag '%s': a variant name is empty or too long", d->key);
+                ok = false;
+            } else {
+                n++;
+            }
+        }
+        lua_pop(L, 1);
+    }
+    qsort(names, n, sizeof *names, variant_cmp);
+    f->variants = calloc(n ? n : 1, sizeof *f->variants);
+    if (f->variants == NULL) abort();
+    for (size_t i = 0; i < n; i++) {
+        lua_pushlstring(L, names[i].name, names[i].len);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, vt);
+        if (!add_variant(L, S, d, f, &names[i], vmap, values)) ok = false;
+    }
+done:
+    lua_settop(L, top);
+    return ok;
+}
+
+/* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). */
+static void use_boolean_variants(lua_State *L, int vmap, int values, rs_flag_entry *f) {
+    static const char *const names[] = {"off", "on"};
+    f->variants = calloc(2, sizeof *f->variants);
+    if (f->variants == NULL) abort();
+    for (int i = 0; i < 2; i++) {
+        f->variants[i].name = rs_strdup(names[i]);
+        f->variants[i].json = rs_strdup(i ? "true" : "false");
+        f->variants[i].json_len = strlen(f->variants[i].json);
+        lua_pushboolean(L, i);
+        lua_rawseti(L, values, i + 1);
+        lua_pushstring(L, names[i]);
+        lua_pushinteger(L, i + 1);
+        lua_rawset(L, vmap);
+    }
+    f->variant_count = 2;
+}
+
+/* Phase 3: the default variant's index, from the name at `deflt` (0: none given). A missing default is only
+ * reported by the caller's earlier phases; an unknown one is reported here when nothing else went wrong yet (its
+ * variants may simply have failed to load). Returns false when reported. */
+static bool resolve_default(lua_State *L, rs_state *S, decl_view *d, int deflt, bool has_variants, int vmap,
+                            bool report, rs_flag_entry *f) {
+    f->default_variant = -1;
+    if (!deflt) {
+        if (!has_variants) f->default_variant = 0; /* "off" */
+        return true;
+    }
+    bool ok = true;
+    lua_pushvalue(L, deflt);
+    lua_rawget(L, vmap);
+    if (lua_isinteger(L, -1)) {
+        f->default_variant = (int32_t)lua_tointeger(L, -1) - 1;
+    } else if (report) {
+        char clean[MAX_KEY_BYTES + 8];
+        size_t len;
+        const char *s = lua_tolstring(L, deflt, &len);
+        rs_escape_text(clean, sizeof clean, s, len);
+        rs_add_diag(S, d->file, d->line, "flag '%s': default '%s' is not one of its variants", d->key, clean);
+        ok = false;
+    }
+    lua_pop(L, 1);
+    return ok;
+}
+
+/* Phase 4: keeps what evaluation needs in the registry: the name -> index map, the values, the rule. */
+static void keep_flag_references(lua_State *L, int vmap, int values, int rule, rs_flag_entry *f) {
+    lua_pushvalue(L, vmap);
+    f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, values);
+    f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (rule) {
+        lua_pushvalue(L, rule);
+        f->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+}
+
+/* Pushes fields[name]; returns its stack index, or 0 (with the nil left on the stack) when absent. */
+static int collected_field(lua_State *L, int fields, const char *name) {
+    lua_getfield(L, fields, name);
+    return lua_isnil(L, -1) ? 0 : lua_gettop(L);
+}
+
+static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_flag_entry *f) {
+    int top = lua_gettop(L);
+    lua_createtable(L, 0, 3); /* variants, default and rule, collected by name */
+    int fields = lua_gettop(L);
+    f->enabled = true;
+    bool ok = read_flag_fields(L, S, d, def, fields, f);
+    int variants = collected_field(L, fields, "variants");
+    int deflt = collected_field(L, fields, "default");
+    int rule = collected_field(L, fields, "rule");
     lua_newtable(L);
     int vmap = lua_gettop(L);
     lua_newtable(L);
     int values = lua_gettop(L);
     if (variants) {
-        int vt = iterable(L, variants);
-        size_t count = 0;
-        lua_pushnil(L);
-        while (lua_next(L, vt)) {
-            count++;
-            lua_pop(L, 1);
-        }
-        if (count == 0) {
-            rs_add_diag(S, d->file, d->line, "flag '%s': variants must not be empty", d->key);
-            ok = false;
-        } else if (count > MAX_VARIANTS) {
-            rs_add_diag(S, d->file, d->line, "flag '%s': more than %d variants", d->key, MAX_VARIANTS);
-            ok = false;
-        } else {
-            variant_tmp *names = lua_newuserdatauv(L, count * sizeof *names, 0);
-            size_t n = 0;
-            lua_pushnil(L);
-            while (lua_next(L, vt)) {
-                if (lua_type(L, -2) != LUA_TSTRING) {
-                    rs_add_diag(S, d->file, d->line, "flag '%s': variant names must be strings (found a %s)", d->key,
-                                luaL_typename(L, -2));
-                    ok = false;
-                } else {
-                    names[n].name = lua_tolstring(L, -2, &names[n].len);
-                    if (names[n].len == 0 || names[n].len > MAX_KEY_BYTES) {
-                        rs_add_diag(S, d->file, d->line, "flag '%s': a variant name is empty or too long", d->key);
-                        ok = false;
-                    } else {
-                        n++;
-                    }
-                }
-                lua_pop(L, 1);
-            }
-            qsort(names, n, sizeof *names, variant_cmp);
-            f->variants = calloc(n ? n : 1, sizeof *f->variants);
-            if (f->variants == NULL) abort();
-            for (size_t i = 0; i < n; i++) {
-                lua_pushlstring(L, names[i].name, names[i].len);
-                lua_pushvalue(L, -1);
-                lua_rawget(L, vt);
-                char label[MAX_KEY_BYTES + 32];
-                char clean[MAX_KEY_BYTES + 8];
-                rs_escape_text(clean, sizeof clean, names[i].name, names[i].len);
-                snprintf(label, sizeof label, "variant '%s'", clean);
-                size_t jlen;
-                char *json = json_or_diag(L, S, d, lua_gettop(L), label, &jlen);
-                if (json == NULL) {
-                    ok = false;
-                    lua_pop(L, 2);
-                    continue;
-                }
-                rs_variant_entry *v = &f->variants[f->variant_count];
-                v->name = rs_strndup(names[i].name, names[i].len);
-                v->json = json;
-                v->json_len = jlen;
-                f->variant_count++;
-                lua_rawseti(L, values, f->variant_count); /* the value */
-                lua_pushinteger(L, f->variant_count);
-                lua_rawset(L, vmap); /* name -> index */
-            }
-            lua_pop(L, 1); /* names */
-        }
-        lua_pop(L, 1); /* vt */
+        if (!read_variants(L, S, d, variants, vmap, values, f)) ok = false;
         if (!deflt) {
             rs_add_diag(S, d->file, d->line, "flag '%s': 'default' is required when 'variants' are given", d->key);
             ok = false;
         }
     } else {
-        f->variants = calloc(2, sizeof *f->variants);
-        if (f->variants == NULL) abort();
-        const char *const names[] = {"off", "on"};
-        for (int i = 0; i < 2; i++) {
-            f->variants[i].name = rs_strdup(names[i]);
-            f->variants[i].json = rs_strdup(i ? "true" : "false");
-            f->variants[i].json_len = strlen(f->variants[i].json);
-            lua_pushboolean(L, i);
-            lua_rawseti(L, values, i + 1);
-            lua_pushstring(L, names[i]);
-            lua_pushinteger(L, i + 1);
-            lua_rawset(L, vmap);
-        }
-        f->variant_count = 2;
+        use_boolean_variants(L, vmap, values, f);
     }
-    f->default_variant = -1;
-    if (deflt) {
-        lua_pushvalue(L, deflt);
-        lua_rawget(L, vmap);
-        if (lua_isinteger(L, -1)) f->default_variant = (int32_t)lua_tointeger(L, -1) - 1;
-        else if (ok) {
-            char clean[MAX_KEY_BYTES + 8];
-            size_t len;
-            const char *s = lua_tolstring(L, deflt, &len);
-            rs_escape_text(clean, sizeof clean, s, len);
-            rs_add_diag(S, d->file, d->line, "flag '%s': default '%s' is not one of its variants", d->key, clean);
-            ok = false;
-        }
-        lua_pop(L, 1);
-    } else if (!variants) {
-        f->default_variant = 0; /* "off" */
-    }
-    if (ok) {
-        lua_pushvalue(L, vmap);
-        f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        lua_pushvalue(L, values);
-        f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        if (rule) {
-            lua_pushvalue(L, rule);
-            f->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        }
-    }
+    if (!resolve_default(L, S, d, deflt, variants != 0, vmap, ok, f)) ok = false;
+    if (ok) keep_flag_references(L, vmap, values, rule, f);
     lua_settop(L, top);
 }
 
@@ -685,13 +737,12 @@ typedef struct finish_args {
     rs_state *S;
 } finish_args;
 
-static int finish_tx(lua_State *L) {
-    rs_state *S = ((finish_args *)lua_touserdata(L, 1))->S;
-    lua_settop(L, 0);
-    /* Declarations left waiting for their table: `flag "x"` alone does nothing and is a mistake. */
+/* Phase 1: declarations left waiting for their table. `flag "x"` alone does nothing and is a mistake. */
+static void report_pending_declarations(lua_State *L, rs_state *S) {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+    int pending = lua_gettop(L);
     lua_pushnil(L);
-    while (lua_next(L, 1)) {
+    while (lua_next(L, pending)) {
         lua_getfield(L, -1, "kind");
         lua_getfield(L, -2, "key");
         lua_getfield(L, -3, "file");
@@ -704,10 +755,12 @@ static int finish_tx(lua_State *L) {
                     kind == DECL_CONFIG ? "(value)" : "{ ... }");
         lua_pop(L, 5);
     }
-    lua_settop(L, 0);
+    lua_pop(L, 1);
+}
 
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
-    int decls = 1;
+/* Phase 2: a view of every declaration record in the sequence at `decls`, sorted by kind, key, file and order.
+ * The views live in a userdata pushed on the stack; their strings stay alive in the records. */
+static decl_view *collect_declarations(lua_State *L, int decls, size_t *count) {
     size_t n = lua_rawlen(L, decls);
     decl_view *views = lua_newuserdatauv(L, (n ? n : 1) * sizeof *views, 0);
     for (size_t i = 0; i < n; i++) {
@@ -723,22 +776,29 @@ static int finish_tx(lua_State *L) {
         lua_getfield(L, -5, "seq");
         views[i].seq = (int32_t)lua_tointeger(L, -1);
         views[i].record = (lua_Integer)i + 1;
-        lua_pop(L, 6); /* the strings stay alive in the records */
+        lua_pop(L, 6);
     }
     qsort(views, n, sizeof *views, decl_cmp);
-    size_t nflags = 0, nroutes = 0, nconfigs = 0;
+    *count = n;
+    return views;
+}
+
+static bool same_declaration(const decl_view *a, const decl_view *b) {
+    return a->kind == b->kind && a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
+}
+
+/* Phase 3: reports every declaration of a name already declared (the sorted views put them side by side, the
+ * first declaration first) and marks it to be skipped (negative kind); sizes the entry arrays for the rest. */
+static void reject_duplicates_and_allocate(rs_state *S, decl_view *views, size_t n) {
+    size_t nflags = 0, nroutes = 0, nconfigs = 0, first = 0;
     for (size_t i = 0; i < n; i++) {
-        if (i > 0 && views[i].kind == views[i - 1].kind && views[i].key_len == views[i - 1].key_len &&
-            memcmp(views[i].key, views[i - 1].key, views[i].key_len) == 0) {
-            size_t first = i - 1;
-            while (first > 0 && views[first - 1].kind == views[i].kind && views[first - 1].key_len == views[i].key_len &&
-                   memcmp(views[first - 1].key, views[i].key, views[i].key_len) == 0)
-                first--;
+        if (i > 0 && same_declaration(&views[i], &views[first])) {
             rs_add_diag(S, views[i].file, views[i].line, "duplicate %s '%s' (first declared at %s:%d)",
                         kind_name(views[i].kind), views[i].key, views[first].file, views[first].line);
             views[i].kind = -views[i].kind; /* skip it below */
             continue;
         }
+        first = i;
         if (views[i].kind == DECL_FLAG) nflags++;
         else if (views[i].kind == DECL_ROUTE) nroutes++;
         else nconfigs++;
@@ -747,6 +807,48 @@ static int finish_tx(lua_State *L) {
     S->routes = calloc(nroutes ? nroutes : 1, sizeof *S->routes);
     S->configs = calloc(nconfigs ? nconfigs : 1, sizeof *S->configs);
     if (!S->flags || !S->routes || !S->configs) abort();
+}
+
+static void add_flag(lua_State *L, rs_state *S, decl_view *d, int def, int flag_index) {
+    rs_flag_entry *f = &S->flags[S->flag_count++];
+    f->key = rs_strndup(d->key, d->key_len);
+    f->key_len = d->key_len;
+    f->file = rs_strdup(d->file);
+    f->line = d->line;
+    f->seq = d->seq;
+    f->rule_ref = f->variants_ref = f->values_ref = LUA_NOREF;
+    validate_flag(L, S, d, def, f);
+    lua_pushlstring(L, d->key, d->key_len);
+    lua_pushinteger(L, (lua_Integer)S->flag_count - 1);
+    lua_rawset(L, flag_index);
+}
+
+static void add_route(lua_State *L, rs_state *S, decl_view *d, int def) {
+    rs_route_entry *r = &S->routes[S->route_count++];
+    r->name = rs_strndup(d->key, d->key_len);
+    r->name_len = d->key_len;
+    r->file = rs_strdup(d->file);
+    r->line = d->line;
+    r->seq = d->seq;
+    r->match_ref = r->target_ref = LUA_NOREF;
+    validate_route(L, S, d, def, r);
+}
+
+static void add_config(lua_State *L, rs_state *S, decl_view *d, int def) {
+    rs_config_entry *c = &S->configs[S->config_count++];
+    c->key = rs_strndup(d->key, d->key_len);
+    c->file = rs_strdup(d->file);
+    c->line = d->line;
+    size_t len = 0;
+    c->json = json_or_diag(L, S, d, def, "value", &len);
+    if (c->json == NULL) c->json = rs_strdup("null");
+    c->json_len = c->json ? strlen(c->json) : 0;
+    if (len) c->json_len = len;
+}
+
+/* Phase 4: validates each declaration (duplicates skipped) into its entry; publishes the flag key -> index map
+ * that flag_value() uses; puts routes in priority order. */
+static void build_entries(lua_State *L, rs_state *S, int decls, decl_view *views, size_t n) {
     lua_newtable(L);
     int flag_index = lua_gettop(L);
     for (size_t i = 0; i < n; i++) {
@@ -755,45 +857,18 @@ static int finish_tx(lua_State *L) {
         lua_rawgeti(L, decls, d->record);
         lua_getfield(L, -1, "value");
         int def = lua_gettop(L);
-        if (d->kind == DECL_FLAG) {
-            rs_flag_entry *f = &S->flags[S->flag_count++];
-            f->key = rs_strndup(d->key, d->key_len);
-            f->key_len = d->key_len;
-            f->file = rs_strdup(d->file);
-            f->line = d->line;
-            f->seq = d->seq;
-            f->rule_ref = f->variants_ref = f->values_ref = LUA_NOREF;
-            validate_flag(L, S, d, def, f);
-            lua_pushlstring(L, d->key, d->key_len);
-            lua_pushinteger(L, (lua_Integer)S->flag_count - 1);
-            lua_rawset(L, flag_index);
-        } else if (d->kind == DECL_ROUTE) {
-            rs_route_entry *r = &S->routes[S->route_count++];
-            r->name = rs_strndup(d->key, d->key_len);
-            r->name_len = d->key_len;
-            r->file = rs_strdup(d->file);
-            r->line = d->line;
-            r->seq = d->seq;
-            r->match_ref = r->target_ref = LUA_NOREF;
-            validate_route(L, S, d, def, r);
-        } else {
-            rs_config_entry *c = &S->configs[S->config_count++];
-            c->key = rs_strndup(d->key, d->key_len);
-            c->file = rs_strdup(d->file);
-            c->line = d->line;
-            size_t len = 0;
-            c->json = json_or_diag(L, S, d, def, "value", &len);
-            if (c->json == NULL) c->json = rs_strdup("null");
-            c->json_len = c->json ? strlen(c->json) : 0;
-            if (len) c->json_len = len;
-        }
+        if (d->kind == DECL_FLAG) add_flag(L, S, d, def, flag_index);
+        else if (d->kind == DECL_ROUTE) add_route(L, S, d, def);
+        else add_config(L, S, d, def);
         lua_pop(L, 2);
     }
-    lua_pushvalue(L, flag_index);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_flag_index);
     qsort(S->routes, S->route_count, sizeof *S->routes, route_cmp);
+}
 
-    /* Freeze everything the rules can reach, checking closures on the way. */
+/* Phase 5: freezes everything the rules can reach (every file's environment and every declared value), checking
+ * closures on the way; each root carries the file, line and description its problems are reported against. */
+static void freeze_rule_data(lua_State *L, rs_state *S, int decls) {
     lua_newtable(L);
     int roots = lua_gettop(L);
     lua_Integer nroots = 0;
@@ -804,6 +879,7 @@ static int finish_tx(lua_State *L) {
         lua_rawseti(L, roots, ++nroots);
     }
     lua_pop(L, 1);
+    size_t n = lua_rawlen(L, decls);
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, decls, (lua_Integer)i);
         lua_createtable(L, 0, 4);
@@ -822,13 +898,32 @@ static int finish_tx(lua_State *L) {
         lua_pop(L, 1);
     }
     rs_freeze_reachable(S, L, roots);
-    /* Nothing below may be reached by rules, and loading is over: drop the load-time bookkeeping. */
+    lua_pop(L, 1);
+}
+
+/* Phase 6: nothing below may be reached by rules, and loading is over: drop the load-time bookkeeping. */
+static void drop_load_bookkeeping(lua_State *L) {
     lua_pushnil(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
     lua_pushnil(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
     lua_pushnil(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
+}
+
+/* The whole-rule-set validation, one transaction: the phases above, in order. */
+static int finish_tx(lua_State *L) {
+    rs_state *S = ((finish_args *)lua_touserdata(L, 1))->S;
+    lua_settop(L, 0);
+    report_pending_declarations(L, S);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
+    int decls = lua_gettop(L);
+    size_t n;
+    decl_view *views = collect_declarations(L, decls, &n);
+    reject_duplicates_and_allocate(S, views, n);
+    build_entries(L, S, decls, views, n);
+    freeze_rule_data(L, S, decls);
+    drop_load_bookkeeping(L);
     return 0;
 }
 

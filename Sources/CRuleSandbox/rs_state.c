@@ -106,9 +106,26 @@ int rs_raise_kill(lua_State *L) {
     return lua_error(L);
 }
 
+/* The deepest stack level searched for the loading file's line when a load is killed. */
+#define RS_KILL_LINE_LEVELS 64
+
+/* The line of the loading file that was running when the guard stopped it: the innermost frame of a function
+ * defined in that file. Found once, at the kill, so that the diagnostic can point at the loop that ran away. */
+static int32_t loading_line(lua_State *L, const char *file) {
+    lua_Debug ar;
+    for (int level = 0; level < RS_KILL_LINE_LEVELS && lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
+        if (ar.source[0] == '@' && strcmp(ar.source + 1, file) == 0) return ar.currentline;
+    }
+    return 0;
+}
+
 void rs_mark_killed(lua_State *L, int reason) {
     rs_state *S = rs_state_of(L);
-    if (S->killed == RS_KILL_NONE) S->killed = reason;
+    if (S->killed == RS_KILL_NONE) {
+        S->killed = reason;
+        if (S->phase == RS_PHASE_LOAD && S->current_file != NULL) S->kill_line = loading_line(L, S->current_file);
+    }
     /* From now on every instruction of this thread re-raises, so nothing can catch the kill and
      * carry on; the pcall/xpcall/coroutine wrappers re-raise when control comes back to them. */
     lua_sethook(L, rs_hook, LUA_MASKCOUNT, 1);
@@ -186,6 +203,7 @@ const char *rs_current_key(lua_State *L, size_t *len) {
 void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) {
     S->phase = phase;
     S->killed = RS_KILL_NONE;
+    S->kill_line = 0;
     S->budget_left = instructions > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)instructions;
     S->steps_since_clock = 0;
     S->deadline_ns = rs_now_ns() + timeout_ns;

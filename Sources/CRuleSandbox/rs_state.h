@@ -122,6 +122,7 @@ struct rs_state {
     const char *current_key;
     size_t current_key_len;
     const char *current_file; /* while loading */
+    int32_t kill_line;        /* while loading: the line of current_file running when the guard killed it, or 0 */
     double now;
     int flag_depth;
     int32_t flag_stack[RS_MAX_FLAG_DEPTH];

@@ -45,10 +45,10 @@ private let cpuBombs: [String: String] = [
     "table.insert into a table claiming a huge length":
         "local t = setmetatable({}, { __len = function() return 1e15 end }) table.insert(t, 1, 'x') return 'on'",
     "table.sort of a table claiming a huge length":
-        "local t = setmetatable({}, { __len = function() return 1e15 end }) table.sort(t) return 'on'",
+        "local t = setmetatable({}, { __len = function() return 2147483646 end }) table.sort(t) return 'on'",
     "table.sort in a loop":
         "local t = {} for i = 1, 1e4 do t[i] = i end while true do table.sort(t, function(a, b) return a > b end) end",
-    "table.unpack over a huge range": "return table.unpack({}, 1, 1e8)",
+    "table.unpack over a range larger than the budget": "return table.unpack({}, 1, 300000)",
     "string.pack with a huge field": "local s = string.pack('c1000000000', '') return 'on'",
     "string.pack with many huge fields": "local s = string.pack(('c100000000'):rep(30), '') return 'on'",
     "an exponential pattern": "local s = ('a'):rep(30) s:find(('a*'):rep(24) .. 'b') return 'on'",
@@ -232,7 +232,7 @@ struct CPULimitTests {
         let failure = loadFailure(
             ["canary.lua": canaryFile, "spin.lua": "pcall(function() while true do end end)\nflag \"x\" {}\n"],
             limits: limits)
-        #expect(hasDiagnostic(failure, file: "spin.lua", line: 0, containing: "resource limit"))
+        #expect(hasDiagnostic(failure, file: "spin.lua", line: 1, containing: "resource limit"))
     }
 
     @Test("the load deadline ends a file that loops with a huge instruction budget")
@@ -241,13 +241,13 @@ struct CPULimitTests {
         limits.loadInstructionLimit = Int.max / 2
         limits.loadTimeout = .milliseconds(100)
         let failure = loadFailure(["spin.lua": "while true do end\n"], limits: limits)
-        #expect(hasDiagnostic(failure, file: "spin.lua", line: 0, containing: "time limit"))
+        #expect(hasDiagnostic(failure, file: "spin.lua", line: 1, containing: "time limit"))
     }
 
     @Test("a pattern bomb while loading refuses the file")
     func patternBombAtLoad() {
         let failure = loadFailure(["p.lua": "local _ = (('a'):rep(30)):find(('a*'):rep(24) .. 'b')\n"])
-        #expect(hasDiagnostic(failure, file: "p.lua", line: 0, containing: "resource limit"))
+        #expect(hasDiagnostic(failure, file: "p.lua", line: 1, containing: "resource limit"))
     }
 
     @Test("ordinary patterns still work: captures, anchors, classes and balanced matches")

@@ -1,2 +1,2 @@
--- expect-load: 0: resource limit
+-- expect-load: 2: resource limit
 while true do end
