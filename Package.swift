@@ -152,8 +152,11 @@ let package = Package(
             dependencies: [
                 "QueryServing",
                 "RulesProtocol",
+                "RuleModel",
+                "RulesTestSupport",
                 "SystemdSupport",
                 "CEventPoll",
+                "CInotifyTools",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

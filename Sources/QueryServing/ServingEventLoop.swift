@@ -53,7 +53,10 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     }
 
     public let name: String
-    private let epoll: Int32
+    /// The epoll descriptor (internal for tests that break it on purpose).
+    let epoll: Int32
+    /// Writes to the eventfd so far: one per batch of tasks handed in from other threads.
+    let wakeUps = Atomic<Int>(0)
     private let wakeDescriptor: Int32
     private let thread: DedicatedThread.Handle
     private let shared = Mutex(Shared())
@@ -240,6 +243,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     // MARK: - the loop
 
     private func wake() {
+        wakeUps.add(1, ordering: .relaxed)
         var one: UInt64 = 1
         _ = Glibc.write(wakeDescriptor, &one, 8)
     }

@@ -1,4 +1,5 @@
 import CEventPoll
+import Dispatch
 import NIOCore
 import Synchronization
 import Testing
@@ -167,5 +168,68 @@ struct TimerHeapTests {
         #expect(out.map { ObjectIdentifier($0) } == expected.map { ObjectIdentifier($0) })
         #expect(heap.isEmpty)
         #expect(heap.millisecondsUntilNext(now: .now()) == -1)
+    }
+}
+
+@Suite("The workers' event loop: its lifecycle")
+struct ServingEventLoopLifecycleTests {
+    @Test("work handed in after shutdown is refused, never queued")
+    func workAfterShutdownFails() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        try await loop.shutdownGracefully()
+        #expect(loop.lifecycle == .closed)
+        await #expect(throws: EventLoopError.shutdown) { try await loop.submit { 1 }.get() }
+        await #expect(throws: EventLoopError.shutdown) {
+            try await loop.scheduleTask(in: .milliseconds(1)) {}.futureResult.get()
+        }
+        let ran = Flag()
+        loop.execute { ran.set() }
+        #expect(!ran.isSet)
+        // A second shutdown answers at once.
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("a burst of tasks from another thread costs one wake-up, not one each")
+    func wakeUpsAreCoalesced() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let gate = DispatchSemaphore(value: 0)
+        let entered = DispatchSemaphore(value: 0)
+        loop.execute {
+            entered.signal()
+            gate.wait()
+        }
+        entered.wait()
+        let before = loop.wakeUps.load(ordering: .relaxed)
+        let done = Counter()
+        for _ in 0..<100 { loop.execute { done.add() } }
+        let wakeUps = loop.wakeUps.load(ordering: .relaxed) - before
+        #expect(wakeUps == 1)
+        gate.signal()
+        try await loop.submit {}.get()
+        #expect(done.current == 100)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("a poll that fails for good stops the loop, reports why, and refuses later work")
+    func pollFailureStopsTheLoop() async throws {
+        let reported = Mutex<Error?>(nil)
+        let stopped = DispatchSemaphore(value: 0)
+        let loop = try ServingEventLoop(name: "test-loop") { error in
+            reported.withLock { $0 = error }
+            stopped.signal()
+        }
+        // Put a pipe where the epoll descriptor was: the next epoll_wait fails with EINVAL, not EINTR.
+        var pipeEnds: [Int32] = [0, 0]
+        #expect(pipe(&pipeEnds) == 0)
+        #expect(dup2(pipeEnds[0], loop.epoll) == loop.epoll)
+        loop.execute {}  // wakes the loop, whose next wait meets the pipe
+        #expect(stopped.wait(timeout: .now() + 30) == .success)
+        let failure = try #require(reported.withLock { $0 } as? ServingLoopFailure)
+        #expect(failure.call == "epoll_wait")
+        #expect(failure.errno == EINVAL)
+        while loop.lifecycle != .closed { usleep(1000) }
+        await #expect(throws: EventLoopError.shutdown) { try await loop.submit { 1 }.get() }
+        close(pipeEnds[0])
+        close(pipeEnds[1])
     }
 }

@@ -175,6 +175,19 @@ public final class LineClient: @unchecked Sendable {
     public let fd: Int32
     private var buffer: [UInt8] = []
 
+    /// Uses an already connected socket (one end of a socketpair), which it closes when done.
+    public init(descriptor: Int32, timeout: Double = 30) {
+        fd = descriptor
+        Self.setTimeouts(fd, timeout)
+    }
+
+    private static func setTimeouts(_ fd: Int32, _ timeout: Double) {
+        let seconds = Int(timeout)
+        var tv = timeval(tv_sec: seconds, tv_usec: Int((timeout - Double(seconds)) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Connects to `path`.
     public init(path: String, timeout: Double = 30) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -194,9 +207,7 @@ public final class LineClient: @unchecked Sendable {
             close(fd)
             throw HarnessError("connect \(path): \(String(cString: strerror(error)))")
         }
-        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        Self.setTimeouts(fd, timeout)
     }
 
     deinit { close(fd) }

@@ -1,0 +1,152 @@
+import NIOCore
+import RulesProtocol
+import RulesTestSupport
+import Synchronization
+import SystemdSupport
+
+@testable import QueryServing
+
+import Glibc
+
+/// Answers every synchronous request with `{"op": <operation>}`, so tests see which request an answer is for.
+final class EchoResponder: QueryResponder {
+    func beginBatch() {}
+    func endBatch() {}
+
+    func answer(_ request: DecodedRequest, line: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        ResponseWriter.writeSuccess(
+            id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, revision: "r", generation: 1,
+            result: Array(#"{"op":"\#(request.operation.rawValue)"}"#.utf8), into: &out)
+    }
+
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {
+        ResponseWriter.writeSuccess(
+            id: id, revision: "r", generation: 1, result: Array(#"{"watching":true}"#.utf8), into: &out)
+    }
+
+    func recordUndecodable() {}
+}
+
+/// A backend whose waiting operations answer after `delay`, and whose watchers can be sent events.
+final class EchoBackend: QueryBackend {
+    let delay: @Sendable () -> Duration
+    private let watchers = Mutex<[ObjectIdentifier: (ServingEventLoop, @Sendable ([UInt8]) -> Void)]>([:])
+
+    init(delay: @escaping @Sendable () -> Duration = { .milliseconds(20) }) {
+        self.delay = delay
+    }
+
+    func responder(on loop: ServingEventLoop) -> QueryResponder { EchoResponder() }
+
+    func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
+        try? await Task.sleep(for: delay())
+        var buffer = ByteBufferAllocator().buffer(capacity: 128)
+        id.withUnsafeOptionalBytes { id in
+            ResponseWriter.writeSuccess(
+                id: id, revision: "r", generation: 1, result: Array(#"{"op":"\#(operation.rawValue)"}"#.utf8),
+                into: &buffer)
+        }
+        return buffer
+    }
+
+    func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void) {
+        watchers.withLock { $0[key] = (loop, deliver) }
+    }
+
+    func unwatch(_ key: ObjectIdentifier) {
+        _ = watchers.withLock { $0.removeValue(forKey: key) }
+    }
+
+    var watcherCount: Int { watchers.withLock { $0.count } }
+
+    func publish(_ event: String) {
+        for (loop, deliver) in watchers.withLock({ Array($0.values) }) {
+            loop.execute { deliver(Array(event.utf8)) }
+        }
+    }
+}
+
+/// One ``QueryConnection`` on its own loop, served over a socketpair; the test holds the other end.
+final class ConnectionHarness: Sendable {
+    let loop: ServingEventLoop
+    let client: LineClient
+    let backend: EchoBackend
+    let closed = Flag()
+    private let connection: NIOLoopBound<QueryConnection>
+
+    static func limits(
+        maxRequestBytes: Int = 1 << 20, maxPipelined: Int = 1024, idleTimeout: TimeAmount = .seconds(300)
+    ) -> ConnectionLimits {
+        ConnectionLimits(
+            maxRequestBytes: maxRequestBytes, maxPipelinedRequests: maxPipelined, idleTimeout: idleTimeout,
+            maxContextDepth: 32, maxConnections: 16, lingerTime: .milliseconds(300))
+    }
+
+    init(
+        limits: ConnectionLimits = ConnectionHarness.limits(), admission: Admission = .ordinary,
+        backend: EchoBackend = EchoBackend(), clientTimeout: Double = 20
+    ) async throws {
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(Glibc.SOCK_STREAM.rawValue), 0, &pair) == 0 else {
+            throw HarnessError("socketpair: \(errno)")
+        }
+        let served = pair[0]
+        _ = fcntl(served, F_SETFL, fcntl(served, F_GETFL) | O_NONBLOCK)
+        let loop = try ServingEventLoop(name: "test-connection")
+        self.loop = loop
+        self.backend = backend
+        self.client = LineClient(descriptor: pair[1], timeout: clientTimeout)
+        let closed = self.closed
+        connection = try await loop.submit {
+            let connection = QueryConnection(
+                descriptor: served, loop: loop, responder: backend.responder(on: loop), backend: backend,
+                limits: limits, admission: admission, peer: nil,
+                onClose: { closed.set() })
+            _ = connection.start()
+            return NIOLoopBound(connection, eventLoop: loop)
+        }.get()
+    }
+
+    /// The connection's state, read on its loop.
+    func state() async throws -> ConnectionState {
+        let connection = self.connection
+        return try await loop.submit { connection.value.state }.get()
+    }
+
+    /// Asks the connection to drain, as the daemon's shutdown does.
+    func drain() {
+        let connection = self.connection
+        loop.execute { connection.value.drain() }
+    }
+
+    func stop() async {
+        try? await loop.shutdownGracefully()
+    }
+}
+
+/// A small deterministic random generator (SplitMix64), so a failing mix can be replayed from its seed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A flag set from any thread.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}
+
+/// A counter bumped from any thread.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    func add() { value.add(1, ordering: .relaxed) }
+    var current: Int { value.load(ordering: .relaxed) }
+}
