@@ -73,7 +73,7 @@ public enum Daemon {
         // Who may reload depends on who can reach the socket: its mode and group are the unit's when systemd
         // created it.
         var socketMode = settings.socketMode
-        var reloadGroup = settings.socketGroup.flatMap { GroupMembership.groupID(named: $0) }
+        var reloadGroup = settings.socketGroup?.groupID
         if let activatedSocket, let path = SocketActivation.boundPath(of: activatedSocket), !path.hasPrefix("@") {
             var st = stat()
             if stat(path, &st) == 0 {
@@ -97,7 +97,7 @@ public enum Daemon {
         notifier.ready(status: reloads.statusLine(initial, failure: reloads.lastReload?.failure))
 
         var watcher: RuleDirectoryWatcher?
-        if settings.watchMode != "off" {
+        if settings.watchMode != .off {
             watcher = RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
         }
         services.attach(watcher: watcher)

@@ -186,12 +186,12 @@ final class SocketServer: Sendable {
         guard chmod(path, settings.socketMode) == 0 else {
             throw StartupError("cannot set the mode of \(path): \(String(cString: strerror(errno)))")
         }
-        if let groupName = settings.socketGroup {
-            guard let gid = GroupMembership.groupID(named: groupName) else {
-                throw StartupError("no group named '\(groupName)' for the socket")
+        if let group = settings.socketGroup {
+            guard let gid = group.groupID else {
+                throw StartupError("no group named '\(group)' for the socket")
             }
             guard chown(path, uid_t.max, gid) == 0 else {
-                throw StartupError("cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+                throw StartupError("cannot give \(path) to group \(group): \(String(cString: strerror(errno)))")
             }
         }
     }
