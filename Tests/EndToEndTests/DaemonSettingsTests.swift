@@ -1,4 +1,5 @@
 import Foundation
+import RuleModel
 import RulesTestSupport
 import Testing
 
@@ -161,5 +162,66 @@ struct DaemonSettingsEndToEndTests {
             #expect(run.status == 64)
             #expect(run.standardError.contains("option \(option): expected a"), "\(run.standardError)")
         }
+    }
+
+    @Test("socket_mode sets the mode of a socket rulesd binds itself")
+    func socketMode() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(arguments: ["--socket-mode", "0600"])
+        var st = stat()
+        #expect(stat(daemon.socketPath, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+    }
+
+    @Test(
+        "socket_group gives the socket to a group given by number or by name",
+        .enabled(if: geteuid() == 0, "only root may give a file to a group it is not in"),
+        arguments: ["4321", "daemon"])
+    func socketGroup(_ group: String) throws {
+        let expected = try #require(group.first!.isNumber ? gid_t(group) : getgrnam(group)?.pointee.gr_gid)
+        #expect(expected != getegid())
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(environment: ["RULESD_SOCKET_GROUP": group])
+        var st = stat()
+        #expect(stat(daemon.socketPath, &st) == 0)
+        #expect(st.st_gid == expected)
+    }
+
+    @Test("log_level leaves out the lines below it")
+    func logLevel() throws {
+        let daemon = try DaemonHarness(rules: [
+            "a.lua": #"flag "noisy" { rule = function(ctx) log("warn", "rule says hello") return "on" end }"#
+        ])
+        try daemon.start(arguments: ["--log-level", "warning"])
+        #expect(try daemon.request(#"{"op":"flag","flag":"noisy"}"#)["result"]?["variant"] == "on")
+        #expect(try daemon.stop() == 0)
+        let lines = daemon.logs.split(separator: "\n")
+        #expect(lines.contains { $0.contains("rule says hello") })
+        #expect(!lines.contains { $0.contains(" info ") || $0.contains(" notice ") }, "\(daemon.logs)")
+    }
+
+    @Test("watch = poll follows the rules directory by polling")
+    func watchPoll() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(arguments: ["--watch", "poll", "--poll-interval", "100ms"])
+        // The watcher starts right after the socket: wait for it to report its mode.
+        var mode: JSONValue?
+        for _ in 0..<500 {
+            mode = try daemon.request(#"{"op":"status"}"#)["result"]?["watcher"]?["mode"]
+            if mode == "polling" { break }
+            usleep(20_000)
+        }
+        #expect(mode == "polling", "\(daemon.logs)")
+        try daemon.writeRule("a.lua", markedRules("v2"))
+        #expect(daemon.waitForMarker("v2"))
+    }
+
+    @Test("max_delay bounds how long a reload waits for the tree to be quiet")
+    func maxDelay() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        // With a quiet window longer than the wait below, only max_delay can bring the reload in time.
+        try daemon.start(arguments: ["--quiet-window", "60s", "--max-delay", "300ms"])
+        try daemon.writeRule("a.lua", markedRules("v2"))
+        #expect(daemon.waitForMarker("v2", timeout: 30))
     }
 }
