@@ -175,7 +175,7 @@ public struct DaemonService: Service {
         onReady?(initial)
 
         let watcher =
-            settings.watchMode == "off"
+            settings.watchMode == .off
             ? nil : RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
         services.attach(watcher: watcher)
         defer { watcher?.stop() }
@@ -279,10 +279,9 @@ public struct DaemonService: Service {
 
     /// The socket's group, by name or number.
     private func socketGroupID() throws -> gid_t? {
-        guard let name = settings.socketGroup else { return nil }
-        if let gid = GroupMembership.groupID(named: name) { return gid }
-        if let number = gid_t(name) { return number }
-        throw DaemonStartupFailure("no group named '\(name)' for the socket")
+        guard let group = settings.socketGroup else { return nil }
+        guard let gid = group.groupID else { throw DaemonStartupFailure("no group named '\(group)' for the socket") }
+        return gid
     }
 }
 

@@ -13,28 +13,50 @@ import Synchronization
 /// Under systemd (stderr connected to the journal) each line starts with the syslog `<N>` priority so that
 /// journald records the level, and the timestamp is left to journald. Messages and metadata are escaped
 /// and length-limited: text that a rule supplies can never start a new line or impersonate a field.
+///
+/// As swift-log's `StreamLogHandler` does, each line carries the handler's metadata, then the metadata
+/// provider's, then the event's own (each overriding the one before), and an error logged with the event as
+/// `error.message` and `error.type`.
 public struct DaemonLogHandler: LogHandler {
-    public enum Format: Sendable {
+    public enum Format: String, Sendable, CaseIterable {
         case text
         case json
     }
 
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
     private let label: String
     private let format: Format
     private let journal: Bool
+    private let output: @Sendable ([UInt8]) -> Void
 
     /// - Parameters:
     ///   - label: the logger's label, printed with each line.
     ///   - level: the lowest level written.
     ///   - format: text or JSON lines.
     ///   - journal: whether to prefix `<N>` priorities and leave timestamps out.
-    public init(label: String, level: Logger.Level, format: Format, journal: Bool) {
+    ///   - metadataProvider: adds metadata to every line, e.g. from task-local values.
+    public init(
+        label: String, level: Logger.Level, format: Format, journal: Bool,
+        metadataProvider: Logger.MetadataProvider? = LoggingSystem.metadataProvider
+    ) {
+        self.init(
+            label: label, level: level, format: format, journal: journal, metadataProvider: metadataProvider,
+            output: StandardError.write)
+    }
+
+    /// - Parameter output: receives each complete line, newline included.
+    init(
+        label: String, level: Logger.Level, format: Format, journal: Bool,
+        metadataProvider: Logger.MetadataProvider?, output: @escaping @Sendable ([UInt8]) -> Void
+    ) {
         self.label = label
         self.logLevel = level
         self.format = format
         self.journal = journal
+        self.metadataProvider = metadataProvider
+        self.output = output
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -43,12 +65,21 @@ public struct DaemonLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        write(level: event.level, message: event.message, explicit: event.metadata)
+        var merged = metadata
+        if let provided = metadataProvider?.get(), !provided.isEmpty {
+            merged.merge(provided) { $1 }
+        }
+        if let explicit = event.metadata {
+            merged.merge(explicit) { $1 }
+        }
+        if let error = event.error {
+            merged["error.message"] = "\(error)"
+            merged["error.type"] = "\(String(reflecting: type(of: error)))"
+        }
+        write(level: event.level, message: event.message, metadata: merged)
     }
 
-    private func write(level: Logger.Level, message: Logger.Message, explicit: Logger.Metadata?) {
-        var merged = metadata
-        if let explicit { merged.merge(explicit) { $1 } }
+    private func write(level: Logger.Level, message: Logger.Message, metadata merged: Logger.Metadata) {
         var out: [UInt8] = []
         out.reserveCapacity(256)
         if journal {
@@ -87,7 +118,7 @@ public struct DaemonLogHandler: LogHandler {
             out.append(UInt8(ascii: "}"))
         }
         out.append(UInt8(ascii: "\n"))
-        StandardError.write(out)
+        output(out)
     }
 
     /// syslog priority for journald: debug 7 … critical 2.

@@ -1,32 +1,46 @@
+import Logging
 import RuleEngine
 import RuleWatcher
+import SystemdSupport
 
 #if canImport(Glibc)
     import Glibc
-#elseif canImport(Darwin)
-    import Darwin
 #endif
 
 /// Everything that configures a running rulesd.
 ///
 /// Settings come from, in increasing precedence: built-in defaults, the config file, `RULESD_*` environment
-/// variables, and the command line. Unknown settings are errors everywhere: a misspelt setting silently
-/// ignored is a production incident waiting for its moment.
-public struct DaemonSettings: Sendable {
+/// variables, and the command line. Each setting is described once, in ``descriptors``: its name in all three
+/// places, its parser, its `--help` text and its documented default come from that one table, and tests hold
+/// `config/rulesd.conf` and the table in `docs/OPERATIONS.md` to it. Unknown settings are errors everywhere: a
+/// misspelt setting silently ignored is a production incident waiting for its moment.
+public struct DaemonSettings: Sendable, Equatable {
+    /// How the rules directory is followed.
+    public enum WatchMode: String, Sendable, CaseIterable {
+        /// inotify watches, falling back to polling while inotify is unavailable.
+        case inotify
+        /// Polling from the start, for file systems where inotify reports nothing.
+        case poll
+        /// No watching: reloads happen on SIGHUP and `rulesctl reload` only.
+        case off
+    }
+
     public var rulesDirectory = "/etc/rulesd/rules.d"
     public var socketPath = "/run/rulesd/rulesd.sock"
     public var socketMode: mode_t = 0o660
-    public var socketGroup: String?
+    public var socketGroup: SocketGroup?
     public var stateDirectory = "/var/lib/rulesd"
     public var workers = DaemonSettings.defaultWorkers
-    public var logLevel = "info"
-    public var logFormat = "text"
+    public var logLevel: Logger.Level = .info
+    public var logFormat: DaemonLogHandler.Format = .text
     public var maxConnections = 1024
     public var idleTimeout: Duration = .seconds(300)
     public var maxPipelinedRequests = 1024
     public var maxRequestBytes = 1 << 20
     public var shutdownTimeout: Duration = .seconds(10)
-    public var watchMode = "inotify"
+    public var watchMode: WatchMode = .inotify {
+        didSet { watch.forcePolling = watchMode == .poll }
+    }
     public var watch = WatchSettings()
     public var limits = RuleEngineLimits()
     public var metricsListen: String?
@@ -35,31 +49,60 @@ public struct DaemonSettings: Sendable {
 
     public static var defaultWorkers: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    /// The names of all settings, as used in the config file (`name = value`); the command line spells them
-    /// `--name-with-dashes` and the environment `RULESD_NAME`.
-    public static var settingNames: [String] { schema.map(\.name) }
+    /// The config file read when neither `--config` nor `RULESD_CONFIG` names one, if it exists.
+    public static let defaultConfigFile = "/etc/rulesd/rulesd.conf"
+
+    /// The variable naming the config file; it is not a setting itself.
+    public static let configFileVariable = "RULESD_CONFIG"
+
+    /// The settings from every source, lowest precedence first: defaults, the config file, the environment, the
+    /// command line.
+    /// - Parameters:
+    ///   - commandLine: settings given as options, in any order.
+    ///   - environment: the process environment; every `RULESD_*` variable must be a setting or `RULESD_CONFIG`.
+    ///   - configFile: the file named by `--config`, if any; else `RULESD_CONFIG`, else `defaultConfigFile` if
+    ///     it exists.
+    ///   - defaultConfigFile: the file read when none is named.
+    /// - Returns: the settings in effect.
+    /// - Throws: ``SettingsError`` naming the first setting that is unknown or has a bad value, and where it was.
+    public static func resolve(
+        commandLine: [(Key, String)], environment: [String: String], configFile: String?,
+        defaultConfigFile: String = DaemonSettings.defaultConfigFile
+    ) throws(SettingsError) -> DaemonSettings {
+        var settings = DaemonSettings()
+        if let path = configFile ?? environment[configFileVariable] {
+            try settings.apply(configFile: path)
+        } else if access(defaultConfigFile, F_OK) == 0 {
+            // An existing default file is read, and an unreadable one is an error rather than silently skipped.
+            try settings.apply(configFile: defaultConfigFile)
+        }
+        try settings.apply(environment: environment)
+        for (key, value) in commandLine {
+            try settings.apply(key, value: value, from: .commandLine)
+        }
+        return settings
+    }
 
     /// Applies one setting given as text.
-    /// - Throws: ``SettingsError`` naming the setting and what is wrong with the value.
-    public mutating func apply(name: String, value: String, origin: String) throws(SettingsError) {
-        guard let spec = Self.schema.first(where: { $0.name == name }) else {
-            throw SettingsError(
-                "\(origin): unknown setting '\(name)' (known: \(Self.settingNames.joined(separator: ", ")))")
-        }
+    /// - Throws: ``SettingsError`` naming the setting as its source spells it, and what is wrong with the value.
+    public mutating func apply(_ key: Key, value: String, from source: SettingSource) throws(SettingsError) {
         do {
-            try spec.apply(&self, value)
-        } catch let error {
-            throw SettingsError("\(origin): \(name): \(error.message)")
+            try Self.descriptor(key).parse(&self, value)
+        } catch let problem {
+            throw SettingsError(source.naming(key) + ": " + problem.message)
         }
     }
 
     /// Applies a config file: `name = value` lines, `#` comments, values optionally in double quotes.
+    /// - Throws: ``SettingsError`` when the file cannot be read, or naming the line of the first unknown setting,
+    ///   malformed line or bad value.
     public mutating func apply(configFile path: String) throws(SettingsError) {
         guard let text = Self.readFile(path) else {
             throw SettingsError("cannot read config file \(path): \(String(cString: strerror(errno)))")
         }
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // "\r\n" is one Character in Swift, so it is a line break of its own.
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             lineNumber += 1
             var line = Substring(rawLine)
             if let hash = Self.commentStart(line) { line = line[..<hash] }
@@ -68,23 +111,41 @@ public struct DaemonSettings: Sendable {
             guard let equals = trimmed.firstIndex(of: "=") else {
                 throw SettingsError("\(path):\(lineNumber): expected 'name = value'")
             }
-            let name = trimmed[..<equals].trimmingCharacters(in: " \t")
+            let name = String(trimmed[..<equals].trimmingCharacters(in: " \t").map { $0 == "-" ? "_" : $0 })
             var value = trimmed[trimmed.index(after: equals)...].trimmingCharacters(in: " \t")
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
                 value = String(value.dropFirst().dropLast())
             }
-            try apply(
-                name: name.replacingOccurrences(of: "-", with: "_"), value: value, origin: "\(path):\(lineNumber)")
+            guard let key = Key(rawValue: name) else {
+                throw SettingsError("\(path):\(lineNumber): unknown setting '\(name)'")
+            }
+            try apply(key, value: value, from: .configFile(path: path, line: lineNumber))
         }
     }
 
     /// Applies every `RULESD_*` variable except `RULESD_CONFIG` (the config file's path, read first).
+    /// - Throws: ``SettingsError`` naming the first unknown variable or bad value.
     public mutating func apply(environment: [String: String]) throws(SettingsError) {
-        for (key, value) in environment.sorted(by: { $0.key < $1.key }) where key.hasPrefix("RULESD_") {
-            if key == "RULESD_CONFIG" { continue }
-            let name = String(key.dropFirst("RULESD_".count)).lowercased()
-            try apply(name: name, value: value, origin: "environment variable \(key)")
+        for (variable, value) in environment.sorted(by: { $0.key < $1.key }) where variable.hasPrefix("RULESD_") {
+            if variable == Self.configFileVariable { continue }
+            let name = String(variable.dropFirst("RULESD_".count)).lowercased()
+            guard let key = Key(rawValue: name), key.environmentVariable == variable else {
+                throw SettingsError("environment variable \(variable): unknown setting '\(name)'")
+            }
+            try apply(key, value: value, from: .environment)
         }
+    }
+
+    /// Every setting as a `name = value` line, in the order of ``descriptors``: a config file that reproduces
+    /// these settings.
+    public var configurationText: String {
+        Self.descriptors.map { "\($0.key.rawValue) = \(Self.quotedIfNeeded($0.render(self)))\n" }.joined()
+    }
+
+    private static func quotedIfNeeded(_ value: String) -> String {
+        let needsQuotes =
+            value.isEmpty || value.contains("#") || value.first == " " || value.last == " " || value.first == "\""
+        return needsQuotes ? "\"\(value)\"" : value
     }
 
     private static func commentStart(_ line: Substring) -> Substring.Index? {
@@ -105,168 +166,418 @@ public struct DaemonSettings: Sendable {
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+            if n < 0 { return nil }
+            if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
         }
         return String(decoding: bytes, as: UTF8.self)
     }
 }
 
-/// A setting that could not be applied; the message names the origin (file:line, variable, option).
-public struct SettingsError: Error, Sendable, CustomStringConvertible {
+/// The group that owns a socket rulesd binds itself: a name looked up when the socket is created, or a number
+/// used as it is (a container may have no group database).
+public enum SocketGroup: Sendable, Equatable, CustomStringConvertible {
+    case name(String)
+    case id(gid_t)
+
+    /// The group id, or nil when no group has this name.
+    public var groupID: gid_t? {
+        switch self {
+        case .name(let name): GroupMembership.groupID(named: name)
+        case .id(let id): id
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .name(let name): name
+        case .id(let id): String(id)
+        }
+    }
+}
+
+/// Where a setting was given; errors name the setting as that source spells it.
+public enum SettingSource: Sendable, Equatable {
+    case configFile(path: String, line: Int)
+    case environment
+    case commandLine
+
+    func naming(_ key: DaemonSettings.Key) -> String {
+        switch self {
+        case .configFile(let path, let line): "\(path):\(line): \(key.rawValue)"
+        case .environment: "environment variable \(key.environmentVariable)"
+        case .commandLine: "option \(key.option)"
+        }
+    }
+}
+
+/// A setting that could not be applied; the message names the setting and where it was given (file:line,
+/// variable, option).
+public struct SettingsError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
 
-struct SettingSpec: Sendable {
-    var name: String
-    var help: String
-    var apply: @Sendable (inout DaemonSettings, String) throws(SettingsError) -> Void
-}
-
 extension DaemonSettings {
-    static let schema: [SettingSpec] = [
-        SettingSpec(name: "rules", help: "rules directory") { s, v throws(SettingsError) in
-            s.rulesDirectory = try nonEmpty(v)
-        },
-        SettingSpec(name: "socket", help: "Unix socket path") { s, v throws(SettingsError) in
-            let path = try nonEmpty(v)
-            guard path.utf8.count < 104 else { throw SettingsError("socket path longer than 103 bytes") }
-            s.socketPath = path
-        },
-        SettingSpec(name: "socket_mode", help: "socket file mode, octal") { s, v throws(SettingsError) in
-            guard let mode = mode_t(v.hasPrefix("0o") ? String(v.dropFirst(2)) : v, radix: 8), mode <= 0o777 else {
-                throw SettingsError("expected an octal mode like 0660, got '\(v)'")
-            }
-            s.socketMode = mode
-        },
-        SettingSpec(name: "socket_group", help: "group owning the socket") { s, v throws(SettingsError) in
-            s.socketGroup = v.isEmpty ? nil : v
-        },
-        SettingSpec(name: "state_dir", help: "state directory (last known good rules)") { s, v throws(SettingsError) in
-            s.stateDirectory = try nonEmpty(v)
-        },
-        SettingSpec(name: "workers", help: "worker threads") { s, v throws(SettingsError) in
-            s.workers = try integer(v, 1...256)
-        },
-        SettingSpec(name: "log_level", help: "trace, debug, info, notice, warning, error, critical") {
-            s, v throws(SettingsError) in
-            let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
-            guard levels.contains(v) else { throw SettingsError("expected one of \(levels.joined(separator: ", "))") }
-            s.logLevel = v
-        },
-        SettingSpec(name: "log_format", help: "text or json") { s, v throws(SettingsError) in
-            guard v == "text" || v == "json" else { throw SettingsError("expected text or json") }
-            s.logFormat = v
-        },
-        SettingSpec(name: "max_connections", help: "open connections at most") { s, v throws(SettingsError) in
-            s.maxConnections = try integer(v, 1...1_000_000)
-        },
-        SettingSpec(name: "idle_timeout", help: "close connections idle this long") { s, v throws(SettingsError) in
-            s.idleTimeout = try duration(v)
-        },
-        SettingSpec(name: "max_pipelined", help: "requests read ahead per connection") { s, v throws(SettingsError) in
-            s.maxPipelinedRequests = try integer(v, 1...1_000_000)
-        },
-        SettingSpec(name: "max_request_bytes", help: "longest request line") { s, v throws(SettingsError) in
-            s.maxRequestBytes = try size(v, 64...(256 << 20))
-        },
-        SettingSpec(name: "shutdown_timeout", help: "wait for in-flight requests at shutdown") {
-            s, v throws(SettingsError) in
-            s.shutdownTimeout = try duration(v)
-        },
-        SettingSpec(name: "watch", help: "inotify, poll or off") { s, v throws(SettingsError) in
-            guard ["inotify", "poll", "off"].contains(v) else { throw SettingsError("expected inotify, poll or off") }
-            s.watchMode = v
-            s.watch.forcePolling = v == "poll"
-        },
-        SettingSpec(name: "quiet_window", help: "wait for the tree to be quiet this long") {
-            s, v throws(SettingsError) in
-            s.watch.quietWindow = try duration(v)
-        },
-        SettingSpec(name: "max_delay", help: "reload at most this long after the first change") {
-            s, v throws(SettingsError) in
-            s.watch.maxDelay = try duration(v)
-        },
-        SettingSpec(name: "safety_rescan", help: "rescan this often regardless of events") {
-            s, v throws(SettingsError) in
-            s.watch.safetyRescanInterval = try duration(v)
-        },
-        SettingSpec(name: "poll_interval", help: "polling period when inotify is unavailable") {
-            s, v throws(SettingsError) in
-            s.watch.pollInterval = try duration(v)
-        },
-        SettingSpec(name: "memory_limit", help: "Lua memory per rule set and worker") { s, v throws(SettingsError) in
-            s.limits.memoryLimit = try size(v, (1 << 20)...(64 << 30))
-        },
-        SettingSpec(name: "eval_timeout", help: "wall-clock budget of one evaluation") { s, v throws(SettingsError) in
-            s.limits.evaluationTimeout = try duration(v)
-        },
-        SettingSpec(name: "eval_instructions", help: "instruction budget of one evaluation") {
-            s, v throws(SettingsError) in
-            s.limits.evaluationInstructionLimit = try integer(v, 1000...Int(Int32.max))
-        },
-        SettingSpec(name: "load_timeout", help: "wall-clock budget of loading one file") {
-            s, v throws(SettingsError) in
-            s.limits.loadTimeout = try duration(v)
-        },
-        SettingSpec(name: "load_instructions", help: "instruction budget of loading one file") {
-            s, v throws(SettingsError) in
-            s.limits.loadInstructionLimit = try integer(v, 1000...Int.max)
-        },
-        SettingSpec(name: "max_file_bytes", help: "largest rule file") { s, v throws(SettingsError) in
-            s.limits.maxFileBytes = try size(v, 1024...(256 << 20))
-        },
-        SettingSpec(name: "metrics_listen", help: "HOST:PORT for the /metrics HTTP listener") {
-            s, v throws(SettingsError) in
-            if v.isEmpty || v == "off" {
-                s.metricsListen = nil
-                return
-            }
-            guard let colon = v.lastIndex(of: ":"), Int(v[v.index(after: colon)...]) != nil else {
-                throw SettingsError("expected HOST:PORT, e.g. 127.0.0.1:9464")
-            }
-            s.metricsListen = v
-        },
+    /// The name of every setting: `name` in the config file, `--name-with-dashes` on the command line and
+    /// `RULESD_NAME` in the environment.
+    public enum Key: String, Sendable, CaseIterable {
+        case rules
+        case stateDirectory = "state_dir"
+        case socket
+        case socketMode = "socket_mode"
+        case socketGroup = "socket_group"
+        case workers
+        case maxConnections = "max_connections"
+        case idleTimeout = "idle_timeout"
+        case maxPipelined = "max_pipelined"
+        case maxRequestBytes = "max_request_bytes"
+        case shutdownTimeout = "shutdown_timeout"
+        case logLevel = "log_level"
+        case logFormat = "log_format"
+        case watch
+        case quietWindow = "quiet_window"
+        case maxDelay = "max_delay"
+        case safetyRescan = "safety_rescan"
+        case pollInterval = "poll_interval"
+        case memoryLimit = "memory_limit"
+        case evalTimeout = "eval_timeout"
+        case evalInstructions = "eval_instructions"
+        case loadTimeout = "load_timeout"
+        case loadInstructions = "load_instructions"
+        case maxFileBytes = "max_file_bytes"
+        case metricsListen = "metrics_listen"
+
+        /// The command-line option's long name, without the leading dashes: `socket-mode`.
+        public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
+        /// `--socket-mode`.
+        public var option: String { "--" + longOption }
+        /// `RULESD_SOCKET_MODE`.
+        public var environmentVariable: String { "RULESD_" + rawValue.uppercased() }
+    }
+
+    /// The descriptor of one setting.
+    public static func descriptor(_ key: Key) -> SettingDescriptor {
+        descriptors.first { $0.key == key }!
+    }
+
+    /// Every setting, in the order of `--help`, `config/rulesd.conf` and the documentation.
+    public static let descriptors: [SettingDescriptor] = [
+        .text(.rules, \.rulesDirectory, valueName: "directory", summary: "the rules directory"),
+        .text(
+            .stateDirectory, \.stateDirectory, valueName: "directory",
+            summary: "where the last known good rules are kept"),
+        .text(
+            .socket, \.socketPath, valueName: "path", maxBytes: 103,
+            summary: "the socket to bind when systemd does not hand one over"),
+        SettingDescriptor(
+            key: .socketMode, valueName: "mode", summary: "mode of a socket rulesd binds itself, octal",
+            parse: { settings, text throws(SettingsError) in
+                let digits = text.hasPrefix("0o") ? String(text.dropFirst(2)) : text
+                guard !digits.isEmpty, digits.allSatisfy({ ("0"..."7").contains($0) }), digits.count <= 4,
+                    let mode = mode_t(digits, radix: 8), mode <= 0o777
+                else {
+                    throw SettingsError("expected an octal mode such as 0660, got '\(text)'")
+                }
+                settings.socketMode = mode
+            },
+            render: { settings in
+                let octal = String(settings.socketMode, radix: 8)
+                return String(repeating: "0", count: max(0, 4 - octal.count)) + octal
+            }),
+        SettingDescriptor(
+            key: .socketGroup, valueName: "group",
+            summary: "group of that socket, by name or number; its members may `reload`",
+            defaultNote: "none", example: "rulesd",
+            parse: { settings, text throws(SettingsError) in
+                settings.socketGroup = try parseGroup(text)
+            },
+            render: { $0.socketGroup?.description ?? "" }),
+        .integer(
+            .workers, \.workers, 1...256,
+            summary: "worker threads; each polls its share of the connections and has its own Lua state per rule set",
+            defaultNote: "number of cores", example: "4"),
+        .integer(.maxConnections, \.maxConnections, 1...1_000_000, summary: "connections served at once"),
+        .duration(
+            .idleTimeout, \.idleTimeout, .milliseconds(1)...(.seconds(7 * 86400)),
+            summary: "close connections idle this long"),
+        .integer(
+            .maxPipelined, \.maxPipelinedRequests, 1...1_000_000,
+            summary: "requests read ahead per connection while an earlier one waits"),
+        .size(.maxRequestBytes, \.maxRequestBytes, 64...(256 << 20), summary: "longest request line"),
+        .duration(
+            .shutdownTimeout, \.shutdownTimeout, .zero...(.seconds(3600)),
+            summary: "how long a stop waits for in-flight requests"),
+        .choice(.logLevel, \.logLevel, summary: "lowest level logged"),
+        .choice(.logFormat, \.logFormat, summary: "log line format"),
+        .choice(.watch, \.watchMode, summary: "how the rules directory is followed"),
+        .duration(
+            .quietWindow, \.watch.quietWindow, .milliseconds(1)...(.seconds(60)),
+            summary: "reload once the tree has been quiet this long"),
+        .duration(
+            .maxDelay, \.watch.maxDelay, .milliseconds(1)...(.seconds(600)),
+            summary: "reload at most this long after the first change"),
+        .duration(
+            .safetyRescan, \.watch.safetyRescanInterval, .seconds(1)...(.seconds(86400)),
+            summary: "rescan this often whatever the watcher saw"),
+        .duration(
+            .pollInterval, \.watch.pollInterval, .milliseconds(10)...(.seconds(3600)),
+            summary: "polling period when inotify cannot be used"),
+        .size(
+            .memoryLimit, \.limits.memoryLimit, (1 << 20)...(64 << 30), summary: "Lua memory per rule set and worker"),
+        .duration(
+            .evalTimeout, \.limits.evaluationTimeout, .milliseconds(1)...(.seconds(60)),
+            summary: "wall-clock budget of one evaluation"),
+        .integer(
+            .evalInstructions, \.limits.evaluationInstructionLimit, 1000...Int(Int32.max),
+            summary: "instruction budget of one evaluation"),
+        .duration(
+            .loadTimeout, \.limits.loadTimeout, .milliseconds(1)...(.seconds(600)),
+            summary: "wall-clock budget of loading one file"),
+        .integer(
+            .loadInstructions, \.limits.loadInstructionLimit, 1000...Int.max,
+            summary: "instruction budget of loading one file"),
+        .size(.maxFileBytes, \.limits.maxFileBytes, 1024...(256 << 20), summary: "largest rule file"),
+        SettingDescriptor(
+            key: .metricsListen, valueName: "host:port",
+            summary: "`HOST:PORT` for the `/metrics` HTTP listener, or `off`", example: "127.0.0.1:9464",
+            parse: { settings, text throws(SettingsError) in
+                settings.metricsListen = try parseListenAddress(text)
+            },
+            render: { $0.metricsListen ?? "off" }),
     ]
 }
 
-private func nonEmpty(_ value: String) throws(SettingsError) -> String {
-    guard !value.isEmpty else { throw SettingsError("must not be empty") }
-    return value
-}
+/// One setting: its name, how its value is read and written back, and what `--help` and the documentation say
+/// about it.
+public struct SettingDescriptor: Sendable {
+    public let key: DaemonSettings.Key
+    /// What the value is, for `--help`: `duration`, `size`, `path`.
+    public let valueName: String
+    /// One line saying what the setting does (Markdown: values in backticks).
+    public let summary: String
+    /// Said instead of the default value when that depends on the machine or means "not set".
+    public let defaultNote: String?
+    /// The value shown in the sample config file when ``defaultNote`` is set.
+    public let example: String?
+    let parse: @Sendable (inout DaemonSettings, String) throws(SettingsError) -> Void
+    let render: @Sendable (DaemonSettings) -> String
 
-private func integer(_ value: String, _ range: ClosedRange<Int>) throws(SettingsError) -> Int {
-    guard let n = Int(value.replacingOccurrences(of: "_", with: "")), range.contains(n) else {
-        throw SettingsError("expected an integer in \(range.lowerBound)...\(range.upperBound), got '\(value)'")
+    init(
+        key: DaemonSettings.Key, valueName: String, summary: String, defaultNote: String? = nil,
+        example: String? = nil, parse: @escaping @Sendable (inout DaemonSettings, String) throws(SettingsError) -> Void,
+        render: @escaping @Sendable (DaemonSettings) -> String
+    ) {
+        self.key = key
+        self.valueName = valueName
+        self.summary = summary
+        self.defaultNote = defaultNote
+        self.example = example
+        self.parse = parse
+        self.render = render
     }
-    return n
+
+    /// The setting's value in `settings`, spelt as the config file accepts it.
+    public func value(in settings: DaemonSettings) -> String { render(settings) }
+
+    /// The built-in default as the config file spells it.
+    public var defaultValue: String { render(DaemonSettings()) }
+
+    /// The default for people: ``defaultNote`` or the default value.
+    public var defaultText: String { defaultNote ?? defaultValue }
+
+    /// The value the sample config file shows: the default, or ``example`` when the default cannot be written.
+    public var sampleValue: String { example ?? defaultValue }
+
+    /// The `--help` text: the summary without Markdown, and the default.
+    public var helpText: String {
+        let plain = summary.filter { $0 != "`" }
+        return plain.prefix(1).uppercased() + plain.dropFirst() + " (default: \(defaultText))"
+    }
+
+    static func text(
+        _ key: DaemonSettings.Key, _ path: WritableKeyPath<DaemonSettings, String> & Sendable, valueName: String,
+        maxBytes: Int? = nil, summary: String
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: key, valueName: valueName, summary: summary,
+            parse: { settings, text throws(SettingsError) in
+                guard !text.isEmpty else { throw SettingsError("must not be empty") }
+                if let maxBytes, text.utf8.count > maxBytes {
+                    throw SettingsError("longer than \(maxBytes) bytes")
+                }
+                settings[keyPath: path] = text
+            },
+            render: { $0[keyPath: path] })
+    }
+
+    static func integer(
+        _ key: DaemonSettings.Key, _ path: WritableKeyPath<DaemonSettings, Int> & Sendable, _ range: ClosedRange<Int>,
+        summary: String, defaultNote: String? = nil, example: String? = nil
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: key, valueName: "n", summary: summary, defaultNote: defaultNote, example: example,
+            parse: { settings, text throws(SettingsError) in
+                // Int(_:) returns nil rather than overflow, so a huge number is reported like any other bad one.
+                guard let n = Int(String(text.filter { $0 != "_" })), range.contains(n) else {
+                    throw SettingsError(
+                        "expected an integer from \(range.lowerBound) to \(range.upperBound), got '\(text)'")
+                }
+                settings[keyPath: path] = n
+            },
+            render: { String($0[keyPath: path]) })
+    }
+
+    static func choice<Choice: RawRepresentable<String> & CaseIterable & Sendable>(
+        _ key: DaemonSettings.Key, _ path: WritableKeyPath<DaemonSettings, Choice> & Sendable, summary: String
+    ) -> SettingDescriptor {
+        let names = Choice.allCases.map(\.rawValue)
+        let list = names.dropLast().map { "`\($0)`" }.joined(separator: ", ") + " or `\(names.last!)`"
+        return SettingDescriptor(
+            key: key, valueName: names.joined(separator: "|"), summary: "\(summary): \(list)",
+            parse: { settings, text throws(SettingsError) in
+                guard let value = Choice(rawValue: text) else {
+                    throw SettingsError("expected \(list.filter { $0 != "`" }), got '\(text)'")
+                }
+                settings[keyPath: path] = value
+            },
+            render: { $0[keyPath: path].rawValue })
+    }
+
+    static func duration(
+        _ key: DaemonSettings.Key, _ path: WritableKeyPath<DaemonSettings, Duration> & Sendable,
+        _ range: ClosedRange<Duration>, summary: String
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: key, valueName: "duration", summary: summary,
+            parse: { settings, text throws(SettingsError) in
+                settings[keyPath: path] = try parseDuration(text, range)
+            },
+            render: { formatDuration($0[keyPath: path]) })
+    }
+
+    static func size(
+        _ key: DaemonSettings.Key, _ path: WritableKeyPath<DaemonSettings, Int> & Sendable, _ range: ClosedRange<Int>,
+        summary: String
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: key, valueName: "size", summary: summary,
+            parse: { settings, text throws(SettingsError) in
+                settings[keyPath: path] = try parseSize(text, range)
+            },
+            render: { formatSize($0[keyPath: path]) })
+    }
 }
 
-/// `300ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-func duration(_ value: String) throws(SettingsError) -> Duration {
-    let units: [(String, Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60), ("h", 3600)]
-    for (suffix, scale) in units where value.hasSuffix(suffix) {
-        if let n = Double(value.dropLast(suffix.count)), n >= 0, n.isFinite {
-            return .nanoseconds(Int64(n * scale * 1e9))
+private let durationUnits: [(suffix: String, nanoseconds: Int64)] = [
+    ("ns", 1), ("us", 1000), ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+]
+
+/// `300ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds, within `range`.
+///
+/// The number is checked against the range before it is converted, so no value, however long, can overflow.
+func parseDuration(_ text: String, _ range: ClosedRange<Duration>) throws(SettingsError) -> Duration {
+    let expected =
+        "expected a duration from \(formatDuration(range.lowerBound)) to \(formatDuration(range.upperBound)) "
+        + "such as 300ms, 5s or 2m, got '\(text)'"
+    let number = text.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
+    let unit = text.dropFirst(number.count)
+    let scale: Int64
+    if unit.isEmpty {
+        scale = 1_000_000_000
+    } else if let match = durationUnits.first(where: { $0.suffix == unit }) {
+        scale = match.nanoseconds
+    } else {
+        throw SettingsError(expected)
+    }
+    // Digits with at most one decimal point: Double(_:) alone would also take "inf", "nan" and hex.
+    guard !number.isEmpty, number.filter({ $0 == "." }).count <= 1, number.first != ".", number.last != ".",
+        let value = Double(number), value.isFinite
+    else {
+        throw SettingsError(expected)
+    }
+    let nanoseconds = value * Double(scale)
+    let lower =
+        Double(range.lowerBound.components.seconds) * 1e9 + Double(range.lowerBound.components.attoseconds) / 1e9
+    let upper =
+        Double(range.upperBound.components.seconds) * 1e9 + Double(range.upperBound.components.attoseconds) / 1e9
+    guard nanoseconds >= lower, nanoseconds <= upper else { throw SettingsError(expected) }
+    return .nanoseconds(Int64(nanoseconds.rounded()))
+}
+
+/// The largest unit that states `duration` exactly: `5m`, `300ms`, `1500ms`.
+func formatDuration(_ duration: Duration) -> String {
+    let (seconds, attoseconds) = duration.components
+    let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    if nanoseconds == 0 { return "0s" }
+    for unit in durationUnits.reversed() where nanoseconds % unit.nanoseconds == 0 {
+        return "\(nanoseconds / unit.nanoseconds)\(unit.suffix)"
+    }
+    return "\(nanoseconds)ns"
+}
+
+private let sizeUnits: [(suffix: String, bytes: Int)] = [
+    ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000),
+    ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10), ("B", 1),
+]
+
+/// `1048576`, `1_048_576`, `64KiB`, `1MiB`, `2GiB` (also KB, MB, GB as powers of 1000), within `range`; overflow
+/// is an error.
+func parseSize(_ text: String, _ range: ClosedRange<Int>) throws(SettingsError) -> Int {
+    let expected =
+        "expected a size from \(formatSize(range.lowerBound)) to \(formatSize(range.upperBound)), got '\(text)'"
+    let plain = text.filter { $0 != "_" }
+    let digits = plain.prefix { $0.isASCII && $0.isNumber }
+    let unit = plain.dropFirst(digits.count)
+    let scale: Int
+    if unit.isEmpty {
+        scale = 1
+    } else if let match = sizeUnits.first(where: { $0.suffix == unit }) {
+        scale = match.bytes
+    } else {
+        throw SettingsError(expected)
+    }
+    guard !digits.isEmpty, let count = Int(digits) else { throw SettingsError(expected) }
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: scale)
+    guard !overflow, range.contains(bytes) else { throw SettingsError(expected) }
+    return bytes
+}
+
+/// The largest binary unit that states `bytes` exactly: `1MiB`, `64KiB`, `1000B`.
+func formatSize(_ bytes: Int) -> String {
+    for (suffix, scale) in sizeUnits where suffix.hasSuffix("iB") && bytes != 0 && bytes % scale == 0 {
+        return "\(bytes / scale)\(suffix)"
+    }
+    return "\(bytes)B"
+}
+
+/// A group name as `useradd` accepts it, or a group id; empty for none.
+func parseGroup(_ text: String) throws(SettingsError) -> SocketGroup? {
+    if text.isEmpty { return nil }
+    if text.allSatisfy({ $0.isASCII && $0.isNumber }) {
+        // (gid_t)-1 means "leave unchanged" to chown(2), so it cannot name a group.
+        guard let id = gid_t(text), id != gid_t.max else {
+            throw SettingsError("group id '\(text)' is out of range")
         }
+        return .id(id)
     }
-    if let n = Double(value), n >= 0, n.isFinite { return .nanoseconds(Int64(n * 1e9)) }
-    throw SettingsError("expected a duration like 300ms, 5s or 2m, got '\(value)'")
+    let allowed = text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_.-$".contains($0)) }
+    guard allowed, text.first != "-", text.utf8.count <= 32 else {
+        throw SettingsError("expected a group name or number, got '\(text)'")
+    }
+    return .name(text)
 }
 
-/// `1048576`, `64KiB`, `1MiB`, `2GiB` (also KB/MB/GB as powers of 1000).
-func size(_ value: String, _ range: ClosedRange<Int>) throws(SettingsError) -> Int {
-    let units: [(String, Int)] = [
-        ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000),
-        ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1),
-    ]
-    for (suffix, scale) in units where value.hasSuffix(suffix) {
-        if let n = Int(value.dropLast(suffix.count)), range.contains(n * scale) { return n * scale }
+/// `HOST:PORT` (`[v6]:PORT` too), or `off` / empty for no listener.
+func parseListenAddress(_ text: String) throws(SettingsError) -> String? {
+    if text.isEmpty || text == "off" { return nil }
+    guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
+        let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
+    else {
+        throw SettingsError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464, got '\(text)'")
     }
-    if let n = Int(value), range.contains(n) { return n }
-    throw SettingsError("expected a size like 1MiB in \(range.lowerBound)...\(range.upperBound) bytes, got '\(value)'")
+    return text
 }
 
 extension StringProtocol {
@@ -276,11 +587,5 @@ extension StringProtocol {
         while let first = slice.first, chars.contains(first) { slice = slice.dropFirst() }
         while let last = slice.last, chars.contains(last) { slice = slice.dropLast() }
         return String(slice)
-    }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        split(separator: Character(target), omittingEmptySubsequences: false).joined(separator: replacement)
     }
 }

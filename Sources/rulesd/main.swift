@@ -16,104 +16,52 @@ struct RulesdCommand: AsyncParsableCommand {
         commandName: "rulesd",
         abstract: "Serve feature flags, routing rules and config values from Lua rule files over a Unix socket.",
         discussion: """
-            Settings come from the config file, then RULESD_* environment variables (RULESD_SOCKET, \
-            RULESD_IDLE_TIMEOUT, ...), then these options; the command line wins. Unknown settings are errors.
+            Every setting below can also be given in the config file as `name = value` (underscores for dashes) \
+            and in the environment as RULESD_NAME (RULESD_SOCKET, RULESD_IDLE_TIMEOUT, ...). The command line wins \
+            over the environment, which wins over the file. Unknown settings are errors.
+            Durations: 300ms, 5s, 2m, 1h, or a bare number of seconds. Sizes: 65536, 64KiB, 1MiB, 2GiB.
             Signals: SIGHUP reloads the rules; SIGTERM and SIGINT stop gracefully.
             """,
         version: "0.1.0")
 
-    @Option(help: "Directory of *.lua rule files (default /etc/rulesd/rules.d).")
-    var rules: String?
-    @Option(help: "Unix socket to serve (default /run/rulesd/rulesd.sock).")
-    var socket: String?
-    @Option(help: "Config file of `name = value` settings (default /etc/rulesd/rulesd.conf if it exists).")
-    var config: String?
     @Option(
-        help:
-            "Worker threads, each serving its share of the connections with its own Lua states (default: the number of cores)."
-    )
-    var workers: String?
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: String?
-    @Option(name: .customLong("log-format"), help: "text or json.")
-    var logFormat: String?
-    @Option(name: .customLong("state-dir"), help: "Where the last known good rules are kept (default /var/lib/rulesd).")
-    var stateDir: String?
-    @Option(name: .customLong("socket-mode"), help: "Mode of the socket file, octal (default 0660).")
-    var socketMode: String?
-    @Option(name: .customLong("socket-group"), help: "Group owning the socket file; its members may reload.")
-    var socketGroup: String?
-    @Option(name: .customLong("max-connections"), help: "Connections served at once (default 1024).")
-    var maxConnections: String?
-    @Option(name: .customLong("idle-timeout"), help: "Close connections idle this long, e.g. 5m (default 300s).")
-    var idleTimeout: String?
-    @Option(name: .customLong("max-pipelined"), help: "Requests read ahead per connection (default 1024).")
-    var maxPipelined: String?
-    @Option(name: .customLong("max-request-bytes"), help: "Longest request line, e.g. 1MiB (default 1MiB).")
-    var maxRequestBytes: String?
-    @Option(name: .customLong("shutdown-timeout"), help: "Wait this long for in-flight requests at shutdown.")
-    var shutdownTimeout: String?
-    @Option(help: "How to follow the rules directory: inotify (default), poll or off.")
-    var watch: String?
-    @Option(name: .customLong("quiet-window"), help: "Reload once the tree was quiet this long (default 300ms).")
-    var quietWindow: String?
-    @Option(name: .customLong("max-delay"), help: "Reload at most this long after the first change (default 5s).")
-    var maxDelay: String?
-    @Option(name: .customLong("safety-rescan"), help: "Rescan this often regardless of events (default 60s).")
-    var safetyRescan: String?
-    @Option(name: .customLong("poll-interval"), help: "Polling period when inotify is unavailable (default 2s).")
-    var pollInterval: String?
-    @Option(name: .customLong("memory-limit"), help: "Lua memory per rule set and worker (default 64MiB).")
-    var memoryLimit: String?
-    @Option(name: .customLong("eval-timeout"), help: "Wall-clock budget of one evaluation (default 50ms).")
-    var evalTimeout: String?
-    @Option(name: .customLong("eval-instructions"), help: "Instruction budget of one evaluation (default 1000000).")
-    var evalInstructions: String?
-    @Option(name: .customLong("load-timeout"), help: "Wall-clock budget of loading one file (default 2s).")
-    var loadTimeout: String?
-    @Option(name: .customLong("load-instructions"), help: "Instruction budget of loading one file (default 50000000).")
-    var loadInstructions: String?
-    @Option(name: .customLong("max-file-bytes"), help: "Largest rule file (default 8MiB).")
-    var maxFileBytes: String?
-    @Option(name: .customLong("metrics-listen"), help: "Serve /metrics over HTTP on HOST:PORT (default off).")
-    var metricsListen: String?
+        help: ArgumentHelp(
+            "Config file of `name = value` settings (default: $\(DaemonSettings.configFileVariable), else "
+                + "\(DaemonSettings.defaultConfigFile) if it exists).",
+            valueName: "path"))
+    var config: String?
+
+    @Flag(help: "Print the settings in effect as a config file, and exit.")
+    var printSettings = false
+
+    @OptionGroup(title: "Settings")
+    var settingOptions: SettingOptions
 
     func run() async throws {
-        let environment = Self.environment()
-        var settings = DaemonSettings()
-        do {
-            let configPath = config ?? environment["RULESD_CONFIG"]
-            if let configPath {
-                try settings.apply(configFile: configPath)
-            } else if access("/etc/rulesd/rulesd.conf", R_OK) == 0 {
-                try settings.apply(configFile: "/etc/rulesd/rulesd.conf")
-            }
-            try settings.apply(environment: environment)
-            let options: [(String, String?)] = [
-                ("rules", rules), ("socket", socket), ("workers", workers), ("log_level", logLevel),
-                ("log_format", logFormat), ("state_dir", stateDir), ("socket_mode", socketMode),
-                ("socket_group", socketGroup), ("max_connections", maxConnections), ("idle_timeout", idleTimeout),
-                ("max_pipelined", maxPipelined), ("max_request_bytes", maxRequestBytes),
-                ("shutdown_timeout", shutdownTimeout), ("watch", watch), ("quiet_window", quietWindow),
-                ("max_delay", maxDelay), ("safety_rescan", safetyRescan), ("poll_interval", pollInterval),
-                ("memory_limit", memoryLimit), ("eval_timeout", evalTimeout), ("eval_instructions", evalInstructions),
-                ("load_timeout", loadTimeout), ("load_instructions", loadInstructions),
-                ("max_file_bytes", maxFileBytes), ("metrics_listen", metricsListen),
-            ]
-            for (name, value) in options {
-                if let value {
-                    try settings.apply(name: name, value: value, origin: "--\(name.replacingUnderscores())")
-                }
-            }
-        } catch {
-            throw ValidationError(error.description)
-        }
         let journal = JournalStream.isConnected()
-        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
-        let format: DaemonLogHandler.Format = settings.logFormat == "json" ? .json : .text
-        LoggingSystem.bootstrap { label in
-            DaemonLogHandler(label: label, level: level, format: format, journal: journal)
+        let settings: DaemonSettings
+        do {
+            settings = try DaemonSettings.resolve(
+                commandLine: settingOptions.given, environment: Self.environment(), configFile: config)
+        } catch {
+            // Logged like every other failure to start, so that under systemd it reaches the journal with its
+            // priority; the level and format asked for are unknown, since the settings are what failed.
+            let logger = Logger(label: "rulesd") {
+                DaemonLogHandler(label: $0, level: .info, format: .text, journal: journal, metadataProvider: nil)
+            }
+            logger.critical("invalid settings; not starting", error: error)
+            throw ExitCode(64)  // EX_USAGE, as for a bad option
         }
+        if printSettings {
+            print(settings.configurationText, terminator: "")
+            return
+        }
+        LoggingSystem.bootstrap(
+            { label, provider in
+                DaemonLogHandler(
+                    label: label, level: settings.logLevel, format: settings.logFormat, journal: journal,
+                    metadataProvider: provider)
+            }, metadataProvider: nil)
         let logger = Logger(label: "rulesd")
 
         // systemd: the listening socket (socket activation), the notify socket and the watchdog. The variables
@@ -122,7 +70,7 @@ struct RulesdCommand: AsyncParsableCommand {
         do {
             activated = try SocketActivation.querySocket()
         } catch {
-            logger.critical("cannot use the socket handed over by systemd", metadata: ["error": "\(error)"])
+            logger.critical("cannot use the socket handed over by systemd", error: error)
             throw ExitCode(1)
         }
         var notifier: LifecycleNotifier = NoLifecycleNotifier()
@@ -131,7 +79,7 @@ struct RulesdCommand: AsyncParsableCommand {
                 notifier = SystemdLifecycleNotifier(notifier: systemd, logger: logger)
             }
         } catch {
-            logger.warning("NOTIFY_SOCKET is unusable; not notifying systemd", metadata: ["error": "\(error)"])
+            logger.warning("NOTIFY_SOCKET is unusable; not notifying systemd", error: error)
         }
         let watchdog = WatchdogSettings.fromEnvironment(unsetEnvironment: true)
         let status = await Daemon.run(
@@ -153,8 +101,82 @@ struct RulesdCommand: AsyncParsableCommand {
     }
 }
 
-extension String {
-    fileprivate func replacingUnderscores() -> String {
-        String(map { $0 == "_" ? "-" : $0 })
+/// One option per setting, each named and explained by the setting's descriptor.
+struct SettingOptions: ParsableArguments {
+    @Option(name: .setting(.rules), help: .setting(.rules)) var rules: String?
+    @Option(name: .setting(.stateDirectory), help: .setting(.stateDirectory)) var stateDirectory: String?
+    @Option(name: .setting(.socket), help: .setting(.socket)) var socket: String?
+    @Option(name: .setting(.socketMode), help: .setting(.socketMode)) var socketMode: String?
+    @Option(name: .setting(.socketGroup), help: .setting(.socketGroup)) var socketGroup: String?
+    @Option(name: .setting(.workers), help: .setting(.workers)) var workers: String?
+    @Option(name: .setting(.maxConnections), help: .setting(.maxConnections)) var maxConnections: String?
+    @Option(name: .setting(.idleTimeout), help: .setting(.idleTimeout)) var idleTimeout: String?
+    @Option(name: .setting(.maxPipelined), help: .setting(.maxPipelined)) var maxPipelined: String?
+    @Option(name: .setting(.maxRequestBytes), help: .setting(.maxRequestBytes)) var maxRequestBytes: String?
+    @Option(name: .setting(.shutdownTimeout), help: .setting(.shutdownTimeout)) var shutdownTimeout: String?
+    @Option(name: .setting(.logLevel), help: .setting(.logLevel)) var logLevel: String?
+    @Option(name: .setting(.logFormat), help: .setting(.logFormat)) var logFormat: String?
+    @Option(name: .setting(.watch), help: .setting(.watch)) var watch: String?
+    @Option(name: .setting(.quietWindow), help: .setting(.quietWindow)) var quietWindow: String?
+    @Option(name: .setting(.maxDelay), help: .setting(.maxDelay)) var maxDelay: String?
+    @Option(name: .setting(.safetyRescan), help: .setting(.safetyRescan)) var safetyRescan: String?
+    @Option(name: .setting(.pollInterval), help: .setting(.pollInterval)) var pollInterval: String?
+    @Option(name: .setting(.memoryLimit), help: .setting(.memoryLimit)) var memoryLimit: String?
+    @Option(name: .setting(.evalTimeout), help: .setting(.evalTimeout)) var evalTimeout: String?
+    @Option(name: .setting(.evalInstructions), help: .setting(.evalInstructions)) var evalInstructions: String?
+    @Option(name: .setting(.loadTimeout), help: .setting(.loadTimeout)) var loadTimeout: String?
+    @Option(name: .setting(.loadInstructions), help: .setting(.loadInstructions)) var loadInstructions: String?
+    @Option(name: .setting(.maxFileBytes), help: .setting(.maxFileBytes)) var maxFileBytes: String?
+    @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
+
+    /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
+    /// without an option here does not compile.
+    var given: [(DaemonSettings.Key, String)] {
+        DaemonSettings.Key.allCases.compactMap { key in value(of: key).map { (key, $0) } }
+    }
+
+    private func value(of key: DaemonSettings.Key) -> String? {
+        switch key {
+        case .rules: rules
+        case .socket: socket
+        case .socketMode: socketMode
+        case .socketGroup: socketGroup
+        case .stateDirectory: stateDirectory
+        case .workers: workers
+        case .logLevel: logLevel
+        case .logFormat: logFormat
+        case .maxConnections: maxConnections
+        case .idleTimeout: idleTimeout
+        case .maxPipelined: maxPipelined
+        case .maxRequestBytes: maxRequestBytes
+        case .shutdownTimeout: shutdownTimeout
+        case .watch: watch
+        case .quietWindow: quietWindow
+        case .maxDelay: maxDelay
+        case .safetyRescan: safetyRescan
+        case .pollInterval: pollInterval
+        case .memoryLimit: memoryLimit
+        case .evalTimeout: evalTimeout
+        case .evalInstructions: evalInstructions
+        case .loadTimeout: loadTimeout
+        case .loadInstructions: loadInstructions
+        case .maxFileBytes: maxFileBytes
+        case .metricsListen: metricsListen
+        }
+    }
+}
+
+extension NameSpecification {
+    /// The setting's long option, `--socket-mode`.
+    fileprivate static func setting(_ key: DaemonSettings.Key) -> NameSpecification {
+        .customLong(key.longOption)
+    }
+}
+
+extension ArgumentHelp {
+    /// The setting's summary and default, from its descriptor.
+    fileprivate static func setting(_ key: DaemonSettings.Key) -> ArgumentHelp {
+        let descriptor = DaemonSettings.descriptor(key)
+        return ArgumentHelp(descriptor.helpText, valueName: descriptor.valueName)
     }
 }

@@ -1,0 +1,227 @@
+import Foundation
+import RuleModel
+import RulesTestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `rulesd` run to completion (`--help`, `--print-settings`, a refused start), its output in files.
+private struct RulesdRun {
+    var status: Int32
+    var signalled: Bool
+    var standardOutput: String
+    var standardError: String
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("rulesd-run-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let outPath = scratch.appendingPathComponent("out")
+        let errPath = scratch.appendingPathComponent("err")
+        FileManager.default.createFile(atPath: outPath.path, contents: nil)
+        FileManager.default.createFile(atPath: errPath.path, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DaemonHarness.binary("rulesd"))
+        process.arguments = arguments
+        // No setting may leak in from the environment the tests run in, nor the machine's default config file.
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RULESD_") }
+        env["RULESD_CONFIG"] = "/dev/null"
+        env["COLUMNS"] = "200"
+        env.merge(environment) { $1 }
+        process.environment = env
+        process.standardOutput = try FileHandle(forWritingTo: outPath)
+        process.standardError = try FileHandle(forWritingTo: errPath)
+        try process.run()
+        process.waitUntilExit()
+        status = process.terminationStatus
+        signalled = process.terminationReason == .uncaughtSignal
+        standardOutput = try String(contentsOf: outPath, encoding: .utf8)
+        standardError = try String(contentsOf: errPath, encoding: .utf8)
+    }
+
+    /// `name = value` lines of `--print-settings` output.
+    var settings: [String: String] {
+        var result: [String: String] = [:]
+        for line in standardOutput.split(separator: "\n") {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            result[line[..<equals].trimmingCharacters(in: .whitespaces)] =
+                line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+        }
+        return result
+    }
+}
+
+/// A value other than the default for every setting, written as `--print-settings` writes it back.
+private let nonDefaultValues: [String: String] = [
+    "rules": "/srv/rules", "socket": "/tmp/other.sock", "socket_mode": "0600", "socket_group": "4321",
+    "state_dir": "/srv/state", "workers": "7", "log_level": "debug", "log_format": "json", "max_connections": "99",
+    "idle_timeout": "45s", "max_pipelined": "33", "max_request_bytes": "2MiB", "shutdown_timeout": "3s",
+    "watch": "poll", "quiet_window": "150ms", "max_delay": "4s", "safety_rescan": "2m", "poll_interval": "900ms",
+    "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",
+    "load_instructions": "7654321", "max_file_bytes": "4MiB", "metrics_listen": "127.0.0.1:9999",
+]
+
+@Suite("Settings of the real binary")
+struct DaemonSettingsEndToEndTests {
+    /// The setting names the sample config file shows (held to the descriptor table by a unit test).
+    static func sampleSettingNames() throws -> [String] {
+        let text = try String(
+            contentsOf: RulesctlProcess.repositoryRoot.appendingPathComponent("config/rulesd.conf"), encoding: .utf8)
+        return text.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("#"), !line.hasPrefix("# "), !line.hasPrefix("##"),
+                let equals = line.firstIndex(of: "=")
+            else { return nil }
+            return line.dropFirst()[..<equals].trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    @Test("--help lists an option for every setting of the sample config file, and no other setting")
+    func helpListsEverySetting() throws {
+        let run = try RulesdRun(["--help"])
+        #expect(run.status == 0)
+        let options = Set(
+            run.standardOutput.split(separator: "\n").compactMap { line -> String? in
+                var trimmed = line.drop { $0 == " " }
+                if trimmed.hasPrefix("-h, ") { trimmed = trimmed.dropFirst(4) }
+                guard line.first == " ", trimmed.hasPrefix("--") else { return nil }
+                return String(trimmed.prefix { $0 != " " && $0 != "," })
+            })
+        let settings = try Self.sampleSettingNames().map { "--" + $0.replacingOccurrences(of: "_", with: "-") }
+        #expect(options == Set(settings + ["--config", "--print-settings", "--help", "--version"]))
+        // An option's help follows its name, on the same line or, after a long value name, on the next.
+        let lines = run.standardOutput.split(separator: "\n").map(String.init)
+        for option in settings {
+            let index = try #require(lines.firstIndex { $0.drop { $0 == " " }.hasPrefix(option + " ") }, "\(option)")
+            let help = lines[index] + (index + 1 < lines.count ? lines[index + 1] : "")
+            #expect(help.contains("(default: "), "\(option)")
+        }
+    }
+
+    @Test("every setting reaches the daemon alike from the command line, the environment and the file")
+    func everySettingFromEverySource() throws {
+        #expect(Set(nonDefaultValues.keys) == Set(try Self.sampleSettingNames()))
+        let options = nonDefaultValues.sorted { $0.key < $1.key }.flatMap { name, value in
+            ["--" + name.replacingOccurrences(of: "_", with: "-"), value]
+        }
+        let fromOptions = try RulesdRun(["--print-settings"] + options)
+        #expect(fromOptions.status == 0, "\(fromOptions.standardError)")
+        #expect(fromOptions.settings == nonDefaultValues)
+
+        let variables = Dictionary(
+            uniqueKeysWithValues: nonDefaultValues.map { ("RULESD_" + $0.key.uppercased(), $0.value) })
+        let fromEnvironment = try RulesdRun(["--print-settings"], environment: variables)
+        #expect(fromEnvironment.settings == nonDefaultValues)
+
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/all.conf"
+        try Data(nonDefaultValues.map { "\($0.key) = \($0.value)\n" }.joined().utf8).write(
+            to: URL(fileURLWithPath: file))
+        let fromFile = try RulesdRun(["--print-settings", "--config", file])
+        #expect(fromFile.settings == nonDefaultValues)
+    }
+
+    @Test("the command line wins over the environment, which wins over the file named by RULESD_CONFIG")
+    func precedence() throws {
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/rulesd.conf"
+        try Data("idle_timeout = 1s\nlog_level = debug\nworkers = 3\n".utf8).write(to: URL(fileURLWithPath: file))
+        let run = try RulesdRun(
+            ["--print-settings", "--idle-timeout", "3s"],
+            environment: ["RULESD_CONFIG": file, "RULESD_IDLE_TIMEOUT": "2s", "RULESD_LOG_LEVEL": "error"])
+        #expect(run.settings["idle_timeout"] == "3s")
+        #expect(run.settings["log_level"] == "error")
+        #expect(run.settings["workers"] == "3")
+
+        let other = harness.directory + "/other.conf"
+        try Data("workers = 5\n".utf8).write(to: URL(fileURLWithPath: other))
+        let explicit = try RulesdRun(["--print-settings", "--config", other], environment: ["RULESD_CONFIG": file])
+        #expect(explicit.settings["workers"] == "5")
+    }
+
+    @Test("an unknown setting in the file stops the start with a log line naming the file and line")
+    func unknownSettingInFile() throws {
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/rulesd.conf"
+        try Data("workers = 2\ncolour = blue\n".utf8).write(to: URL(fileURLWithPath: file))
+        let run = try RulesdRun(["--config", file])
+        #expect(run.status == 64)
+        let line = run.standardError.split(separator: "\n").first { $0.contains("critical invalid settings") }
+        #expect(line?.contains("\(file):2: unknown setting 'colour'") == true)
+    }
+
+    @Test("a huge size or duration is refused with a message naming the option, not a crash")
+    func hugeValues() throws {
+        for (option, value) in [
+            ("--max-request-bytes", "99999999999GiB"), ("--idle-timeout", "1e300"),
+            ("--shutdown-timeout", "9999999999999999999999h"),
+        ] {
+            let run = try RulesdRun([option, value, "--print-settings"])
+            #expect(!run.signalled)
+            #expect(run.status == 64)
+            #expect(run.standardError.contains("option \(option): expected a"), "\(run.standardError)")
+        }
+    }
+
+    @Test("socket_mode sets the mode of a socket rulesd binds itself")
+    func socketMode() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(arguments: ["--socket-mode", "0600"])
+        var st = stat()
+        #expect(stat(daemon.socketPath, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+    }
+
+    @Test(
+        "socket_group gives the socket to a group given by number or by name",
+        .enabled(if: geteuid() == 0, "only root may give a file to a group it is not in"),
+        arguments: ["4321", "daemon"])
+    func socketGroup(_ group: String) throws {
+        let expected = try #require(group.first!.isNumber ? gid_t(group) : getgrnam(group)?.pointee.gr_gid)
+        #expect(expected != getegid())
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(environment: ["RULESD_SOCKET_GROUP": group])
+        var st = stat()
+        #expect(stat(daemon.socketPath, &st) == 0)
+        #expect(st.st_gid == expected)
+    }
+
+    @Test("log_level leaves out the lines below it")
+    func logLevel() throws {
+        let daemon = try DaemonHarness(rules: [
+            "a.lua": #"flag "noisy" { rule = function(ctx) log("warn", "rule says hello") return "on" end }"#
+        ])
+        try daemon.start(arguments: ["--log-level", "warning"])
+        #expect(try daemon.request(#"{"op":"flag","flag":"noisy"}"#)["result"]?["variant"] == "on")
+        #expect(try daemon.stop() == 0)
+        let lines = daemon.logs.split(separator: "\n")
+        #expect(lines.contains { $0.contains("rule says hello") })
+        #expect(!lines.contains { $0.contains(" info ") || $0.contains(" notice ") }, "\(daemon.logs)")
+    }
+
+    @Test("watch = poll follows the rules directory by polling")
+    func watchPoll() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(arguments: ["--watch", "poll", "--poll-interval", "100ms"])
+        // The watcher starts right after the socket: wait for it to report its mode.
+        var mode: JSONValue?
+        for _ in 0..<500 {
+            mode = try daemon.request(#"{"op":"status"}"#)["result"]?["watcher"]?["mode"]
+            if mode == "polling" { break }
+            usleep(20_000)
+        }
+        #expect(mode == "polling", "\(daemon.logs)")
+        try daemon.writeRule("a.lua", markedRules("v2"))
+        #expect(daemon.waitForMarker("v2"))
+    }
+
+    @Test("max_delay bounds how long a reload waits for the tree to be quiet")
+    func maxDelay() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        // With a quiet window longer than the wait below, only max_delay can bring the reload in time.
+        try daemon.start(arguments: ["--quiet-window", "60s", "--max-delay", "300ms"])
+        try daemon.writeRule("a.lua", markedRules("v2"))
+        #expect(daemon.waitForMarker("v2", timeout: 30))
+    }
+}
