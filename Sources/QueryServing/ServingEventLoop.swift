@@ -26,8 +26,11 @@ public protocol EventPollSource: AnyObject {
 /// stay NIO channels; only the query connections (``QueryConnection``) are polled here.
 ///
 /// Its life follows NIO's `SelectableEventLoop`: ``Lifecycle`` goes `open` → `closing` → `closed`, and only
-/// forward. Work handed in once it is closing is refused (`submit` and `scheduleTask` fail with
-/// `EventLoopError.shutdown`, `execute` drops the task) rather than queued where nothing would run it.
+/// forward. Work handed in while it is closing still runs (the loop drains its queue until it is empty under
+/// the lock that closes it); work handed in once it is closed is refused rather than queued where nothing
+/// would run it: `submit` and `scheduleTask` fail with `EventLoopError.shutdown`, `execute` drops the task. A
+/// closed loop has no thread, so any thread counts as being on it (`inEventLoop`): the refusals' futures are
+/// completed, and their callbacks run, on the thread that asked.
 ///
 /// Mutable state has one owner: what only the loop's thread touches (registrations, timers, the read
 /// buffer) is plain; what other threads hand in (tasks) goes through one lock, and the eventfd is written
@@ -60,6 +63,8 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private let wakeDescriptor: Int32
     private let thread: DedicatedThread.Handle
     private let shared = Mutex(Shared())
+    /// `shared.lifecycle == .closed`, readable without the lock.
+    private let isClosed = Atomic<Bool>(false)
     private let onFailure: (@Sendable (Error) -> Void)?
 
     // Owned by the loop's thread.
@@ -126,7 +131,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
 
     // MARK: - EventLoop
 
-    public var inEventLoop: Bool { thread.isCurrent }
+    public var inEventLoop: Bool { thread.isCurrent || isClosed.load(ordering: .acquiring) }
 
     /// Runs `task` on the loop. Once the loop is closing the task is dropped: use ``submit(_:)`` to learn
     /// about it.
@@ -136,14 +141,16 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
 
     /// Queues `task`; false when the loop no longer accepts work.
     private func enqueue(_ task: @escaping @Sendable () -> Void) -> Bool {
-        let (accepted, wakeNeeded) = shared.withLock { shared -> (Bool, Bool) in
-            guard shared.lifecycle == .open else { return (false, false) }
+        let onLoop = thread.isCurrent
+        return shared.withLock { shared -> Bool in
+            guard shared.lifecycle != .closed else { return false }
             shared.tasks.append(task)
-            // One wake-up per batch: later tasks find the queue non-empty and the eventfd already written.
-            return (true, shared.tasks.count == 1)
+            // One wake-up per batch: later tasks find the queue non-empty and the eventfd already written. The
+            // write happens under the lock, so it can never meet an eventfd that the closing loop has closed
+            // (that happens under the same lock); a closing loop no longer waits, so it needs no wake-up.
+            if shared.tasks.count == 1 && shared.lifecycle == .open && !onLoop { wake() }
+            return true
         }
-        if wakeNeeded && !inEventLoop { wake() }
-        return accepted
     }
 
     public func submit<T>(_ task: @escaping @Sendable () throws -> T) -> EventLoopFuture<T> {
@@ -151,7 +158,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         let accepted = enqueue {
             do { promise.assumeIsolatedUnsafeUnchecked().succeed(try task()) } catch { promise.fail(error) }
         }
-        if !accepted { promise.fail(EventLoopError.shutdown) }
+        if !accepted { refuse(promise) }
         return promise.futureResult
     }
 
@@ -169,17 +176,23 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
             nextTimerSequence &+= 1
             timers.insert(timer)
         }
-        if inEventLoop {
+        if thread.isCurrent {
             schedule()
         } else if !enqueue(schedule) {
-            promise.fail(EventLoopError.shutdown)
+            refuse(promise)
         }
         return Scheduled(promise: promise) { [self] in
             let cancel: @Sendable () -> Void = { [self] in
                 if timers.remove(timer) { promise.fail(EventLoopError.cancelled) }
             }
-            if inEventLoop { cancel() } else { execute(cancel) }
+            if thread.isCurrent { cancel() } else { execute(cancel) }
         }
+    }
+
+    /// Fails the promise of work the closed loop refused; being closed, the loop lets the caller's thread
+    /// complete it (see ``inEventLoop``).
+    private func refuse<T>(_ promise: EventLoopPromise<T>) {
+        promise.fail(EventLoopError.shutdown)
     }
 
     @discardableResult
@@ -196,24 +209,22 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     }
 
     public func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable (Error?) -> Void) {
-        let (alreadyClosed, failure, wakeNeeded) = shared.withLock { shared -> (Bool, Error?, Bool) in
+        let onLoop = thread.isCurrent
+        let (alreadyClosed, failure) = shared.withLock { shared -> (Bool, Error?) in
             switch shared.lifecycle {
             case .closed:
-                return (true, shared.failure, false)
+                return (true, shared.failure)
             case .open:
                 shared.lifecycle = .closing
                 shared.shutdownCallbacks.append((queue, callback))
-                return (false, nil, true)
+                if !onLoop { wake() }
+                return (false, nil)
             case .closing:
                 shared.shutdownCallbacks.append((queue, callback))
-                return (false, nil, false)
+                return (false, nil)
             }
         }
-        if alreadyClosed {
-            queue.async { callback(failure) }
-        } else if wakeNeeded && !inEventLoop {
-            wake()
-        }
+        if alreadyClosed { queue.async { callback(failure) } }
     }
 
     // MARK: - descriptors (on the loop's thread)
@@ -285,18 +296,24 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
                 }
             }
         }
-        // What was accepted before the stop still runs; timers that will never fire fail their promises.
-        _ = runQueuedTasks()
+        // What was accepted before the stop still runs, including what arrives while it runs: the queue is
+        // found empty and the loop marked closed under the same lock, so no task is accepted and then lost.
+        while true {
+            _ = runQueuedTasks()
+            let closedNow = shared.withLock { shared -> Bool in
+                guard shared.tasks.isEmpty else { return false }
+                shared.lifecycle = .closed
+                Glibc.close(wakeDescriptor)
+                return true
+            }
+            if closedNow { break }
+        }
         while let timer = timers.popFirst() { timer.abandon() }
         let callbacks = shared.withLock { shared -> [(DispatchQueue, @Sendable (Error?) -> Void)] in
-            shared.lifecycle = .closed
-            // Tasks that raced the last drain are refused now: the loop will never run them.
-            shared.tasks.removeAll()
             defer { shared.shutdownCallbacks = [] }
             return shared.shutdownCallbacks
         }
-        // Closed only now, under no lock and after the state says closed: nobody writes the eventfd any more.
-        Glibc.close(wakeDescriptor)
+        isClosed.store(true, ordering: .releasing)
         Glibc.close(epoll)
         let reason = failure
         for (queue, callback) in callbacks { queue.async { callback(reason) } }

@@ -22,7 +22,7 @@ struct QueryConnectionTests {
         }
         try harness.client.send(batch)
         for (index, operation) in operations.enumerated() {
-            let answer = try harness.client.readJSON()
+            let answer = try await harness.readJSON()
             #expect(answer["id"] == .integer(Int64(index + 1)))
             #expect(answer["result"]?["op"] == .string(operation))
         }
@@ -38,9 +38,9 @@ struct QueryConnectionTests {
                 + #"{"op":"status","id":"s"}"# + "\n" + #"{"op":"ping","id":"last"}"#)
         harness.client.shutdownWrite()
         for id in ["r", "c1", "s", "last"] {
-            #expect(try harness.client.readJSON()["id"] == .string(id))
+            #expect(try await harness.readJSON()["id"] == .string(id))
         }
-        #expect(try harness.client.readLine() == nil)
+        #expect(try await harness.readLine() == nil)
         #expect(harness.closed.isSet)
         await harness.stop()
     }
@@ -50,13 +50,15 @@ struct QueryConnectionTests {
         let harness = try await ConnectionHarness(backend: EchoBackend(delay: { .milliseconds(200) }))
         try harness.client.send(#"{"op":"reload","id":1}"# + "\n" + #"{"op":"ping","id":2}"# + "\n")
         try harness.client.send(#"{"op":"ping","id":3}"# + "\n")
-        for id in 1...3 { #expect(try harness.client.readJSON()["id"] == .integer(Int64(id))) }
+        for id in 1...3 { #expect(try await harness.readJSON()["id"] == .integer(Int64(id))) }
         await harness.stop()
     }
 
     @Test("random mixes of every operation, split anywhere, with or without a half-close, lose no answer")
     func randomMixesLoseNoAnswer() async throws {
-        let kinds = ["ping", "flag", "flags", "route", "config", "status", "metrics", "reload", "watch", "empty", "junk"]
+        let kinds = [
+            "ping", "flag", "flags", "route", "config", "status", "metrics", "reload", "watch", "empty", "junk",
+        ]
         for seed in UInt64(1)...UInt64(60) {
             var random = SeededGenerator(state: seed)
             let backend = EchoBackend(delay: { .milliseconds(Int.random(in: 0...4)) })
@@ -90,7 +92,7 @@ struct QueryConnectionTests {
             }
             if halfClose { harness.client.shutdownWrite() }
             for (position, request) in expected.enumerated() {
-                let answer = try harness.client.readJSON()
+                let answer = try await harness.readJSON()
                 let context = "seed \(seed), request \(position) (\(request.operation)): \(answer)"
                 if let id = request.id {
                     #expect(answer["id"] == .integer(id), "\(context)")
@@ -101,7 +103,7 @@ struct QueryConnectionTests {
                 }
             }
             if halfClose && !watches {
-                #expect(try harness.client.readLine() == nil, "seed \(seed): the connection stays open")
+                #expect(try await harness.readLine() == nil, "seed \(seed): the connection stays open")
             }
             await harness.stop()
         }
@@ -111,8 +113,8 @@ struct QueryConnectionTests {
     func emptyLineIsAnswered() async throws {
         let harness = try await ConnectionHarness()
         try harness.client.send("\n\r\n" + #"{"op":"ping","id":9}"# + "\n")
-        for _ in 0..<2 { #expect(try harness.client.readJSON()["error"]?["code"] == "INVALID_REQUEST") }
-        #expect(try harness.client.readJSON()["id"] == .integer(9))
+        for _ in 0..<2 { #expect(try await harness.readJSON()["error"]?["code"] == "INVALID_REQUEST") }
+        #expect(try await harness.readJSON()["id"] == .integer(9))
         await harness.stop()
     }
 
@@ -138,7 +140,7 @@ struct QueryConnectionTests {
     func requestsAreActivity() async throws {
         let harness = try await ConnectionHarness(limits: ConnectionHarness.limits(idleTimeout: .milliseconds(400)))
         for id in 0..<12 {
-            #expect(try harness.client.request(#"{"op":"ping","id":\#(id)}"#)["id"] == .integer(Int64(id)))
+            #expect(try await harness.request(#"{"op":"ping","id":\#(id)}"#)["id"] == .integer(Int64(id)))
             usleep(100_000)
         }
         #expect(!harness.closed.isSet)
@@ -150,9 +152,9 @@ struct QueryConnectionTests {
         let harness = try await ConnectionHarness(
             limits: ConnectionHarness.limits(maxRequestBytes: 64), backend: EchoBackend(delay: { .milliseconds(100) }))
         try harness.client.send(#"{"op":"status","id":1}"# + "\n" + String(repeating: "x", count: 200))
-        #expect(try harness.client.readJSON()["id"] == .integer(1))
-        #expect(try harness.client.readJSON()["error"]?["code"] == "REQUEST_TOO_LARGE")
-        #expect(try harness.client.readLine() == nil)
+        #expect(try await harness.readJSON()["id"] == .integer(1))
+        #expect(try await harness.readJSON()["error"]?["code"] == "REQUEST_TOO_LARGE")
+        #expect(try await harness.readLine() == nil)
         await harness.stop()
     }
 
@@ -162,9 +164,9 @@ struct QueryConnectionTests {
         try harness.client.send(#"{"op":"reload","id":1}"# + "\n" + #"{"op":"ping","id":2}"# + "\n")
         while try await harness.state() != .awaitingAnswer { usleep(1000) }
         harness.drain()
-        #expect(try harness.client.readJSON()["id"] == .integer(1))
-        #expect(try harness.client.readJSON()["id"] == .integer(2))
-        #expect(try harness.client.readLine() == nil)
+        #expect(try await harness.readJSON()["id"] == .integer(1))
+        #expect(try await harness.readJSON()["id"] == .integer(2))
+        #expect(try await harness.readLine() == nil)
         #expect(try await harness.state() == .closed)
         await harness.stop()
     }
@@ -173,14 +175,14 @@ struct QueryConnectionTests {
     func watcherGetsEvents() async throws {
         let backend = EchoBackend()
         let harness = try await ConnectionHarness(backend: backend)
-        #expect(try harness.client.request(#"{"op":"watch","id":1}"#)["result"]?["watching"] == true)
+        #expect(try await harness.request(#"{"op":"watch","id":1}"#)["result"]?["watching"] == true)
         harness.client.shutdownWrite()
         backend.publish(#"{"event":"reloaded","n":1}"#)
-        #expect(try harness.client.readJSON()["n"] == 1)
+        #expect(try await harness.readJSON()["n"] == 1)
         #expect(try await harness.state() == .inputEnded)
         #expect(backend.watcherCount == 1)
         harness.drain()
-        #expect(try harness.client.readLine() == nil)
+        #expect(try await harness.readLine() == nil)
         #expect(backend.watcherCount == 0)
         await harness.stop()
     }
@@ -188,20 +190,20 @@ struct QueryConnectionTests {
     @Test("a reserve connection answers one ping and closes; anything else is refused")
     func reserveConnection() async throws {
         let pinged = try await ConnectionHarness(admission: .reserve)
-        #expect(try pinged.client.request(#"{"op":"ping","id":1}"#)["ok"] == true)
-        #expect(try pinged.client.readLine() == nil)
+        #expect(try await pinged.request(#"{"op":"ping","id":1}"#)["ok"] == true)
+        #expect(try await pinged.readLine() == nil)
         await pinged.stop()
 
         let status = try await ConnectionHarness(admission: .reserve)
-        #expect(try status.client.request(#"{"op":"status","id":2}"#)["result"]?["op"] == "status")
-        #expect(try status.client.readLine() == nil)
+        #expect(try await status.request(#"{"op":"status","id":2}"#)["result"]?["op"] == "status")
+        #expect(try await status.readLine() == nil)
         await status.stop()
 
         let refused = try await ConnectionHarness(admission: .reserve)
-        let answer = try refused.client.request(#"{"op":"flag","flag":"f","id":3}"#)
+        let answer = try await refused.request(#"{"op":"flag","flag":"f","id":3}"#)
         #expect(answer["error"]?["code"] == "TOO_MANY_CONNECTIONS")
         #expect(answer["id"] == .integer(3))
-        #expect(try refused.client.readLine() == nil)
+        #expect(try await refused.readLine() == nil)
         await refused.stop()
     }
 }

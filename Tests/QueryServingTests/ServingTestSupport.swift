@@ -1,12 +1,13 @@
+import Foundation
+import Glibc
 import NIOCore
+import RuleModel
 import RulesProtocol
 import RulesTestSupport
 import Synchronization
 import SystemdSupport
 
 @testable import QueryServing
-
-import Glibc
 
 /// Answers every synchronous request with `{"op": <operation>}`, so tests see which request an answer is for.
 final class EchoResponder: QueryResponder {
@@ -107,6 +108,25 @@ final class ConnectionHarness: Sendable {
         }.get()
     }
 
+    /// Reads the next answer on a thread of its own: a blocking read on one of the few threads of Swift's
+    /// concurrency pool could starve the tasks that compute the answers being waited for.
+    func readJSON() async throws -> JSONValue {
+        let client = self.client
+        return try await offPool { try client.readJSON() }
+    }
+
+    /// Reads the next line (nil at the end of the stream) on a thread of its own.
+    func readLine() async throws -> String? {
+        let client = self.client
+        return try await offPool { try client.readLine() }
+    }
+
+    /// Sends one request line and reads its answer.
+    func request(_ line: String) async throws -> JSONValue {
+        try client.send(line + "\n")
+        return try await readJSON()
+    }
+
     /// The connection's state, read on its loop.
     func state() async throws -> ConnectionState {
         let connection = self.connection
@@ -121,6 +141,14 @@ final class ConnectionHarness: Sendable {
 
     func stop() async {
         try? await loop.shutdownGracefully()
+    }
+}
+
+/// Runs blocking work on a new thread and waits for it without holding a thread of the concurrency pool.
+func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try work() }) }
+        thread.start()
     }
 }
 
