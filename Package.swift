@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "CRuleSandbox", dependencies: ["CLua"]),
         // epoll and eventfd from the C library, for the query socket's event loops.
         .systemLibrary(name: "CEventPoll"),
+        // The one reader of the system's clocks, for every target.
+        .target(name: "SystemClock"),
         // Value types of the rule model and JSON; no C, no I/O.
         .target(name: "RuleModel"),
         // Loads rule directories into sandboxed Lua states and evaluates them.
@@ -36,6 +38,7 @@ let package = Package(
             dependencies: [
                 "CRuleSandbox",
                 "RuleModel",
+                "SystemClock",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -50,7 +53,7 @@ let package = Package(
             ]
         ),
         // systemd's notify, socket-activation and watchdog protocols, spoken without libsystemd.
-        .target(name: "SystemdSupport"),
+        .target(name: "SystemdSupport", dependencies: ["SystemClock"]),
         // The socket protocol: line framing, request decoding, answer encoding.
         .target(
             name: "RulesProtocol",
@@ -82,6 +85,7 @@ let package = Package(
                 "RuleWatcher",
                 "RulesProtocol",
                 "SystemdSupport",
+                "SystemClock",
                 "QueryServing",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -122,6 +126,8 @@ let package = Package(
                 "RuleEngine",
                 "RuleModel",
                 "RulesProtocol",
+                "SystemdSupport",
+                "SystemClock",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

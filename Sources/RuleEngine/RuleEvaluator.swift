@@ -1,11 +1,7 @@
 import CRuleSandbox
+import Glibc
 import RuleModel
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import SystemClock
 
 /// Evaluates one rule set in its own sandboxed Lua state.
 ///
@@ -156,9 +152,5 @@ public final class RuleEvaluator {
 /// Wall-clock time as rules see it through `now()`.
 public enum RuleClock {
     /// Seconds since the epoch, with sub-second precision.
-    public static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    public static func now() -> Double { SystemClock.epochSeconds() }
 }

@@ -1,12 +1,8 @@
+import Glibc
 import Logging
 import RuleModel
 import Synchronization
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import SystemClock
 
 /// Writes log lines to stderr, one line per event, as text or JSON.
 ///
@@ -189,18 +185,10 @@ enum StandardError {
 /// Wall-clock helpers for logs and status.
 enum RuleClockTime {
     /// Seconds since the epoch.
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func now() -> Double { SystemClock.epochSeconds() }
 
     /// Seconds on the monotonic clock.
-    static func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func monotonic() -> Double { SystemClock.monotonicSeconds() }
 }
 
 enum Timestamp {

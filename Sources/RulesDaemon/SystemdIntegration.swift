@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import SystemdSupport
+import SystemClock
 
 #if canImport(Glibc)
     import Glibc
@@ -73,9 +74,5 @@ struct WatchdogService: Service {
         }
     }
 
-    private static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    private static func now() -> UInt64 { SystemClock.monotonicNanoseconds() }
 }

@@ -1,11 +1,7 @@
+import Glibc
 import RuleModel
 import RulesProtocol
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import SystemClock
 
 /// Per-request metrics, counted by the worker that served the request in plain (thread-owned) memory and
 /// merged only when someone asks for metrics: the request path takes no lock and touches no shared cache
@@ -28,11 +24,7 @@ final class WorkerMetrics: EvaluationObserver {
     private(set) var ruleErrors = [Int](repeating: 0, count: RuleErrorCode.allCases.count)
 
     @inline(__always)
-    func clock() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
+    func clock() -> UInt64 { SystemClock.monotonicNanoseconds() }
 
     @inline(__always)
     func recordRequest(_ operation: RequestOperation, ok: Bool) {

@@ -1,4 +1,5 @@
 import Glibc
+import SystemClock
 
 /// Builds the newline-separated `KEY=VALUE` payloads of the sd_notify protocol.
 ///
@@ -104,10 +105,7 @@ public enum NotifyPayload {
     /// CLOCK_MONOTONIC now, in microseconds, as systemd reads it for `MONOTONIC_USEC=`.
     /// - Returns: Microseconds since an arbitrary point (usually boot).
     public static func monotonicNow() -> UInt64 {
-        var now = timespec()
-        // CLOCK_MONOTONIC cannot fail with a valid pointer.
-        _ = clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1_000
+        SystemClock.monotonicNanoseconds() / 1_000
     }
 
     static func microseconds(of duration: Duration) -> UInt64 {

@@ -3,6 +3,7 @@ import NIOCore
 import RuleEngine
 import RuleModel
 import RulesProtocol
+import SystemClock
 
 #if canImport(Glibc)
     import Glibc
@@ -159,11 +160,7 @@ enum Timing {
         return Double(now - start) / Double(iterations)
     }
 
-    static func monotonic() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    static func monotonic() -> UInt64 { SystemClock.monotonicNanoseconds() }
 
     static func format(_ value: Double, digits: Int = 0) -> String {
         if digits == 0 { return String(Int(value.rounded())) }

@@ -1,6 +1,6 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Glibc
+import SystemdSupport
+import SystemClock
 
 /// A closed-loop load client: one thread, poll(2), N connections each keeping P requests in flight.
 ///
@@ -160,27 +160,16 @@ struct LoadClient {
     }
 
     static func connect(_ path: String) throws -> Int32 {
+        guard let address = UnixSocketAddress(path: path) else { throw BenchError("socket path too long: \(path)") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8.prefix(107))) }
-        let status = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard status == 0 else {
+        guard address.withSockaddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
             close(fd)
             throw BenchError("cannot connect to \(path): \(String(cString: strerror(errno)))")
         }
         return fd
     }
 
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    static func now() -> UInt64 { SystemClock.monotonicNanoseconds() }
 
     static func cpuSeconds() -> Double {
         var usage = rusage()

@@ -1,14 +1,9 @@
 import ArgumentParser
+import Glibc
 import NIOCore
 import NIOPosix
 import RuleModel
 import RulesProtocol
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// `--socket`: where rulesd listens.
 struct SocketOptions: ParsableArguments {

@@ -1,12 +1,7 @@
+import Glibc
 import RuleEngine
 import RuleModel
 import RulesProtocol
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// A rules directory loaded in this process, the way rulesd loads it: read with ``RuleTreeReader`` and compiled
 /// all-or-nothing with ``RuleCompiler``.

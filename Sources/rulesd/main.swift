@@ -1,13 +1,8 @@
 import ArgumentParser
+import Glibc
 import Logging
 import RulesDaemon
 import SystemdSupport
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// The rulesd daemon's command line.
 @main
