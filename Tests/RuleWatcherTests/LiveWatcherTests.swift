@@ -180,7 +180,11 @@ struct LiveWatcherTests {
         let dir = TemporaryDirectory()
         let root = dir.join("rules")
         try FileSystemEdit.writeFiles(["a.lua": rule("a", 1)], in: root)
-        let harness = try await WatchHarness(root: root, settings: .counting)
+        // A quiet window far shorter than the pauses between writes: only the file being still open holds the
+        // signal back (and no maximum delay cuts the wait short).
+        var settings = WatchSettings.testing
+        settings.maxDelay = .seconds(60)
+        let harness = try await WatchHarness(root: root, settings: settings)
 
         let chunks = ["-- part one\n", "-- part two\n", "-- part three\n", "-- part four\n"]
         try await FileSystemEdit.slowWrite(root + "/a.lua", chunks: chunks, interval: .milliseconds(700))
