@@ -376,3 +376,61 @@ struct ReloadPromiseTests {
         #expect(try daemon.request(#"{"op":"flag","flag":"b"}"#)["ok"] == true)
     }
 }
+
+@Suite("systemd promises")
+struct SystemdPromiseTests {
+    @Test("a first load over 2 s sends EXTEND_TIMEOUT_USEC before READY")
+    func extendTimeoutOnSlowStart() throws {
+        let daemon = try DaemonHarness(rules: [
+            "a.lua": "flag \"x\" {}\n",
+            // Several seconds of loading on this kind of machine.
+            "slow.lua": "local n = 0\nwhile n < 150000000 do n = n + 1 end\nflag \"slow\" {}\n",
+        ])
+        let address = daemon.directory + "/notify"
+        let notify = try FakeNotifySocket(address: address)
+        let started = ContinuousClock.now
+        try daemon.start(
+            arguments: ["--watch", "off", "--load-timeout", "120s", "--load-instructions", "9223372036854775807"],
+            environment: ["NOTIFY_SOCKET": address], waitForSocket: false)
+        var extensions: [String] = []
+        var ready: [String: String]?
+        while ready == nil, let fields = notify.next() {
+            if let value = fields["EXTEND_TIMEOUT_USEC"] { extensions.append(value) }
+            if fields["READY"] != nil { ready = fields }
+        }
+        try #require(ready != nil, "\(daemon.logs)")
+        // Only meaningful when the load really took more than two seconds.
+        try #require(ContinuousClock.now - started > .milliseconds(2_500))
+        #expect(!extensions.isEmpty)
+        #expect(extensions.allSatisfy { (UInt64($0) ?? 0) > 0 }, "\(extensions)")
+    }
+
+    @Test("a socket handed over by systemd keeps its mode, whatever socket_mode says")
+    func handedOverSocketIsNotChmodded() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        let socket = daemon.directory + "/q.sock"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-socket-activate")
+        process.arguments = [
+            "-l", socket, "--fdname=query", DaemonHarness.binary("rulesd"), "--rules", daemon.rulesDirectory,
+            "--state-dir", daemon.stateDirectory, "--socket", daemon.directory + "/unused.sock", "--watch", "off",
+            "--socket-mode", "0600",
+        ]
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        #expect(eventually { FileManager.default.fileExists(atPath: socket) })
+        var before = stat()
+        try #require(stat(socket, &before) == 0)
+        try #require(before.st_mode & 0o777 != 0o600, "the test needs a mode that differs from socket_mode")
+        // The first connection starts rulesd; once it answers, it has done whatever it does to the socket.
+        #expect(try LineClient(path: socket).request(#"{"op":"ping"}"#)["ok"] == true)
+        var after = stat()
+        try #require(stat(socket, &after) == 0)
+        #expect(after.st_mode & 0o7777 == before.st_mode & 0o7777)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+}
