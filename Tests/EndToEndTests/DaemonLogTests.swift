@@ -23,7 +23,7 @@ struct DaemonLogTests {
         ])
         try daemon.start()
         #expect(try daemon.request(#"{"op":"flag","flag":"chatty"}"#)["result"]?["variant"] == "on")
-        usleep(200_000)
+        #expect(daemon.waitForLog("evil"))
         let lines = daemon.logs.split(separator: "\n")
         let ruleLines = lines.filter { $0.contains("evil") }
         #expect(ruleLines.count == 1)

@@ -361,28 +361,36 @@ struct DaemonLifecycleTests {
         for client in held { #expect(try client.request(#"{"op":"ping"}"#)["ok"] == true) }
     }
 
-    @Test("idle connections are closed after the idle timeout")
+    @Test("idle connections are closed after the idle timeout, not before")
     func idleTimeout() throws {
         let daemon = try DaemonHarness(rules: protocolRules)
-        try daemon.start(arguments: ["--idle-timeout", "300ms"])
+        try daemon.start(arguments: ["--idle-timeout", "1s"])
         let client = try daemon.connect()
+        let asked = ContinuousClock.now
         #expect(try client.request(#"{"op":"ping"}"#)["ok"] == true)
         #expect(try client.readLine() == nil)
+        // The daemon read the request after it was sent, so it may close the connection a whole second later.
+        #expect(ContinuousClock.now - asked >= .seconds(1))
     }
 
     @Test("a connection that keeps asking is never idle, however long it lives")
     func activityKeepsConnectionOpen() throws {
         let daemon = try DaemonHarness(rules: protocolRules)
-        try daemon.start(arguments: ["--idle-timeout", "300ms"])
+        // Requests every 100 ms against a 3 s timeout: only a stall of nearly 3 s between two requests could
+        // close the connection, while living 4 s proves the timer restarts with every request.
+        try daemon.start(arguments: ["--idle-timeout", "3s"])
         let client = try daemon.connect()
-        let started = Date()
+        let started = ContinuousClock.now
         var id = 0
-        while Date().timeIntervalSince(started) < 1.2 {
+        var lastAsked = started
+        while ContinuousClock.now - started < .seconds(4) {
             id += 1
+            lastAsked = .now
             #expect(try client.request(#"{"op":"ping","id":\#(id)}"#)["id"] == .integer(Int64(id)))
             usleep(100_000)
         }
         #expect(try client.readLine() == nil)
+        #expect(ContinuousClock.now - lastAsked >= .seconds(3))
     }
 
     @Test("with broken rules at start rulesd exits non-zero naming every error")

@@ -1,6 +1,7 @@
 import Foundation
 import RuleModel
 import RulesTestSupport
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -57,7 +58,66 @@ final class EventLog: @unchecked Sendable {
         return events
     }
 
-    func count(_ name: String) -> Int { all.filter { $0["event"]?.stringValue == name }.count }
+    func count(_ name: String) -> Int { named(name).count }
+
+    /// The events called `name`, in the order they came.
+    func named(_ name: String) -> [JSONValue] { all.filter { $0["event"]?.stringValue == name } }
+
+    /// Waits until at least `count` events called `name` came.
+    func waitFor(_ name: String, count: Int = 1, timeout: Double = 30) -> Bool {
+        eventually(timeout: timeout) { self.count(name) >= count }
+    }
+
+    /// The revisions of the `reloaded` events, in order: each one is a distinct rule set that went live.
+    var reloadedRevisions: [String] { named("reloaded").compactMap { $0["revision"]?.stringValue } }
+}
+
+extension DaemonHarness {
+    /// Makes one more change (the `marker` config becomes `marker`) and waits until its `reloaded` event came;
+    /// returns the revision it served.
+    ///
+    /// Reloads run one after another and a watcher batch still open merges into the next one, so once the
+    /// sentinel's event is in, every reload an earlier edit caused has been reported before it: counting the
+    /// events before the sentinel's needs no fixed sleep.
+    func sentinelReload(_ marker: String, events: EventLog, path: String = "zz-sentinel.lua") throws -> String? {
+        try writeRule(path, "config \"sentinel\" (\"\(marker)\")\n")
+        guard
+            eventually(
+                timeout: 30,
+                {
+                    (try? request(#"{"op":"config","key":"sentinel"}"#))?["result"]?["value"]?.stringValue == marker
+                })
+        else { return nil }
+        let revision = try servedRevision()
+        guard eventually(timeout: 30, { events.reloadedRevisions.contains { $0 == revision } }) else { return nil }
+        return revision
+    }
+}
+
+/// Asks for the served marker over and over on a thread of its own, until stopped.
+final class MarkerSampler: Sendable {
+    private let answers = Mutex<[String]>([])
+    private let running = Atomic<Bool>(true)
+    private let finished = Atomic<Bool>(false)
+
+    init(_ daemon: DaemonHarness) {
+        let thread = Thread { [self] in
+            while running.load(ordering: .acquiring) {
+                let answer = daemon.servedMarker() ?? "no answer"
+                answers.withLock { $0.append(answer) }
+                usleep(50_000)
+            }
+            finished.store(true, ordering: .releasing)
+        }
+        thread.start()
+    }
+
+    /// Stops asking and returns every answer, in order.
+    func stop() -> [String] {
+        running.store(false, ordering: .releasing)
+        _ = eventually { self.finished.load(ordering: .acquiring) }
+        return answers.withLock { $0 }
+    }
 }
 
 @Suite("Live reload: every way a rule file changes ends with the daemon serving what is on disk")
@@ -70,21 +130,24 @@ struct LiveReloadTests {
         #expect(daemon.waitForMarker("v2"), "\(edit): still serving \(daemon.servedMarker() ?? "nothing")")
     }
 
-    @Test("a 1,000-file git checkout produces exactly one reload")
+    @Test("a 1,000-file git checkout produces exactly one reload, of the whole checkout")
     func gitCheckout() throws {
         var files: [String: String] = [:]
         for index in 0..<1000 { files["d\(index % 10)/f\(index).lua"] = "flag \"f\(index)\" { default = \"off\" }\n" }
         files["marker.lua"] = "config \"marker\" (\"a\")\n"
         let daemon = try DaemonHarness(rules: files)
-        try daemon.start(arguments: ["--quiet-window", "300ms"])
+        // No maximum delay a slowed-down checkout could reach: it would split the checkout by design.
+        try daemon.start(arguments: ["--max-delay", "60s"])
         let events = try EventLog(daemon)
         var changes: [String: String?] = [:]
         for index in 0..<1000 { changes["d\(index % 10)/f\(index).lua"] = "flag \"f\(index)\" { default = \"on\" }\n" }
         changes["marker.lua"] = "config \"marker\" (\"b\")\n"
         try FileSystemEdit.gitCheckout(changes, in: daemon.rulesDirectory)
         #expect(daemon.waitForMarker("b"))
-        usleep(1_500_000)
-        #expect(events.count("reloaded") == 1, "\(events.all)")
+        let checkout = try daemon.servedRevision()
+        let sentinel = try daemon.sentinelReload("after-checkout", events: events)
+        #expect(sentinel != nil)
+        #expect(events.reloadedRevisions == [checkout, sentinel].compactMap { $0 }, "\(events.all)")
         #expect(events.count("reload_failed") == 0)
         #expect(try daemon.request(#"{"op":"flag","flag":"f999"}"#)["result"]?["variant"] == "on")
     }
@@ -106,13 +169,16 @@ struct LiveReloadTests {
         let daemon = try DaemonHarness()
         try FileSystemEdit.removeTree(daemon.rulesDirectory)
         _ = try FileSystemEdit.makeConfigMapVolume(at: daemon.rulesDirectory, files: ["rules.lua": markedRules("v1")])
-        try daemon.start(arguments: ["--quiet-window", "300ms"])
+        try daemon.start(arguments: ["--max-delay", "60s"])
         #expect(daemon.servedMarker() == "v1")
         let events = try EventLog(daemon)
         try FileSystemEdit.configMapSwap(volume: daemon.rulesDirectory, files: ["rules.lua": markedRules("v2")])
         #expect(daemon.waitForMarker("v2"))
-        usleep(1_000_000)
-        #expect(events.count("reloaded") == 1, "\(events.all)")
+        let swapped = try daemon.servedRevision()
+        let sentinel = try daemon.sentinelReload("after-swap", events: events)
+        #expect(sentinel != nil)
+        #expect(events.reloadedRevisions == [swapped, sentinel].compactMap { $0 }, "\(events.all)")
+        #expect(events.count("reload_failed") == 0)
     }
 
     @Test("a directory deleted and recreated, and the root replaced by rename, are picked up")
@@ -146,7 +212,9 @@ struct LiveReloadTests {
     @Test("a slow writer's file goes live only once complete; partial states never replace good rules")
     func slowWriter() async throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
-        try daemon.start()
+        // The writer keeps the file open longer than the quiet window; only the maximum delay (out of reach
+        // here) would load it before it is closed.
+        try daemon.start(arguments: ["--max-delay", "60s"])
         let events = try EventLog(daemon)
         let content = markedRules("v2", flags: 3)
         let third = content.count / 3
@@ -154,11 +222,20 @@ struct LiveReloadTests {
             String(content.prefix(third)), String(content.dropFirst(third).prefix(third)),
             String(content.dropFirst(2 * third)),
         ]
+        // A client keeps asking while the file is written: every answer comes from the old rules or the
+        // complete new ones, never from a missing marker or a failed request.
+        let asker = MarkerSampler(daemon)
         try await FileSystemEdit.slowWrite(
             daemon.rulesDirectory + "/a.lua", chunks: chunks, interval: .milliseconds(1500))
         #expect(daemon.waitForMarker("v2"))
-        // Whatever was seen meanwhile, no answer ever came from a half-written file.
-        #expect(events.count("reloaded") >= 1)
+        let seen = asker.stop()
+        #expect(seen.contains("v1"), "the client never asked while the file was being written")
+        #expect(seen.allSatisfy { $0 == "v1" || $0 == "v2" }, "\(seen)")
+        #expect(seen.drop { $0 == "v1" }.allSatisfy { $0 == "v2" }, "\(seen)")
+        // Exactly one reload, of the complete file, and no half-written state was even tried.
+        #expect(eventually { events.count("reloaded") >= 1 })
+        #expect(events.count("reload_failed") == 0, "\(events.all)")
+        #expect(events.reloadedRevisions == [try daemon.servedRevision()].compactMap { $0 }, "\(events.all)")
         #expect(try daemon.request(#"{"op":"flag","flag":"f2"}"#)["ok"] == true)
     }
 
@@ -182,48 +259,56 @@ struct LiveReloadTests {
     @Test("broken and truncated saves keep the old rules serving, report file:line once, and a fix goes live")
     func brokenThenFixed() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
-        try daemon.start()
+        try daemon.start(arguments: ["--log-level", "debug"])
         let events = try EventLog(daemon)
         try FileSystemEdit.nanoInPlace.save(
             "config \"marker\" (\"v2\")\nflag \"x\" {\n  rule = function(ctx)\n", to: "a.lua", in: daemon.rulesDirectory
         )
-        usleep(1_500_000)
+        #expect(events.waitFor("reload_failed"))
         #expect(daemon.servedMarker() == "v1")
-        #expect(events.count("reload_failed") == 1)
         let failure = events.all.first { $0["event"] == "reload_failed" }
         #expect(failure?["error"]?["problems"]?[0]?["file"] == "a.lua")
-        // The same bad content again: no second report.
+        // The same bad content again: no second report. The debug line says the watcher signalled; the
+        // `reload` answered after it was processed in turn (reloads run one at a time).
+        let signals = daemon.logLines(containing: "rules directory may have changed")
         try FileSystemEdit.touch(daemon.rulesDirectory + "/a.lua")
-        usleep(800_000)
-        #expect(events.count("reload_failed") == 1)
+        #expect(daemon.waitForLog("rules directory may have changed", count: signals + 1))
+        #expect(try daemon.request(#"{"op":"reload"}"#)["error"]?["code"] == "RELOAD_FAILED")
+        #expect(events.count("reload_failed") == 1, "\(events.all)")
+        // Cut short: different bad content, reported, and the old rules still serve.
         try FileSystemEdit.truncatedWrite(
             daemon.rulesDirectory + "/a.lua", content: markedRules("v3"), keepingBytes: 20)
-        usleep(800_000)
+        #expect(events.waitFor("reload_failed", count: 2))
         #expect(daemon.servedMarker() == "v1")
         try FileSystemEdit.vimRenameOnSave.save(markedRules("v4"), to: "a.lua", in: daemon.rulesDirectory)
         #expect(daemon.waitForMarker("v4"))
         let status = try daemon.request(#"{"op":"status"}"#)["result"]
         #expect(status?["last_reload"]?["ok"] == true)
+        #expect(events.count("reload_failed") == 2, "\(events.all)")
     }
 
     @Test("touch and chmod change nothing that is served: no reload")
     func noOpChanges() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
-        try daemon.start()
+        try daemon.start(arguments: ["--log-level", "debug"])
         let events = try EventLog(daemon)
+        let signals = daemon.logLines(containing: "rules directory may have changed")
         try FileSystemEdit.touch(daemon.rulesDirectory + "/a.lua")
         try FileSystemEdit.chmod(daemon.rulesDirectory + "/a.lua", 0o600)
-        usleep(1_000_000)
-        #expect(events.count("reloaded") == 0)
-        #expect(try daemon.request(#"{"op":"ping"}"#)["generation"] == 1)
+        #expect(daemon.waitForLog("rules directory may have changed", count: signals + 1))
+        // The next real change is the first reload: generation 2, and no event came before its own.
+        let sentinel = try daemon.sentinelReload("after-touch", events: events)
+        #expect(events.reloadedRevisions == [sentinel].compactMap { $0 }, "\(events.all)")
+        #expect(events.named("reloaded").first?["generation"] == 2)
     }
 
     @Test("killed while the rules are broken, rulesd restarts on the last known good rules and says so")
     func lastKnownGood() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
         try daemon.start()
+        let events = try EventLog(daemon)
         try FileSystemEdit.nanoInPlace.save("config \"marker\" (", to: "a.lua", in: daemon.rulesDirectory)
-        usleep(800_000)
+        #expect(events.waitFor("reload_failed"))
         daemon.signal(SIGKILL)
         _ = try? daemon.waitForExit()
         try daemon.start()

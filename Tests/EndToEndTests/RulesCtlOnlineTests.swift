@@ -42,26 +42,51 @@ struct RulesCtlOnlineTests {
         try daemon.start(arguments: ["--rules", examples, "--watch", "off"])
     }
 
+    /// A question, the exit status it must end with, and a line of its plain output that shows the context was
+    /// used (the keys are the ones the example rules read: user_id, user.plan, country, path, headers).
+    struct Question: Sendable, CustomTestStringConvertible {
+        var arguments: [String]
+        var status: Int32
+        var shows: String?
+        var testDescription: String { arguments.joined(separator: " ") }
+    }
+
     @Test(
         "online and offline answers print identically, in both output forms",
         arguments: [
-            ["flag", "checkout.new-flow", "-c", "user=u-42", "-c", "plan=pro"],
-            ["flag", "checkout.new-flow", "-c", "user=u-7", "-c", "plan=enterprise", "-c", "country=DE"],
-            ["flags", "-c", "user=u-1", "-c", "plan=team", "--at", "2026-05-01T00:00:00Z"],
-            ["route", "-c", "path=/api/v2/users/7", "-c", "method=GET"],
-            ["route", "-c", "path=/nowhere"],
-            ["config", "http.timeout_ms"],
-            ["config", "--prefix", "http."],
-            ["flag", "no-such-flag"],
+            Question(
+                arguments: ["flag", "checkout.new-flow", "-c", "user_id=u-42", "-c", "user.plan=pro"], status: 0,
+                shows: "variant: on"),
+            Question(
+                arguments: [
+                    "flag", "checkout.new-flow", "-c", "user_id=u-7", "-c", "user.plan=enterprise", "-c", "country=DE",
+                ],
+                status: 0, shows: "variant: off"),
+            Question(arguments: ["flag", "search.semantic", "-c", "user.plan=pro"], status: 0, shows: "variant: on"),
+            Question(
+                arguments: ["flags", "-c", "user_id=u-1", "-c", "user.plan=pro", "--at", "2026-05-01T00:00:00Z"],
+                status: 0, shows: "search.semantic        on"),
+            Question(
+                arguments: ["route", "-c", "path=/api/users/42", "-c", "headers.x-api-version=2"], status: 0,
+                shows: "route:  users-v2-explicit"),
+            Question(arguments: ["route", "-c", "path=/nowhere"], status: 0, shows: "route:  web"),
+            Question(arguments: ["config", "http.timeout_ms"], status: 0, shows: "value: 1500"),
+            Question(arguments: ["config", "--prefix", "http."], status: 0, shows: "http.retries:         3"),
+            Question(arguments: ["flag", "no-such-flag"], status: 1, shows: nil),
         ])
-    func onlineEqualsOffline(_ question: [String]) throws {
+    func onlineEqualsOffline(_ question: Question) throws {
         for json in [false, true] {
             let extra = json ? ["--json"] : []
-            let online = try runRulesctl(question + extra, environment: ["RULESD_SOCKET": daemon.socketPath])
-            let offline = try runRulesctl(["eval", "--rules", examples] + question + extra)
-            #expect(online.status == offline.status)
+            let online = try runRulesctl(
+                question.arguments + extra, environment: ["RULESD_SOCKET": daemon.socketPath])
+            let offline = try runRulesctl(["eval", "--rules", examples] + question.arguments + extra)
+            #expect(online.status == question.status, "\(online.stderr)")
+            #expect(offline.status == question.status, "\(offline.stderr)")
             #expect(online.stdout == offline.stdout)
             #expect(online.stderr == offline.stderr)
+            if !json, let shows = question.shows {
+                #expect(online.stdout.split(separator: "\n").contains { $0.hasPrefix(shows) }, "\(online.stdout)")
+            }
         }
     }
 

@@ -6,6 +6,12 @@ import Testing
     import Glibc
 #endif
 
+/// Whether `fd` has data to read right now.
+func isReadable(_ fd: Int32) -> Bool {
+    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    return poll(&entry, 1, 0) > 0
+}
+
 /// A fake systemd notify socket: a datagram socket the test reads, at a path or an abstract name.
 final class FakeNotifySocket {
     let fd: Int32
@@ -46,6 +52,18 @@ final class FakeNotifySocket {
             }
         }
         return fields
+    }
+
+    /// The next datagram if one arrives within `milliseconds`; nil otherwise.
+    func next(within milliseconds: Int32) -> [String: String]? {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, milliseconds) > 0 else { return nil }
+        return next()
+    }
+
+    /// Throws away every datagram already queued.
+    func drain() {
+        while next(within: 0) != nil {}
     }
 
     /// Skips datagrams until one has `key`; watchdog pings in between are ignored unless asked for.
@@ -96,12 +114,52 @@ struct SystemdTests {
         let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
         let address = daemon.directory + "/notify"
         let notify = try FakeNotifySocket(address: address)
-        try daemon.start(environment: ["NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"])
-        var pings = 0
-        while pings < 3, let fields = notify.next() {
-            if fields["WATCHDOG"] == "1" { pings += 1 }
+        // A 2 s interval: pings every second.
+        try daemon.start(environment: ["NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"])
+        var arrivals: [ContinuousClock.Instant] = []
+        while arrivals.count < 5, let fields = notify.next() {
+            if fields["WATCHDOG"] == "1" { arrivals.append(.now) }
         }
-        #expect(pings == 3)
+        try #require(arrivals.count == 5)
+        let gaps = zip(arrivals.dropFirst(), arrivals).map { $0 - $1 }.sorted()
+        // Never faster than half the interval: four periods cannot pass in less than about four seconds (the
+        // first ping may have been read late, hence the margin).
+        #expect(arrivals[4] - arrivals[0] > .seconds(3), "\(gaps)")
+        // And not at the whole interval, which would let systemd kill a healthy daemon for one late ping:
+        // most gaps are well under 2 s (one stalled read on a loaded machine may stretch a gap).
+        #expect(gaps[2] < .milliseconds(1_800), "\(gaps)")
+        #expect(daemon.logs.contains("watchdog.interval_us=2000000"), "\(daemon.logs)")
+    }
+
+    @Test("watchdog: a worker wedged in an evaluation stops the pings until it runs again")
+    func watchdogWedgedWorker() throws {
+        let daemon = try DaemonHarness(rules: [
+            "a.lua": "flag \"x\" {}\nflag \"spin\" { rule = function() local n = 0 while true do n = n + 1 end end }\n"
+        ])
+        let address = daemon.directory + "/notify"
+        let notify = try FakeNotifySocket(address: address)
+        // One worker, and an evaluation allowed to spin for 6 s: long enough to miss many 200 ms pings.
+        try daemon.start(
+            arguments: ["--eval-timeout", "6s", "--eval-instructions", "2147483647"],
+            environment: ["NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"], workers: 1)
+        #expect(notify.next(with: "WATCHDOG") != nil)
+
+        let client = try daemon.connect()
+        try client.send(#"{"op":"flag","flag":"spin"}"# + "\n")
+        // The service notices within a ping period; from then on it withholds every ping while the worker spins.
+        #expect(daemon.waitForLog("withholding the watchdog ping"), "\(daemon.logs)")
+        notify.drain()
+        // The worker writes its answer before its loop turns again, and only a turning loop lets a ping out:
+        // a ping read while no answer is waiting was sent while the worker was wedged.
+        var pingsWhileWedged = 0
+        while !isReadable(client.fd) {
+            if notify.next(within: 100)?["WATCHDOG"] == "1", !isReadable(client.fd) { pingsWhileWedged += 1 }
+        }
+        #expect(try client.readJSON()["result"]?["reason"] == "ERROR")
+        #expect(pingsWhileWedged == 0)
+        // Free again: the pings come back, and the worker answers.
+        #expect(notify.next(with: "WATCHDOG") != nil)
+        #expect(try daemon.request(#"{"op":"flag","flag":"x"}"#)["ok"] == true)
     }
 
     @Test("socket activation: systemd-socket-activate hands rulesd its listening socket, which rulesd never removes")

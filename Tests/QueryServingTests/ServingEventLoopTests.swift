@@ -148,14 +148,17 @@ struct TimerHeapTests {
     func ordering() {
         var heap = TimerHeap()
         var generator = SystemRandomNumberGenerator()
-        var timers: [LoopTimer] = []
+        // Each timer with the deadline and scheduling order the test gave it: the expected order is worked out
+        // from these, not from the code's own comparison.
+        var timers: [(item: LoopTimer, milliseconds: Int64, sequence: Int)] = []
         for sequence in 0..<500 {
-            let item = timer(Int64.random(in: 1...50, using: &generator), UInt64(sequence))
-            timers.append(item)
+            let milliseconds = Int64.random(in: 1...50, using: &generator)
+            let item = timer(milliseconds, UInt64(sequence))
+            timers.append((item, milliseconds, sequence))
             heap.insert(item)
         }
         var removed = Set<ObjectIdentifier>()
-        for item in timers.shuffled().prefix(200) {
+        for item in timers.map(\.item).shuffled().prefix(200) {
             let first = heap.remove(item)
             let second = heap.remove(item)
             #expect(first)
@@ -164,8 +167,10 @@ struct TimerHeapTests {
         }
         var out: [LoopTimer] = []
         while let next = heap.popFirst() { out.append(next) }
-        let expected = timers.filter { !removed.contains(ObjectIdentifier($0)) }.sorted { $0.precedes($1) }
-        #expect(out.map { ObjectIdentifier($0) } == expected.map { ObjectIdentifier($0) })
+        let expected = timers.filter { !removed.contains(ObjectIdentifier($0.item)) }
+            .sorted { ($0.milliseconds, $0.sequence) < ($1.milliseconds, $1.sequence) }
+        #expect(out.count == 300)
+        #expect(out.map { ObjectIdentifier($0) } == expected.map { ObjectIdentifier($0.item) })
         #expect(heap.isEmpty)
         #expect(heap.millisecondsUntilNext(now: .now()) == -1)
     }

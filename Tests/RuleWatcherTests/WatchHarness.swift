@@ -18,6 +18,16 @@ extension WatchSettings {
         settings.pollInterval = .milliseconds(200)
         return settings
     }
+
+    /// Settings for tests that count signals: a quiet window wide enough that the test process being
+    /// descheduled between two steps of one edit (a loaded 2-core machine stalls for hundreds of milliseconds)
+    /// does not split the edit in two, and no maximum delay that a slowed-down edit could reach.
+    static var counting: WatchSettings {
+        var settings = WatchSettings.testing
+        settings.quietWindow = .seconds(1)
+        settings.maxDelay = .seconds(60)
+        return settings
+    }
 }
 
 /// What the consumer saw: each signal with the scan made right when it arrived.
@@ -130,10 +140,20 @@ final class WatchHarness: Sendable {
         await waitUntil(timeout: timeout) { self.log.count >= count }
     }
 
-    /// Waits long enough for any further signal of the same change to show up.
-    func settle(_ duration: Duration = .seconds(2)) async {
-        try? await Task.sleep(for: duration)
+    /// Waits long enough for any further signal of the same change to show up: a second signal needs events
+    /// after the first one and then a whole quiet window, so twice the window and a margin.
+    func settle() async {
+        try? await Task.sleep(for: watcher.settings.quietWindow * 2 + .milliseconds(500))
     }
+
+    /// Waits until a signal delivered exactly these files (the consumer's scan made when it arrived): what the
+    /// watcher handed over, not what is on disk by the time the test looks.
+    func waitForDelivery(of files: [String: String], timeout: Duration = .seconds(30)) async -> Bool {
+        await waitUntil(timeout: timeout) { self.log.all.contains { contents($0.snapshot) == files } }
+    }
+
+    /// The files the last signal delivered.
+    var lastDelivered: [String: String]? { log.all.last.map { contents($0.snapshot) } }
 
     /// Signals after the first `count`.
     func signals(after count: Int) -> [SignalLog.Entry] { Array(log.all.dropFirst(count)) }

@@ -65,10 +65,12 @@ public final class DaemonHarness: @unchecked Sendable {
         workers: Int = 2, launcher: [String] = []
     ) throws {
         let process = Process()
+        // A quiet window of 1 s: wide enough that the test process being descheduled between two steps of one
+        // save (hundreds of milliseconds on a loaded 2-core machine) does not split it into two reloads.
         let daemonArguments =
             [
                 "--rules", rulesDirectory, "--socket", socketPath, "--state-dir", stateDirectory,
-                "--workers", String(workers), "--quiet-window", "100ms",
+                "--workers", String(workers), "--quiet-window", "1s",
             ] + arguments
         if launcher.isEmpty {
             process.executableURL = URL(fileURLWithPath: Self.binary("rulesd"))

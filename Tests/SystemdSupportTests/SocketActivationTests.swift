@@ -250,11 +250,15 @@ struct SocketActivationTests {
         #expect(SocketActivation.socketFileGroup(of: fd) == info.st_gid)
     }
 
-    @Test("A listening socket of our own passes the check")
+    @Test("A socket of our own passes the check once it listens, and not before")
     func checkAcceptsListener() throws {
         let scratch = ScratchDirectory()
-        let fd = listeningUnixSocket(at: scratch.file("own"))
+        let fd = unixSocket(type: SOCK_STREAM, boundTo: scratch.file("own"))
         defer { close(fd) }
-        try SocketActivation.checkListeningUnixStream(fd: fd)
+        #expect(throws: SocketActivationError.notListening(fd: fd, name: nil)) {
+            try SocketActivation.checkListeningUnixStream(fd: fd)
+        }
+        try #require(listen(fd, 8) == 0)
+        #expect(throws: Never.self) { try SocketActivation.checkListeningUnixStream(fd: fd) }
     }
 }
