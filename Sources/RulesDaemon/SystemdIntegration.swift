@@ -2,8 +2,8 @@ import Atomics
 import Logging
 import NIOCore
 import ServiceLifecycle
-import SystemdSupport
 import SystemClock
+import SystemdSupport
 
 #if canImport(Glibc)
     import Glibc

@@ -1,6 +1,6 @@
 import Glibc
-import SystemdSupport
 import SystemClock
+import SystemdSupport
 
 /// A closed-loop load client: one thread, poll(2), N connections each keeping P requests in flight.
 ///

@@ -1,3 +1,4 @@
+import CEventPoll
 import Foundation
 import Glibc
 import NIOCore
@@ -88,7 +89,7 @@ final class ConnectionHarness: Sendable {
         backend: EchoBackend = EchoBackend(), clientTimeout: Double = 20
     ) async throws {
         var pair: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(Glibc.SOCK_STREAM.rawValue), 0, &pair) == 0 else {
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0 else {
             throw HarnessError("socketpair: \(errno)")
         }
         let served = pair[0]
