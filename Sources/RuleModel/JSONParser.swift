@@ -659,21 +659,10 @@ struct JSONDriver {
     func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
         if !entry.escaped {
             let count = entry.end - entry.start
-            return count == key.count && (count == 0 || memoryEqual(p + entry.start, key.baseAddress!, count))
+            return count == key.count && (count == 0 || bytesEqual(UnsafeRawPointer(p + entry.start), key.baseAddress!, count))
         }
         return decodedKey(entry).elementsEqual(key)
     }
-}
-
-@inline(__always)
-func memoryEqual(_ a: UnsafePointer<UInt8>, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
-    let b = b.assumingMemoryBound(to: UInt8.self)
-    var k = 0
-    while k < count {
-        if a[k] != b[k] { return false }
-        k &+= 1
-    }
-    return true
 }
 
 /// A stack buffer that starts in caller-provided (usually stack) memory and moves to the heap when it fills.

@@ -260,7 +260,7 @@ public struct JSONObjectScanner: Sendable {
     public static func key(_ key: UnsafeRawBufferPointer, equals name: UnsafeRawBufferPointer) -> Bool {
         guard key.count == name.count else { return false }
         guard let a = key.baseAddress, let b = name.baseAddress else { return true }
-        return memoryEqual(a.assumingMemoryBound(to: UInt8.self), b, key.count)
+        return bytesEqual(a, b, key.count)
     }
 }
 

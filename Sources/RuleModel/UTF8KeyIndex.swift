@@ -2,7 +2,7 @@
 ///
 /// The request path looks flags up by name for every request; going through `String` would mean decoding
 /// and, for names over 15 bytes, allocating, then hashing with a per-process seed. This table hashes the
-/// raw bytes (FNV-1a) and compares them with memcmp. Built once per rule set; immutable afterwards.
+/// raw bytes (FNV-1a) and compares them with bytesEqual. Built once per rule set; immutable afterwards.
 public struct UTF8KeyIndex: Sendable {
     private let slots: [Int32]
     private let hashes: [UInt64]
@@ -58,7 +58,7 @@ public struct UTF8KeyIndex: Sendable {
             if hashes[candidate] == hash {
                 let equal = keys[candidate].withUnsafeBytes { key in
                     key.count == bytes.count
-                        && (key.count == 0 || memcmpBytes(key.baseAddress!, bytes.baseAddress!, key.count))
+                        && (key.count == 0 || bytesEqual(key.baseAddress!, bytes.baseAddress!, key.count))
                 }
                 if equal { return candidate }
             }
@@ -76,8 +76,10 @@ public struct UTF8KeyIndex: Sendable {
     }
 }
 
+/// Whether `count` bytes at `a` and `b` are equal, eight at a time: the one byte comparison of the JSON
+/// scanner, the parser and the key index.
 @usableFromInline
-func memcmpBytes(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
+func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
     var index = 0
     while index + 8 <= count {
         if a.loadUnaligned(fromByteOffset: index, as: UInt64.self)
