@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs built rulesd binaries and their files: programs, systemd units, sysusers.d/tmpfiles.d entries,
-# man pages, shell completions, and (only where none exist yet) the example configuration and rules.
+# man pages, shell completions, example rules (as documentation), and (only where none exist yet) the
+# configuration and an empty rules directory.
 #
 # Usage: deploy/install.sh [options] [BUILD_DIR]
 #
@@ -295,23 +296,25 @@ else
     install -D -m 0644 "$source_root/config/rulesd.conf" "$destdir$confdir/rulesd.conf"
     note "example configuration -> $destdir$confdir/rulesd.conf"
 fi
-# The daemon loads every rule file in the directory: adding the examples next to real rules would change what
-# is served. So they go in only when the directory is missing or empty.
+# The daemon serves every rule file in the directory, so the examples never go there: enabling the service
+# must not serve demo flags. They are documentation, installed (and recorded) under share/doc; the rules
+# directory starts empty, which is a valid rule set, with a README saying where the examples are.
 rules_src=$source_root/config/rules.d
+examples=$datadir/doc/rulesd/examples
+if [ -d "$rules_src" ] && [ -n "$(ls -A "$rules_src")" ]; then
+    while IFS= read -r file; do
+        put 0644 "$rules_src/$file" "$examples/rules.d/$file"
+    done < <(cd "$rules_src" && find . -type f ! -name '.*' | sed 's|^\./||' | LC_ALL=C sort)
+    put 0644 "$source_root/config/rulesd.conf" "$examples/rulesd.conf"
+    note "example rules -> $destdir$examples"
+fi
 rules_dst=$destdir$confdir/rules.d
 if [ -d "$rules_dst" ] && [ -n "$(ls -A "$rules_dst")" ]; then
-    note "keeping existing rules in $rules_dst (examples not copied)"
+    note "keeping existing rules in $rules_dst"
 else
     install -d -m 0755 "$rules_dst"
-    if [ -d "$rules_src" ] && [ -n "$(ls -A "$rules_src")" ]; then
-        # cp -R keeps the layout (rules may live in subdirectories); modes are normalised right after.
-        cp -R "$rules_src/." "$rules_dst/"
-        find "$rules_dst" -type d -exec chmod 0755 {} +
-        find "$rules_dst" -type f -exec chmod 0644 {} +
-        note "example rules -> $rules_dst"
-    else
-        note "rules directory $rules_dst created (no example rules in $rules_src)"
-    fi
+    install -m 0644 "$source_root/deploy/rules.d.README" "$rules_dst/README"
+    note "empty rules directory -> $rules_dst (see its README)"
 fi
 
 # --- manifest -------------------------------------------------------------------------------------------------

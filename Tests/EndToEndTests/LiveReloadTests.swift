@@ -322,14 +322,16 @@ struct LiveReloadTests {
         #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["origin"] == "rules_directory")
     }
 
-    @Test("with the inotify watch limit exhausted, rulesd polls, says so in status, and still converges")
+    @Test(
+        "with the inotify watch limit exhausted, rulesd polls, says so in status, and still converges",
+        .enabled(if: UserNamespace.isUsable, Comment(rawValue: UserNamespace.skipReason ?? "")))
     func watchLimit() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1"), "b/c/d.lua": "flag \"d\" {}\n"])
         // A user namespace with a watch limit of 1: the watcher cannot watch the tree.
         let script = "echo 1 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""
         try daemon.start(
             arguments: ["--poll-interval", "200ms"],
-            launcher: ["/usr/bin/unshare", "--user", "--map-root-user", "/bin/sh", "-c", script])
+            launcher: [UserNamespace.unshare, "--user", "--map-root-user", "/bin/sh", "-c", script])
         // The watcher starts right after the socket: give it a moment to find out.
         var mode: JSONValue?
         for _ in 0..<200 {

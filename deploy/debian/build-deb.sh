@@ -73,9 +73,15 @@ root=$stage/debian/rulesd
 # dpkg keeps its own list of files, so no install manifest.
 "$source_root/deploy/install.sh" --prefix /usr --destdir "$root" --no-manifest "$build_dir"
 
-# Debug information only: the symbol table stays, so a crash still prints function names.
+# Stripped as dh_strip does (Debian policy 10.1, lintian's unstripped-binary-or-object). The symbol table goes
+# too, so the symbols are kept beside the package (dist/rulesd_<version>_<arch>.symbols/PROGRAM.debug, linked
+# from the binary by a .gnu_debuglink): gdb and a symbolizer find the function names of a crash there.
+symbols_dir=$out_dir/rulesd_${version}_$(dpkg --print-architecture).symbols
+mkdir -p "$symbols_dir"
 for program in rulesd rulesctl; do
-    strip --strip-debug "$root/usr/bin/$program"
+    objcopy --only-keep-debug "$root/usr/bin/$program" "$symbols_dir/$program.debug"
+    strip --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/$program"
+    objcopy --add-gnu-debuglink="$symbols_dir/$program.debug" "$root/usr/bin/$program"
     # SwiftPM adds a run path of $ORIGIN (here: /usr/bin) unless told not to; with the Swift runtime linked in
     # statically it serves no purpose, and a library search path in /usr/bin is not something to ship.
     # shellcheck disable=SC2016 # the literal text $ORIGIN is what the dynamic section holds
@@ -83,6 +89,17 @@ for program in rulesd rulesctl; do
         note "warning: $program has an \$ORIGIN run path; build with --disable-local-rpath" >&2
     fi
 done
+
+# --- /usr/share/doc/rulesd: copyright and changelog, as Debian policy (12.5, 12.7) asks of every package ---------
+# A native version (no "-revision") takes changelog.gz, a packaging revision changelog.Debian.gz.
+doc=$root/usr/share/doc/rulesd
+install -D -m 0644 "$here/copyright" "$doc/copyright"
+changelog_version=$(sed -n -E '1s/^rulesd \(([^)]+)\).*/\1/p' "$here/changelog")
+[ "$changelog_version" = "$version" ] ||
+    die "deploy/debian/changelog starts with version '${changelog_version:-?}', not $version; add an entry first"
+case "$version" in *-*) changelog_name=changelog.Debian.gz ;; *) changelog_name=changelog.gz ;; esac
+gzip -9n -c "$here/changelog" >"$doc/$changelog_name"
+chmod 0644 "$doc/$changelog_name"
 
 # --- Depends: computed from what the binaries really link ----------------------------------------------------
 # dpkg-shlibdeps reads debian/control to learn the package names; a minimal fake one in the staging
@@ -127,6 +144,8 @@ Description: hot-reloadable rules daemon for feature flags, routing rules and co
  .
  rulesctl is the command-line client. The package installs systemd units but
  enables and starts nothing; use: systemctl enable --now rulesd.socket
+ The rules directory starts empty; example rules are in
+ /usr/share/doc/rulesd/examples.
 EOF
 
 # Every file under /etc is configuration: dpkg keeps local edits on upgrade and asks before replacing them.

@@ -59,10 +59,16 @@ if grep -nE '^[[:space:]]*(- )?subPath(Expr)?[[:space:]]*:' "${manifests[@]}"; t
 fi
 
 # The rules inside the ConfigMaps must load too: a manifest that passes every schema but ships a syntax error
-# would be refused by every pod. Needs a rulesctl binary ($RULESCTL, the release build, or on PATH).
+# would be refused by every pod. Needs a rulesctl binary: $RULESCTL (what `make test-k8s` passes: the one this
+# checkout builds), else this checkout's debug or release build, else one on PATH. Without one the check fails:
+# manifests whose rules were never loaded are not "ok".
 rulesctl=${RULESCTL:-}
-if [ -z "$rulesctl" ]; then
-    for candidate in "$here/../../.build/release/rulesctl" "$(command -v rulesctl 2>/dev/null || true)"; do
+if [ -n "$rulesctl" ] && [ ! -x "$rulesctl" ]; then
+    echo "== RULESCTL=$rulesctl is not an executable" >&2
+    rulesctl="" status=1
+elif [ -z "$rulesctl" ]; then
+    for candidate in "$here/../../.build/debug/rulesctl" "$here/../../.build/release/rulesctl" \
+        "$(command -v rulesctl 2>/dev/null || true)"; do
         if [ -n "$candidate" ] && [ -x "$candidate" ]; then rulesctl=$candidate; break; fi
     done
 fi
@@ -92,7 +98,8 @@ PY
         if ! "$rulesctl" check "$dir"; then status=1; fi
     done
 else
-    echo "== rulesctl not found (build it or set RULESCTL); ConfigMap rules not checked"
+    echo "== rulesctl not found (swift build, or set RULESCTL): the ConfigMaps' rules cannot be checked" >&2
+    status=1
 fi
 
 if [ "$status" -eq 0 ]; then

@@ -13,13 +13,14 @@
 #     prints a warning, so any output at all is a failure.
 #  3. systemd-sysusers on rulesd.sysusers.conf into a scratch root (the host is not touched).
 #  4. systemd-analyze security --offline=true on rulesd.service: prints the exposure score (last
-#     line of output) and fails above MAX_EXPOSURE (default 1.0).
+#     line of output) and fails above MAX_EXPOSURE. The default is the score docs/OPERATIONS.md
+#     promises (the bold "exposure **N.N SAFE**" there), so the docs and the gate cannot drift apart.
 #
 # Exit: 0 ok; 1 a check failed; 2 usage error or missing tools; 3 exposure above MAX_EXPOSURE.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-MAX_EXPOSURE=${1:-1.0}
+OPERATIONS=$HERE/../../docs/OPERATIONS.md
 SOCKET_UNIT=rulesd.socket
 SERVICE_UNIT=rulesd.service
 SYSUSERS=rulesd.sysusers.conf
@@ -27,6 +28,14 @@ SYSUSERS=rulesd.sysusers.conf
 fail_usage() { echo "check.sh: $*" >&2; exit 2; }
 
 [ $# -le 1 ] || fail_usage "usage: $0 [MAX_EXPOSURE]"
+if [ $# -eq 1 ]; then
+    MAX_EXPOSURE=$1
+else
+    [ -f "$OPERATIONS" ] || fail_usage "no MAX_EXPOSURE given and $OPERATIONS not found"
+    MAX_EXPOSURE=$(sed -n -E 's/.*exposure \*\*([0-9]+\.[0-9]+) [A-Z]+\*\*.*/\1/p' "$OPERATIONS" | head -n 1)
+    [ -n "$MAX_EXPOSURE" ] || fail_usage "docs/OPERATIONS.md promises no exposure (\"exposure **N.N SAFE**\")"
+    echo "== exposure promised by docs/OPERATIONS.md: $MAX_EXPOSURE"
+fi
 [[ $MAX_EXPOSURE =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail_usage "MAX_EXPOSURE must be a number such as 1.0"
 for tool in systemd-analyze systemd-sysusers; do
     command -v "$tool" >/dev/null 2>&1 || fail_usage "$tool not found (Debian: apt-get install -y systemd)"
@@ -83,6 +92,15 @@ require "$SOCKET_UNIT" SocketMode 0660
 # systemd >= 253 accepts notify-reload, so verify on a newer CI machine would not catch it.
 if grep -Eq '^[[:space:]]*Type=notify-reload' "$HERE/$SOCKET_UNIT" "$HERE/$SERVICE_UNIT"; then
     echo "rules: Type=notify-reload is for systemd >= 253 only; Debian 12 falls back to Type=simple"
+    failed=1
+fi
+# libdispatch's worker threads call setpriority(); the filter must answer it with success (":0"), after
+# ~@resources (which would otherwise drop the entry again), or the journal fills with its complaints.
+filters=$(values "$SERVICE_UNIT" SystemCallFilter)
+resources_line=$(grep -n -- '@resources' <<<"$filters" | tail -n 1 | cut -d: -f1 || true)
+setpriority_line=$(grep -n -x -- '~setpriority:0' <<<"$filters" | tail -n 1 | cut -d: -f1 || true)
+if [ -z "$setpriority_line" ] || { [ -n "$resources_line" ] && [ "$setpriority_line" -lt "$resources_line" ]; }; then
+    echo "rules: $SERVICE_UNIT must set SystemCallFilter=~setpriority:0 after the @resources line"
     failed=1
 fi
 [ $failed -eq 0 ] && echo "rules: ok"
