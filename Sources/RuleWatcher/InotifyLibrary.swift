@@ -1,5 +1,6 @@
 import CInotifyTools
 import Glibc
+import RuleEngine
 import RuleModel
 import Synchronization
 
