@@ -28,12 +28,15 @@ let package = Package(
         .target(name: "CRuleSandbox", dependencies: ["CLua"]),
         // epoll and eventfd from the C library, for the query socket's event loops.
         .systemLibrary(name: "CEventPoll"),
+        // statfs(2) from the C library, for the rule tree scanner.
+        .systemLibrary(name: "CFileSystemInfo"),
         // Value types of the rule model and JSON; no C, no I/O.
         .target(name: "RuleModel"),
         // Loads rule directories into sandboxed Lua states and evaluates them.
         .target(
             name: "RuleEngine",
             dependencies: [
+                "CFileSystemInfo",
                 "CRuleSandbox",
                 "RuleModel",
                 .product(name: "Crypto", package: "swift-crypto"),

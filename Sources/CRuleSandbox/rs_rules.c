@@ -353,10 +353,11 @@ int rs_load_file(rs_state *S, const char *relative_path, const char *source, siz
     if (killed != RS_KILL_NONE || status == LUA_ERRMEM) {
         rs_add_diag(S, relative_path, 0, "loading stopped: %s",
                     rs_kill_message(killed != RS_KILL_NONE ? killed : RS_KILL_MEMORY));
-    } else {
-        rs_error_text(L, -1, msg, sizeof msg);
-        add_lua_error(S, relative_path, msg);
+        lua_settop(L, 0);
+        return 2;
     }
+    rs_error_text(L, -1, msg, sizeof msg);
+    add_lua_error(S, relative_path, msg);
     lua_settop(L, 0);
     return 1;
 }

@@ -63,8 +63,10 @@ public enum Daemon {
             for diagnostic in error.diagnostics {
                 StandardError.write(Array("  \(diagnostic)\n".utf8))
             }
-            StandardError.write(
-                Array("rulesd: no last known good copy in \(settings.stateDirectory); not starting\n".utf8))
+            let fallback =
+                reloads.savedCopyProblem.map { "the last known good copy is corrupt: \($0)" }
+                ?? "no last known good copy in \(settings.stateDirectory)"
+            StandardError.write(Array("rulesd: \(fallback); not starting\n".utf8))
             await pool.shutdown()
             try? await loader.shutdownGracefully()
             return 1
@@ -136,6 +138,8 @@ public enum Daemon {
         )
         let stopper = Task {
             for await _ in stops {
+                // Before anything logs `stopping`: a reload in progress is abandoned and nothing goes live after.
+                reloads.abandonLoading()
                 await group.triggerGracefulShutdown()
             }
         }

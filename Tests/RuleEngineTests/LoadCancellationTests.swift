@@ -1,0 +1,68 @@
+import CRuleSandbox
+import RuleModel
+import Testing
+
+@testable import RuleEngine
+
+@Suite("Abandoning a load, and what kind of failure a load is")
+struct LoadCancellationTests {
+    /// Budgets under which an endless chunk runs for a long time before a budget stops it.
+    var patientLimits: RuleEngineLimits {
+        var limits = RuleEngineLimits()
+        limits.loadInstructionLimit = 4_000_000_000
+        limits.loadTimeout = .seconds(600)
+        return limits
+    }
+
+    @Test("a chunk that never ends stops between Lua steps once its load is cancelled")
+    func chunkStopsOnCancellation() throws {
+        var limits = patientLimits.sandboxLimits
+        var error = [CChar](repeating: 0, count: 256)
+        let state = try #require(rs_state_new(&limits, &error, error.count))
+        defer { rs_state_free(state) }
+        let cancellation = RuleLoadCancellation()
+        cancellation.cancel()
+        rs_state_set_cancel(state, cancellation.token)
+        let source = Array("while true do end".utf8CString)
+        let result = source.withUnsafeBufferPointer { rs_load_file(state, "loop.lua", $0.baseAddress, $0.count - 1) }
+        #expect(result == 2)
+        let message = String(cString: rs_diagnostic_at(state, 0).message)
+        #expect(message.contains("loading cancelled"), "\(message)")
+    }
+
+    @Test("a cancelled compile throws the cancelled failure and loads no further file")
+    func compileCancelled() {
+        let cancellation = RuleLoadCancellation()
+        cancellation.cancel()
+        #expect(throws: RuleLoadFailure.cancelled) {
+            _ = try RuleCompiler.compile(
+                sources(["a.lua": "while true do end", "b.lua": "while true do end"]), limits: patientLimits,
+                cancellation: cancellation)
+        }
+        #expect(!RuleLoadFailure.cancelled.isDeterministic)
+    }
+
+    @Test("a cancellation that is never requested changes nothing")
+    func unrequestedCancellation() throws {
+        let cancellation = RuleLoadCancellation()
+        let (ruleSet, _) = try RuleCompiler.compile(
+            sources(["a.lua": #"config "k" (1)"#]), cancellation: cancellation)
+        #expect(ruleSet.configs.count == 1)
+        #expect(!cancellation.isCancelled)
+    }
+
+    @Test("a budget that runs out is a resource failure, which a retry may pass")
+    func budgetIsNotDeterministic() {
+        var limits = RuleEngineLimits()
+        limits.loadInstructionLimit = 10_000
+        let failure = loadFailure(["loop.lua": "while true do end"], limits: limits)
+        #expect(failure?.cause == .resourceLimit)
+        #expect(failure?.isDeterministic == false)
+    }
+
+    @Test("a syntax or validation error is a content failure, certain to repeat")
+    func contentIsDeterministic() {
+        #expect(loadFailure(["bad.lua": "flag ("])?.cause == .content)
+        #expect(loadFailure(["bad.lua": #"flag "x" { unknown = 1 }"#])?.isDeterministic == true)
+    }
+}
