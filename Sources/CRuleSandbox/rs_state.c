@@ -15,7 +15,6 @@
 
 const char rs_key_decls = 0;
 const char rs_key_pending = 0;
-const char rs_key_envs = 0;
 const char rs_key_base = 0;
 const char rs_key_flag_index = 0;
 const char rs_key_twins = 0;
@@ -379,8 +378,6 @@ static int setup_tx(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
-    lua_newtable(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_twins);
     rs_create_context_proxy(L);

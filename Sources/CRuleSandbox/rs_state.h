@@ -157,7 +157,6 @@ struct rs_state {
 /* Registry keys (addresses of these statics are unique light userdata). */
 extern const char rs_key_decls;     /* sequence of declaration records */
 extern const char rs_key_pending;   /* declarations still waiting for their table */
-extern const char rs_key_envs;      /* sequence of per-file environments */
 extern const char rs_key_base;      /* the frozen base environment */
 extern const char rs_key_flag_index;/* flag key -> flag index (0-based) */
 extern const char rs_key_twins;     /* frozen table -> metatable twin */

@@ -77,7 +77,20 @@ public enum RuleCompiler {
                     rs_load_file(state, source.path, chars.baseAddress, chars.count)
                 }
             }
-            if result == 2 { cause = .resourceLimit }
+            if result == 2 {
+                cause = .resourceLimit
+                // Out of memory, every later file would fail the same way: one message says what happened.
+                let last = rs_diagnostic_at(state, rs_diagnostic_count(state) - 1)
+                if String(cString: last.message).contains("memory limit exceeded") {
+                    rs_state_free(state)
+                    throw RuleLoadFailure(
+                        diagnostics: [
+                            RuleDiagnostic(
+                                location: SourceLocation(file: source.path, line: 0),
+                                message: "loading stopped here: " + memoryLimitMessage(limits, files: sources.count))
+                        ], cause: .resourceLimit)
+                }
+            }
         }
         if cancellation?.isCancelled == true {
             rs_state_free(state)
@@ -87,15 +100,25 @@ public enum RuleCompiler {
         if problems > 0 {
             let diagnostics = (0..<problems).map { index -> RuleDiagnostic in
                 let d = rs_diagnostic_at(state, index)
+                var message = String(cString: d.message)
+                if message.hasPrefix("validating the rule set failed"), message.contains("memory limit exceeded") {
+                    cause = .resourceLimit
+                    message = "validating the rule set stopped: " + memoryLimitMessage(limits, files: sources.count)
+                }
                 return RuleDiagnostic(
-                    location: SourceLocation(file: String(cString: d.file), line: Int(d.line)),
-                    message: String(cString: d.message))
+                    location: SourceLocation(file: String(cString: d.file), line: Int(d.line)), message: message)
             }
             rs_state_free(state)
             throw RuleLoadFailure(diagnostics: diagnostics, cause: cause)
         }
         rs_state_set_cancel(state, nil)
         return state
+    }
+
+    /// The one message for a rule set that does not fit in a Lua state.
+    private static func memoryLimitMessage(_ limits: RuleEngineLimits, files: Int) -> String {
+        "the \(files) rule files need more than the memory limit of \(limits.memoryLimit >> 20) MiB per Lua state "
+            + "(memory_limit); raise it or declare less"
     }
 
     private static func extractModel(_ state: OpaquePointer, sources: [RuleSource], limits: RuleEngineLimits)

@@ -66,3 +66,43 @@ struct LoadCancellationTests {
         #expect(loadFailure(["bad.lua": #"flag "x" { unknown = 1 }"#])?.isDeterministic == true)
     }
 }
+
+@Suite("Rule sets of many files")
+struct ManyFilesTests {
+    @Test("100,000 one-line config files load within the default memory limit")
+    func hundredThousandConfigFiles() throws {
+        let files = (0..<100_000).map { index in
+            RuleSource(path: "d\(index % 100)/f\(index).lua", content: Array("config \"k.\(index)\" (\(index))\n".utf8))
+        }
+        let (ruleSet, evaluator) = try RuleCompiler.compile(files)
+        #expect(ruleSet.configs.count == 100_000)
+        #expect(evaluator.memoryInUse < RuleEngineLimits().memoryLimit)
+    }
+
+    @Test("a rule set that outgrows the memory limit while loading stops with one message naming the limit")
+    func oneMessageAtTheMemoryLimit() {
+        var limits = RuleEngineLimits()
+        limits.memoryLimit = 2 << 20
+        var files: [String: String] = [:]
+        for index in 0..<100 { files["f\(index).lua"] = #"config "c.\#(index)" ({ string.rep("x", 100000) })"# }
+        let failure = loadFailure(files, limits: limits)
+        #expect(failure?.diagnostics.count == 1)
+        #expect(
+            failure?.diagnostics.first?.message.contains("memory limit of 2 MiB") == true,
+            "\(String(describing: failure))")
+        #expect(failure?.cause == .resourceLimit)
+    }
+
+    @Test("a table in a file's globals that a rule writes to is read-only after loading")
+    func globalsStillFrozen() throws {
+        let rules = try compile([
+            "a.lua": """
+            counter = { n = 0 }
+            flag "bump" { variants = { on = true, off = false }, default = "off",
+              rule = function(ctx) counter.n = counter.n + 1; return "on" end }
+            """
+        ])
+        let decision = rules.evaluator.evaluateFlag(key: "bump", context: [:], now: pinnedNow)
+        #expect(decision?.reason == .error)
+    }
+}
