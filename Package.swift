@@ -30,12 +30,15 @@ let package = Package(
         .systemLibrary(name: "CEventPoll"),
         // The one reader of the system's clocks, for every target.
         .target(name: "SystemClock"),
+        // statfs(2) from the C library, for the rule tree scanner.
+        .systemLibrary(name: "CFileSystemInfo"),
         // Value types of the rule model and JSON; no C, no I/O.
         .target(name: "RuleModel"),
         // Loads rule directories into sandboxed Lua states and evaluates them.
         .target(
             name: "RuleEngine",
             dependencies: [
+                "CFileSystemInfo",
                 "CRuleSandbox",
                 "RuleModel",
                 "SystemClock",

@@ -7,6 +7,7 @@
 
 #include <lualib.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,6 @@
 
 const char rs_key_decls = 0;
 const char rs_key_pending = 0;
-const char rs_key_envs = 0;
 const char rs_key_base = 0;
 const char rs_key_flag_index = 0;
 const char rs_key_twins = 0;
@@ -33,6 +33,31 @@ uint64_t rs_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct rs_cancel {
+    atomic_int requested;
+};
+
+rs_cancel *rs_cancel_new(void) {
+    rs_cancel *C = malloc(sizeof *C);
+    if (C != NULL) atomic_init(&C->requested, 0);
+    return C;
+}
+
+void rs_cancel_request(rs_cancel *C) { atomic_store_explicit(&C->requested, 1, memory_order_relaxed); }
+
+int rs_cancel_requested(const rs_cancel *C) {
+    return atomic_load_explicit(&((rs_cancel *)C)->requested, memory_order_relaxed);
+}
+
+void rs_cancel_free(rs_cancel *C) { free(C); }
+
+void rs_state_set_cancel(rs_state *S, const rs_cancel *C) { S->cancel = C; }
+
+/* Whether the host asked the load in progress to stop: one relaxed load, so cheap enough for every hook. */
+static bool load_cancelled(const rs_state *S) {
+    return S->phase == RS_PHASE_LOAD && S->cancel != NULL && rs_cancel_requested(S->cancel);
 }
 
 rs_state *rs_state_of(lua_State *L) {
@@ -93,6 +118,7 @@ const char *rs_kill_message(int kill) {
     case RS_KILL_DEADLINE: return "resource limit: time limit exceeded";
     case RS_KILL_MEMORY: return "resource limit: memory limit exceeded";
     case RS_KILL_REFUSED: return "resource limit: input too large for a bounded function";
+    case RS_KILL_CANCELLED: return "loading cancelled";
     default: return "resource limit";
     }
 }
@@ -150,6 +176,7 @@ static void rs_hook(lua_State *L, lua_Debug *ar) {
     if (S->killed == RS_KILL_NONE) {
         S->budget_left -= S->hook_interval;
         if (S->budget_left < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
+        else if (load_cancelled(S)) rs_mark_killed(L, RS_KILL_CANCELLED);
         else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
         else {
             int interval = hook_interval_for(S);
@@ -178,8 +205,9 @@ void rs_charge(lua_State *L, uint64_t steps) {
             S->steps_since_clock += steps;
             if (S->steps_since_clock < RS_CLOCK_CHECK_STEPS) return;
             S->steps_since_clock = 0;
-            if (rs_now_ns() <= S->deadline_ns) return;
-            rs_mark_killed(L, RS_KILL_DEADLINE);
+            if (load_cancelled(S)) rs_mark_killed(L, RS_KILL_CANCELLED);
+            else if (rs_now_ns() <= S->deadline_ns) return;
+            else rs_mark_killed(L, RS_KILL_DEADLINE);
         }
     }
     rs_mark_killed(L, S->killed);
@@ -368,8 +396,6 @@ static int setup_tx(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_decls);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_pending);
-    lua_newtable(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_envs);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_twins);
     rs_create_context_proxy(L);

@@ -24,6 +24,7 @@ enum rs_kill {
     RS_KILL_DEADLINE,
     RS_KILL_MEMORY,
     RS_KILL_REFUSED, /* a bounded library function refused its input */
+    RS_KILL_CANCELLED, /* the host asked loading to stop (rs_cancel) */
 };
 
 /* Longest error text kept for one outcome. */
@@ -119,6 +120,8 @@ struct rs_state {
      * most of the work charged (helpers charge a few steps per call). */
     uint64_t steps_since_clock;
     uint64_t deadline_ns;
+    /* Checked by the hook and by rs_charge while a file loads; NULL when loading cannot be cancelled. */
+    const rs_cancel *cancel;
     const char *current_key;
     size_t current_key_len;
     const char *current_file; /* while loading */
@@ -155,7 +158,6 @@ struct rs_state {
 /* Registry keys (addresses of these statics are unique light userdata). */
 extern const char rs_key_decls;     /* sequence of declaration records */
 extern const char rs_key_pending;   /* declarations still waiting for their table */
-extern const char rs_key_envs;      /* sequence of per-file environments */
 extern const char rs_key_base;      /* the frozen base environment */
 extern const char rs_key_flag_index;/* flag key -> flag index (0-based) */
 extern const char rs_key_twins;     /* frozen table -> metatable twin */

@@ -10,9 +10,12 @@ public enum RuleCompiler {
     /// - Parameters:
     ///   - sources: the rule files, with paths relative to the rules directory.
     ///   - limits: the budgets for loading and for later evaluations.
+    ///   - cancellation: stops loading between files and between Lua steps when requested; the failure is then
+    ///     ``RuleLoadFailure/cancelled``.
     /// - Returns: the rule set and a first evaluator for it.
     public static func compile(
-        _ sources: [RuleSource], limits: RuleEngineLimits = RuleEngineLimits()
+        _ sources: [RuleSource], limits: RuleEngineLimits = RuleEngineLimits(),
+        cancellation: RuleLoadCancellation? = nil
     ) throws(RuleLoadFailure) -> (ruleSet: RuleSet, evaluator: RuleEvaluator) {
         let sorted = sources.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
         var oversized: [RuleDiagnostic] = []
@@ -23,7 +26,7 @@ public enum RuleCompiler {
                     message: "file is larger than \(limits.maxFileBytes) bytes"))
         }
         if !oversized.isEmpty { throw RuleLoadFailure(diagnostics: oversized) }
-        let state = try loadState(sorted, limits: limits)
+        let state = try loadState(sorted, limits: limits, cancellation: cancellation)
         let ruleSet: RuleSet
         do {
             ruleSet = try extractModel(state, sources: sorted, limits: limits)
@@ -35,9 +38,12 @@ public enum RuleCompiler {
     }
 
     /// Loads an already validated rule set into another fresh state (one per worker thread).
+    /// - Parameter cancellation: stops loading when requested, as in ``compile(_:limits:cancellation:)``.
     /// - Returns: an evaluator that answers exactly like every other evaluator of `ruleSet`.
-    public static func makeEvaluator(for ruleSet: RuleSet) throws(RuleLoadFailure) -> RuleEvaluator {
-        let state = try loadState(ruleSet.sources, limits: ruleSet.limits)
+    public static func makeEvaluator(
+        for ruleSet: RuleSet, cancellation: RuleLoadCancellation? = nil
+    ) throws(RuleLoadFailure) -> RuleEvaluator {
+        let state = try loadState(ruleSet.sources, limits: ruleSet.limits, cancellation: cancellation)
         // Loading is deterministic (no clock, no randomness at load time); a difference would mean a
         // sandbox bug, and answers would then depend on the worker.
         guard rs_flag_count(state) == ruleSet.flags.count, rs_route_count(state) == ruleSet.routes.count,
@@ -49,34 +55,70 @@ public enum RuleCompiler {
         return RuleEvaluator(state: state, ruleSet: ruleSet)
     }
 
-    private static func loadState(_ sources: [RuleSource], limits: RuleEngineLimits) throws(RuleLoadFailure)
-        -> OpaquePointer
-    {
+    private static func loadState(
+        _ sources: [RuleSource], limits: RuleEngineLimits, cancellation: RuleLoadCancellation?
+    ) throws(RuleLoadFailure) -> OpaquePointer {
         var sandboxLimits = limits.sandboxLimits
         var error = [CChar](repeating: 0, count: 256)
         guard let state = rs_state_new(&sandboxLimits, &error, error.count) else {
             let reason = error.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            throw RuleLoadFailure("cannot create a Lua state: \(reason)")
+            throw RuleLoadFailure("cannot create a Lua state: \(reason)", cause: .resourceLimit)
         }
+        // Cleared before the state is returned: an evaluator never refers to the cancellation.
+        rs_state_set_cancel(state, cancellation?.token)
+        var cause = RuleLoadFailure.Cause.content
         for source in sources {
-            source.content.withUnsafeBufferPointer { content in
+            if cancellation?.isCancelled == true {
+                rs_state_free(state)
+                throw .cancelled
+            }
+            let result = source.content.withUnsafeBufferPointer { content in
                 content.withMemoryRebound(to: CChar.self) { chars in
-                    _ = rs_load_file(state, source.path, chars.baseAddress, chars.count)
+                    rs_load_file(state, source.path, chars.baseAddress, chars.count)
                 }
             }
+            if result == 2 {
+                cause = .resourceLimit
+                // Out of memory, every later file would fail the same way: one message says what happened.
+                let last = rs_diagnostic_at(state, rs_diagnostic_count(state) - 1)
+                if String(cString: last.message).contains("memory limit exceeded") {
+                    rs_state_free(state)
+                    throw RuleLoadFailure(
+                        diagnostics: [
+                            RuleDiagnostic(
+                                location: SourceLocation(file: source.path, line: 0),
+                                message: "loading stopped here: " + memoryLimitMessage(limits, files: sources.count))
+                        ], cause: .resourceLimit)
+                }
+            }
+        }
+        if cancellation?.isCancelled == true {
+            rs_state_free(state)
+            throw .cancelled
         }
         let problems = Int(rs_finish_loading(state))
         if problems > 0 {
             let diagnostics = (0..<problems).map { index -> RuleDiagnostic in
                 let d = rs_diagnostic_at(state, index)
+                var message = String(cString: d.message)
+                if message.hasPrefix("validating the rule set failed"), message.contains("memory limit exceeded") {
+                    cause = .resourceLimit
+                    message = "validating the rule set stopped: " + memoryLimitMessage(limits, files: sources.count)
+                }
                 return RuleDiagnostic(
-                    location: SourceLocation(file: String(cString: d.file), line: Int(d.line)),
-                    message: String(cString: d.message))
+                    location: SourceLocation(file: String(cString: d.file), line: Int(d.line)), message: message)
             }
             rs_state_free(state)
-            throw RuleLoadFailure(diagnostics: diagnostics)
+            throw RuleLoadFailure(diagnostics: diagnostics, cause: cause)
         }
+        rs_state_set_cancel(state, nil)
         return state
+    }
+
+    /// The one message for a rule set that does not fit in a Lua state.
+    private static func memoryLimitMessage(_ limits: RuleEngineLimits, files: Int) -> String {
+        "the \(files) rule files need more than the memory limit of \(limits.memoryLimit >> 20) MiB per Lua state "
+            + "(memory_limit); raise it or declare less"
     }
 
     private static func extractModel(_ state: OpaquePointer, sources: [RuleSource], limits: RuleEngineLimits)

@@ -86,15 +86,35 @@ public final class RuleSet: Sendable {
 
 /// Why a rule set did not load: every problem found, each with its file and line.
 public struct RuleLoadFailure: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of failure it is, which says whether trying the same files again can succeed.
+    public enum Cause: Sendable, Hashable {
+        /// The files themselves: syntax, a failing chunk, validation. The same files fail the same way.
+        case content
+        /// A time, instruction or memory budget ran out, or the files could not be read: a stalled or busy
+        /// machine can cause it, so the same files may load on another try.
+        case resourceLimit
+        /// Loading was abandoned (the daemon is stopping).
+        case cancelled
+    }
+
     public var diagnostics: [RuleDiagnostic]
+    public var cause: Cause
 
-    public init(diagnostics: [RuleDiagnostic]) {
+    public init(diagnostics: [RuleDiagnostic], cause: Cause = .content) {
         self.diagnostics = diagnostics
+        self.cause = cause
     }
 
-    public init(_ message: String) {
+    public init(_ message: String, cause: Cause = .content) {
         self.diagnostics = [RuleDiagnostic(location: SourceLocation(file: "", line: 0), message: message)]
+        self.cause = cause
     }
+
+    /// A failure of loading abandoned on request.
+    public static let cancelled = RuleLoadFailure("loading cancelled", cause: .cancelled)
+
+    /// Whether the same files are certain to fail again, so that the failure may be remembered by revision.
+    public var isDeterministic: Bool { cause == .content }
 
     /// One `file:line: message` per line.
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }

@@ -659,7 +659,8 @@ struct JSONDriver {
     func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
         if !entry.escaped {
             let count = entry.end - entry.start
-            return count == key.count && (count == 0 || bytesEqual(UnsafeRawPointer(p + entry.start), key.baseAddress!, count))
+            return count == key.count
+                && (count == 0 || bytesEqual(UnsafeRawPointer(p + entry.start), key.baseAddress!, count))
         }
         return decodedKey(entry).elementsEqual(key)
     }

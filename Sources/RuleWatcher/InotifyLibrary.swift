@@ -1,5 +1,6 @@
 import CInotifyTools
 import Glibc
+import RuleEngine
 import RuleModel
 import Synchronization
 
@@ -80,7 +81,8 @@ enum InotifyLibrary {
     /// The result of one blocking read.
     enum Read {
         case event(Event)
-        /// A second passed with no event: the library's buffer and the kernel queue are both empty.
+        /// A second passed with no event, or the wait was interrupted (`ReadInterrupter`): either way the library
+        /// only waits once its buffer is empty, so its buffer and the kernel queue are both empty.
         case timeout
         case failure(Int32)
     }

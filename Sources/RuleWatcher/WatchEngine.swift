@@ -1,3 +1,4 @@
+import CInotifyTools
 import Glibc
 import Logging
 
@@ -24,6 +25,12 @@ final class WatchEngine {
     private let rebuildDrainLimit: Duration = .seconds(5)
     /// How long the first setup waits for a previous watcher in this process to let go of the library.
     private let leaseWait: Duration = .seconds(3)
+    /// Interrupts this thread's read once the queue has been quiet for `drainWindow` while a rebuild waits for
+    /// it: the library's own wait is a whole second, which made a ConfigMap swap (a rebuild) go live about a
+    /// second later than a plain edit. Nil when no timer could be made: reads then wait the library's second.
+    private var readInterrupter: ReadInterrupter?
+    /// How long the queue must be quiet before a rebuild goes ahead.
+    private var drainWindow: Duration { min(settings.quietWindow / 4, .milliseconds(50)) }
 
     init(core: WatcherCore, root: String) {
         self.core = core
@@ -38,7 +45,11 @@ final class WatchEngine {
 
     /// The thread's body: runs until `stop()`.
     func run() {
-        defer { releaseLibrary() }
+        readInterrupter = ReadInterrupter.forCurrentThread()
+        defer {
+            releaseLibrary()
+            readInterrupter = nil
+        }
         var fallback: String?
         if settings.forcePolling {
             fallback = "forcePolling is set"
@@ -150,7 +161,7 @@ final class WatchEngine {
     private func drainStaleEvents() {
         let deadline = ContinuousClock.now + rebuildDrainLimit
         while !stopping && ContinuousClock.now < deadline {
-            if case .event = InotifyLibrary.nextEvent() { continue }
+            if case .event = readEvent(interruptAfter: drainWindow) { continue }
             break
         }
         drained = true
@@ -167,7 +178,7 @@ final class WatchEngine {
                 continue
             }
             core.readingPauseObserved.store(false, ordering: .releasing)
-            switch InotifyLibrary.nextEvent() {
+            switch readEvent(interruptAfter: pendingRebuild == nil ? nil : drainWindow) {
             case .event(let event):
                 drained = false
                 handle(event)
@@ -200,6 +211,15 @@ final class WatchEngine {
             }
             checkForMissingRoot()
         }
+    }
+
+    /// One read; with `interruptAfter`, it ends as a timeout once that long passes without an event (the library
+    /// only waits when its buffer is empty, so an interrupted wait means the same as its own timeout).
+    private func readEvent(interruptAfter window: Duration?) -> InotifyLibrary.Read {
+        guard let window, let readInterrupter else { return InotifyLibrary.nextEvent() }
+        readInterrupter.arm(after: window)
+        defer { readInterrupter.disarm() }
+        return InotifyLibrary.nextEvent()
     }
 
     private func performRebuild() -> Setup {
@@ -329,4 +349,32 @@ final class WatchEngine {
             request = remaining
         }
     }
+}
+
+/// A timer that interrupts the blocking read of the thread that made it, with SIGURG (see CInotifyTools' shim).
+final class ReadInterrupter {
+    /// The kernel's timer id (nil for the first timer, whose id is 0).
+    private let timer: UnsafeMutableRawPointer?
+
+    private static let handlerInstalled: Bool = rulesd_install_wake_handler() == 0
+
+    private init(timer: UnsafeMutableRawPointer?) {
+        self.timer = timer
+    }
+
+    /// A timer for the calling thread; nil when the signal handler or the timer cannot be set up.
+    static func forCurrentThread() -> ReadInterrupter? {
+        var timer: UnsafeMutableRawPointer?
+        guard handlerInstalled, rulesd_thread_timer_create(&timer) == 0 else { return nil }
+        return ReadInterrupter(timer: timer)
+    }
+
+    deinit { rulesd_thread_timer_delete(timer) }
+
+    func arm(after duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        _ = rulesd_thread_timer_arm(timer, max(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, 1))
+    }
+
+    func disarm() { _ = rulesd_thread_timer_arm(timer, 0) }
 }

@@ -155,7 +155,18 @@ public struct DaemonService: Service {
                 "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
                 "version": "\(DaemonServices.version)",
             ])
-        let initial = try await loadInitialRules(reloads)
+        // A stop during the first load abandons it (loading is cancellable between files and Lua steps).
+        let initial: ServingGeneration
+        do {
+            initial = try await withGracefulShutdownHandler {
+                try await loadInitialRules(reloads)
+            } onGracefulShutdown: {
+                reloads.abandonLoading()
+            }
+        } catch  where Task.isShuttingDownGracefully {
+            logger.info("stopped while loading the first rules")
+            return
+        }
         if Task.isShuttingDownGracefully { return }
 
         let services = DaemonServices(
@@ -192,6 +203,7 @@ public struct DaemonService: Service {
                 // A serving loop that failed stops the daemon as a signal would.
                 tasks.addTask {
                     for await _ in shutdownRequests {
+                        reloads.abandonLoading()
                         await group.triggerGracefulShutdown()
                         return
                     }
@@ -200,6 +212,8 @@ public struct DaemonService: Service {
                 tasks.cancelAll()
             }
         } onGracefulShutdown: {
+            // Before anything logs `stopping`: a reload in progress is abandoned and nothing goes live after.
+            reloads.abandonLoading()
             Task { await group.triggerGracefulShutdown() }
         }
     }
@@ -254,9 +268,11 @@ public struct DaemonService: Service {
         do {
             return try await reloads.loadInitial()
         } catch {
+            let fallback =
+                reloads.savedCopyProblem.map { "the last known good copy is corrupt: \($0)" }
+                ?? "there is no last known good copy in \(settings.stateDirectory)"
             throw DaemonStartupFailure(
-                "cannot load the rules in \(settings.rulesDirectory), and there is no usable last known good copy "
-                    + "in \(settings.stateDirectory); not starting",
+                "cannot load the rules in \(settings.rulesDirectory), and \(fallback); not starting",
                 diagnostics: error.diagnostics,
                 metadata: ["rules.dir": "\(settings.rulesDirectory)", "state.dir": "\(settings.stateDirectory)"])
         }

@@ -9,6 +9,8 @@ import Synchronization
 protocol ReloadMetrics: Sendable {
     func recordReload(ok: Bool, seconds: Double)
     func recordGeneration(_ generation: ServingGeneration)
+    /// A save of the last known good copy into the state directory succeeded or failed.
+    func recordSave(ok: Bool)
 }
 
 /// The daemon's metrics, in Prometheus text format, through swift-metrics with swift-prometheus.
@@ -33,6 +35,8 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
     private let connections: CoreMetrics.Gauge
     private let watchers: CoreMetrics.Gauge
     private let startTime: CoreMetrics.Gauge
+    private let savedCopyStale: CoreMetrics.Gauge
+    private let saveFailures: CoreMetrics.Counter
 
     private struct Merged {
         var requests: [String: Int] = [:]
@@ -68,6 +72,15 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         watchers = CoreMetrics.Gauge(label: "rulesd_watch_subscribers", factory: factory)
         startTime = CoreMetrics.Gauge(label: "rulesd_start_time_seconds", factory: factory)
         startTime.record(RuleClockTime.now())
+        savedCopyStale = CoreMetrics.Gauge(label: "rulesd_state_dir_save_failing", factory: factory)
+        savedCopyStale.record(0)
+        saveFailures = CoreMetrics.Counter(label: "rulesd_state_dir_save_failures_total", factory: factory)
+    }
+
+    func recordSave(ok: Bool) {
+        // 1 from a failed save until the next one succeeds: the saved copy is then older than what serves.
+        savedCopyStale.record(ok ? 0 : 1)
+        if !ok { saveFailures.increment() }
     }
 
     func recordReload(ok: Bool, seconds: Double) {

@@ -110,12 +110,14 @@ final class DaemonServices: QueryBackend {
                     "generation": .integer(Int64(next.number)),
                     "previous_revision": generation.map { .string($0.ruleSet.revision.hex) } ?? .null,
                     "duration_ms": .number((duration * 1000).rounded() / 1000),
+                    "state_dir_error": reloads.savedCopy.error.map { .string($0) } ?? .null,
                 ]
                 success(id: id, generation: next, result: Array(JSONWriter.string(result).utf8), into: &buffer)
             case .unchanged(let serving):
                 let result: JSONValue = [
                     "outcome": "unchanged", "revision": .string(serving.ruleSet.revision.hex),
                     "generation": .integer(Int64(serving.number)),
+                    "state_dir_error": reloads.savedCopy.error.map { .string($0) } ?? .null,
                 ]
                 success(id: id, generation: serving, result: Array(JSONWriter.string(result).utf8), into: &buffer)
             case .failed(let problem, _, let serving):
@@ -201,6 +203,16 @@ final class DaemonServices: QueryBackend {
         }
         object.append(("rules_dir", .string(settings.rulesDirectory)))
         object.append(("state_dir", .string(settings.stateDirectory)))
+        let saved = reloads.savedCopy
+        object.append(
+            (
+                "saved_copy",
+                [
+                    "revision": saved.revision.map { .string($0.hex) } ?? .null,
+                    "current": .bool(saved.revision != nil && saved.revision == generation?.ruleSet.revision),
+                    "error": saved.error.map { .string($0) } ?? .null,
+                ]
+            ))
         if let record = reloads.lastReload {
             var last: [(String, JSONValue)] = [
                 ("ok", .bool(record.ok)), ("outcome", .string(record.outcome)),

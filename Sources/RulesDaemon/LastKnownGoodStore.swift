@@ -48,16 +48,46 @@ struct LastKnownGoodStore: Sendable {
         }
     }
 
-    /// The last known good rule files, if any were saved and they are intact.
-    func load(maxFileBytes: Int) -> (sources: [RuleSource], revision: RuleRevision)? {
-        guard let name = readLink(root + "/current"), !name.contains("/") else { return nil }
+    /// What the state directory holds.
+    enum SavedCopy: Sendable {
+        /// No copy was ever saved (or the state directory is missing).
+        case none
+        /// A copy exists but cannot be used: `reason` says what is wrong with it.
+        case corrupt(reason: String)
+        case intact(sources: [RuleSource], revision: RuleRevision)
+    }
+
+    /// The name (revision) `current` points at, when there is one.
+    func currentName() -> String? { readLink(root + "/current") }
+
+    /// The last known good rule files, checked against the revision they were saved under.
+    func load(maxFileBytes: Int) -> SavedCopy {
+        let current = root + "/current"
+        guard let name = readLink(current) else {
+            var st = stat()
+            if lstat(current, &st) == 0 { return .corrupt(reason: "\(current) is not a symbolic link") }
+            return .none
+        }
+        guard !name.contains("/"), !name.isEmpty else {
+            return .corrupt(reason: "\(current) points outside \(root) (to \(name))")
+        }
         let directory = root + "/" + name
+        var st = stat()
+        guard stat(directory, &st) == 0 else {
+            return .corrupt(reason: "\(current) points at \(name), which is missing")
+        }
         let snapshot = RuleTreeReader(maxFileBytes: maxFileBytes).read(root: directory)
-        guard snapshot.problems.isEmpty else { return nil }
+        if let first = snapshot.problems.first {
+            return .corrupt(reason: "the copy in \(directory) cannot be read: \(first)")
+        }
         let revision = RuleRevision(sources: snapshot.sources)
         // The directory is named after the revision; a mismatch means the copy was damaged.
-        guard revision.hex == name else { return nil }
-        return (snapshot.sources, revision)
+        guard revision.hex == name else {
+            return .corrupt(
+                reason: "the files in \(directory) do not match the revision they were saved under "
+                    + "(their revision is \(revision.short)): a file was changed, added or lost")
+        }
+        return .intact(sources: snapshot.sources, revision: revision)
     }
 
     private func error(_ message: String) -> LastKnownGoodError {

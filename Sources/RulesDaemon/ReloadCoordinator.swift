@@ -39,6 +39,15 @@ public struct ReloadRecord: Sendable {
     public var failure: RuleLoadFailure?
 }
 
+/// The copy of the rules kept in the state directory, as `status`, `watch`, reload answers and metrics report it.
+public struct SavedCopyRecord: Sendable, Equatable {
+    /// The revision of the copy on disk; nil when none exists (yet).
+    public var revision: RuleRevision?
+    /// Why the last save failed; nil once a save succeeds. While set, the copy on disk (if any) is older than
+    /// what serves, and a restart with broken rules would serve that older copy.
+    public var error: String?
+}
+
 /// Notifications to the service manager around reloads (systemd's sd_notify, or nothing).
 public protocol LifecycleNotifier: Sendable {
     func ready(status: String)
@@ -62,10 +71,16 @@ public final class ReloadCoordinator: Sendable {
     private struct State: Sendable {
         var jobs: [Job] = []
         var nextGeneration: UInt64 = 1
+        /// The last failure, remembered only when it is deterministic (see ``RuleLoadFailure/isDeterministic``).
         var lastFailure: (revision: RuleRevision, failure: RuleLoadFailure)?
         var lastRecord: ReloadRecord?
         var reloads = 0
         var failures = 0
+        var savedCopy = SavedCopyRecord()
+        /// Set once stopping began: nothing is published after it, and loads in progress are abandoned.
+        var stopping = false
+        /// The load in progress, to abandon when stopping.
+        var loading: RuleLoadCancellation?
     }
 
     let settings: DaemonSettings
@@ -100,6 +115,16 @@ public final class ReloadCoordinator: Sendable {
     /// The last reload attempt.
     public var lastReload: ReloadRecord? { state.withLock { $0.lastRecord } }
 
+    /// The state directory's copy of the rules.
+    public var savedCopy: SavedCopyRecord { state.withLock { $0.savedCopy } }
+
+    /// Why the saved copy could not be used at start, when it exists but is damaged.
+    public private(set) var savedCopyProblem: String? {
+        get { savedCopyProblemBox.withLock { $0 } }
+        set { savedCopyProblemBox.withLock { $0 = newValue } }
+    }
+    private let savedCopyProblemBox = Mutex<String?>(nil)
+
     /// Asks for a reload and waits for its outcome.
     public func reload(_ trigger: ReloadTrigger) async -> ReloadOutcome {
         await withCheckedContinuation { continuation in
@@ -133,16 +158,39 @@ public final class ReloadCoordinator: Sendable {
             return state.jobs
         }
         for job in leftovers {
-            job.completion?.resume(
-                returning: .failed(
-                    RuleLoadFailure("rulesd is shutting down"), candidate: nil, serving: store.generation))
+            job.completion?.resume(returning: .failed(.shuttingDown, candidate: nil, serving: store.generation))
         }
     }
 
-    /// Stops `run()` after the reload in progress.
+    /// Stops `run()`, abandoning the reload in progress.
     func finish() {
+        abandonLoading()
         wakeContinuation.finish()
     }
+
+    /// Stopping began: the load in progress stops between files or Lua steps, its result and any later one is
+    /// never published, and whoever waits for a reload is told that rulesd is stopping.
+    ///
+    /// Called first thing on a graceful stop, before anything logs `stopping`, so that no rules go live after it.
+    public func abandonLoading() {
+        let loading = state.withLock { state -> RuleLoadCancellation? in
+            state.stopping = true
+            return state.loading
+        }
+        loading?.cancel()
+    }
+
+    /// A cancellation for the next load, or nil when stopping began.
+    private func beginLoading() -> RuleLoadCancellation? {
+        state.withLock { state -> RuleLoadCancellation? in
+            if state.stopping { return nil }
+            let cancellation = RuleLoadCancellation()
+            state.loading = cancellation
+            return cancellation
+        }
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
 
     // MARK: - start-up
 
@@ -151,13 +199,14 @@ public final class ReloadCoordinator: Sendable {
     /// - Throws: every problem of the rules directory when there is no usable last known good copy.
     func loadInitial() async throws(RuleLoadFailure) -> ServingGeneration {
         let started = RuleClockTime.monotonic()
+        state.withLock { $0.savedCopy.revision = lastKnownGood.currentName().map { RuleRevision(hex: $0) } }
         let snapshot = await scan()
         let revision = RuleRevision(sources: snapshot.sources)
         var failure: RuleLoadFailure
         if snapshot.problems.isEmpty {
             switch await build(snapshot.sources) {
             case .success(let built):
-                let generation = publish(built, origin: .rulesDirectory)
+                guard let generation = publish(built, origin: .rulesDirectory) else { throw .cancelled }
                 let duration = (RuleClockTime.monotonic() - started) * 1000
                 record(
                     ReloadRecord(
@@ -173,7 +222,7 @@ public final class ReloadCoordinator: Sendable {
             failure = RuleLoadFailure(diagnostics: snapshot.problems)
         }
         let duration = (RuleClockTime.monotonic() - started) * 1000
-        state.withLock { $0.lastFailure = (revision, failure) }
+        if failure.isDeterministic { state.withLock { $0.lastFailure = (revision, failure) } }
         record(
             ReloadRecord(
                 ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
@@ -184,20 +233,35 @@ public final class ReloadCoordinator: Sendable {
         }
         let maxFileBytes = settings.limits.maxFileBytes
         let lkg = lastKnownGood
-        let saved = try? await loader.runIfActive { lkg.load(maxFileBytes: maxFileBytes) }
-        guard let saved = saved ?? nil else { throw failure }
-        switch await build(saved.sources) {
+        let saved = (try? await loader.runIfActive { lkg.load(maxFileBytes: maxFileBytes) }) ?? .none
+        let savedSources: [RuleSource]
+        let savedRevision: RuleRevision
+        switch saved {
+        case .none:
+            throw failure
+        case .corrupt(let reason):
+            savedCopyProblem = reason
+            logger.error(
+                "the last known good copy is corrupt and is not used",
+                metadata: ["state.dir": "\(settings.stateDirectory)", "error": "\(reason)"])
+            throw failure
+        case .intact(let sources, let revision):
+            savedSources = sources
+            savedRevision = revision
+        }
+        switch await build(savedSources) {
         case .success(let built):
-            let generation = publish(built, origin: .lastKnownGood)
+            guard let generation = publish(built, origin: .lastKnownGood) else { throw .cancelled }
             logger.critical(
                 "the rules directory does not load: serving the last known good rules from the state directory",
                 metadata: [
-                    "rules.dir": "\(settings.rulesDirectory)", "rules.revision": "\(saved.revision.short)",
+                    "rules.dir": "\(settings.rulesDirectory)", "rules.revision": "\(savedRevision.short)",
                     "rules.problems": "\(failure.diagnostics.count)", "state.dir": "\(settings.stateDirectory)",
                 ])
             return generation
         case .failure(let problem):
             logger.error("the last known good copy does not load either", metadata: ["rules.problem": "\(problem)"])
+            if problem.cause == .content { savedCopyProblem = "the last known good copy does not load: \(problem)" }
             throw failure
         }
     }
@@ -205,13 +269,15 @@ public final class ReloadCoordinator: Sendable {
     // MARK: - one reload
 
     private func perform(_ triggers: [ReloadTrigger]) async -> ReloadOutcome {
+        if isStopping { return .failed(.shuttingDown, candidate: nil, serving: store.generation) }
         let started = RuleClockTime.monotonic()
         let explicit = triggers.contains { $0 == .request || $0 == .signal }
         let trigger = triggers.first { $0 == .request } ?? triggers.first { $0 == .signal } ?? .watcher
         if explicit { notifier.reloading(status: "reloading rules from \(settings.rulesDirectory)") }
         var snapshot = await scan()
-        var revision = RuleRevision(sources: snapshot.sources)
         let serving = store.generation
+        if snapshot.isCancelled { return .failed(.shuttingDown, candidate: nil, serving: serving) }
+        var revision = RuleRevision(sources: snapshot.sources)
         if snapshot.problems.isEmpty, let serving, serving.origin == .rulesDirectory,
             serving.ruleSet.revision == revision
         {
@@ -236,6 +302,7 @@ public final class ReloadCoordinator: Sendable {
             for _ in 0..<3 {
                 try? await Task.sleep(for: settings.watch.quietWindow)
                 let again = await scan()
+                if again.isCancelled { return .failed(.shuttingDown, candidate: nil, serving: serving) }
                 let againRevision = RuleRevision(sources: again.sources)
                 if againRevision == revision && again.problems == snapshot.problems { break }
                 snapshot = again
@@ -248,14 +315,22 @@ public final class ReloadCoordinator: Sendable {
         if !explicit { notifier.reloading(status: "reloading rules from \(settings.rulesDirectory)") }
         let result: Result<BuiltGeneration, RuleLoadFailure>
         if snapshot.problems.isEmpty {
+            logger.info(
+                "loading rules", metadata: ["rules.candidate": "\(revision.short)", "reload.trigger": "\(trigger)"])
             result = await build(snapshot.sources)
         } else {
             result = .failure(RuleLoadFailure(diagnostics: snapshot.problems))
         }
         let duration = (RuleClockTime.monotonic() - started) * 1000
         switch result {
+        case .failure(let failure) where failure.cause == .cancelled:
+            logger.info("reload abandoned: rulesd is stopping", metadata: ["rules.candidate": "\(revision.short)"])
+            return .failed(.shuttingDown, candidate: revision, serving: serving)
         case .success(let built):
-            let generation = publish(built, origin: .rulesDirectory)
+            guard let generation = publish(built, origin: .rulesDirectory) else {
+                logger.info("reload abandoned: rulesd is stopping", metadata: ["rules.candidate": "\(revision.short)"])
+                return .failed(.shuttingDown, candidate: revision, serving: serving)
+            }
             state.withLock {
                 $0.lastFailure = nil
                 $0.reloads += 1
@@ -266,13 +341,18 @@ public final class ReloadCoordinator: Sendable {
                     trigger: trigger, revision: revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: trigger)
-            watchHub.publish(WatchEvents.reloaded(generation, previous: serving, duration: duration, trigger: trigger))
+            watchHub.publish(
+                WatchEvents.reloaded(
+                    generation, previous: serving, duration: duration, trigger: trigger,
+                    stateDirectoryError: savedCopy.error))
             notifier.ready(status: statusLine(generation))
             persist(snapshot.sources, revision: revision)
             return .reloaded(generation, durationMilliseconds: duration)
         case .failure(let failure):
             state.withLock {
-                $0.lastFailure = (revision, failure)
+                // A budget that ran out may be the machine's fault (a stall, a busy neighbour): only failures the
+                // files themselves cause are remembered, so that a retry or the next change tries again.
+                $0.lastFailure = failure.isDeterministic ? (revision, failure) : nil
                 $0.failures += 1
             }
             record(
@@ -312,8 +392,9 @@ public final class ReloadCoordinator: Sendable {
     private func scan() async -> RuleTreeSnapshot {
         let reader = RuleTreeReader(maxFileBytes: settings.limits.maxFileBytes)
         let root = settings.rulesDirectory
+        guard let cancellation = beginLoading() else { return RuleTreeSnapshot(sources: [], isCancelled: true) }
         do {
-            return try await loader.runIfActive { reader.read(root: root) }
+            return try await loader.runIfActive { reader.read(root: root, cancellation: cancellation) }
         } catch {
             return RuleTreeSnapshot(
                 sources: [],
@@ -325,13 +406,14 @@ public final class ReloadCoordinator: Sendable {
     private func build(_ sources: [RuleSource]) async -> Result<BuiltGeneration, RuleLoadFailure> {
         let limits = settings.limits
         let loops = pool.loops
+        guard let cancellation = beginLoading() else { return .failure(.cancelled) }
         do {
             let built = try await loader.runIfActive { () throws -> BuiltGeneration in
-                let (ruleSet, first) = try RuleCompiler.compile(sources, limits: limits)
+                let (ruleSet, first) = try RuleCompiler.compile(sources, limits: limits, cancellation: cancellation)
                 let memory = first.memoryInUse
                 var boxes = [NIOLoopBoundBox.makeBoxSendingValue(first, as: RuleEvaluator?.self, eventLoop: loops[0])]
                 for loop in loops.dropFirst() {
-                    let evaluator = try RuleCompiler.makeEvaluator(for: ruleSet)
+                    let evaluator = try RuleCompiler.makeEvaluator(for: ruleSet, cancellation: cancellation)
                     boxes.append(
                         NIOLoopBoundBox.makeBoxSendingValue(evaluator, as: RuleEvaluator?.self, eventLoop: loop))
                 }
@@ -341,19 +423,23 @@ public final class ReloadCoordinator: Sendable {
         } catch let failure as RuleLoadFailure {
             return .failure(failure)
         } catch {
-            return .failure(RuleLoadFailure("loading stopped: \(error)"))
+            return .failure(RuleLoadFailure("loading stopped: \(error)", cause: .cancelled))
         }
     }
 
-    private func publish(_ built: BuiltGeneration, origin: GenerationOrigin) -> ServingGeneration {
-        let number = state.withLock { state -> UInt64 in
+    /// Publishes a generation, unless stopping began: the check and the switch happen under one lock, so a
+    /// generation either went live before stopping began or never does.
+    private func publish(_ built: BuiltGeneration, origin: GenerationOrigin) -> ServingGeneration? {
+        let published = state.withLock { state -> ServingGeneration? in
+            if state.stopping { return nil }
             defer { state.nextGeneration += 1 }
-            return state.nextGeneration
+            let generation = ServingGeneration(
+                number: state.nextGeneration, ruleSet: built.ruleSet, origin: origin, loadedAt: RuleClockTime.now(),
+                stateMemory: built.stateMemory, evaluators: built.evaluators)
+            store.publish(generation)
+            return generation
         }
-        let generation = ServingGeneration(
-            number: number, ruleSet: built.ruleSet, origin: origin, loadedAt: RuleClockTime.now(),
-            stateMemory: built.stateMemory, evaluators: built.evaluators)
-        store.publish(generation)
+        guard let generation = published else { return nil }
         reloadMetrics.recordGeneration(generation)
         // Idle workers switch now, so the previous generation's Lua states are closed promptly.
         pool.refreshAll()
@@ -366,11 +452,21 @@ public final class ReloadCoordinator: Sendable {
         let lkg = lastKnownGood
         let logger = self.logger
         let directory = settings.stateDirectory
-        loader.submit { state in
-            guard state == .active else { return }
+        loader.submit { [self] poolState in
+            guard poolState == .active else { return }
             do {
                 try lkg.save(sources, revision: revision)
+                let recovered = state.withLock { state -> Bool in
+                    defer { state.savedCopy = SavedCopyRecord(revision: revision, error: nil) }
+                    return state.savedCopy.error != nil
+                }
+                reloadMetrics.recordSave(ok: true)
+                if recovered {
+                    logger.info("the last known good rules are saved again", metadata: ["state.dir": "\(directory)"])
+                }
             } catch {
+                state.withLock { $0.savedCopy.error = "\(error)" }
+                reloadMetrics.recordSave(ok: false)
                 logger.warning(
                     "cannot save the last known good rules",
                     metadata: ["state.dir": "\(directory)", "error": "\(error)"])
@@ -407,4 +503,9 @@ public final class ReloadCoordinator: Sendable {
         }
         return line
     }
+}
+
+extension RuleLoadFailure {
+    /// The answer to a reload that stopping abandoned, or that was asked for after stopping began.
+    static let shuttingDown = RuleLoadFailure("rulesd is stopping: the reload was abandoned", cause: .cancelled)
 }

@@ -6,7 +6,8 @@ import RulesProtocol
 enum WatchEvents {
     /// `{"event":"reloaded","revision",…}`.
     static func reloaded(
-        _ generation: ServingGeneration, previous: ServingGeneration?, duration: Double, trigger: ReloadTrigger
+        _ generation: ServingGeneration, previous: ServingGeneration?, duration: Double, trigger: ReloadTrigger,
+        stateDirectoryError: String? = nil
     ) -> [UInt8] {
         let ruleSet = generation.ruleSet
         var object: [(String, JSONValue)] = [
@@ -22,6 +23,7 @@ enum WatchEvents {
             ("at", .string(Timestamp.iso8601(generation.loadedAt))),
         ]
         if let previous { object.append(("previous_revision", .string(previous.ruleSet.revision.hex))) }
+        object.append(("state_dir_error", stateDirectoryError.map { .string($0) } ?? .null))
         return Array(JSONWriter.string(.object(JSONObject(object))).utf8)
     }
 

@@ -221,3 +221,109 @@ struct RevisionTests {
         #expect(rules.ruleSet.files.first?.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
     }
 }
+
+@Suite("Bounds of the rule tree scan")
+struct RuleTreeBoundsTests {
+    @Test("a symlink to /sys is refused with its path instead of walking the kernel's tree")
+    func specialFileSystemRefused() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", "")
+        try #require(symlink("/sys", dir.path + "/sys") == 0)
+        let snapshot = RuleTreeReader().read(root: dir.path)
+        #expect(snapshot.problems.count == 1)
+        #expect(snapshot.problems.first?.location.file == "sys")
+        #expect(snapshot.problems.first?.message.contains("sysfs") == true)
+    }
+
+    @Test("a symlink to / stops at the entry bound with one message naming where it stopped")
+    func entryBound() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", "")
+        try #require(symlink("/", dir.path + "/root") == 0)
+        var reader = RuleTreeReader()
+        reader.maxEntries = 2_000
+        let snapshot = reader.read(root: dir.path)
+        let bound = snapshot.problems.filter { $0.message.contains("more than 2000 directory entries") }
+        #expect(bound.count == 1)
+        #expect(bound.first?.location.file.hasPrefix("root/") == true)
+    }
+
+    @Test("a scan stops at the time bound")
+    func timeBound() throws {
+        let dir = try TemporaryDirectory()
+        for index in 0..<600 { try dir.writeFile("f\(index).lua", "") }
+        var reader = RuleTreeReader()
+        reader.maxDuration = .zero
+        let snapshot = reader.read(root: dir.path)
+        #expect(snapshot.problems.count == 1)
+        #expect(snapshot.problems.first?.message.contains("took longer than") == true)
+    }
+
+    @Test("a cancelled scan ends at once and says so")
+    func cancelledScan() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", "")
+        let cancellation = RuleLoadCancellation()
+        cancellation.cancel()
+        let snapshot = RuleTreeReader().read(root: dir.path, cancellation: cancellation)
+        #expect(snapshot.isCancelled)
+        #expect(snapshot.sources.isEmpty)
+    }
+
+    @Test("rule files beyond the file limit give one clear message")
+    func fileLimitMessage() throws {
+        let dir = try TemporaryDirectory()
+        for index in 0..<5 { try dir.writeFile("d\(index)/f.lua", "") }
+        var reader = RuleTreeReader()
+        reader.maxFiles = 2
+        let snapshot = reader.read(root: dir.path)
+        #expect(snapshot.problems.map(\.message) == ["more than 2 rule files: the limit of one rule set"])
+    }
+
+    @Test("rule files larger than the total byte bound are refused")
+    func totalBytes() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", String(repeating: "-", count: 600))
+        try dir.writeFile("b.lua", String(repeating: "-", count: 600))
+        var reader = RuleTreeReader()
+        reader.maxTotalBytes = 1_000
+        let snapshot = reader.read(root: dir.path)
+        #expect(snapshot.problems.first?.message.contains("larger than 1000 bytes in total") == true)
+    }
+
+    @Test("a rule file or directory whose name is not UTF-8 refuses the set, named in escaped form")
+    func invalidNames() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("ok.lua", "")
+        try dir.writeFile("x.lua", "")
+        // "café.lua" in Latin-1: the é is the single byte 0xE9.
+        let bad = Array((dir.path + "/caf").utf8) + [0xE9] + Array(".lua".utf8) + [0]
+        let renamed = bad.withUnsafeBufferPointer { badPath in
+            badPath.withMemoryRebound(to: CChar.self) { rename(dir.path + "/x.lua", $0.baseAddress!) }
+        }
+        try #require(renamed == 0)
+        try dir.writeFile("sub/inner.lua", "")
+        let badDirectory = Array((dir.path + "/d").utf8) + [0xFF] + [0]
+        let moved = badDirectory.withUnsafeBufferPointer { badPath in
+            badPath.withMemoryRebound(to: CChar.self) { rename(dir.path + "/sub", $0.baseAddress!) }
+        }
+        try #require(moved == 0)
+        let snapshot = RuleTreeReader().read(root: dir.path)
+        #expect(snapshot.sources.map(\.path) == ["ok.lua"])
+        #expect(snapshot.problems.map(\.location.file).sorted() == ["caf\\xe9.lua", "d\\xff"])
+        #expect(snapshot.problems.allSatisfy { $0.message.contains("not valid UTF-8") })
+    }
+
+    @Test("a non-UTF-8 name that is no rule file is left alone")
+    func invalidNameOfOtherFile() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("ok.lua", "")
+        let bad = Array((dir.path + "/notes").utf8) + [0xFF] + Array(".txt".utf8) + [0]
+        let fd = bad.withUnsafeBufferPointer { path in
+            path.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_WRONLY | O_CREAT, 0o644) }
+        }
+        try #require(fd >= 0)
+        close(fd)
+        #expect(RuleTreeReader().read(root: dir.path).problems.isEmpty)
+    }
+}

@@ -263,7 +263,7 @@ extension FileSystemEdit {
         try symlink(baseName(of: data), at: temporary)
         try rename(temporary, dataLink)
         var visible: Set<String> = []
-        for name in DirectoryEntries.names(of: root) ?? [] where !name.hasPrefix(".") {
+        for name in directoryNames(root) where !name.hasPrefix(".") {
             visible.insert(name)
         }
         for key in files.keys.sorted() where !visible.contains(key) {
@@ -351,7 +351,7 @@ extension FileSystemEdit {
             throw FileSystemEditError(operation: "lstat", path: path, code: errno)
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            for name in DirectoryEntries.names(of: path) ?? [] {
+            for name in directoryNames(path) {
                 try removeTree(join(path, name))
             }
             guard rmdir(path) == 0 || errno == ENOENT else {
@@ -539,4 +539,18 @@ extension FileSystemEdit {
             request = remaining
         }
     }
+}
+
+/// The names in a directory except `.` and `..`; empty when it cannot be read.
+private func directoryNames(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
 }

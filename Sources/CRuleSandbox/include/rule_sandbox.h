@@ -17,6 +17,13 @@ extern "C" {
 
 typedef struct rs_state rs_state;
 
+/**
+ * A request to stop loading, shared between the loading thread and any other thread (atomic). A
+ * state that has one checks it between Lua steps while a file loads: once requested, the file's
+ * chunk stops with "loading cancelled".
+ */
+typedef struct rs_cancel rs_cancel;
+
 /** Budgets of one state. Zero means "use the built-in default". */
 typedef struct rs_limits {
     /** Bytes the Lua allocator may hand out to this state. */
@@ -130,12 +137,24 @@ typedef struct rs_log_line {
  */
 rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap);
 
+/** A new, unrequested cancellation; NULL when out of memory. */
+rs_cancel *rs_cancel_new(void);
+/** Requests cancellation (any thread, any number of times). */
+void rs_cancel_request(rs_cancel *C);
+/** Whether cancellation was requested (any thread). */
+int rs_cancel_requested(const rs_cancel *C);
+/** Frees it; no state may still refer to it. */
+void rs_cancel_free(rs_cancel *C);
+/** Makes loading into `S` stop when `C` is requested (NULL: never); `C` must outlive its use by `S`. */
+void rs_state_set_cancel(rs_state *S, const rs_cancel *C);
+
 /** Closes the Lua state and frees everything it owns. */
 void rs_state_free(rs_state *S);
 
 /**
  * Compiles (text mode only) and runs one rule file's chunk in its own environment.
- * @return 0 on success; otherwise the problem is appended to the diagnostics.
+ * @return 0 on success; otherwise the problem is appended to the diagnostics, and the result is 2 when a
+ *         budget (instructions, time, memory) or a cancellation stopped the chunk, 1 for anything else.
  */
 int rs_load_file(rs_state *S, const char *relative_path, const char *source, size_t length);
 
