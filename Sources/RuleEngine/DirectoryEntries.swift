@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import Glibc
 
 /// Directory reading over `opendir`/`readdir`, shared by the rule scanner, the watcher and the daemon's saved
 /// copy. Written here because the server targets do not link Foundation, and swift-system has no directory

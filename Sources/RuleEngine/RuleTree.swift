@@ -1,11 +1,6 @@
 import CFileSystemInfo
+import Glibc
 import RuleModel
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// The rule files found under a rules directory at one moment.
 public struct RuleTreeSnapshot: Sendable, Hashable {

@@ -222,20 +222,7 @@ final class DaemonServices: QueryBackend {
                 ("revision", record.revision.map { .string($0.hex) } ?? .null),
             ]
             if let failure = record.failure {
-                let problems: [JSONValue] = failure.diagnostics.map {
-                    [
-                        "file": .string($0.location.file), "line": .integer(Int64($0.location.line)),
-                        "message": .string($0.message),
-                    ]
-                }
-                last.append(
-                    (
-                        "error",
-                        [
-                            "code": "RELOAD_FAILED", "message": .string(WatchEvents.summary(failure)),
-                            "problems": .array(problems),
-                        ]
-                    ))
+                last.append(("error", ResponseWriter.errorValue(WatchEvents.reloadFailure(failure))))
             } else {
                 last.append(("error", .null))
             }

@@ -1,11 +1,6 @@
+import Glibc
 import RuleEngine
 import RuleModel
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// Keeps a copy of the last rule set that loaded, so that a restart while the rules directory is broken
 /// still serves good rules.

@@ -316,7 +316,8 @@ public final class ReloadCoordinator: Sendable {
         let result: Result<BuiltGeneration, RuleLoadFailure>
         if snapshot.problems.isEmpty {
             logger.info(
-                "loading rules", metadata: ["rules.candidate": "\(revision.short)", "reload.trigger": "\(trigger)"])
+                "loading rules",
+                metadata: ["rules.candidate": "\(revision.short)", "reload.trigger": "\(trigger.rawValue)"])
             result = await build(snapshot.sources)
         } else {
             result = .failure(RuleLoadFailure(diagnostics: snapshot.problems))

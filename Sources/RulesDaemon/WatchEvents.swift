@@ -44,12 +44,16 @@ enum WatchEvents {
         JSONWriter.appendEscapedString(trigger.rawValue, to: &out)
         out.append(contentsOf: #","at":"#.utf8)
         JSONWriter.appendEscapedString(Timestamp.iso8601(RuleClockTime.now()), to: &out)
-        out.append(contentsOf: #","error":{"code":"RELOAD_FAILED","message":"#.utf8)
-        JSONWriter.appendEscapedString(summary(failure), to: &out)
-        out.append(contentsOf: #","problems":"#.utf8)
-        ResponseWriter.appendProblems(failure.diagnostics, to: &out)
-        out.append(contentsOf: "}}".utf8)
+        out.append(contentsOf: #","error":"#.utf8)
+        ResponseWriter.appendError(reloadFailure(failure), to: &out)
+        out.append(UInt8(ascii: "}"))
         return out
+    }
+
+    /// The `RELOAD_FAILED` error of a failed reload, as events and `status` report it: the summary and every
+    /// problem.
+    static func reloadFailure(_ failure: RuleLoadFailure) -> ProtocolError {
+        ProtocolError(.reloadFailed, summary(failure), problems: failure.diagnostics)
     }
 
     /// `2 problems, first: a.lua:3: unexpected symbol near 'x'`.

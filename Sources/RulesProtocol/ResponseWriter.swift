@@ -88,6 +88,25 @@ public enum ResponseWriter {
         out.append(UInt8(ascii: "}"))
     }
 
+    /// The `error` object as a value, for answers built as values (`status`): the same shape as
+    /// ``appendError(_:to:)`` writes.
+    public static func errorValue(_ error: ProtocolError) -> JSONValue {
+        var members: [(String, JSONValue)] = [
+            ("code", .string(error.code.rawValue)), ("message", .string(error.message)),
+        ]
+        for (key, value) in error.details.sorted(by: { $0.key < $1.key }) { members.append((key, .string(value))) }
+        if !error.problems.isEmpty {
+            let problems: [JSONValue] = error.problems.map {
+                [
+                    "file": .string($0.location.file), "line": .integer(Int64($0.location.line)),
+                    "message": .string($0.message),
+                ]
+            }
+            members.append(("problems", .array(problems)))
+        }
+        return .object(JSONObject(members))
+    }
+
     /// `[{"file":…,"line":…,"message":…},…]`.
     public static func appendProblems(_ problems: [RuleDiagnostic], to out: inout [UInt8]) {
         out.append(UInt8(ascii: "["))

@@ -1,14 +1,9 @@
 import ArgumentParser
+import Glibc
 import NIOCore
 import RuleEngine
 import RuleModel
 import RulesProtocol
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// The two streams rulesctl writes to.
 enum OutputStream: Sendable {
