@@ -200,12 +200,12 @@ public struct DaemonService: Service {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
-                // A serving loop that failed stops the daemon as a signal would.
+                // A serving loop that failed stops the daemon as a signal would. This task only ends when it is
+                // cancelled, so the first task to finish is always the group, after its graceful shutdown.
                 tasks.addTask {
                     for await _ in shutdownRequests {
                         reloads.abandonLoading()
                         await group.triggerGracefulShutdown()
-                        return
                     }
                 }
                 try await tasks.next()
