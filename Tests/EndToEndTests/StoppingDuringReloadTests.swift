@@ -56,6 +56,29 @@ struct StoppingDuringReloadTests {
     }
 }
 
+@Suite("Stopping during the first load")
+struct StoppingDuringFirstLoadTests {
+    @Test("SIGTERM while the first rules load abandons them: rulesd exits 0 at once and never serves")
+    func sigtermDuringFirstLoad() throws {
+        var rules: [String: String] = [:]
+        for index in 0..<40 {
+            rules["slow\(index).lua"] = "local n = 0\nfor i = 1, 400000000 do n = n + 1 end\nflag \"slow\(index)\" {}\n"
+        }
+        let daemon = try DaemonHarness(rules: rules)
+        try daemon.start(
+            arguments: ["--watch", "off", "--load-timeout", "600s", "--load-instructions", "100000000000"],
+            waitForSocket: false, workers: 1)
+        #expect(waitForLog(daemon, "starting"), "rulesd did not start:\n\(daemon.logs)")
+        daemon.signal(SIGTERM)
+        // Far less than the load would take (minutes).
+        let status = try daemon.waitForExit(timeout: 60)
+        #expect(status == 0, "\(daemon.logs)")
+        #expect(!daemon.logs.contains("rules loaded"), "\(daemon.logs)")
+        #expect(daemon.logs.contains("stopped while loading the first rules"), "\(daemon.logs)")
+        #expect(access(daemon.socketPath, F_OK) != 0, "the socket was created")
+    }
+}
+
 @Suite("Honest reload failures")
 struct HonestReloadFailureTests {
     @Test("a load that ran out of budget is tried again on the next request, not answered from memory")
