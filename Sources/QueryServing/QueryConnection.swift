@@ -327,7 +327,10 @@ final class QueryConnection: EventPollSource {
                 if !state.answers { return false }
                 requestsSinceIdleCheck &+= 1
                 if state.isAwaitingAnswer {
-                    queue.append(.line(lines.getSlice(at: lines.readerIndex + range.lowerBound, length: bytes.count)!))
+                    // A copy, not a slice: a slice would pin the loop's whole 64 KiB read buffer per queued line.
+                    var copy = ByteBufferAllocator().buffer(capacity: bytes.count)
+                    copy.writeBytes(bytes)
+                    queue.append(.line(copy))
                 } else {
                     answer(bytes)
                 }
