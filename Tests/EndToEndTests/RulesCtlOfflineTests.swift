@@ -191,6 +191,55 @@ struct RulesCtlCheckTests {
         #expect(copied.standardOutput == original.standardOutput)
     }
 
+    @Test("check --format json gives the revision, every file's counts and the totals as one object")
+    func checkJSON() throws {
+        let run = try RulesctlProcess.run(["check", "--format", "json", example])
+        #expect(run.status == 0)
+        let object = try run.json()
+        #expect(object["ok"] == true)
+        #expect(object["revision"]?.stringValue?.count == 64)
+        #expect(object["totals"]?["routes"] == 10)
+        #expect(object["files"]?.arrayValue?.contains { $0["path"] == "routes.lua" && $0["routes"] == 10 } == true)
+    }
+
+    @Test("check --format json on a broken directory gives INVALID_RULES with every problem, and exits 1")
+    func checkJSONBroken() throws {
+        let rules = try TemporaryRules(["a.lua": "config \"a\" (1\n"])
+        defer { rules.remove() }
+        let run = try RulesctlProcess.run(["check", "--format", "json", rules.path])
+        #expect(run.status == 1)
+        let object = try run.json()
+        #expect(object["ok"] == false)
+        #expect(object["error"]?["code"] == "INVALID_RULES")
+        #expect(object["error"]?["problems"]?[0]?["file"] == "a.lua")
+        #expect(object["error"]?["problems"]?[0]?["line"] == 2)
+    }
+
+    @Test("check --format github prints one workflow annotation per problem, with file and line, and exits 1")
+    func checkGitHub() throws {
+        let rules = try TemporaryRules([
+            "ok.lua": "config \"a\" (1)\n",
+            "flags/x.lua": "flag \"x\" {\n    default = \"off\",\n    defualt = \"on\",\n}\n",
+        ])
+        defer { rules.remove() }
+        let run = try RulesctlProcess.run(["check", "--format", "github", rules.path])
+        #expect(run.status == 1)
+        let lines = run.standardOutput.split(separator: "\n").map(String.init)
+        #expect(!lines.isEmpty)
+        #expect(lines.allSatisfy { $0.hasPrefix("::error file=\(rules.path)/flags/x.lua,line=") }, "\(lines)")
+        #expect(lines.contains { $0.contains("line=1::") && $0.contains("unknown field 'defualt'") }, "\(lines)")
+    }
+
+    @Test("check --format github escapes what workflow commands reserve")
+    func checkGitHubEscapes() throws {
+        let rules = try TemporaryRules(["a,b.lua": "error(\"100% broken\")\n"])
+        defer { rules.remove() }
+        let run = try RulesctlProcess.run(["check", "--format", "github", rules.path])
+        #expect(run.status == 1)
+        #expect(run.standardOutput.contains("a%2Cb.lua,line=1::"), "\(run.standardOutput)")
+        #expect(run.standardOutput.contains("100%25 broken"), "\(run.standardOutput)")
+    }
+
     @Test("check reports a broken file as file:line: message on stderr and exits 1")
     func checkBroken() throws {
         let rules = try TemporaryRules([
