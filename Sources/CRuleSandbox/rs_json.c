@@ -20,6 +20,7 @@ typedef struct jp {
     lua_State *L;
     const unsigned char *s, *p, *end;
     uint32_t max_depth;
+    uint32_t max_values;
     uint32_t values_left;
 } jp;
 
@@ -217,10 +218,15 @@ static bool jp_literal(jp *j, const char *lit, size_t n) {
 static void jp_value(jp *j, uint32_t depth) {
     jp_ws(j);
     if (j->p >= j->end) jp_fail(j, "unexpected end of input");
-    if (j->values_left-- == 0) jp_fail(j, "too many values");
+    /* The object itself is not one of its values: a context of exactly max_values members is accepted. */
+    if (depth > 0 && j->values_left-- == 0)
+        luaL_error(j->L, "more than %I values (at byte %d)", (lua_Integer)j->max_values, (int)(j->p - j->s));
     unsigned char c = *j->p;
     if (c == '{' || c == '[') {
-        if (depth >= j->max_depth) jp_fail(j, "nested too deeply");
+        /* The object is level 1, so a container at depth max_depth is one level too deep. */
+        if (depth >= j->max_depth)
+            luaL_error(j->L, "nested deeper than %I levels (at byte %d)", (lua_Integer)j->max_depth,
+                       (int)(j->p - j->s));
         luaL_checkstack(j->L, 8, "JSON nesting");
         j->p++;
         bool object = c == '{';
@@ -285,7 +291,7 @@ static void jp_value(jp *j, uint32_t depth) {
 
 void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values) {
     jp j = {L, (const unsigned char *)json, (const unsigned char *)json, (const unsigned char *)json + len, max_depth,
-            max_values};
+            max_values, max_values};
     jp_ws(&j);
     if (j.p >= j.end) {
         /* An absent context is an empty one. */

@@ -117,7 +117,7 @@ final class QueryConnection: EventPollSource {
         self.admission = admission
         self.peer = peer
         self.onClose = onClose
-        self.decoder = RequestDecoder(maxDepth: max(limits.maxContextDepth + 2, 8))
+        self.decoder = RequestDecoder(maxDepth: max(limits.maxContextDepth + 2, RequestDecoder.defaultMaxDepth))
         self.framer = LineFrameDecoder(maxLineBytes: limits.maxRequestBytes)
         self.output = ByteBufferAllocator().buffer(capacity: 4096)
     }

@@ -18,6 +18,10 @@ public struct JSONLimits: Sendable, Hashable {
     public var maxValues: Int
     /// The longest string, in bytes of its encoded form between the quotes (escapes count as written).
     public var maxStringBytes: Int
+    /// Whether numbers whose magnitude rounds to infinity as a `Double` (such as `1e400`) are refused. Default
+    /// true. When false they are valid JSON like any other (the grammar has no range), and ``JSONParser`` reads
+    /// them as an infinite `.number`: for readers that keep a number's text rather than its value.
+    public var rejectsNumbersBeyondDouble: Bool
 
     /// Creates limits.
     ///
@@ -25,10 +29,16 @@ public struct JSONLimits: Sendable, Hashable {
     ///   - maxDepth: The deepest nesting of arrays and objects (default 64).
     ///   - maxValues: The most values in one document (default 1,000,000).
     ///   - maxStringBytes: The longest string in encoded bytes (default 16 MiB).
-    public init(maxDepth: Int = 64, maxValues: Int = 1_000_000, maxStringBytes: Int = 1 << 24) {
+    ///   - rejectsNumbersBeyondDouble: Whether numbers that round to an infinite `Double` are refused (default
+    ///     true).
+    public init(
+        maxDepth: Int = 64, maxValues: Int = 1_000_000, maxStringBytes: Int = 1 << 24,
+        rejectsNumbersBeyondDouble: Bool = true
+    ) {
         self.maxDepth = maxDepth
         self.maxValues = maxValues
         self.maxStringBytes = maxStringBytes
+        self.rejectsNumbersBeyondDouble = rejectsNumbersBeyondDouble
     }
 }
 
@@ -433,7 +443,8 @@ struct JSONDriver {
                 let escaped = try JSONLexer.scanString(p, &i, end, maxBytes: limits.maxStringBytes)
                 try sink.string(valueStart..<i, escaped: escaped, depth: depth)
             case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-                let integer = try JSONLexer.scanNumber(p, &i, end)
+                let integer = try JSONLexer.scanNumber(
+                    p, &i, end, rejectingBeyondDouble: limits.rejectsNumbersBeyondDouble)
                 try sink.number(valueStart..<i, integer: integer, depth: depth)
             case UInt8(ascii: "t"):
                 try JSONLexer.matchLiteral(p, &i, end, "true")
@@ -984,9 +995,12 @@ enum JSONLexer {
     /// Scans the number starting at `i` (a `-` or a digit) and leaves `i` after it.
     ///
     /// - Returns: The value when the number is written without fraction or exponent and fits in Int64, else `nil`.
-    /// - Throws: For malformed numbers and numbers whose magnitude rounds to infinity.
+    /// - Throws: For malformed numbers, and for numbers whose magnitude rounds to infinity when
+    ///   `rejectingBeyondDouble`.
     @inline(__always)
-    static func scanNumber(_ p: UnsafePointer<UInt8>, _ i: inout Int, _ end: Int) throws(JSONParseError) -> Int64? {
+    static func scanNumber(
+        _ p: UnsafePointer<UInt8>, _ i: inout Int, _ end: Int, rejectingBeyondDouble: Bool = true
+    ) throws(JSONParseError) -> Int64? {
         let start = i
         var j = i
         let negative = p[j] == UInt8(ascii: "-")
@@ -1050,7 +1064,7 @@ enum JSONLexer {
             }
         }
         // Below 10^308 a number cannot round to infinity; only larger-looking ones need converting.
-        if integerDigits + exponent > 308 && !parseDouble(p, start, j).isFinite {
+        if rejectingBeyondDouble && integerDigits + exponent > 308 && !parseDouble(p, start, j).isFinite {
             throw .numberOutOfRange(at: start)
         }
         return nil

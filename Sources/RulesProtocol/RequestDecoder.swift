@@ -59,9 +59,19 @@ public struct RequestDecoder {
     private var members: [JSONMember] = []
     private let scanner: JSONObjectScanner
 
-    /// - Parameter maxDepth: deepest nesting accepted anywhere in the line.
-    public init(maxDepth: Int = 64) {
-        scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth))
+    /// The deepest nesting read in a line by default, the line's own object included.
+    ///
+    /// Far beyond the context limit (32 levels by default), so that a context or `id` deeper than that limit
+    /// reaches the check that answers it with its documented code rather than `PARSE_ERROR`; bounded, so that a
+    /// line of a million `[` costs the scanner a few KiB of bookkeeping rather than tens of MiB.
+    public static let defaultMaxDepth = 512
+
+    /// - Parameter maxDepth: deepest nesting read anywhere in the line (the line's object is level 1); a deeper
+    ///   line is a `PARSE_ERROR`.
+    public init(maxDepth: Int = RequestDecoder.defaultMaxDepth) {
+        // Numbers are checked against the grammar only: `id` is echoed as written, whatever its magnitude, and
+        // the readers of `at` and of contexts refuse values beyond a double with their own codes.
+        scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
         members.reserveCapacity(8)
     }
 

@@ -110,7 +110,7 @@ struct ContextTests {
         let deep = String(repeating: "[", count: 8) + String(repeating: "]", count: 8)
         let answer = try rules.flag("hostile", rawContext: Array("{\"a\":\(deep)}".utf8))
         #expect(answer.code == .invalidContext)
-        #expect(answer.message?.contains("nested too deeply") == true)
+        #expect(answer.message?.contains("nested deeper than 8 levels") == true)
         try expectCanaryAnswers(rules)
     }
 
@@ -131,6 +131,30 @@ struct ContextTests {
         #expect(try rules.flag("hostile", rawContext: Array(small.utf8)).variant == "on")
         let big = "{\"a\":[" + Array(repeating: "1", count: 200).joined(separator: ",") + "]}"
         #expect(try rules.flag("hostile", rawContext: Array(big.utf8)).code == .invalidContext)
+        try expectCanaryAnswers(rules)
+    }
+
+    @Test("a context of exactly the limit's number of values is accepted; one more is INVALID_CONTEXT")
+    func valuesAtTheLimit() throws {
+        var limits = RuleEngineLimits()
+        limits.maxContextValues = 100
+        let rules = try compileWithCanary(
+            #"flag "hostile" { rule = function(ctx) return ctx.k99 == 99 and "on" or "off" end }"#, limits: limits)
+        func context(members: Int) -> [UInt8] {
+            Array(("{" + (0..<members).map { "\"k\($0)\":\($0)" }.joined(separator: ",") + "}").utf8)
+        }
+        #expect(try rules.flag("hostile", rawContext: context(members: 100)).variant == "on")
+        let answer = try rules.flag("hostile", rawContext: context(members: 101))
+        #expect(answer.code == .invalidContext)
+        #expect(answer.message?.contains("more than 100 values") == true)
+        try expectCanaryAnswers(rules)
+    }
+
+    @Test("a context of 10,000 members passes the default limits")
+    func tenThousandMembersByDefault() throws {
+        let rules = try compileWithCanary(#"flag "hostile" { rule = function(ctx) return "on" end }"#)
+        let members = (0..<10_000).map { "\"k\($0)\":true" }.joined(separator: ",")
+        #expect(try rules.flag("hostile", rawContext: Array("{\(members)}".utf8)).variant == "on")
         try expectCanaryAnswers(rules)
     }
 

@@ -59,7 +59,7 @@ struct RequestDecoderTests {
             #"{"op":"flag","flag":1,"id":1}"#, #"{"op":"flag","flag":"x","contxt":{},"id":1}"#,
             #"{"op":"ping","flag":"x","id":1}"#, #"{"op":"route","request":"x","id":1}"#,
             #"{"op":"config","id":1}"#, #"{"op":"config","key":"a","prefix":"b","id":1}"#,
-            #"{"op":"flag","flag":"x","at":"now","id":1}"#,
+            #"{"op":"flag","flag":"x","at":"now","id":1}"#, #"{"op":"flag","flag":"x","at":1e400,"id":1}"#,
         ]
         for line in lines {
             let (result, _) = decode(line)
@@ -70,6 +70,41 @@ struct RequestDecoderTests {
             #expect(failure.error.code == .invalidRequest, "\(line)")
             #expect(failure.id != nil, "\(line)")
         }
+    }
+
+    @Test("an id is echoed as written, whatever its magnitude or nesting below the line's limit")
+    func anyIdIsEchoed() throws {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        for id in ["1e400", "-123456789012345678901234567890e-99999", "123456789012345678901234567890", deep] {
+            let (result, bytes) = decode(#"{"op":"ping","id":\#(id)}"#)
+            let request = try result.get()
+            bytes.withUnsafeBytes { #expect(String(decoding: $0[request.id!], as: UTF8.self) == id) }
+        }
+    }
+
+    @Test("a context deeper or larger than the rules' limits, or with huge numbers, is left for the engine to refuse")
+    func contextLimitsAreNotParseErrors() throws {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        for context in [#"{"a":\#(deep)}"#, #"{"n":1e400}"#] {
+            for op in ["flags", "route"] {
+                let member = op == "route" ? "request" : "context"
+                let (result, bytes) = decode(#"{"op":"\#(op)","\#(member)":\#(context)}"#)
+                let request = try result.get()
+                let range = try #require(op == "route" ? request.request : request.context)
+                bytes.withUnsafeBytes { #expect(String(decoding: $0[range], as: UTF8.self) == context) }
+            }
+        }
+    }
+
+    @Test("a line nested deeper than the decoder's limit is a PARSE_ERROR naming the limit")
+    func lineDepthLimit() {
+        let depth = RequestDecoder.defaultMaxDepth
+        // The line's object is level 1 and the context level 2: arrays fill the levels after them.
+        func arrays(_ n: Int) -> String { String(repeating: "[", count: n) + String(repeating: "]", count: n) }
+        #expect(failure(#"{"op":"flags","context":{"a":\#(arrays(depth - 2))}}"#) == nil)
+        let error = failure(#"{"op":"flags","context":{"a":\#(arrays(depth - 1))}}"#)
+        #expect(error?.code == .parseError)
+        #expect(error?.message.contains("\(depth)") == true)
     }
 
     @Test("a null context or request is the same as none")
