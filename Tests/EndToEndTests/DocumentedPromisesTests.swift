@@ -41,6 +41,35 @@ struct ProtocolPromiseTests {
         #expect(try tooLong.readLine() == nil)
     }
 
+    @Test("a client pipelining far beyond max_pipelined behind a slow reload gets every answer, in order")
+    func pipelinedBeyondTheLimit() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: [
+            "--watch", "off", "--max-pipelined", "4", "--load-timeout", "60s", "--load-instructions", "100000000000",
+        ])
+        // A file that takes a while to load, and defines the flag the requests behind the reload ask for.
+        try daemon.writeRule("slow.lua", "local n = 0\nwhile n < 20000000 do n = n + 1 end\nflag \"slow\" {}\n")
+        let client = try daemon.connect()
+        // 50 times max_pipelined, in one write: rulesd must stop reading, not drop or refuse what it cannot hold.
+        let count = 200
+        var batch = #"{"op":"reload","id":0}"# + "\n"
+        for id in 1...count {
+            batch += id % 2 == 0 ? #"{"op":"ping","id":\#(id)}"# : #"{"op":"flag","flag":"slow","id":\#(id)}"#
+            batch += "\n"
+        }
+        try client.send(batch)
+        let reload = try client.readJSON()
+        #expect(reload["id"] == 0)
+        #expect(reload["result"]?["outcome"] == "reloaded", "\(reload)")
+        for id in 1...count {
+            let answer = try client.readJSON()
+            #expect(answer["id"]?.intValue == id, "\(answer)")
+            // Requests behind the reload are answered from the rules it loaded.
+            #expect(answer["ok"] == true, "\(answer)")
+        }
+        #expect(try client.request(#"{"op":"ping","id":"last"}"#)["id"] == "last")
+    }
+
     @Test("a connection waiting for a reload is not closed by the idle timeout")
     func noIdleTimeoutDuringReload() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
@@ -127,6 +156,37 @@ struct WatchPromiseTests {
         try daemon.writeRule("a.lua", markedRules("v2"))
         #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
         #expect(try watcher.readJSON()["event"] == "reloaded")
+    }
+
+    @Test("a watcher that stops reading is closed; a watcher that reads, and other clients, are not affected")
+    func watcherThatStopsReadingIsClosed() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: ["--watch", "off"])
+        let stalled = try daemon.connect()
+        #expect(try stalled.request(#"{"op":"watch"}"#)["result"]?["watching"] == true)
+        let reading = try daemon.connect()
+        #expect(try reading.request(#"{"op":"watch"}"#)["result"]?["watching"] == true)
+        // A failed reload's event lists every problem: 1,000 broken files with long names make each event about
+        // 300 KB, more than the socket and rulesd's unsent output may hold together for a watcher.
+        let stem = String(repeating: "n", count: 240)
+        for index in 0..<1000 { try daemon.writeRule("\(stem)\(index).lua", "flag (\n") }
+        let reloads = 3
+        for round in 0..<reloads {
+            // Distinct content each time: each failure is announced.
+            try daemon.writeRule("a.lua", "flag \"x\" {}\n-- \(round)\n")
+            #expect(try daemon.request(#"{"op":"reload"}"#)["error"]?["code"] == "RELOAD_FAILED")
+            let event = try reading.readJSON()
+            #expect(event["event"] == "reload_failed")
+            #expect(event["error"]?["problems"]?.arrayValue?.count == 1000)
+        }
+        // The stalled watcher finds what reached its socket before it was dropped, then the end of the stream.
+        var events = 0
+        while let line = try stalled.readLine() {
+            if (try? JSONParser().parse(line))?["event"] == "reload_failed" { events += 1 }
+        }
+        #expect(events < reloads)
+        #expect(try reading.request(#"{"op":"ping"}"#)["ok"] == true)
+        #expect(try daemon.request(#"{"op":"ping"}"#)["ok"] == true)
     }
 }
 
