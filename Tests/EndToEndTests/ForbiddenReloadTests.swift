@@ -95,6 +95,21 @@ struct ForbiddenReloadTests {
         #expect(try daemon.servedRevision() != before)
     }
 
+    @Test("a process with the socket's group among its supplementary groups may reload, though no database says so")
+    func supplementaryGroupOfTheProcessMayReload() throws {
+        // What SO_PEERGROUPS reports, as under PrivateUsers=yes or with a container's supplemental groups: the
+        // account database does not list the user in the group, the process's credentials do.
+        let user = try ThrowawayUser()
+        let socketGroup = try user.addGroup(suffix: "s", member: false)
+        let daemon = try startDaemon(group: socketGroup.name)
+        let socket = ["--socket", daemon.socketPath]
+        let reload = try rulesctl(as: user, groups: [socketGroup.gid], socket + ["reload"])
+        #expect(reload.status == 0, "\(reload)")
+        #expect(reload.stdout.hasPrefix("unchanged"), "\(reload)")
+        // The same user without that group in its credentials is refused.
+        #expect(try rulesctl(as: user, groups: [], socket + ["reload"]).status == 1)
+    }
+
     @Test("a user whose primary group is the socket's group may reload")
     func primaryGroupMayReload() throws {
         let user = try ThrowawayUser()
