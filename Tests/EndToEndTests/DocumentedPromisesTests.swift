@@ -41,6 +41,39 @@ struct ProtocolPromiseTests {
         #expect(try tooLong.readLine() == nil)
     }
 
+    @Test("by default 1,024 connections are served at once; the next one gets only the reserve")
+    func defaultConnectionLimit() throws {
+        // Each connection costs a descriptor at both ends: raise the limit this process (and rulesd, which
+        // inherits it) may open, where the hard limit or root allows.
+        let needed: rlim_t = 2400
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        try #require(getrlimit(resource, &limit) == 0)
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed
+            limit.rlim_max = max(limit.rlim_max, needed)
+            try #require(setrlimit(resource, &limit) == 0, "cannot open \(needed) descriptors: errno \(errno)")
+        }
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: ["--watch", "off"])
+        let flag = #"{"op":"flag","flag":"x"}"#
+        var held: [LineClient] = []
+        while held.count < 1024 {
+            // The harness's own connection may still be counted for a moment: a reserve answer means try again.
+            let admitted = try eventually {
+                let client = try daemon.connect()
+                guard try client.request(flag)["ok"] == true else { return false }
+                held.append(client)
+                return true
+            }
+            try #require(admitted, "connection \(held.count + 1) was never served")
+        }
+        let beyond = try daemon.connect()
+        #expect(try beyond.request(flag)["error"]?["code"] == "TOO_MANY_CONNECTIONS")
+        #expect(try daemon.request(#"{"op":"ping"}"#)["ok"] == true)
+        #expect(try held[0].request(flag)["ok"] == true)
+    }
+
     @Test("a client pipelining far beyond max_pipelined behind a slow reload gets every answer, in order")
     func pipelinedBeyondTheLimit() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
