@@ -44,6 +44,7 @@ public final class ThrowawayUser: @unchecked Sendable {
 
     /// Adds a user with a primary group of its own, no home directory and no login shell.
     public init() throws {
+        _ = Self.leftoversRemoved
         // Unique across concurrent runs on one machine; user names are at most 32 bytes.
         name = "rdt\(getpid())x\(UInt32.random(in: 0..<1_000_000))"
         try Self.account([Self.groupadd, name])
@@ -83,6 +84,27 @@ public final class ThrowawayUser: @unchecked Sendable {
             ?? "--init-groups"
         return [Self.setpriv, "--reuid=\(uid)", "--regid=\(gid)", groupOption, "--"]
     }
+
+    /// Users and groups of test runs that died before releasing them (a crash, a SIGKILL), removed once per run:
+    /// the name carries the pid of the run that made it.
+    private static let leftoversRemoved: Void = {
+        func ownerIsGone(_ name: String) -> Bool {
+            guard name.hasPrefix("rdt"), let end = name.firstIndex(of: "x"),
+                let pid = pid_t(name[name.index(name.startIndex, offsetBy: 3)..<end])
+            else { return false }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        var users: [String] = []
+        setpwent()
+        while let entry = getpwent() { users.append(String(cString: entry.pointee.pw_name)) }
+        endpwent()
+        var groups: [String] = []
+        setgrent()
+        while let entry = getgrent() { groups.append(String(cString: entry.pointee.gr_name)) }
+        endgrent()
+        for user in users where ownerIsGone(user) { try? account([userdel, user]) }
+        for group in groups.reversed() where ownerIsGone(group) { try? account([groupdel, group]) }
+    }()
 
     private static func remove(user: String, groups: [String]) {
         try? account([userdel, user])
