@@ -53,10 +53,9 @@ struct DaemonReloadTests {
         try daemon.writeRule("r.lua", agreeingRules("b"))
         daemon.signal(SIGHUP)
         var generation: JSONValue?
-        for _ in 0..<1000 {
+        _ = try eventually {
             generation = try daemon.request(#"{"op":"ping"}"#)["generation"]
-            if generation == 2 { break }
-            usleep(10_000)
+            return generation == 2
         }
         #expect(generation == 2)
         #expect(try daemon.request(#"{"op":"flag","flag":"f0"}"#)["result"]?["variant"] == "b")

@@ -216,10 +216,9 @@ struct DaemonSettingsEndToEndTests {
         try daemon.start(arguments: ["--watch", "poll", "--poll-interval", "100ms"])
         // The watcher starts right after the socket: wait for it to report its mode.
         var mode: JSONValue?
-        for _ in 0..<500 {
+        _ = try eventually {
             mode = try daemon.request(#"{"op":"status"}"#)["result"]?["watcher"]?["mode"]
-            if mode == "polling" { break }
-            usleep(20_000)
+            return mode == "polling"
         }
         #expect(mode == "polling", "\(daemon.logs)")
         try daemon.writeRule("a.lua", markedRules("v2"))
