@@ -144,7 +144,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "SystemdSupportTests", dependencies: ["SystemdSupport"]),
+        .testTarget(name: "SystemdSupportTests", dependencies: ["SystemdSupport", "RulesTestSupport"]),
         .testTarget(
             name: "RulesProtocolTests",
             dependencies: [

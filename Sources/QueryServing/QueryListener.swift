@@ -95,7 +95,13 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
             refuse(client)
             return
         }
-        let peer = peerCredentials(fd: client)
+        // The groups the peer's process really has, read now: the daemon may not find them in the account
+        // database (PrivateUsers=yes, a container's supplemental groups).
+        let peer = peerCredentials(fd: client).map { credentials in
+            var peer = credentials
+            peer.supplementaryGroups = peerGroups(fd: client)
+            return peer
+        }
         let target = loops[nextLoop % loops.count]
         nextLoop &+= 1
         let backend = self.backend

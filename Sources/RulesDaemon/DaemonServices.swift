@@ -139,7 +139,7 @@ final class DaemonServices: QueryBackend {
         if peer.uid == 0 || peer.uid == geteuid() { return nil }
         if socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
         if let group = reloadGroup,
-            GroupMembership.isPrivileged(peer: peer, supplementaryGroups: nil, group: group)
+            GroupMembership.isPrivileged(peer: peer, supplementaryGroups: peer.supplementaryGroups, group: group)
         {
             return nil
         }

@@ -8,16 +8,20 @@ public struct PeerCredentials: Sendable, Equatable {
     public let uid: uid_t
     /// The peer's effective group id.
     public let gid: gid_t
+    /// The peer's supplementary groups (``peerGroups(fd:)``), when read.
+    public var supplementaryGroups: [gid_t]?
 
     /// Creates a value.
     /// - Parameters:
     ///   - pid: Process id.
     ///   - uid: User id.
     ///   - gid: Group id.
-    public init(pid: pid_t, uid: uid_t, gid: gid_t) {
+    ///   - supplementaryGroups: Supplementary group ids, when known.
+    public init(pid: pid_t, uid: uid_t, gid: gid_t, supplementaryGroups: [gid_t]? = nil) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        self.supplementaryGroups = supplementaryGroups
     }
 }
 

@@ -46,11 +46,15 @@ struct AnswerOrderTests {
     func pingAtTheLimit() throws {
         let daemon = try DaemonHarness(rules: protocolRules)
         try daemon.start(arguments: ["--max-connections", "2"])
+        // Held with a flag request: a reserve connection would answer ping too, then close.
         var held: [LineClient] = []
-        while held.count < 2 {
+        let flag = #"{"op":"flag","flag":"beta","context":{"plan":"pro"}}"#
+        let filled = try eventually {
             let client = try daemon.connect()
-            if let answer = try? client.request(#"{"op":"ping"}"#), answer["ok"] == true { held.append(client) }
+            if let answer = try? client.request(flag), answer["ok"] == true { held.append(client) }
+            return held.count == 2
         }
+        try #require(filled)
         let ping = try runRulesctl(["--socket", daemon.socketPath, "ping"])
         #expect(ping.status == 0, "rulesctl ping failed at the limit: \(ping.stderr)")
         let status = try runRulesctl(["--socket", daemon.socketPath, "status"])

@@ -117,10 +117,9 @@ struct MetricsListenerTests {
         try daemon.start(arguments: ["--metrics-listen", "127.0.0.1:\(port)"])
         _ = try daemon.request(#"{"op":"flag","flag":"x"}"#)
         var text = ""
-        for _ in 0..<100 {
+        _ = eventually {
             text = httpGet(port: port, path: "/metrics")
-            if !text.isEmpty { break }
-            usleep(50_000)
+            return !text.isEmpty
         }
         #expect(text.hasPrefix("HTTP/1.1 200"))
         #expect(httpGet(port: port, path: "/nope").hasPrefix("HTTP/1.1 404"))

@@ -53,10 +53,9 @@ struct DaemonReloadTests {
         try daemon.writeRule("r.lua", agreeingRules("b"))
         daemon.signal(SIGHUP)
         var generation: JSONValue?
-        for _ in 0..<1000 {
+        _ = try eventually {
             generation = try daemon.request(#"{"op":"ping"}"#)["generation"]
-            if generation == 2 { break }
-            usleep(10_000)
+            return generation == 2
         }
         #expect(generation == 2)
         #expect(try daemon.request(#"{"op":"flag","flag":"f0"}"#)["result"]?["variant"] == "b")
@@ -130,12 +129,10 @@ struct DaemonReloadTests {
                 // SIGHUP is asynchronous: wait for the new generation to show.
                 daemon.signal(SIGHUP)
                 let client = try daemon.connect()
-                var attempts = 0
-                while try client.request(#"{"op":"flag","flag":"f0"}"#)["result"]?["variant"]?.stringValue != set {
-                    attempts += 1
-                    if attempts > 5000 { throw HarnessError("SIGHUP did not reload") }
-                    usleep(1000)
+                let reloaded = try eventually {
+                    try client.request(#"{"op":"flag","flag":"f0"}"#)["result"]?["variant"]?.stringValue == set
                 }
+                if !reloaded { throw HarnessError("SIGHUP did not reload") }
             } else {
                 let outcome = try daemon.request(#"{"op":"reload"}"#)
                 #expect(outcome["result"]?["outcome"] == "reloaded")

@@ -140,6 +140,16 @@ struct DaemonSettingsEndToEndTests {
         #expect(explicit.settings["workers"] == "5")
     }
 
+    @Test("the documented limits are the defaults: 1 MiB requests, 1,024 connections and pipelined, 300 s idle")
+    func documentedDefaults() throws {
+        let run = try RulesdRun(["--print-settings"])
+        #expect(run.status == 0, "\(run.standardError)")
+        #expect(run.settings["max_request_bytes"] == "1MiB", "\(run.standardOutput)")
+        #expect(run.settings["max_connections"] == "1024", "\(run.standardOutput)")
+        #expect(run.settings["max_pipelined"] == "1024", "\(run.standardOutput)")
+        #expect(run.settings["idle_timeout"] == "5m", "\(run.standardOutput)")
+    }
+
     @Test("an unknown setting in the file stops the start with a log line naming the file and line")
     func unknownSettingInFile() throws {
         let harness = try DaemonHarness()
@@ -206,10 +216,9 @@ struct DaemonSettingsEndToEndTests {
         try daemon.start(arguments: ["--watch", "poll", "--poll-interval", "100ms"])
         // The watcher starts right after the socket: wait for it to report its mode.
         var mode: JSONValue?
-        for _ in 0..<500 {
+        _ = try eventually {
             mode = try daemon.request(#"{"op":"status"}"#)["result"]?["watcher"]?["mode"]
-            if mode == "polling" { break }
-            usleep(20_000)
+            return mode == "polling"
         }
         #expect(mode == "polling", "\(daemon.logs)")
         try daemon.writeRule("a.lua", markedRules("v2"))

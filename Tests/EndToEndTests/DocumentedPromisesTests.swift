@@ -41,6 +41,68 @@ struct ProtocolPromiseTests {
         #expect(try tooLong.readLine() == nil)
     }
 
+    @Test("by default 1,024 connections are served at once; the next one gets only the reserve")
+    func defaultConnectionLimit() throws {
+        // Each connection costs a descriptor at both ends: raise the limit this process (and rulesd, which
+        // inherits it) may open, where the hard limit or root allows.
+        let needed: rlim_t = 2400
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        try #require(getrlimit(resource, &limit) == 0)
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = needed
+            limit.rlim_max = max(limit.rlim_max, needed)
+            try #require(setrlimit(resource, &limit) == 0, "cannot open \(needed) descriptors: errno \(errno)")
+        }
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: ["--watch", "off"])
+        let flag = #"{"op":"flag","flag":"x"}"#
+        var held: [LineClient] = []
+        while held.count < 1024 {
+            // The harness's own connection may still be counted for a moment: a reserve answer means try again.
+            let admitted = try eventually {
+                let client = try daemon.connect()
+                guard try client.request(flag)["ok"] == true else { return false }
+                held.append(client)
+                return true
+            }
+            try #require(admitted, "connection \(held.count + 1) was never served")
+        }
+        let beyond = try daemon.connect()
+        #expect(try beyond.request(flag)["error"]?["code"] == "TOO_MANY_CONNECTIONS")
+        #expect(try daemon.request(#"{"op":"ping"}"#)["ok"] == true)
+        #expect(try held[0].request(flag)["ok"] == true)
+    }
+
+    @Test("a client pipelining far beyond max_pipelined behind a slow reload gets every answer, in order")
+    func pipelinedBeyondTheLimit() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: [
+            "--watch", "off", "--max-pipelined", "4", "--load-timeout", "60s", "--load-instructions", "100000000000",
+        ])
+        // A file that takes a while to load, and defines the flag the requests behind the reload ask for.
+        try daemon.writeRule("slow.lua", "local n = 0\nwhile n < 20000000 do n = n + 1 end\nflag \"slow\" {}\n")
+        let client = try daemon.connect()
+        // 50 times max_pipelined, in one write: rulesd must stop reading, not drop or refuse what it cannot hold.
+        let count = 200
+        var batch = #"{"op":"reload","id":0}"# + "\n"
+        for id in 1...count {
+            batch += id % 2 == 0 ? #"{"op":"ping","id":\#(id)}"# : #"{"op":"flag","flag":"slow","id":\#(id)}"#
+            batch += "\n"
+        }
+        try client.send(batch)
+        let reload = try client.readJSON()
+        #expect(reload["id"] == 0)
+        #expect(reload["result"]?["outcome"] == "reloaded", "\(reload)")
+        for id in 1...count {
+            let answer = try client.readJSON()
+            #expect(answer["id"]?.intValue == id, "\(answer)")
+            // Requests behind the reload are answered from the rules it loaded.
+            #expect(answer["ok"] == true, "\(answer)")
+        }
+        #expect(try client.request(#"{"op":"ping","id":"last"}"#)["id"] == "last")
+    }
+
     @Test("a connection waiting for a reload is not closed by the idle timeout")
     func noIdleTimeoutDuringReload() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
@@ -128,6 +190,45 @@ struct WatchPromiseTests {
         try daemon.writeRule("a.lua", markedRules("v2"))
         #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
         #expect(try watcher.readJSON()["event"] == "reloaded")
+    }
+
+    @Test("a watcher that stops reading is closed; a watcher that reads, and other clients, are not affected")
+    func watcherThatStopsReadingIsClosed() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
+        try daemon.start(arguments: ["--watch", "off"])
+        let stalled = try daemon.connect()
+        #expect(try stalled.request(#"{"op":"watch"}"#)["result"]?["watching"] == true)
+        let reading = try daemon.connect()
+        #expect(try reading.request(#"{"op":"watch"}"#)["result"]?["watching"] == true)
+        // A failed reload's event lists every problem: 1,000 broken files with long names make each event about
+        // 300 KB, more than the socket and rulesd's unsent output may hold together for a watcher.
+        let stem = String(repeating: "n", count: 240)
+        for index in 0..<1000 { try daemon.writeRule("\(stem)\(index).lua", "flag (\n") }
+        // Fails to reload until rulesd hangs up on the stalled watcher (how many it takes depends on the
+        // kernel's socket buffer sizes); the reading watcher gets every event meanwhile.
+        var rounds = 0
+        var hungUp = false
+        while !hungUp && rounds < 20 {
+            // Distinct content each time: each failure is announced.
+            try daemon.writeRule("a.lua", "flag \"x\" {}\n-- \(rounds)\n")
+            #expect(try daemon.request(#"{"op":"reload"}"#)["error"]?["code"] == "RELOAD_FAILED")
+            let event = try reading.readJSON()
+            #expect(event["event"] == "reload_failed")
+            #expect(event["error"]?["problems"]?.arrayValue?.count == 1000)
+            rounds += 1
+            // POLLHUP is reported without reading, however much unread data waits.
+            var state = pollfd(fd: stalled.fd, events: 0, revents: 0)
+            hungUp = poll(&state, 1, 500) == 1 && state.revents & Int16(POLLHUP) != 0
+        }
+        #expect(hungUp, "rulesd kept a watcher that read nothing through \(rounds) events of 300 KB")
+        // The stalled watcher finds what reached its socket before it was dropped, then the end of the stream.
+        var events = 0
+        while let line = try stalled.readLine() {
+            if (try? JSONParser().parse(line))?["event"] == "reload_failed" { events += 1 }
+        }
+        #expect(events < rounds)
+        #expect(try reading.request(#"{"op":"ping"}"#)["ok"] == true)
+        #expect(try daemon.request(#"{"op":"ping"}"#)["ok"] == true)
     }
 }
 

@@ -334,10 +334,9 @@ struct LiveReloadTests {
             launcher: [UserNamespace.unshare, "--user", "--map-root-user", "/bin/sh", "-c", script])
         // The watcher starts right after the socket: give it a moment to find out.
         var mode: JSONValue?
-        for _ in 0..<200 {
+        _ = try eventually {
             mode = try daemon.request(#"{"op":"status"}"#)["result"]?["watcher"]?["mode"]
-            if mode == "polling" { break }
-            usleep(20_000)
+            return mode == "polling"
         }
         #expect(mode == "polling", "\(daemon.logs)")
         try FileSystemEdit.nanoInPlace.save(markedRules("v2"), to: "a.lua", in: daemon.rulesDirectory)

@@ -179,7 +179,7 @@ struct SystemdTests {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        for _ in 0..<500 where !FileManager.default.fileExists(atPath: socket) { usleep(10_000) }
+        _ = eventually { FileManager.default.fileExists(atPath: socket) }
         // The first connection makes systemd-socket-activate start rulesd; the query waits in the backlog
         // until rulesd serves, instead of failing.
         let client = try LineClient(path: socket)

@@ -47,9 +47,12 @@ struct QueryConnectionTests {
 
     @Test("lines that arrive while an operation waits queue behind it, across reads")
     func laterReadsQueueBehindWaitingOperation() async throws {
-        let harness = try await ConnectionHarness(backend: EchoBackend(delay: { .milliseconds(200) }))
+        let backend = EchoBackend(held: true)
+        let harness = try await ConnectionHarness(backend: backend)
         try harness.client.send(#"{"op":"reload","id":1}"# + "\n" + #"{"op":"ping","id":2}"# + "\n")
+        while try await harness.state() != .awaitingAnswer { usleep(1000) }
         try harness.client.send(#"{"op":"ping","id":3}"# + "\n")
+        backend.release()
         for id in 1...3 { #expect(try await harness.readJSON()["id"] == .integer(Int64(id))) }
         await harness.stop()
     }
@@ -138,10 +141,15 @@ struct QueryConnectionTests {
 
     @Test("complete requests keep a connection open past its idle timeout")
     func requestsAreActivity() async throws {
-        let harness = try await ConnectionHarness(limits: ConnectionHarness.limits(idleTimeout: .milliseconds(400)))
-        for id in 0..<12 {
+        // Requests 200 ms apart for three idle timeouts of 1 s: only a stall of 800 ms between two of them, not a
+        // merely slow machine, could let the timeout expire.
+        let harness = try await ConnectionHarness(limits: ConnectionHarness.limits(idleTimeout: .seconds(1)))
+        let start = ContinuousClock.now
+        var id = 0
+        while ContinuousClock.now - start < .seconds(3) {
             #expect(try await harness.request(#"{"op":"ping","id":\#(id)}"#)["id"] == .integer(Int64(id)))
-            usleep(100_000)
+            id += 1
+            usleep(200_000)
         }
         #expect(!harness.closed.isSet)
         await harness.stop()
@@ -160,10 +168,13 @@ struct QueryConnectionTests {
 
     @Test("draining answers what was read, the operation in flight included, then closes")
     func drainFinishesWork() async throws {
-        let harness = try await ConnectionHarness(backend: EchoBackend(delay: { .milliseconds(200) }))
+        // Held until drained: with a fixed delay, a slow machine could answer the reload before the drain.
+        let backend = EchoBackend(held: true)
+        let harness = try await ConnectionHarness(backend: backend)
         try harness.client.send(#"{"op":"reload","id":1}"# + "\n" + #"{"op":"ping","id":2}"# + "\n")
         while try await harness.state() != .awaitingAnswer { usleep(1000) }
         harness.drain()
+        backend.release()
         #expect(try await harness.readJSON()["id"] == .integer(1))
         #expect(try await harness.readJSON()["id"] == .integer(2))
         #expect(try await harness.readLine() == nil)

@@ -29,19 +29,31 @@ final class EchoResponder: QueryResponder {
     func recordUndecodable() {}
 }
 
-/// A backend whose waiting operations answer after `delay`, and whose watchers can be sent events.
+/// A backend whose waiting operations answer after `delay` (and, when held, not before ``release()``), and whose
+/// watchers can be sent events.
 final class EchoBackend: QueryBackend {
     let delay: @Sendable () -> Duration
+    private let held: Bool
+    private let released = Flag()
     private let watchers = Mutex<[ObjectIdentifier: (ServingEventLoop, @Sendable ([UInt8]) -> Void)]>([:])
 
-    init(delay: @escaping @Sendable () -> Duration = { .milliseconds(20) }) {
+    /// - Parameters:
+    ///   - delay: how long each waiting operation takes.
+    ///   - held: whether waiting operations also wait for ``release()``, so that a test can act while one is
+    ///     certainly in flight, however slowly the machine runs.
+    init(delay: @escaping @Sendable () -> Duration = { .milliseconds(20) }, held: Bool = false) {
         self.delay = delay
+        self.held = held
     }
+
+    /// Lets held operations answer.
+    func release() { released.set() }
 
     func responder(on loop: ServingEventLoop) -> QueryResponder { EchoResponder() }
 
     func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
         try? await Task.sleep(for: delay())
+        while held && !released.isSet { try? await Task.sleep(for: .milliseconds(5)) }
         var buffer = ByteBufferAllocator().buffer(capacity: 128)
         id.withUnsafeOptionalBytes { id in
             ResponseWriter.writeSuccess(

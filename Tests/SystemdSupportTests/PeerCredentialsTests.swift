@@ -1,4 +1,6 @@
+import Foundation
 import Glibc
+import RulesTestSupport
 import SystemdSupport
 import Testing
 
@@ -106,5 +108,93 @@ struct PeerCredentialsTests {
     func userLookup() {
         #expect(GroupMembership.userName(uid: 0) == "root")
         #expect(GroupMembership.userName(uid: strangerUID) == nil)
+    }
+}
+
+/// Connects to a socket of ours as `user` (rulesctl run through setpriv, with the groups the account database
+/// gives the user, or exactly `groups`) and calls `inspect` with our end of the accepted connection; the
+/// connection records the child's credentials at `connect`, so its request is left unanswered.
+private func acceptConnection(
+    from user: ThrowawayUser, groups: [gid_t]?, _ inspect: (Int32) throws -> Void
+) throws {
+    let scratch = ScratchDirectory()
+    // mkdtemp makes the directory 0700: let the other user reach the socket inside it.
+    try #require(chmod(scratch.path, 0o755) == 0)
+    let path = scratch.file("s")
+    let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    try #require(listener >= 0)
+    defer { close(listener) }
+    try #require(withTestAddress(path: path) { bind(listener, $0, $1) } == 0)
+    try #require(chmod(path, 0o777) == 0)
+    try #require(listen(listener, 1) == 0)
+
+    let child = Process()
+    let command = user.runAs(groups: groups) + [DaemonHarness.binary("rulesctl"), "--socket", path, "ping"]
+    child.executableURL = URL(fileURLWithPath: command[0])
+    child.arguments = Array(command.dropFirst())
+    child.standardOutput = FileHandle.nullDevice
+    child.standardError = FileHandle.nullDevice
+    try child.run()
+    defer {
+        if child.isRunning { kill(child.processIdentifier, SIGKILL) }
+        child.waitUntilExit()
+    }
+    var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+    try #require(poll(&ready, 1, 60_000) == 1, "rulesctl run as \(user.name) never connected")
+    let connection = accept(listener, nil, nil)
+    try #require(connection >= 0)
+    defer { close(connection) }
+    try inspect(connection)
+}
+
+@Suite(
+    "Peer credentials of another user",
+    .serialized,
+    .enabled(if: ThrowawayUser.isUsable, Comment(rawValue: ThrowawayUser.skipReason ?? "")))
+struct SecondUserCredentialsTests {
+    @Test("another user's peer credentials are its uid and primary gid, and it is not privileged")
+    func strangerCredentials() throws {
+        let user = try ThrowawayUser()
+        let unrelated = try user.addGroup(suffix: "u", member: false)
+        try acceptConnection(from: user, groups: []) { connection in
+            let peer = try #require(peerCredentials(fd: connection))
+            #expect(peer.uid == user.uid)
+            #expect(peer.gid == user.gid)
+            #expect(peer.pid > 0)
+            #expect(peerGroups(fd: connection) == [])
+            #expect(!GroupMembership.isPrivilegedPeer(fd: connection, group: unrelated.gid))
+            #expect(GroupMembership.isPrivilegedPeer(fd: connection, group: user.gid))
+        }
+    }
+
+    @Test("supplementary groups come from the peer's credentials (SO_PEERGROUPS), even ones no database lists")
+    func supplementaryGroupsFromCredentials() throws {
+        let user = try ThrowawayUser()
+        // The user is no member of these in the account database: only the process's credentials carry them.
+        let first = try user.addGroup(suffix: "a", member: false)
+        let second = try user.addGroup(suffix: "b", member: false)
+        let outside = try user.addGroup(suffix: "c", member: false)
+        try acceptConnection(from: user, groups: [first.gid, second.gid]) { connection in
+            #expect(peerGroups(fd: connection)?.sorted() == [first.gid, second.gid].sorted())
+            #expect(GroupMembership.isPrivilegedPeer(fd: connection, group: second.gid))
+            #expect(!GroupMembership.isPrivilegedPeer(fd: connection, group: outside.gid))
+            #expect(!GroupMembership.isMember(uid: user.uid, gid: user.gid, ofGroup: second.gid))
+        }
+    }
+
+    @Test("a group the account database lists the user in is membership, with or without it in the credentials")
+    func databaseGroupOfARealUser() throws {
+        let user = try ThrowawayUser()
+        let listed = try user.addGroup(suffix: "m", member: true)
+        #expect(GroupMembership.isMember(uid: user.uid, gid: user.gid, ofGroup: listed.gid))
+        try acceptConnection(from: user, groups: nil) { connection in
+            // --init-groups: what a login gets from the database.
+            #expect(peerGroups(fd: connection)?.contains(listed.gid) == true)
+            #expect(GroupMembership.isPrivilegedPeer(fd: connection, group: listed.gid))
+        }
+        try acceptConnection(from: user, groups: []) { connection in
+            #expect(peerGroups(fd: connection) == [])
+            #expect(GroupMembership.isPrivilegedPeer(fd: connection, group: listed.gid))
+        }
     }
 }
