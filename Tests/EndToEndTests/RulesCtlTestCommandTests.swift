@@ -58,6 +58,22 @@ struct RulesCtlTestCommandTests {
         #expect(report["results"]?[2]?["message"]?.stringValue?.hasPrefix(#"expected variant "on""#) == true)
     }
 
+    @Test("test --junit writes one testcase per test and a failure element for the failing one")
+    func junit() throws {
+        let rules = try TemporaryRules(testedRules)
+        defer { rules.remove() }
+        let report = rules.url.appendingPathComponent("report.xml")
+        let run = try RulesctlProcess.run(["test", rules.path, "--junit", report.path])
+        #expect(run.status == 1)
+        let xml = try String(contentsOf: report, encoding: .utf8)
+        #expect(xml.contains(#"tests="3" failures="1" skipped="0""#))
+        #expect(xml.components(separatedBy: "<testcase ").count == 4)
+        #expect(
+            xml.contains(
+                #"name="everyone gets beta" file="flags/beta_test.lua" line="3">"# + "\n"
+                    + #"    <failure message="expected variant &quot;on&quot;, got variant &quot;off&quot;"#))
+    }
+
     @Test("check fails on a failing rule test like on a syntax error; --no-tests skips the tests")
     func checkRunsTests() throws {
         let rules = try TemporaryRules(testedRules)
