@@ -109,6 +109,47 @@ static int api_flag(lua_State *L) { return decl_start(L, DECL_FLAG); }
 static int api_route(lua_State *L) { return decl_start(L, DECL_ROUTE); }
 static int api_config(lua_State *L) { return decl_start(L, DECL_CONFIG); }
 
+/* test "name" { ... }: the second call. Upvalues: name, line. The definition is kept as JSON text at
+ * once: a test holds data only, and the host runs it against the finished rule set. */
+static int test_body(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    const char *name = lua_tostring(L, lua_upvalueindex(1));
+    if (S->phase != RS_PHASE_LOAD) return luaL_error(L, "test declarations are only allowed while a rule file loads");
+    if (lua_type(L, 1) != LUA_TTABLE)
+        return luaL_error(L, "test '%s' needs a definition table: test \"%s\" { flag = ..., expect = ... }", name,
+                          name);
+    if (!rs_to_json(L, 1)) return luaL_error(L, "test '%s': %s", name, lua_tostring(L, -1));
+    size_t len;
+    const char *json = lua_tolstring(L, -1, &len);
+    if (S->test_count == S->test_cap) {
+        size_t cap = S->test_cap ? S->test_cap * 2 : 16;
+        rs_test_entry *grown = realloc(S->tests, cap * sizeof *grown);
+        if (!grown) return luaL_error(L, "not enough memory for test '%s'", name);
+        S->tests = grown;
+        S->test_cap = cap;
+    }
+    rs_test_entry *t = &S->tests[S->test_count++];
+    t->name = rs_strndup(name, strlen(name));
+    t->file = rs_strndup(S->current_file, strlen(S->current_file));
+    t->line = (int32_t)lua_tointeger(L, lua_upvalueindex(2));
+    t->json = rs_strndup(json, len);
+    t->json_len = len;
+    return 0;
+}
+
+static int api_test(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    if (S->phase != RS_PHASE_LOAD) return luaL_error(L, "test declarations are only allowed while a rule file loads");
+    size_t len;
+    luaL_checklstring(L, 1, &len);
+    if (len == 0) return luaL_error(L, "test name must not be empty");
+    if (len > MAX_KEY_BYTES) return luaL_error(L, "test name is longer than %d bytes", MAX_KEY_BYTES);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, caller_line(L));
+    lua_pushcclosure(L, test_body, 2);
+    return 1;
+}
+
 /* ---- functions available to rules while they run ----------------------------------------- */
 
 static int api_now(lua_State *L) {
@@ -262,7 +303,7 @@ static int api_flag_value(lua_State *L) {
 void rs_open_rule_api(lua_State *L) {
     static const luaL_Reg api[] = {
         {"flag", api_flag}, {"route", api_route}, {"config", api_config}, {"flag_value", api_flag_value},
-        {"log", api_log},   {"now", api_now},     {NULL, NULL},
+        {"log", api_log},   {"now", api_now},     {"test", api_test},     {NULL, NULL},
     };
     luaL_setfuncs(L, api, 0);
 }
@@ -1011,6 +1052,21 @@ rs_route_info rs_route_at(const rs_state *S, size_t index) {
     info.priority = r->priority;
     info.has_match = r->match_ref != LUA_NOREF;
     info.static_target = r->static_target;
+    return info;
+}
+
+size_t rs_test_count(const rs_state *S) { return S->usable ? S->test_count : 0; }
+
+rs_test_info rs_test_at(const rs_state *S, size_t index) {
+    rs_test_info info;
+    memset(&info, 0, sizeof info);
+    if (!S->usable || index >= S->test_count) return info;
+    const rs_test_entry *t = &S->tests[index];
+    info.name = t->name;
+    info.file = t->file;
+    info.line = t->line;
+    info.json = t->json;
+    info.json_len = t->json_len;
     return info;
 }
 

@@ -483,6 +483,12 @@ void rs_state_free(rs_state *S) {
         free(S->routes[i].static_target);
     }
     free(S->routes);
+    for (size_t i = 0; i < S->test_count; i++) {
+        free(S->tests[i].name);
+        free(S->tests[i].file);
+        free(S->tests[i].json);
+    }
+    free(S->tests);
     for (size_t i = 0; i < S->config_count; i++) {
         free(S->configs[i].key);
         free(S->configs[i].file);

@@ -84,6 +84,15 @@ typedef struct rs_config_entry {
     size_t json_len;
 } rs_config_entry;
 
+/* A rule test as declared: its definition table as canonical JSON, run by the host after validation. */
+typedef struct rs_test_entry {
+    char *name;
+    char *file;
+    int32_t line;
+    char *json;
+    size_t json_len;
+} rs_test_entry;
+
 typedef struct rs_log_entry {
     int32_t level;
     char *key;
@@ -146,6 +155,9 @@ struct rs_state {
     size_t route_count;
     rs_config_entry *configs;
     size_t config_count;
+
+    rs_test_entry *tests;
+    size_t test_count, test_cap;
 
     rs_log_entry *logs;
     size_t log_count, log_cap;

@@ -5,17 +5,19 @@ import RuleModel
 public enum RuleCompiler {
     /// Loads `sources` into a fresh sandboxed state and validates the whole rule set.
     ///
-    /// All-or-nothing: any compile error, failing chunk, budget breach or validation error rejects the
-    /// whole set, and every problem is reported.
+    /// All-or-nothing: any compile error, failing chunk, budget breach, validation error or failing rule test
+    /// rejects the whole set, and every problem is reported.
     /// - Parameters:
     ///   - sources: the rule files, with paths relative to the rules directory.
     ///   - limits: the budgets for loading and for later evaluations.
     ///   - cancellation: stops loading between files and between Lua steps when requested; the failure is then
     ///     ``RuleLoadFailure/cancelled``.
+    ///   - runTests: whether the rule tests the files declare run in the candidate (after it validates) and
+    ///     gate it; a failing test, or a suite over ``RuleEngineLimits/testBudget``, rejects the set.
     /// - Returns: the rule set and a first evaluator for it.
     public static func compile(
         _ sources: [RuleSource], limits: RuleEngineLimits = RuleEngineLimits(),
-        cancellation: RuleLoadCancellation? = nil
+        cancellation: RuleLoadCancellation? = nil, runTests: Bool = true
     ) throws(RuleLoadFailure) -> (ruleSet: RuleSet, evaluator: RuleEvaluator) {
         let sorted = sources.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
         var oversized: [RuleDiagnostic] = []
@@ -34,7 +36,18 @@ public enum RuleCompiler {
             rs_state_free(state)
             throw error
         }
-        return (ruleSet, RuleEvaluator(state: state, ruleSet: ruleSet))
+        let evaluator = RuleEvaluator(state: state, ruleSet: ruleSet)
+        if runTests, !ruleSet.tests.isEmpty {
+            let report = RuleTestRunner.run(in: evaluator, budget: limits.testBudget)
+            // Lines tests made rules log are not the answers' logs.
+            _ = evaluator.takeLogs()
+            if !report.allPassed {
+                // A busy machine can push a suite over its budget: that failure may pass on another try.
+                throw RuleLoadFailure(
+                    diagnostics: report.diagnostics, cause: report.overBudget ? .resourceLimit : .content)
+            }
+        }
+        return (ruleSet, evaluator)
     }
 
     /// Loads an already validated rule set into another fresh state (one per worker thread).
@@ -173,9 +186,22 @@ public enum RuleCompiler {
                     key: String(cString: info.key), value: value, json: json,
                     location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
         }
+        var tests: [RuleTestDefinition] = []
+        for index in 0..<rs_test_count(state) {
+            let info = rs_test_at(state, index)
+            let definition: JSONValue
+            do { definition = try parser.parse(bytes(info.json, info.json_len)) } catch {
+                throw RuleLoadFailure("internal: test \(String(cString: info.name)) is not JSON")
+            }
+            tests.append(
+                RuleTestDefinition(
+                    name: String(cString: info.name),
+                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
+                    definition: definition))
+        }
         return RuleSet(
             revision: RuleRevision(sources: sources), sources: sources, flags: flags, routes: routes,
-            configs: configs, limits: limits)
+            configs: configs, tests: tests, limits: limits)
     }
 
     private static func bytes(_ pointer: UnsafePointer<CChar>?, _ count: Int) -> [UInt8] {

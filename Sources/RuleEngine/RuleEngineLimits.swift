@@ -23,6 +23,8 @@ public struct RuleEngineLimits: Sendable, Hashable {
     /// Lines a rule may log per evaluation, and bytes kept per line.
     public var logLinesPerEvaluation: Int = 8
     public var logLineBytes: Int = 512
+    /// Wall-clock budget of all rule tests of one load together; a suite over it fails the load.
+    public var testBudget: Duration = .seconds(2)
 
     public init() {}
 

@@ -28,6 +28,8 @@ public final class RuleSet: Sendable {
     public let routes: [RouteDefinition]
     /// Sorted by key.
     public let configs: [ConfigEntry]
+    /// The rule tests the files declare, in load order; never flags, answers or metrics.
+    public let tests: [RuleTestDefinition]
     public let limits: RuleEngineLimits
     private let flagIndexes: UTF8KeyIndex
     private let configIndexes: [String: Int]
@@ -36,7 +38,7 @@ public final class RuleSet: Sendable {
 
     init(
         revision: RuleRevision, sources: [RuleSource], flags: [FlagDefinition], routes: [RouteDefinition],
-        configs: [ConfigEntry], limits: RuleEngineLimits
+        configs: [ConfigEntry], tests: [RuleTestDefinition] = [], limits: RuleEngineLimits
     ) {
         self.revision = revision
         self.sources = sources
@@ -46,6 +48,7 @@ public final class RuleSet: Sendable {
         self.flags = flags
         self.routes = routes
         self.configs = configs
+        self.tests = tests
         self.limits = limits
         self.flagIndexes = UTF8KeyIndex(flags.map(\.key))
         self.flagFragments = flags.map(FlagAnswerFragments.init)

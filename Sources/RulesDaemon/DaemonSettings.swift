@@ -247,6 +247,7 @@ extension DaemonSettings {
         case loadTimeout = "load_timeout"
         case loadInstructions = "load_instructions"
         case maxFileBytes = "max_file_bytes"
+        case testBudget = "test_budget"
         case metricsListen = "metrics_listen"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
@@ -339,6 +340,9 @@ extension DaemonSettings {
             .loadInstructions, \.limits.loadInstructionLimit, 1000...Int.max,
             summary: "instruction budget of loading one file"),
         .size(.maxFileBytes, \.limits.maxFileBytes, 1024...(256 << 20), summary: "largest rule file"),
+        .duration(
+            .testBudget, \.limits.testBudget, .milliseconds(1)...(.seconds(600)),
+            summary: "wall-clock budget of all rule tests of one reload"),
         SettingDescriptor(
             key: .metricsListen, valueName: "host:port",
             summary: "`HOST:PORT` for the `/metrics` HTTP listener, or `off`", example: "127.0.0.1:9464",

@@ -9,7 +9,9 @@ struct Check: ParsableCommand {
         discussion: """
             Reads every *.lua file under the directory (following symlinks, skipping any path component that \
             starts with a dot), loads them all into one sandboxed Lua state and validates the whole rule set, as \
-            rulesd does before it puts a rule set live.
+            rulesd does before it puts a rule set live, then runs the rule tests the files declare (test "name" \
+            { ... }) in it: a failing test fails the check like a syntax error, at the test's file:line. \
+            --no-tests skips them.
 
             On success prints one line per file with what it declares, then the revision (the SHA-256 that \
             identifies this exact content) and the totals. On failure prints every problem as file:line: message on \
@@ -33,10 +35,13 @@ struct Check: ParsableCommand {
     @Option(help: "Output format: text (for people), json (for tools) or github (workflow annotations).")
     var format: Format = .text
 
+    @Flag(name: .customLong("no-tests"), help: "Skip the rule tests (test \"name\" { ... }).")
+    var noTests = false
+
     func run() throws {
         let printer = AnswerPrinter(json: format == .json)
-        let outcome = LargeStack.run { [directory] () -> Outcome in
-            switch OfflineRules.load(directory) {
+        let outcome = LargeStack.run { [directory, noTests] () -> Outcome in
+            switch OfflineRules.load(directory, runTests: !noTests) {
             case .failed(let diagnostics):
                 return Outcome(
                     failure: OfflineRules.invalidRules(directory, diagnostics), diagnostics: diagnostics)

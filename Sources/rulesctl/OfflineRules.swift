@@ -15,10 +15,11 @@ enum OfflineRules {
 
     /// Reads and compiles `directory`. A directory with unreadable files fails even when the rest compiles, as it
     /// does in rulesd, which never puts a partial snapshot live. Call it on a ``LargeStack`` thread.
-    static func load(_ directory: String) -> Loaded {
+    /// - Parameter runTests: whether the rule tests gate the load, as they do in rulesd.
+    static func load(_ directory: String, runTests: Bool = true) -> Loaded {
         let snapshot = RuleTreeReader().read(root: directory)
         do {
-            let (ruleSet, evaluator) = try RuleCompiler.compile(snapshot.sources)
+            let (ruleSet, evaluator) = try RuleCompiler.compile(snapshot.sources, runTests: runTests)
             return snapshot.problems.isEmpty ? .loaded(ruleSet, evaluator) : .failed(snapshot.problems)
         } catch {
             return .failed(snapshot.problems + error.diagnostics)

@@ -24,7 +24,7 @@ struct RulesCtl: AsyncParsableCommand {
         subcommands: [
             Query.Ping.self, Query.Status.self, Query.Watch.self, Query.Reload.self, Query.FlagQuery.self,
             Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self, Check.self,
-            Eval.self,
+            Eval.self, TestCommand.self,
         ]
     )
 

@@ -122,6 +122,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.loadTimeout), help: .setting(.loadTimeout)) var loadTimeout: String?
     @Option(name: .setting(.loadInstructions), help: .setting(.loadInstructions)) var loadInstructions: String?
     @Option(name: .setting(.maxFileBytes), help: .setting(.maxFileBytes)) var maxFileBytes: String?
+    @Option(name: .setting(.testBudget), help: .setting(.testBudget)) var testBudget: String?
     @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
@@ -156,6 +157,7 @@ struct SettingOptions: ParsableArguments {
         case .loadTimeout: loadTimeout
         case .loadInstructions: loadInstructions
         case .maxFileBytes: maxFileBytes
+        case .testBudget: testBudget
         case .metricsListen: metricsListen
         }
     }

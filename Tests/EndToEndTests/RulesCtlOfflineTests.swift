@@ -175,7 +175,7 @@ struct RulesCtlCheckTests {
         let revision = try #require(lines.first { $0.hasPrefix("revision: ") }).dropFirst("revision: ".count)
         #expect(revision.count == 64)
         #expect(revision.allSatisfy { "0123456789abcdef".contains($0) })
-        #expect(lines.last == "total: 6 files, 12 flags, 10 routes, 13 configs")
+        #expect(lines.last == "total: 7 files, 12 flags, 10 routes, 13 configs")
     }
 
     @Test("check gives an identical copy of a directory the same revision")

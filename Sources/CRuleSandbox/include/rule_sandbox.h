@@ -124,6 +124,15 @@ typedef struct rs_config_info {
     size_t json_len;
 } rs_config_info;
 
+/** A rule test as declared with test "name" { ... }. Strings stay valid until the state is freed. */
+typedef struct rs_test_info {
+    const char *name;
+    const char *file;
+    int32_t line;
+    const char *json;          /**< the definition table, as canonical JSON text */
+    size_t json_len;
+} rs_test_info;
+
 /** A line logged by a rule with log(level, message). */
 typedef struct rs_log_line {
     int32_t level;             /**< 0 debug, 1 info, 2 warning, 3 error */
@@ -175,6 +184,10 @@ size_t rs_route_count(const rs_state *S);
 rs_route_info rs_route_at(const rs_state *S, size_t index);
 size_t rs_config_count(const rs_state *S);
 rs_config_info rs_config_at(const rs_state *S, size_t index);
+
+/** Rule tests, in declaration order (files in load order); not part of the rule set's flags. */
+size_t rs_test_count(const rs_state *S);
+rs_test_info rs_test_at(const rs_state *S, size_t index);
 
 /** Bytes the state's allocator currently holds. */
 uint64_t rs_memory_in_use(const rs_state *S);

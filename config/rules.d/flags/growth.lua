@@ -57,6 +57,13 @@ flag "onboarding.tour" {
     end,
 }
 
+-- A test may sit next to the rule it checks: over 2,000 sampled user ids, about 12.5% get the tour.
+test "the tour reaches about 12.5% of users" {
+    flag = "onboarding.tour",
+    sample = { field = "user_id", count = 2000 },
+    expect_share = { on = { 0.10, 0.15 } },
+}
+
 -- On only during the sale: now() is the evaluation time (a request can pin it, rulesctl has --at).
 local SALE_START = 1774915200 -- 2026-03-31T00:00:00Z
 local SALE_END = 1775520000 -- 2026-04-07T00:00:00Z
