@@ -1,0 +1,131 @@
+import Foundation
+import RuleModel
+import RulesTestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite("History and rollback against the real daemon")
+struct HistoryRollbackTests {
+    /// Starts a daemon on rules "a", reloads to "b" and waits until the history lists both.
+    private func twoRevisions() throws -> (DaemonHarness, first: String, second: String) {
+        let daemon = try DaemonHarness(rules: ["r.lua": agreeingRules("a")])
+        try daemon.start(arguments: ["--watch", "off"])
+        try daemon.writeRule("r.lua", agreeingRules("b"))
+        #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
+        var revisions: [JSONValue] = []
+        #expect(
+            try eventually {
+                revisions = try daemon.request(#"{"op":"history"}"#)["result"]?["revisions"]?.arrayValue ?? []
+                return revisions.count == 2
+            })
+        let second = try #require(revisions.first?["revision"]?.stringValue)
+        let first = try #require(revisions.last?["revision"]?.stringValue)
+        return (daemon, first, second)
+    }
+
+    private func variant(_ daemon: DaemonHarness) throws -> String? {
+        try daemon.request(#"{"op":"flag","flag":"f0"}"#)["result"]?["variant"]?.stringValue
+    }
+
+    @Test("history lists every rule set that went live, newest first, with what changed")
+    func historyLists() throws {
+        let (daemon, _, _) = try twoRevisions()
+        let history = try daemon.request(#"{"op":"history"}"#)["result"]
+        #expect(history?["revisions"]?[0]?["generation"] == 2)
+        #expect(history?["revisions"]?[0]?["trigger"] == "reload")
+        #expect(history?["revisions"]?[0]?["changed"]?[0] == "r.lua")
+        #expect(history?["revisions"]?[0]?["serving"] == true)
+        #expect(history?["revisions"]?[1]?["trigger"] == "startup")
+        #expect(history?["revisions"]?[1]?["counts"]?["flags"] == 8)
+    }
+
+    @Test("show returns a stored revision's files, and one file's content")
+    func show() throws {
+        let (daemon, first, _) = try twoRevisions()
+        let listing = try daemon.request(#"{"op":"show","revision":"\#(first.prefix(12))"}"#)["result"]
+        #expect(listing?["files"]?[0]?["path"] == "r.lua")
+        let file = try daemon.request(#"{"op":"show","revision":"\#(first)","path":"r.lua"}"#)["result"]
+        #expect(file?["content"]?.stringValue == agreeingRules("a"))
+        let missing = try daemon.request(#"{"op":"show","revision":"0000000000"}"#)
+        #expect(missing["error"]?["code"] == "REVISION_NOT_FOUND")
+    }
+
+    @Test("rollback serves the stored revision at once and pins; a reload of the same directory keeps the pin")
+    func rollbackPins() throws {
+        let (daemon, first, second) = try twoRevisions()
+        let answer = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        #expect(answer["result"]?["outcome"] == "rolled_back")
+        #expect(answer["result"]?["revision"]?.stringValue == first)
+        #expect(try variant(daemon) == "a")
+        let message = "pinned to \(first.prefix(16)) by rollback; the rules directory holds \(second.prefix(16))"
+        let status = try daemon.request(#"{"op":"status"}"#)["result"]
+        #expect(status?["pinned"]?["message"]?.stringValue == message)
+        #expect(status?["origin"] == "history")
+        #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "unchanged")
+        #expect(try variant(daemon) == "a")
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"]?["message"]?.stringValue == message)
+    }
+
+    @Test("watch reports a rollback with its pin")
+    func watchSeesPin() throws {
+        let (daemon, first, _) = try twoRevisions()
+        let watcher = try daemon.connect()
+        _ = try watcher.request(#"{"op":"watch"}"#)
+        _ = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        let event = try watcher.readJSON()
+        #expect(event["event"] == "reloaded")
+        #expect(event["trigger"] == "rollback")
+        #expect(event["pinned"]?["message"]?.stringValue?.hasPrefix("pinned to \(first.prefix(16))") == true)
+    }
+
+    @Test("a change of the rules directory to a new revision leaves the pin and serves it")
+    func newRevisionUnpins() throws {
+        let (daemon, first, _) = try twoRevisions()
+        _ = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        try daemon.writeRule("r.lua", agreeingRules("b", flags: 9))
+        #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
+        #expect(try variant(daemon) == "b")
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"] == .null)
+    }
+
+    @Test("resume leaves the pin and serves the rules directory again")
+    func resume() throws {
+        let (daemon, first, second) = try twoRevisions()
+        _ = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        let answer = try daemon.request(#"{"op":"resume"}"#)
+        #expect(answer["result"]?["outcome"] == "reloaded")
+        #expect(answer["result"]?["revision"]?.stringValue == second)
+        #expect(answer["result"]?["pinned"] == .null)
+        #expect(try variant(daemon) == "b")
+    }
+
+    @Test("a pinned daemon restarts pinned, and leaves the pin if the directory changed while it was down")
+    func restartPinned() throws {
+        let (daemon, first, _) = try twoRevisions()
+        _ = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        #expect(eventually { FileManager.default.fileExists(atPath: daemon.stateDirectory + "/history/pin") })
+        #expect(try daemon.stop() == 0)
+        try daemon.start(arguments: ["--watch", "off"])
+        #expect(try variant(daemon) == "a")
+        let status = try daemon.request(#"{"op":"status"}"#)["result"]
+        #expect(status?["pinned"]?["revision"]?.stringValue == first)
+        #expect(try daemon.stop() == 0)
+        try daemon.writeRule("r.lua", agreeingRules("b", flags: 9))
+        try daemon.start(arguments: ["--watch", "off"])
+        #expect(try variant(daemon) == "b")
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"] == .null)
+    }
+
+    @Test("rollback and show refuse unknown revisions without changing what serves")
+    func unknownRevision() throws {
+        let (daemon, _, _) = try twoRevisions()
+        let answer = try daemon.request(#"{"op":"rollback","revision":"ffffffffff"}"#)
+        #expect(answer["error"]?["code"] == "REVISION_NOT_FOUND")
+        #expect(try variant(daemon) == "b")
+        let bad = try daemon.request(#"{"op":"rollback"}"#)
+        #expect(bad["error"]?["code"] == "INVALID_REQUEST")
+    }
+}
