@@ -129,3 +129,74 @@ struct HistoryRollbackTests {
         #expect(bad["error"]?["code"] == "INVALID_REQUEST")
     }
 }
+
+@Suite("rulesctl history, show, diff, rollback and resume")
+struct RulesCtlHistoryTests {
+    @Test("the history commands print for people, --json for tools, and exit like diff")
+    func commands() throws {
+        let daemon = try DaemonHarness(rules: ["r.lua": agreeingRules("a", flags: 2)])
+        try daemon.start(arguments: ["--watch", "off"])
+        try daemon.writeRule("r.lua", agreeingRules("b", flags: 2))
+        _ = try daemon.request(#"{"op":"reload"}"#)
+        let socket = ["--socket", daemon.socketPath]
+        var listing = try runRulesctl(socket + ["history"])
+        #expect(
+            eventually {
+                listing = (try? runRulesctl(socket + ["history"])) ?? listing
+                return listing.stdout.split(separator: "\n").count == 3
+            })
+        #expect(listing.status == 0)
+        #expect(listing.stdout.hasPrefix("GEN"))
+        let json = try JSONParser().parse(Array(try runRulesctl(socket + ["history", "--json"]).stdout.utf8))
+        let second = try #require(json["revisions"]?[0]?["revision"]?.stringValue)
+        let first = try #require(json["revisions"]?[1]?["revision"]?.stringValue)
+
+        let shown = try runRulesctl(socket + ["show", String(first.prefix(8)), "r.lua"])
+        #expect(shown.stdout == agreeingRules("a", flags: 2))
+        let diff = try runRulesctl(socket + ["diff", first, second])
+        #expect(diff.status == 1)
+        #expect(diff.stdout.contains("--- a/r.lua\n+++ b/r.lua\n@@ -1,"))
+        #expect(diff.stdout.contains("\n-flag \"f0\""))
+        #expect(diff.stdout.contains("\n+flag \"f0\""))
+        #expect(try runRulesctl(socket + ["diff", first, first]).status == 0)
+
+        let rollback = try runRulesctl(socket + ["rollback", String(first.prefix(8))])
+        #expect(rollback.status == 0)
+        #expect(rollback.stdout.contains("pinned to \(first.prefix(16)) by rollback"))
+        #expect(try runRulesctl(socket + ["status"]).stdout.contains("pinned to \(first.prefix(16))"))
+        let resume = try runRulesctl(socket + ["resume"])
+        #expect(resume.status == 0)
+        #expect(resume.stdout.contains(String(second.prefix(16))))
+        #expect(try runRulesctl(socket + ["rollback", "0000000000"]).status == 1)
+    }
+}
+
+@Suite("Line diffs of stored revisions")
+struct TextDiffFormatTests {
+    @Test("a one-line change gives one hunk with its context")
+    func oneHunk() throws {
+        let before = (1...10).map { "line \($0)" }
+        var after = before
+        after[4] = "changed"
+        let result = try runRulesctlDiffLike(before, after)
+        #expect(
+            result.contains(
+                "@@ -2,7 +2,7 @@\n -- line 2\n -- line 3\n -- line 4\n--- line 5\n+-- changed\n -- line 6\n"))
+    }
+
+    private func runRulesctlDiffLike(_ before: [String], _ after: [String]) throws -> String {
+        // The diff is rulesctl's; it is reached through a daemon holding both revisions.
+        let daemon = try DaemonHarness(rules: ["r.lua": before.map { "-- \($0)" }.joined(separator: "\n") + "\n"])
+        try daemon.start(arguments: ["--watch", "off"])
+        try daemon.writeRule("r.lua", after.map { "-- \($0)" }.joined(separator: "\n") + "\n")
+        _ = try daemon.request(#"{"op":"reload"}"#)
+        var revisions: [JSONValue] = []
+        _ = try eventually {
+            revisions = try daemon.request(#"{"op":"history"}"#)["result"]?["revisions"]?.arrayValue ?? []
+            return revisions.count == 2
+        }
+        let new = try #require(revisions.first?["revision"]?.stringValue)
+        let old = try #require(revisions.last?["revision"]?.stringValue)
+        return try runRulesctl(["--socket", daemon.socketPath, "diff", old, new]).stdout
+    }
+}
