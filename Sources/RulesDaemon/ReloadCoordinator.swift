@@ -360,6 +360,7 @@ public final class ReloadCoordinator: Sendable {
             if snapshot.problems.isEmpty, serving.ruleSet.revision == revision, serving.origin == .rulesDirectory {
                 return .unchanged(serving)
             }
+            if state.withLock({ $0.pin?.directoryRevision == revision }) { return .unchanged(serving) }
         }
         if !explicit { notifier.reloading(status: "reloading rules from \(settings.rulesDirectory)") }
         let result: Result<BuiltGeneration, RuleLoadFailure>

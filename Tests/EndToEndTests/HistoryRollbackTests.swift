@@ -91,6 +91,32 @@ struct HistoryRollbackTests {
         #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"] == .null)
     }
 
+    @Test("with the watcher on, a save of the same content keeps the pin and an edit to a new revision leaves it")
+    func watcherAndPin() throws {
+        let daemon = try DaemonHarness(rules: ["r.lua": agreeingRules("a")])
+        try daemon.start()
+        try daemon.writeRule("r.lua", agreeingRules("b"))
+        #expect(try eventually { try variant(daemon) == "b" })
+        var revisions: [JSONValue] = []
+        #expect(
+            try eventually {
+                revisions = try daemon.request(#"{"op":"history"}"#)["result"]?["revisions"]?.arrayValue ?? []
+                return revisions.count == 2
+            })
+        let first = try #require(revisions.last?["revision"]?.stringValue)
+        _ = try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)
+        try daemon.writeRule("r.lua", agreeingRules("b"))
+        #expect(
+            try eventually {
+                try daemon.request(#"{"op":"status"}"#)["result"]?["last_reload"]?["trigger"] == "watcher"
+            })
+        #expect(try variant(daemon) == "a")
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"]?["revision"]?.stringValue == first)
+        try daemon.writeRule("r.lua", agreeingRules("b", flags: 9))
+        #expect(try eventually { try variant(daemon) == "b" })
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["pinned"] == .null)
+    }
+
     @Test("resume leaves the pin and serves the rules directory again")
     func resume() throws {
         let (daemon, first, second) = try twoRevisions()
