@@ -17,11 +17,21 @@ public protocol QueryBackend: Sendable {
     ///   - peer: the connection's peer credentials, when known.
     func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer
 
+    /// Answers a waiting operation that carries members of its own (`show`'s `revision` and `path`, ...); the
+    /// request holds them decoded, so it outlives its line.
+    func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer
+
     /// Delivers every later event line (without its newline) to `deliver`, on `loop`, until ``unwatch(_:)``.
     func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void)
 
     /// Ends a subscription made by ``watch(_:on:deliver:)``.
     func unwatch(_ key: ObjectIdentifier)
+}
+
+extension QueryBackend {
+    public func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
+        await answerWaiting(request.operation, id: id, peer: peer)
+    }
 }
 
 /// Evaluates the synchronous requests of one loop's connections. Used only on its loop.

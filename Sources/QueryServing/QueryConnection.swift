@@ -380,6 +380,8 @@ final class QueryConnection: EventPollSource {
                 startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })
             case .status, .metrics, .reload:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
+            case .history, .show, .rollback, .resume:
+                startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
             }
         }
         if output.readableBytes >= Self.outputHighWater { flushOutput() }
@@ -435,13 +437,13 @@ final class QueryConnection: EventPollSource {
         updateInterest()
     }
 
-    private func startAwaiting(_ operation: RequestOperation, id: [UInt8]?) {
+    private func startAwaiting(_ operation: RequestOperation, id: [UInt8]?, request: DecodedRequest? = nil) {
         transition(to: state == .inputEnded ? .inputEndedAwaitingAnswer : .awaitingAnswer)
         let backend = self.backend
         let peer = self.peer
         let promise = loop.makePromise(of: ByteBuffer.self)
         promise.completeWithTask {
-            await backend.answerWaiting(operation, id: id, peer: peer)
+            await backend.answerWaiting(request ?? DecodedRequest(operation: operation), id: id, peer: peer)
         }
         promise.futureResult.assumeIsolated().whenComplete { [self] outcome in
             answerArrived(outcome, id: id)

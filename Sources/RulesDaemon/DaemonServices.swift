@@ -67,6 +67,15 @@ final class DaemonServices: QueryBackend {
         return buffer
     }
 
+    func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 512)
+        switch request.operation {
+        case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
+        default: await answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
+        }
+        return buffer
+    }
+
     func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void) {
         watchHub.subscribe(key, eventLoop: loop, deliver: deliver)
     }
@@ -134,7 +143,7 @@ final class DaemonServices: QueryBackend {
 
     /// Only root, rulesd's own user and members of the socket's group may reload: with a socket open to
     /// everyone (containers), anyone could otherwise make the daemon do a reload's work at will.
-    private func refuseReload(_ peer: PeerCredentials?) -> ProtocolError? {
+    func refuseReload(_ peer: PeerCredentials?) -> ProtocolError? {
         guard let peer else { return nil }
         if peer.uid == 0 || peer.uid == geteuid() { return nil }
         if socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
@@ -146,7 +155,7 @@ final class DaemonServices: QueryBackend {
         return ProtocolError(.forbidden, "reload is allowed to root, rulesd's user and the socket's group only")
     }
 
-    private func success(id: [UInt8]?, generation: ServingGeneration?, result: [UInt8], into buffer: inout ByteBuffer) {
+    func success(id: [UInt8]?, generation: ServingGeneration?, result: [UInt8], into buffer: inout ByteBuffer) {
         id.withUnsafeOptionalBytes { idBytes in
             ResponseWriter.writeSuccess(
                 id: idBytes, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
@@ -154,7 +163,7 @@ final class DaemonServices: QueryBackend {
         }
     }
 
-    private func failure(id: [UInt8]?, error: ProtocolError, into buffer: inout ByteBuffer) {
+    func failure(id: [UInt8]?, error: ProtocolError, into buffer: inout ByteBuffer) {
         id.withUnsafeOptionalBytes { idBytes in ResponseWriter.writeFailure(id: idBytes, error: error, into: &buffer) }
     }
 
@@ -203,6 +212,7 @@ final class DaemonServices: QueryBackend {
         }
         object.append(("rules_dir", .string(settings.rulesDirectory)))
         object.append(("state_dir", .string(settings.stateDirectory)))
+        object.append(("pinned", reloads.pin?.json ?? .null))
         let saved = reloads.savedCopy
         object.append(
             (

@@ -30,6 +30,7 @@ public struct DaemonSettings: Sendable, Equatable {
     public var socketMode: mode_t = 0o660
     public var socketGroup: SocketGroup?
     public var stateDirectory = "/var/lib/rulesd"
+    public var historySize = 20
     public var workers = DaemonSettings.defaultWorkers
     public var logLevel: Logger.Level = .info
     public var logFormat: DaemonLogHandler.Format = .text
@@ -225,6 +226,7 @@ extension DaemonSettings {
     public enum Key: String, Sendable, CaseIterable {
         case rules
         case stateDirectory = "state_dir"
+        case historySize = "history_size"
         case socket
         case socketMode = "socket_mode"
         case socketGroup = "socket_group"
@@ -269,6 +271,7 @@ extension DaemonSettings {
         .text(
             .stateDirectory, \.stateDirectory, valueName: "directory",
             summary: "where the last known good rules are kept"),
+        .integer(.historySize, \.historySize, 1...1000, summary: "rule sets kept in the history, for rollback"),
         .text(
             .socket, \.socketPath, valueName: "path", maxBytes: 103,
             summary: "the socket to bind when systemd does not hand one over"),

@@ -15,6 +15,10 @@ public enum ReloadTrigger: String, Sendable {
     case signal = "sighup"
     /// The directory watcher saw changes, or its periodic safety rescan came due.
     case watcher
+    /// `rollback`: a revision from the history.
+    case rollback
+    /// `resume`: leave a rollback's pin and reload from the rules directory.
+    case resume
 }
 
 /// The result of one reload attempt.
@@ -66,6 +70,8 @@ public final class ReloadCoordinator: Sendable {
     private struct Job: Sendable {
         var trigger: ReloadTrigger
         var completion: CheckedContinuation<ReloadOutcome, Never>?
+        /// The revision (or its first hex digits) a `rollback` job makes live.
+        var rollbackTo: String?
     }
 
     private struct State: Sendable {
@@ -81,6 +87,8 @@ public final class ReloadCoordinator: Sendable {
         var stopping = false
         /// The load in progress, to abandon when stopping.
         var loading: RuleLoadCancellation?
+        /// Set by a rollback: the directory's revision then no longer decides what serves (see ``RulePin``).
+        var pin: RulePin?
     }
 
     let settings: DaemonSettings
@@ -88,6 +96,7 @@ public final class ReloadCoordinator: Sendable {
     let pool: WorkerPool
     let loader: NIOThreadPool
     let lastKnownGood: LastKnownGoodStore
+    let history: RuleHistoryStore
     let watchHub: WatchHub
     let notifier: LifecycleNotifier
     let reloadMetrics: ReloadMetrics
@@ -105,6 +114,7 @@ public final class ReloadCoordinator: Sendable {
         self.pool = pool
         self.loader = loader
         self.lastKnownGood = LastKnownGoodStore(stateDirectory: settings.stateDirectory)
+        self.history = RuleHistoryStore(stateDirectory: settings.stateDirectory, capacity: settings.historySize)
         self.watchHub = watchHub
         self.notifier = notifier
         self.reloadMetrics = reloadMetrics
@@ -133,6 +143,17 @@ public final class ReloadCoordinator: Sendable {
         }
     }
 
+    /// The pin a rollback set, while it holds.
+    public var pin: RulePin? { state.withLock { $0.pin } }
+
+    /// Makes the history's revision `name` (or the revision starting with it) live and pins the daemon to it.
+    public func rollback(to name: String) async -> ReloadOutcome {
+        await withCheckedContinuation { continuation in
+            state.withLock { $0.jobs.append(Job(trigger: .rollback, completion: continuation, rollbackTo: name)) }
+            wakeContinuation.yield()
+        }
+    }
+
     /// Asks for a reload without waiting.
     public func requestReload(_ trigger: ReloadTrigger) {
         state.withLock { $0.jobs.append(Job(trigger: trigger, completion: nil)) }
@@ -148,8 +169,23 @@ public final class ReloadCoordinator: Sendable {
                     return state.jobs
                 }
                 if batch.isEmpty { break }
-                let outcome = await perform(batch.map(\.trigger))
-                for job in batch { job.completion?.resume(returning: outcome) }
+                // Rollbacks and resumes run alone, in order; the reloads between them are served together.
+                var reloads: [Job] = []
+                for job in batch {
+                    guard job.trigger == .rollback || job.trigger == .resume else {
+                        reloads.append(job)
+                        continue
+                    }
+                    await performTogether(&reloads)
+                    let outcome: ReloadOutcome
+                    if let name = job.rollbackTo {
+                        outcome = await performRollback(name)
+                    } else {
+                        outcome = await performResume()
+                    }
+                    job.completion?.resume(returning: outcome)
+                }
+                await performTogether(&reloads)
             }
         }
         // Whoever still waits gets the current state rather than hanging at shutdown.
@@ -202,6 +238,7 @@ public final class ReloadCoordinator: Sendable {
         state.withLock { $0.savedCopy.revision = lastKnownGood.currentName().map { RuleRevision(hex: $0) } }
         let snapshot = await scan()
         let revision = RuleRevision(sources: snapshot.sources)
+        if let generation = await loadPinned(directoryRevision: revision, started: started) { return generation }
         var failure: RuleLoadFailure
         if snapshot.problems.isEmpty {
             switch await build(snapshot.sources) {
@@ -213,7 +250,7 @@ public final class ReloadCoordinator: Sendable {
                         ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
                         trigger: .startup, revision: revision, failure: nil))
                 logLoaded(generation, duration: duration, trigger: .startup)
-                persist(snapshot.sources, revision: revision)
+                persist(snapshot.sources, revision: revision, generation: generation, trigger: .startup)
                 return generation
             case .failure(let problem):
                 failure = problem
@@ -271,13 +308,25 @@ public final class ReloadCoordinator: Sendable {
     private func perform(_ triggers: [ReloadTrigger]) async -> ReloadOutcome {
         if isStopping { return .failed(.shuttingDown, candidate: nil, serving: store.generation) }
         let started = RuleClockTime.monotonic()
-        let explicit = triggers.contains { $0 == .request || $0 == .signal }
-        let trigger = triggers.first { $0 == .request } ?? triggers.first { $0 == .signal } ?? .watcher
+        let explicit = triggers.contains { $0 == .request || $0 == .signal || $0 == .resume }
+        let trigger =
+            triggers.first { $0 == .request } ?? triggers.first { $0 == .signal } ?? triggers.first { $0 == .resume }
+            ?? .watcher
         if explicit { notifier.reloading(status: "reloading rules from \(settings.rulesDirectory)") }
         var snapshot = await scan()
         let serving = store.generation
         if snapshot.isCancelled { return .failed(.shuttingDown, candidate: nil, serving: serving) }
         var revision = RuleRevision(sources: snapshot.sources)
+        if let pin = state.withLock({ $0.pin }), pin.directoryRevision == revision, let serving {
+            // The directory still holds what it held at the rollback: the pin stays.
+            if explicit { notifier.ready(status: statusLine(serving)) }
+            record(
+                ReloadRecord(
+                    ok: true, outcome: "unchanged", at: RuleClockTime.now(),
+                    durationMilliseconds: (RuleClockTime.monotonic() - started) * 1000, trigger: trigger,
+                    revision: serving.ruleSet.revision, failure: nil))
+            return .unchanged(serving)
+        }
         if snapshot.problems.isEmpty, let serving, serving.origin == .rulesDirectory,
             serving.ruleSet.revision == revision
         {
@@ -311,6 +360,7 @@ public final class ReloadCoordinator: Sendable {
             if snapshot.problems.isEmpty, serving.ruleSet.revision == revision, serving.origin == .rulesDirectory {
                 return .unchanged(serving)
             }
+            if state.withLock({ $0.pin?.directoryRevision == revision }) { return .unchanged(serving) }
         }
         if !explicit { notifier.reloading(status: "reloading rules from \(settings.rulesDirectory)") }
         let result: Result<BuiltGeneration, RuleLoadFailure>
@@ -332,9 +382,17 @@ public final class ReloadCoordinator: Sendable {
                 logger.info("reload abandoned: rulesd is stopping", metadata: ["rules.candidate": "\(revision.short)"])
                 return .failed(.shuttingDown, candidate: revision, serving: serving)
             }
-            state.withLock {
-                $0.lastFailure = nil
-                $0.reloads += 1
+            let unpinned = state.withLock { state -> RulePin? in
+                defer { state.pin = nil }
+                state.lastFailure = nil
+                state.reloads += 1
+                return state.pin
+            }
+            if let unpinned {
+                logger.notice(
+                    "the rules directory changed to a new revision: leaving the rollback's pin",
+                    metadata: ["rules.pinned": "\(unpinned.revision.short)", "rules.revision": "\(revision.short)"])
+                savePin(nil)
             }
             record(
                 ReloadRecord(
@@ -347,7 +405,7 @@ public final class ReloadCoordinator: Sendable {
                     generation, previous: serving, duration: duration, trigger: trigger,
                     stateDirectoryError: savedCopy.error))
             notifier.ready(status: statusLine(generation))
-            persist(snapshot.sources, revision: revision)
+            persist(snapshot.sources, revision: revision, generation: generation, trigger: trigger)
             return .reloaded(generation, durationMilliseconds: duration)
         case .failure(let failure):
             state.withLock {
@@ -380,6 +438,136 @@ public final class ReloadCoordinator: Sendable {
         if candidate.isEmpty { return !serving.isEmpty }
         let paths = Set(candidate.map(\.path))
         return serving.contains { !paths.contains($0.path) }
+    }
+
+    private func performTogether(_ jobs: inout [Job]) async {
+        guard !jobs.isEmpty else { return }
+        let outcome = await perform(jobs.map(\.trigger))
+        for job in jobs { job.completion?.resume(returning: outcome) }
+        jobs.removeAll()
+    }
+
+    // MARK: - rollback and resume
+
+    /// Builds a stored revision like any generation, publishes it and pins the daemon to it.
+    private func performRollback(_ name: String) async -> ReloadOutcome {
+        let serving = store.generation
+        if isStopping { return .failed(.shuttingDown, candidate: nil, serving: serving) }
+        let started = RuleClockTime.monotonic()
+        let history = self.history
+        let stored: Result<(HistoryEntry, [RuleSource]), HistoryError>
+        do {
+            stored = try await loader.runIfActive { () -> Result<(HistoryEntry, [RuleSource]), HistoryError> in
+                do throws(HistoryError) {
+                    let entry = try history.entry(named: name)
+                    return .success((entry, try history.sources(of: entry)))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            return .failed(.shuttingDown, candidate: nil, serving: serving)
+        }
+        let entry: HistoryEntry
+        let sources: [RuleSource]
+        switch stored {
+        case .success(let found): (entry, sources) = found
+        case .failure(let error): return .failed(RuleLoadFailure(error.message), candidate: nil, serving: serving)
+        }
+        notifier.reloading(status: "rolling back to \(entry.revision.short)")
+        let directory = await scan()
+        if directory.isCancelled { return .failed(.shuttingDown, candidate: entry.revision, serving: serving) }
+        let result = await build(sources)
+        let duration = (RuleClockTime.monotonic() - started) * 1000
+        switch result {
+        case .failure(let failure):
+            if failure.cause == .cancelled {
+                return .failed(.shuttingDown, candidate: entry.revision, serving: serving)
+            }
+            logger.error(
+                "rollback failed; the previous rules keep serving",
+                metadata: ["rules.candidate": "\(entry.revision.short)", "error": "\(WatchEvents.summary(failure))"])
+            notifier.ready(status: statusLine(serving, failure: failure))
+            return .failed(failure, candidate: entry.revision, serving: serving)
+        case .success(let built):
+            let pin = RulePin(revision: entry.revision, directoryRevision: RuleRevision(sources: directory.sources))
+            state.withLock { $0.pin = pin }
+            guard let generation = publish(built, origin: .history) else {
+                return .failed(.shuttingDown, candidate: entry.revision, serving: serving)
+            }
+            record(
+                ReloadRecord(
+                    ok: true, outcome: "rolled_back", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    trigger: .rollback, revision: entry.revision, failure: nil))
+            reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
+            logLoaded(generation, duration: duration, trigger: .rollback)
+            logger.notice("\(pin.message)", metadata: ["rules.revision": "\(entry.revision.short)"])
+            watchHub.publish(
+                WatchEvents.reloaded(
+                    generation, previous: serving, duration: duration, trigger: .rollback,
+                    stateDirectoryError: savedCopy.error, pin: pin))
+            notifier.ready(status: statusLine(generation))
+            savePin(pin)
+            persist(sources, revision: entry.revision, generation: nil, trigger: .rollback)
+            return .reloaded(generation, durationMilliseconds: duration)
+        }
+    }
+
+    /// Leaves the pin, then reloads from the rules directory.
+    private func performResume() async -> ReloadOutcome {
+        if state.withLock({ $0.pin }) != nil {
+            state.withLock { $0.pin = nil }
+            savePin(nil)
+            logger.notice("leaving the rollback's pin: serving the rules directory again")
+        }
+        return await perform([.resume])
+    }
+
+    /// At start, a pin left by a rollback holds while the rules directory still has the revision it had then.
+    private func loadPinned(directoryRevision: RuleRevision, started: Double) async -> ServingGeneration? {
+        let history = self.history
+        guard let pin = history.loadPin() else { return nil }
+        guard pin.directoryRevision == directoryRevision else {
+            logger.notice(
+                "the rules directory changed while rulesd was stopped: leaving the rollback's pin",
+                metadata: ["rules.pinned": "\(pin.revision.short)"])
+            try? history.savePin(nil)
+            return nil
+        }
+        let sources = try? await loader.runIfActive { () -> [RuleSource]? in
+            guard let entry = try? history.entry(named: pin.revision.hex) else { return nil }
+            return try? history.sources(of: entry)
+        }
+        guard let sources = sources ?? nil, case .success(let built) = await build(sources) else {
+            logger.error(
+                "the pinned revision cannot be loaded from the history: serving the rules directory",
+                metadata: ["rules.pinned": "\(pin.revision.short)"])
+            return nil
+        }
+        state.withLock { $0.pin = pin }
+        guard let generation = publish(built, origin: .history) else { return nil }
+        let duration = (RuleClockTime.monotonic() - started) * 1000
+        record(
+            ReloadRecord(
+                ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                trigger: .startup, revision: pin.revision, failure: nil))
+        logLoaded(generation, duration: duration, trigger: .startup)
+        logger.notice("\(pin.message)", metadata: ["rules.revision": "\(pin.revision.short)"])
+        return generation
+    }
+
+    /// Stores the pin (or its absence) in the state directory, off the serving path.
+    private func savePin(_ pin: RulePin?) {
+        let history = self.history
+        let logger = self.logger
+        loader.submit { poolState in
+            guard poolState == .active else { return }
+            do {
+                try history.savePin(pin)
+            } catch {
+                logger.warning("cannot store the rollback's pin", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     // MARK: - building blocks
@@ -449,8 +637,14 @@ public final class ReloadCoordinator: Sendable {
 
     /// Saves the sources as the last known good copy, after answering: the loader thread runs its work in
     /// order, so the copy on disk always ends at the newest generation, and nobody waits for the fsyncs.
-    private func persist(_ sources: [RuleSource], revision: RuleRevision) {
+    private func persist(
+        _ sources: [RuleSource], revision: RuleRevision, generation: ServingGeneration?, trigger: ReloadTrigger
+    ) {
         let lkg = lastKnownGood
+        let history = self.history
+        let entry = generation.map {
+            (number: $0.number, at: $0.loadedAt, ruleSet: $0.ruleSet)
+        }
         let logger = self.logger
         let directory = settings.stateDirectory
         loader.submit { [self] poolState in
@@ -471,6 +665,19 @@ public final class ReloadCoordinator: Sendable {
                 logger.warning(
                     "cannot save the last known good rules",
                     metadata: ["state.dir": "\(directory)", "error": "\(error)"])
+            }
+            // The history comes second: the copy that a restart with broken rules needs is saved first.
+            if let entry {
+                do {
+                    try history.record(
+                        sources, revision: revision, generation: entry.number, at: entry.at, trigger: trigger.rawValue,
+                        flags: entry.ruleSet.flags.count, routes: entry.ruleSet.routes.count,
+                        configs: entry.ruleSet.configs.count)
+                } catch {
+                    logger.warning(
+                        "cannot record the rules in the history",
+                        metadata: ["state.dir": "\(directory)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -499,6 +706,7 @@ public final class ReloadCoordinator: Sendable {
             "serving \(generation.shortRevision) (generation \(generation.number)): \(ruleSet.flags.count) flags, "
             + "\(ruleSet.routes.count) routes, \(ruleSet.configs.count) configs"
         if generation.origin == .lastKnownGood { line += "; LAST KNOWN GOOD (rules directory does not load)" }
+        if let pin { line += "; " + pin.message }
         if let failure, let first = failure.diagnostics.first {
             line += "; last reload failed: \(first)"
         }

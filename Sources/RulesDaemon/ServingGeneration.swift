@@ -9,6 +9,8 @@ public enum GenerationOrigin: String, Sendable {
     case rulesDirectory = "rules_directory"
     /// The state directory's copy of the last rule set that loaded, because the rules directory did not load.
     case lastKnownGood = "last_known_good"
+    /// A revision from the history, made live by a rollback.
+    case history
 }
 
 /// One loaded rule set, ready to serve: the validated model plus one Lua state per worker.

@@ -119,7 +119,7 @@ final class Worker: QueryResponder {
             question = .route(request: request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .config:
             question = request.key.map { .config(key: $0) } ?? .configPrefix(request.prefix ?? "")
-        case .status, .watch, .reload, .metrics:
+        case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume:
             ResponseWriter.writeFailure(
                 id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous"),
                 into: &out)

@@ -91,6 +91,10 @@ final class WorkerMetrics: EvaluationObserver {
         case .watch: return 6
         case .reload: return 7
         case .metrics: return 8
+        case .history: return 9
+        case .show: return 10
+        case .rollback: return 11
+        case .resume: return 12
         }
     }
 

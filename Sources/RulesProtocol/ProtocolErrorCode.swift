@@ -19,6 +19,8 @@ public enum ProtocolErrorCode: String, Sendable, Hashable, CaseIterable {
     case tooManyConnections = "TOO_MANY_CONNECTIONS"
     /// The peer may not perform this operation (e.g. `reload` from outside the socket's group).
     case forbidden = "FORBIDDEN"
+    /// `show` or `rollback` named a revision the history does not hold (or too few of its digits).
+    case revisionNotFound = "REVISION_NOT_FOUND"
     case `internal` = "INTERNAL"
 }
 

@@ -3,6 +3,8 @@ import RuleModel
 /// The operations of the socket protocol.
 public enum RequestOperation: String, Sendable, Hashable, CaseIterable {
     case ping, flag, flags, route, config, status, watch, reload, metrics
+    /// The rule history: `history`, `show`, and the operate-level `rollback` and `resume`.
+    case history, show, rollback, resume
 }
 
 /// A request line, decoded. Ranges point into the line it was decoded from.
@@ -24,6 +26,10 @@ public struct DecodedRequest: Sendable, Hashable {
     public var context: Range<Int>?
     /// The `request` object (op route).
     public var request: Range<Int>?
+    /// `revision` (ops show, rollback): a revision of the history, or its first hex digits.
+    public var revision: String?
+    /// `path` (op show): one file of that revision.
+    public var path: String?
 
     public init(operation: RequestOperation) {
         self.operation = operation
@@ -76,7 +82,7 @@ public struct RequestDecoder {
     }
 
     private enum Field {
-        case id, op, flag, key, prefix, at, context, request, unknown
+        case id, op, flag, key, prefix, at, context, request, revision, path, unknown
     }
 
     private static func field(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> Field {
@@ -90,6 +96,8 @@ public struct RequestDecoder {
             case "at": return .at
             case "context": return .context
             case "request": return .request
+            case "revision": return .revision
+            case "path": return .path
             default: return .unknown
             }
         }
@@ -100,11 +108,14 @@ public struct RequestDecoder {
             if JSONObjectScanner.key(key, equals: "op") { return .op }
             if JSONObjectScanner.key(key, equals: "at") { return .at }
         case 3: if JSONObjectScanner.key(key, equals: "key") { return .key }
-        case 4: if JSONObjectScanner.key(key, equals: "flag") { return .flag }
+        case 4:
+            if JSONObjectScanner.key(key, equals: "flag") { return .flag }
+            if JSONObjectScanner.key(key, equals: "path") { return .path }
         case 6: if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
         case 7:
             if JSONObjectScanner.key(key, equals: "context") { return .context }
             if JSONObjectScanner.key(key, equals: "request") { return .request }
+        case 8: if JSONObjectScanner.key(key, equals: "revision") { return .revision }
         default: break
         }
         return .unknown
@@ -160,6 +171,11 @@ public struct RequestDecoder {
                     let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 else { return .failure(invalid("'\(field == .key ? "key" : "prefix")' must be a string", id)) }
                 if field == .key { request.key = value } else { request.prefix = value }
+            case .revision, .path:
+                guard member.kind == .string,
+                    let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                else { return .failure(invalid("'\(field == .path ? "path" : "revision")' must be a string", id)) }
+                if field == .path { request.path = value } else { request.revision = value }
             case .context, .request:
                 if member.kind == .null { continue }
                 let name = field == .context ? "context" : "request"
@@ -184,6 +200,8 @@ public struct RequestDecoder {
             return .failure(invalid("op 'flag' needs 'flag', the flag's key", id))
         case .config where (request.key == nil) == (request.prefix == nil):
             return .failure(invalid("op 'config' needs exactly one of 'key' or 'prefix'", id))
+        case .show where request.revision == nil, .rollback where request.revision == nil:
+            return .failure(invalid("op '\(operation.rawValue)' needs 'revision'", id))
         default:
             return .success(request)
         }
@@ -197,6 +215,7 @@ public struct RequestDecoder {
             case 4:
                 if JSONObjectScanner.key(content, equals: "flag") { return .flag }
                 if JSONObjectScanner.key(content, equals: "ping") { return .ping }
+                if JSONObjectScanner.key(content, equals: "show") { return .show }
             case 5:
                 if JSONObjectScanner.key(content, equals: "flags") { return .flags }
                 if JSONObjectScanner.key(content, equals: "route") { return .route }
@@ -205,7 +224,11 @@ public struct RequestDecoder {
                 if JSONObjectScanner.key(content, equals: "config") { return .config }
                 if JSONObjectScanner.key(content, equals: "status") { return .status }
                 if JSONObjectScanner.key(content, equals: "reload") { return .reload }
-            case 7: if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
+                if JSONObjectScanner.key(content, equals: "resume") { return .resume }
+            case 7:
+                if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
+                if JSONObjectScanner.key(content, equals: "history") { return .history }
+            case 8: if JSONObjectScanner.key(content, equals: "rollback") { return .rollback }
             default: break
             }
             return nil
@@ -223,7 +246,9 @@ public struct RequestDecoder {
         case .flags: return field == .context || field == .at
         case .route: return field == .request || field == .at
         case .config: return field == .key || field == .prefix
-        case .ping, .status, .watch, .reload, .metrics: return false
+        case .show: return field == .revision || field == .path
+        case .rollback: return field == .revision
+        case .ping, .status, .watch, .reload, .metrics, .history, .resume: return false
         }
     }
 

@@ -231,6 +231,7 @@ struct StatusPrinter {
             serving += style.red(" LAST KNOWN GOOD: the rules directory does not load")
         }
         lines.append(("serving", serving))
+        if let pinned = status["pinned"]?["message"]?.stringValue { lines.append(("pinned", style.yellow(pinned))) }
         lines.append(("revision", revision))
         lines.append(("loaded at", status["loaded_at"]?.stringValue ?? "-"))
         if let counts = status["counts"] {
@@ -297,6 +298,7 @@ struct WatchPrinter {
                 + " \(revision) generation \(event["generation"]?.int64Value ?? 0) (\(event["trigger"]?.stringValue ?? "?"), "
                 + "\(event["flags"]?.int64Value ?? 0) flags, \(event["routes"]?.int64Value ?? 0) routes, "
                 + "\(event["configs"]?.int64Value ?? 0) configs)\n"
+                + (event["pinned"]?["message"]?.stringValue.map { "  " + style.yellow($0) + "\n" } ?? "")
         case "reload_failed":
             let serving = String((event["serving_revision"]?.stringValue ?? "none").prefix(16))
             var text =

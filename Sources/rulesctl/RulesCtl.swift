@@ -23,8 +23,9 @@ struct RulesCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Query.Ping.self, Query.Status.self, Query.Watch.self, Query.Reload.self, Query.FlagQuery.self,
-            Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self, Check.self,
-            Eval.self, TestCommand.self,
+            Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self,
+            History.List.self, History.Show.self, History.Diff.self, History.Rollback.self, History.Resume.self,
+            Check.self, Eval.self, TestCommand.self,
         ]
     )
 

@@ -100,6 +100,7 @@ struct RulesdCommand: AsyncParsableCommand {
 struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.rules), help: .setting(.rules)) var rules: String?
     @Option(name: .setting(.stateDirectory), help: .setting(.stateDirectory)) var stateDirectory: String?
+    @Option(name: .setting(.historySize), help: .setting(.historySize)) var historySize: String?
     @Option(name: .setting(.socket), help: .setting(.socket)) var socket: String?
     @Option(name: .setting(.socketMode), help: .setting(.socketMode)) var socketMode: String?
     @Option(name: .setting(.socketGroup), help: .setting(.socketGroup)) var socketGroup: String?
@@ -138,6 +139,7 @@ struct SettingOptions: ParsableArguments {
         case .socketMode: socketMode
         case .socketGroup: socketGroup
         case .stateDirectory: stateDirectory
+        case .historySize: historySize
         case .workers: workers
         case .logLevel: logLevel
         case .logFormat: logFormat

@@ -56,7 +56,8 @@ private struct RulesdRun {
 /// A value other than the default for every setting, written as `--print-settings` writes it back.
 private let nonDefaultValues: [String: String] = [
     "rules": "/srv/rules", "socket": "/tmp/other.sock", "socket_mode": "0600", "socket_group": "4321",
-    "state_dir": "/srv/state", "workers": "7", "log_level": "debug", "log_format": "json", "max_connections": "99",
+    "state_dir": "/srv/state", "history_size": "7", "workers": "7", "log_level": "debug", "log_format": "json",
+    "max_connections": "99",
     "idle_timeout": "45s", "max_pipelined": "33", "max_request_bytes": "2MiB", "shutdown_timeout": "3s",
     "watch": "poll", "quiet_window": "150ms", "max_delay": "4s", "safety_rescan": "2m", "poll_interval": "900ms",
     "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",

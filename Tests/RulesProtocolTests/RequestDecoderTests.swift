@@ -42,7 +42,18 @@ struct RequestDecoderTests {
         var line = #"{"op":"\#(operation.rawValue)""#
         if operation == .flag { line += #","flag":"x""# }
         if operation == .config { line += #","key":"x""# }
+        if operation == .show || operation == .rollback { line += #","revision":"ab12""# }
         #expect(try decode(line + "}").0.get().operation == operation)
+    }
+
+    @Test("show and rollback carry a revision, show a path; both are refused elsewhere")
+    func historyMembers() throws {
+        let request = try decode(#"{"op":"show","revision":"ab12","path":"a/b.lua"}"#).0.get()
+        #expect(request.revision == "ab12")
+        #expect(request.path == "a/b.lua")
+        #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"rollback"}"#).0.get() }
+        #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"rollback","path":"x"}"#).0.get() }
+        #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"flag","flag":"x","revision":"a"}"#).0.get() }
     }
 
     @Test("a line that is not a JSON object is a PARSE_ERROR")
