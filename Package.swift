@@ -135,7 +135,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RuleModelTests", dependencies: ["RuleModel"]),
+        .testTarget(name: "RuleModelTests", dependencies: ["RuleModel", "RulesTestSupport"]),
         .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"], exclude: ["Fixtures"]),
         .testTarget(
             name: "RuleWatcherTests",

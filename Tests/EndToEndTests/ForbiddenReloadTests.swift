@@ -29,25 +29,7 @@ struct ForbiddenReloadTests {
     func rulesctl(as user: ThrowawayUser, groups: [gid_t]? = nil, _ arguments: [String]) throws -> (
         status: Int32, stdout: String, stderr: String
     ) {
-        let command = user.runAs(groups: groups) + [DaemonHarness.binary("rulesctl")] + arguments
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
-        var environment = ProcessInfo.processInfo.environment
-        environment["RULESD_SOCKET"] = nil
-        environment["NO_COLOR"] = "1"
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (
-            process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self)
-        )
+        try runCommand(user.runAs(groups: groups) + [DaemonHarness.binary("rulesctl")] + arguments)
     }
 
     @Test("a user outside the socket's group gets FORBIDDEN for reload, and may still ping and ask for flags")

@@ -10,9 +10,17 @@ import Testing
 func runRulesctl(_ arguments: [String], environment: [String: String] = [:]) throws -> (
     status: Int32, stdout: String, stderr: String
 ) {
+    try runCommand([DaemonHarness.binary("rulesctl")] + arguments, environment: environment)
+}
+
+/// Runs `command` (an executable's path, then its arguments) without colour and without a socket from the
+/// environment, and returns its exit status and output.
+func runCommand(_ command: [String], environment: [String: String] = [:]) throws -> (
+    status: Int32, stdout: String, stderr: String
+) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: DaemonHarness.binary("rulesctl"))
-    process.arguments = arguments
+    process.executableURL = URL(fileURLWithPath: command[0])
+    process.arguments = Array(command.dropFirst())
     var env = ProcessInfo.processInfo.environment
     env["RULESD_SOCKET"] = nil
     env["NO_COLOR"] = "1"

@@ -63,7 +63,7 @@ struct QueryConnectionTests {
             "ping", "flag", "flags", "route", "config", "status", "metrics", "reload", "watch", "empty", "junk",
         ]
         for seed in UInt64(1)...UInt64(60) {
-            var random = SeededGenerator(state: seed)
+            var random = SeededGenerator(seed: seed)
             let backend = EchoBackend(delay: { .milliseconds(Int.random(in: 0...4)) })
             let harness = try await ConnectionHarness(backend: backend)
             var stream: [UInt8] = []

@@ -1,22 +1,9 @@
 import RuleModel
+import RulesTestSupport
 import Testing
 
-/// A small seeded generator (SplitMix64) so random tests repeat exactly.
-struct JSONTestGenerator: RandomNumberGenerator {
-    var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The random JSON tests' generator: seeded, so they repeat exactly.
+typealias JSONTestGenerator = SeededGenerator
 
 /// Scalars that stress escaping and UTF-8: controls, quotes, separators, every UTF-8 length and the extremes.
 private let interestingScalars: [Unicode.Scalar] = [
