@@ -113,9 +113,12 @@ check "status reports the empty rule set" sh -c 'rulesctl status | grep -E "file
 echo "== edits and reloads"
 check "the example rules copied in" cp -r /usr/share/doc/rulesd/examples/rules.d/. /etc/rulesd/rules.d/
 eventually "the watcher loads them" "$(config_is http.timeout_ms 1500)"
-check "a rule edited in place" sed -i 's/config "http.timeout_ms" (1500)/config "http.timeout_ms" (2500)/' \
-    /etc/rulesd/rules.d/settings/http.lua
-eventually "the edit goes live without a reload" "$(config_is http.timeout_ms 2500)"
+# Edits touch values no example rule test pins (flags/checkout_test.lua pins http.timeout_ms, and a failing
+# rule test refuses the reload, as it should).
+check "a rule edited in place" sed -i \
+    's/config "db.statement_timeout_ms" (5000)/config "db.statement_timeout_ms" (6000)/' \
+    /etc/rulesd/rules.d/settings/storage.lua
+eventually "the edit goes live without a reload" "$(config_is db.statement_timeout_ms 6000)"
 check "another edit" sed -i 's/config "http.retries" (3)/config "http.retries" (4)/' \
     /etc/rulesd/rules.d/settings/http.lua
 check "systemctl reload succeeds" systemctl reload rulesd.service
