@@ -319,34 +319,29 @@ final class QueryConnection: EventPollSource {
             }
         case .line(let line):
             responder.beginBatch()
-            accept(line: line)
+            _ = line.withUnsafeReadableBytes { accept($0) }
             responder.endBatch()
         case .lines(let lines):
             responder.beginBatch()
-            RequestFrame.forEachLine(lines) { bytes, range in
-                if !state.answers { return false }
-                requestsSinceIdleCheck &+= 1
-                if state.isAwaitingAnswer {
-                    // A copy, not a slice: a slice would pin the loop's whole 64 KiB read buffer per queued line.
-                    var copy = ByteBufferAllocator().buffer(capacity: bytes.count)
-                    copy.writeBytes(bytes)
-                    queue.append(.line(copy))
-                } else {
-                    answer(bytes)
-                }
+            RequestFrame.forEachLine(lines) { bytes, _ in
+                guard state.answers else { return false }
+                accept(bytes)
                 return true
             }
             responder.endBatch()
         }
     }
 
-    /// A complete line read on its own (the last one, unterminated, or one of a read).
-    private func accept(line: ByteBuffer) {
+    /// One complete request line as read: answered now, or queued behind an operation that waits.
+    private func accept(_ line: UnsafeRawBufferPointer) {
         requestsSinceIdleCheck &+= 1
         if state.isAwaitingAnswer {
-            queue.append(.line(line))
+            // A copy, not a slice: a slice would pin the loop's whole 64 KiB read buffer per queued line.
+            var copy = ByteBufferAllocator().buffer(capacity: line.count)
+            copy.writeBytes(line)
+            queue.append(.line(copy))
         } else if state.answers {
-            _ = line.withUnsafeReadableBytes { answer($0) }
+            answer(line)
         }
     }
 

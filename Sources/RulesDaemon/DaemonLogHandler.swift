@@ -158,7 +158,7 @@ public struct DaemonLogHandler: LogHandler {
         if needsQuotes { out.append(0x22) }
     }
 
-    static func timestamp() -> String { Timestamp.iso8601(RuleClockTime.now()) }
+    static func timestamp() -> String { Timestamp.iso8601(SystemClock.epochSeconds()) }
 }
 
 /// Serialises writes to stderr so that lines from different threads never interleave.
@@ -180,15 +180,6 @@ enum StandardError {
             }
         }
     }
-}
-
-/// Wall-clock helpers for logs and status.
-enum RuleClockTime {
-    /// Seconds since the epoch.
-    static func now() -> Double { SystemClock.epochSeconds() }
-
-    /// Seconds on the monotonic clock.
-    static func monotonic() -> Double { SystemClock.monotonicSeconds() }
 }
 
 enum Timestamp {

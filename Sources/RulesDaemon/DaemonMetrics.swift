@@ -4,6 +4,7 @@ import RuleModel
 import RuleWatcher
 import RulesProtocol
 import Synchronization
+import SystemClock
 
 /// What the reload path reports to metrics.
 protocol ReloadMetrics: Sendable {
@@ -71,7 +72,7 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         connections = CoreMetrics.Gauge(label: "rulesd_open_connections", factory: factory)
         watchers = CoreMetrics.Gauge(label: "rulesd_watch_subscribers", factory: factory)
         startTime = CoreMetrics.Gauge(label: "rulesd_start_time_seconds", factory: factory)
-        startTime.record(RuleClockTime.now())
+        startTime.record(SystemClock.epochSeconds())
         savedCopyStale = CoreMetrics.Gauge(label: "rulesd_state_dir_save_failing", factory: factory)
         savedCopyStale.record(0)
         saveFailures = CoreMetrics.Counter(label: "rulesd_state_dir_save_failures_total", factory: factory)

@@ -7,6 +7,7 @@ import RuleModel
 import RuleWatcher
 import RulesProtocol
 import Synchronization
+import SystemClock
 import SystemdSupport
 
 #if canImport(Glibc)
@@ -26,8 +27,8 @@ final class DaemonServices: QueryBackend {
     let logger: Logger
     /// The query socket's open connections (their one owner; the server admits and removes them).
     let connections = ConnectionRegistry()
-    let startedAt = RuleClockTime.now()
-    private let startedMonotonic = RuleClockTime.monotonic()
+    let startedAt = SystemClock.epochSeconds()
+    private let startedMonotonic = SystemClock.monotonicSeconds()
     private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
     /// The group allowed to ask for reloads (besides root and rulesd's own user), when known.
     let reloadGroup: gid_t?
@@ -247,7 +248,7 @@ final class DaemonServices: QueryBackend {
         }
         object.append(("started_at", .string(Timestamp.iso8601(startedAt))))
         object.append(
-            ("uptime_seconds", .number(((RuleClockTime.monotonic() - startedMonotonic) * 1000).rounded() / 1000)))
+            ("uptime_seconds", .number(((SystemClock.monotonicSeconds() - startedMonotonic) * 1000).rounded() / 1000)))
         object.append(("connections", .integer(Int64(connections.count))))
         object.append(("watchers", .integer(Int64(watchHub.count))))
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))

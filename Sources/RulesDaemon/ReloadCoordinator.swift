@@ -5,6 +5,7 @@ import RuleEngine
 import RuleModel
 import RuleWatcher
 import Synchronization
+import SystemClock
 
 /// What asked for a reload.
 public enum ReloadTrigger: String, Sendable {
@@ -234,7 +235,7 @@ public final class ReloadCoordinator: Sendable {
     /// - Returns: the first generation.
     /// - Throws: every problem of the rules directory when there is no usable last known good copy.
     func loadInitial() async throws(RuleLoadFailure) -> ServingGeneration {
-        let started = RuleClockTime.monotonic()
+        let started = SystemClock.monotonicSeconds()
         state.withLock { $0.savedCopy.revision = lastKnownGood.currentName().map { RuleRevision(hex: $0) } }
         let snapshot = await scan()
         let revision = RuleRevision(sources: snapshot.sources)
@@ -244,10 +245,10 @@ public final class ReloadCoordinator: Sendable {
             switch await build(snapshot.sources) {
             case .success(let built):
                 guard let generation = publish(built, origin: .rulesDirectory) else { throw .cancelled }
-                let duration = (RuleClockTime.monotonic() - started) * 1000
+                let duration = (SystemClock.monotonicSeconds() - started) * 1000
                 record(
                     ReloadRecord(
-                        ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                        ok: true, outcome: "loaded", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                         trigger: .startup, revision: revision, failure: nil))
                 logLoaded(generation, duration: duration, trigger: .startup)
                 persist(snapshot.sources, revision: revision, generation: generation, trigger: .startup)
@@ -258,11 +259,11 @@ public final class ReloadCoordinator: Sendable {
         } else {
             failure = RuleLoadFailure(diagnostics: snapshot.problems)
         }
-        let duration = (RuleClockTime.monotonic() - started) * 1000
+        let duration = (SystemClock.monotonicSeconds() - started) * 1000
         if failure.isDeterministic { state.withLock { $0.lastFailure = (revision, failure) } }
         record(
             ReloadRecord(
-                ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
+                ok: false, outcome: "failed", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                 trigger: .startup,
                 revision: revision, failure: failure))
         for diagnostic in failure.diagnostics {
@@ -307,7 +308,7 @@ public final class ReloadCoordinator: Sendable {
 
     private func perform(_ triggers: [ReloadTrigger]) async -> ReloadOutcome {
         if isStopping { return .failed(.shuttingDown, candidate: nil, serving: store.generation) }
-        let started = RuleClockTime.monotonic()
+        let started = SystemClock.monotonicSeconds()
         let explicit = triggers.contains { $0 == .request || $0 == .signal || $0 == .resume }
         let trigger =
             triggers.first { $0 == .request } ?? triggers.first { $0 == .signal } ?? triggers.first { $0 == .resume }
@@ -322,8 +323,8 @@ public final class ReloadCoordinator: Sendable {
             if explicit { notifier.ready(status: statusLine(serving)) }
             record(
                 ReloadRecord(
-                    ok: true, outcome: "unchanged", at: RuleClockTime.now(),
-                    durationMilliseconds: (RuleClockTime.monotonic() - started) * 1000, trigger: trigger,
+                    ok: true, outcome: "unchanged", at: SystemClock.epochSeconds(),
+                    durationMilliseconds: (SystemClock.monotonicSeconds() - started) * 1000, trigger: trigger,
                     revision: serving.ruleSet.revision, failure: nil))
             return .unchanged(serving)
         }
@@ -333,8 +334,8 @@ public final class ReloadCoordinator: Sendable {
             if explicit { notifier.ready(status: statusLine(serving)) }
             record(
                 ReloadRecord(
-                    ok: true, outcome: "unchanged", at: RuleClockTime.now(),
-                    durationMilliseconds: (RuleClockTime.monotonic() - started) * 1000, trigger: trigger,
+                    ok: true, outcome: "unchanged", at: SystemClock.epochSeconds(),
+                    durationMilliseconds: (SystemClock.monotonicSeconds() - started) * 1000, trigger: trigger,
                     revision: revision, failure: nil))
             return .unchanged(serving)
         }
@@ -372,7 +373,7 @@ public final class ReloadCoordinator: Sendable {
         } else {
             result = .failure(RuleLoadFailure(diagnostics: snapshot.problems))
         }
-        let duration = (RuleClockTime.monotonic() - started) * 1000
+        let duration = (SystemClock.monotonicSeconds() - started) * 1000
         switch result {
         case .failure(let failure) where failure.cause == .cancelled:
             logger.info("reload abandoned: rulesd is stopping", metadata: ["rules.candidate": "\(revision.short)"])
@@ -396,7 +397,7 @@ public final class ReloadCoordinator: Sendable {
             }
             record(
                 ReloadRecord(
-                    ok: true, outcome: "reloaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    ok: true, outcome: "reloaded", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                     trigger: trigger, revision: revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: trigger)
@@ -416,7 +417,7 @@ public final class ReloadCoordinator: Sendable {
             }
             record(
                 ReloadRecord(
-                    ok: false, outcome: "failed", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    ok: false, outcome: "failed", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                     trigger: trigger, revision: revision, failure: failure))
             reloadMetrics.recordReload(ok: false, seconds: duration / 1000)
             logger.error(
@@ -453,7 +454,7 @@ public final class ReloadCoordinator: Sendable {
     private func performRollback(_ name: String) async -> ReloadOutcome {
         let serving = store.generation
         if isStopping { return .failed(.shuttingDown, candidate: nil, serving: serving) }
-        let started = RuleClockTime.monotonic()
+        let started = SystemClock.monotonicSeconds()
         let history = self.history
         let stored: Result<(HistoryEntry, [RuleSource]), HistoryError>
         do {
@@ -478,7 +479,7 @@ public final class ReloadCoordinator: Sendable {
         let directory = await scan()
         if directory.isCancelled { return .failed(.shuttingDown, candidate: entry.revision, serving: serving) }
         let result = await build(sources)
-        let duration = (RuleClockTime.monotonic() - started) * 1000
+        let duration = (SystemClock.monotonicSeconds() - started) * 1000
         switch result {
         case .failure(let failure):
             if failure.cause == .cancelled {
@@ -497,7 +498,7 @@ public final class ReloadCoordinator: Sendable {
             }
             record(
                 ReloadRecord(
-                    ok: true, outcome: "rolled_back", at: RuleClockTime.now(), durationMilliseconds: duration,
+                    ok: true, outcome: "rolled_back", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                     trigger: .rollback, revision: entry.revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: .rollback)
@@ -546,10 +547,10 @@ public final class ReloadCoordinator: Sendable {
         }
         state.withLock { $0.pin = pin }
         guard let generation = publish(built, origin: .history) else { return nil }
-        let duration = (RuleClockTime.monotonic() - started) * 1000
+        let duration = (SystemClock.monotonicSeconds() - started) * 1000
         record(
             ReloadRecord(
-                ok: true, outcome: "loaded", at: RuleClockTime.now(), durationMilliseconds: duration,
+                ok: true, outcome: "loaded", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
                 trigger: .startup, revision: pin.revision, failure: nil))
         logLoaded(generation, duration: duration, trigger: .startup)
         logger.notice("\(pin.message)", metadata: ["rules.revision": "\(pin.revision.short)"])
@@ -623,7 +624,8 @@ public final class ReloadCoordinator: Sendable {
             if state.stopping { return nil }
             defer { state.nextGeneration += 1 }
             let generation = ServingGeneration(
-                number: state.nextGeneration, ruleSet: built.ruleSet, origin: origin, loadedAt: RuleClockTime.now(),
+                number: state.nextGeneration, ruleSet: built.ruleSet, origin: origin,
+                loadedAt: SystemClock.epochSeconds(),
                 stateMemory: built.stateMemory, evaluators: built.evaluators)
             store.publish(generation)
             return generation

@@ -1,6 +1,7 @@
 import RuleEngine
 import RuleModel
 import RulesProtocol
+import SystemClock
 
 /// The lines pushed to `watch` connections.
 enum WatchEvents {
@@ -44,7 +45,7 @@ enum WatchEvents {
         out.append(contentsOf: #","trigger":"#.utf8)
         JSONWriter.appendEscapedString(trigger.rawValue, to: &out)
         out.append(contentsOf: #","at":"#.utf8)
-        JSONWriter.appendEscapedString(Timestamp.iso8601(RuleClockTime.now()), to: &out)
+        JSONWriter.appendEscapedString(Timestamp.iso8601(SystemClock.epochSeconds()), to: &out)
         out.append(contentsOf: #","error":"#.utf8)
         ResponseWriter.appendError(reloadFailure(failure), to: &out)
         out.append(UInt8(ascii: "}"))

@@ -5,6 +5,7 @@ import QueryServing
 import RuleEngine
 import RuleModel
 import RulesProtocol
+import SystemClock
 
 /// Counters a worker keeps for `status`, readable from any thread. Only the owning worker writes them,
 /// so the relaxed increments never contend.
@@ -160,7 +161,7 @@ final class Worker: QueryResponder {
     /// on a busy path cannot flood the journal.
     private func forwardRuleLogs(_ evaluator: RuleEvaluator) {
         for line in evaluator.takeLogs() {
-            guard ruleLogBudget.allow(now: RuleClockTime.monotonic()) else { continue }
+            guard ruleLogBudget.allow(now: SystemClock.monotonicSeconds()) else { continue }
             let dropped = ruleLogBudget.takeDropped()
             if dropped > 0 {
                 logger.warning("rule log lines suppressed", metadata: ["rules.suppressed": "\(dropped)"])
