@@ -412,23 +412,7 @@ struct DaemonLifecycleTests {
 
     @Test("SIGTERM finishes answered requests, removes the socket and exits 0")
     func gracefulShutdown() throws {
-        let daemon = try DaemonHarness(rules: protocolRules)
-        try daemon.start()
-        let client = try daemon.connect()
-        var batch = ""
-        for id in 0..<2000 { batch += #"{"id":\#(id),"op":"flag","flag":"beta"}"# + "\n" }
-        try client.send(batch)
-        #expect(try client.readJSON()["id"] == 0)
-        daemon.signal(SIGTERM)
-        var answered = 1
-        while let line = try client.readLine() {
-            let answer = try JSONParser().parse(line)
-            #expect(answer["id"] == .integer(Int64(answered)))
-            answered += 1
-        }
-        #expect(answered == 2000)
-        #expect(try daemon.waitForExit() == 0)
-        #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
+        try expectGracefulStop(on: SIGTERM, rules: protocolRules, flag: "beta", requests: 2000)
     }
 
     @Test("a stale socket file is replaced; a live one makes a second rulesd refuse to start")
@@ -453,4 +437,25 @@ struct DaemonLifecycleTests {
         #expect(second.logs.contains("already serving"))
         #expect(try first.request(#"{"op":"ping"}"#)["ok"] == true)
     }
+}
+
+/// Sends `requests` pipelined `flag` requests, signals the daemon once the first is answered, and expects every
+/// request already read to be answered in order, the socket removed and exit status 0.
+func expectGracefulStop(on signal: Int32, rules: [String: String], flag: String, requests: Int) throws {
+    let daemon = try DaemonHarness(rules: rules)
+    try daemon.start()
+    let client = try daemon.connect()
+    var batch = ""
+    for id in 0..<requests { batch += #"{"id":\#(id),"op":"flag","flag":"\#(flag)"}"# + "\n" }
+    try client.send(batch)
+    #expect(try client.readJSON()["id"] == 0)
+    daemon.signal(signal)
+    var answered = 1
+    while let line = try client.readLine() {
+        #expect(try JSONParser().parse(line)["id"] == .integer(Int64(answered)))
+        answered += 1
+    }
+    #expect(answered == requests)
+    #expect(try daemon.waitForExit() == 0)
+    #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
 }

@@ -236,22 +236,7 @@ struct WatchPromiseTests {
 struct SignalPromiseTests {
     @Test("SIGINT stops like SIGTERM: requests already read are answered, the socket is removed, exit 0")
     func sigint() throws {
-        let daemon = try DaemonHarness(rules: ["a.lua": "flag \"x\" {}\n"])
-        try daemon.start()
-        let client = try daemon.connect()
-        var batch = ""
-        for id in 0..<500 { batch += #"{"id":\#(id),"op":"flag","flag":"x"}"# + "\n" }
-        try client.send(batch)
-        #expect(try client.readJSON()["id"] == 0)
-        daemon.signal(SIGINT)
-        var answered = 1
-        while let line = try client.readLine() {
-            #expect(try JSONParser().parse(line)["id"] == .integer(Int64(answered)))
-            answered += 1
-        }
-        #expect(answered == 500)
-        #expect(try daemon.waitForExit() == 0)
-        #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
+        try expectGracefulStop(on: SIGINT, rules: ["a.lua": "flag \"x\" {}\n"], flag: "x", requests: 500)
     }
 }
 
