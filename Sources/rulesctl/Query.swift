@@ -32,13 +32,14 @@ enum Query {
     struct Ping: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check that rulesd serves (exit 0), for scripts and liveness probes.",
-            discussion: "Exit status: 0 serving, 1 answered an error, 3 unreachable.")
+            discussion: "Exit status: 0 serving, 1 answered an error or serves no rule set, 3 unreachable.")
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
 
         func run() async throws {
             let answer = try await DaemonClient.request(socket: socket.path, ["op": "ping"])
             guard answer.ok else { return try emit(answer, json: output.json) }
+            guard answer.revision != nil else { throw Query.servesNoRules(socket: socket.path) }
             if output.json {
                 Console.write(JSONWriter.string(answer.value) + "\n")
             } else {
@@ -52,7 +53,7 @@ enum Query {
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show what rulesd serves: revision, files, counts, last reload, connections.",
-            discussion: "Exit status: 0 serving, 1 answered an error, 3 unreachable; usable as a readiness probe.")
+            discussion: "Exit status: 0 serving, 1 answered an error or serves no rule set, 3 unreachable; usable as a readiness probe.")
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
 
@@ -61,11 +62,21 @@ enum Query {
             guard answer.ok, let bytes = answer.resultJSON else { return try emit(answer, json: output.json) }
             if output.json {
                 Console.write(String(decoding: bytes, as: UTF8.self) + "\n")
+                guard answer.revision != nil || (try? JSONParser().parse(bytes))?["revision"]?.stringValue != nil
+                else { throw Query.servesNoRules(socket: socket.path) }
                 return
             }
             let status = (try? JSONParser().parse(bytes)) ?? .null
             Console.write(StatusPrinter(style: TextStyle.detect(for: .standardOutput)).render(status))
+            guard status["revision"]?.stringValue != nil else { throw Query.servesNoRules(socket: socket.path) }
         }
+    }
+
+    /// A daemon that answers but names no revision serves no rules: a health probe must not pass. Says so on
+    /// standard error and returns the exit status for "answered, but not healthy".
+    static func servesNoRules(socket: String) -> ExitCode {
+        Console.write("rulesctl: rulesd at \(socket) answers but serves no rule set\n", to: .standardError)
+        return ExitCode.failure
     }
 
     struct Reload: AsyncParsableCommand {

@@ -161,7 +161,7 @@ public final class DaemonHarness: @unchecked Sendable {
         return root.appendingPathComponent(".build/debug/\(name)").path
     }
 
-    static func makeTemporaryDirectory() throws -> String {
+    public static func makeTemporaryDirectory() throws -> String {
         // Short: a Unix socket path must fit in about 108 bytes.
         var template = Array("/tmp/rdt.XXXXXX".utf8CString)
         guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
