@@ -53,7 +53,9 @@ enum Query {
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show what rulesd serves: revision, files, counts, last reload, connections.",
-            discussion: "Exit status: 0 serving, 1 answered an error or serves no rule set, 3 unreachable; usable as a readiness probe.")
+            discussion:
+                "Exit status: 0 serving, 1 answered an error or serves no rule set, 3 unreachable; usable as a "
+                + "readiness probe.")
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
 
