@@ -194,7 +194,11 @@ let package = Package(
         // The client library against the real daemon.
         .testTarget(
             name: "RulesClientTests",
-            dependencies: ["RulesClient", "RuleModel", "RulesTestSupport", "rulesd", "rulesctl"]
+            dependencies: [
+                "RulesClient", "RuleModel", "RulesTestSupport", "rulesd", "rulesctl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
         ),
     ]
 )

@@ -149,7 +149,12 @@ final class ClientConnection: Sendable {
                 // The handler never saw the request (the channel had closed): nothing else completes it.
                 answer.fail(RulesClientError.connectionLost(reason: "\(error)"))
             }
-        return try await answer.futureResult.get()
+        // A cancelled caller stops waiting at once; the answer, when it comes, finds its promise completed.
+        return try await withTaskCancellationHandler {
+            try await answer.futureResult.get()
+        } onCancel: {
+            answer.fail(RulesClientError.cancelled)
+        }
     }
 
     func close() async {

@@ -73,6 +73,9 @@ public enum RulesClientError: Error, Sendable, Hashable, CustomStringConvertible
     case connectionLost(reason: String)
     /// No answer within the request timeout. The connection stays open; a late answer is dropped.
     case timedOut(Duration)
+    /// The task waiting for the answer was cancelled. The request may still be carried out; its answer is
+    /// dropped.
+    case cancelled
     /// The client was shut down.
     case shutDown
     /// The daemon's answer did not have the shape the protocol promises.
@@ -92,6 +95,7 @@ public enum RulesClientError: Error, Sendable, Hashable, CustomStringConvertible
         case .unavailable(let path, let reason): return "cannot reach rulesd at \(path): \(reason)"
         case .connectionLost(let reason): return "the connection to rulesd was lost before the answer: \(reason)"
         case .timedOut(let timeout): return "rulesd did not answer within \(timeout)"
+        case .cancelled: return "the request was cancelled"
         case .shutDown: return "the client was shut down"
         case .invalidAnswer(let why): return "rulesd's answer is not what the protocol promises: \(why)"
         case .invalidArgument(let why): return "cannot send the request: \(why)"

@@ -86,25 +86,18 @@ struct RulesClientAnswerTests {
     @Test("errors carry the protocol's codes")
     func errorCodes() async throws {
         let client = makeClient(daemon)
-        await #expect(throws: RulesClientError.self) { try await client.flag("no.such.flag") }
-        do {
-            _ = try await client.flag("no.such.flag")
-        } catch {
-            #expect(error.code == .flagNotFound)
-            if case .daemon(let daemonError) = error { #expect(daemonError.message.contains("no.such.flag")) }
+        let missing = await failure { try await client.flag("no.such.flag") }
+        #expect(missing?.code == .flagNotFound)
+        if case .daemon(let error)? = missing { #expect(error.message.contains("no.such.flag")) }
+        #expect(await failure { try await client.config("no.such.key") }?.code == .configNotFound)
+        #expect(await failure { try await client.config(prefix: "no.such.prefix.") }?.code == .configNotFound)
+        #expect(await failure { try await client.request(["op": "frobnicate"]) }?.code == .invalidRequest)
+        let unsendable = await failure {
+            try await client.flag("checkout.new-flow", context: ["ratio": .number(.infinity)])
         }
-        do { _ = try await client.config("no.such.key") } catch { #expect(error.code == .configNotFound) }
-        do {
-            _ = try await client.config(prefix: "no.such.prefix.")
-        } catch { #expect(error.code == .configNotFound) }
-        do {
-            _ = try await client.request(["op": "frobnicate"])
-        } catch { #expect(error.code == .invalidRequest) }
-        do {
-            _ = try await client.flag("checkout.new-flow", context: ["ratio": .number(.infinity)])
-            Issue.record("a context with an infinite number was sent")
-        } catch {
-            guard case .invalidArgument = error else { throw error }
+        guard case .invalidArgument? = unsendable else {
+            Issue.record("a context with an infinite number was not refused: \(String(describing: unsendable))")
+            return
         }
         // The connection stays usable after every error.
         #expect(try await client.flag("checkout.kill-switch").reason == .static)
@@ -196,6 +189,30 @@ struct RulesClientTransportTests {
         await client.shutdown()
     }
 
+    @Test("within the back-off delay after a failed attempt, requests fail at once without trying")
+    func backoffFailsFast() async throws {
+        let path = try SilentListener.temporaryDirectory() + "/s.sock"
+        let client = RulesClient(
+            configuration: RulesClientConfiguration(
+                socketPath: path, requestTimeout: .milliseconds(100),
+                backoff: .init(initial: .seconds(3600), maximum: .seconds(3600))))
+        guard case .unavailable? = await failure({ try await client.ping() }) else {
+            Issue.record("the first attempt did not fail with unavailable")
+            return
+        }
+        // Something listens now; a client that tried would time out instead.
+        let listener = try SilentListener(path: path)
+        guard case .unavailable? = await failure({ try await client.ping() }) else {
+            Issue.record("a request within the back-off delay tried to connect")
+            return
+        }
+        let eager = RulesClient(
+            configuration: RulesClientConfiguration(socketPath: listener.path, requestTimeout: .milliseconds(100)))
+        #expect(await failure { try await eager.ping() } == .timedOut(.milliseconds(100)))
+        await client.shutdown()
+        await eager.shutdown()
+    }
+
     @Test("a request without an answer fails with timedOut and leaves the connection open")
     func timeout() async throws {
         let listener = try SilentListener()
@@ -208,6 +225,20 @@ struct RulesClientTransportTests {
             } catch {
                 #expect(error == .timedOut(.milliseconds(200)))
             }
+        }
+        await client.shutdown()
+    }
+
+    @Test("a cancelled request stops waiting with cancelled")
+    func cancellation() async throws {
+        let listener = try SilentListener()
+        let client = RulesClient(
+            configuration: RulesClientConfiguration(socketPath: listener.path, requestTimeout: nil))
+        let request = Task { try await client.ping() }
+        request.cancel()
+        switch await request.result {
+        case .success: Issue.record("a silent peer answered")
+        case .failure(let error): #expect(error as? RulesClientError == .cancelled)
         }
         await client.shutdown()
     }

@@ -2,6 +2,7 @@ import Foundation
 import RuleModel
 import RulesClient
 import RulesTestSupport
+import Testing
 
 #if canImport(Glibc)
     import Glibc
@@ -46,6 +47,20 @@ func makeClient(_ daemon: DaemonHarness, requestTimeout: Duration? = .seconds(60
             backoff: .init(initial: .milliseconds(20), maximum: .milliseconds(200))))
 }
 
+/// The error `body` throws; records an issue when it succeeds.
+func failure<T>(_ body: () async throws -> T) async -> RulesClientError? {
+    do {
+        let value = try await body()
+        Issue.record("expected an error, got \(value)")
+        return nil
+    } catch let error as RulesClientError {
+        return error
+    } catch {
+        Issue.record("expected a RulesClientError, got \(error)")
+        return nil
+    }
+}
+
 /// Reads watch events until one satisfies `condition`, and returns it (nil if the sequence ends first).
 func next(
     _ iterator: inout WatchEvents.AsyncIterator, where condition: (WatchEvent) -> Bool
@@ -61,17 +76,14 @@ final class SilentListener {
     let path: String
     let fd: Int32
 
-    init() throws {
-        var template = Array("/tmp/rcs.XXXXXX".utf8CString)
-        guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw CocoaError(.fileWriteUnknown)
-        }
-        path = String(cString: directory) + "/s.sock"
+    /// Listens on `path`, or on a new temporary path.
+    init(path: String? = nil) throws {
+        self.path = try path ?? (Self.temporaryDirectory() + "/s.sock")
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: Array(path.utf8.prefix(raw.count - 1)))
+            raw.copyBytes(from: Array(self.path.utf8.prefix(raw.count - 1)))
         }
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -79,6 +91,15 @@ final class SilentListener {
             }
         }
         guard bound == 0, listen(fd, 16) == 0 else { throw CocoaError(.fileWriteUnknown) }
+    }
+
+    /// A new empty directory.
+    static func temporaryDirectory() throws -> String {
+        var template = Array("/tmp/rcs.XXXXXX".utf8CString)
+        guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+        return String(cString: directory)
     }
 
     deinit {
