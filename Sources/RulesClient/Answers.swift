@@ -50,7 +50,7 @@ public struct FlagAnswer: Sendable, Hashable {
     /// The rule set that answered.
     public var servedBy: ServedBy
 
-    init(key: String, object: JSONObject, servedBy: ServedBy) throws(RulesClientError) {
+    init(key: String, object: JSONObject, servedBy: ServedBy) throws(RulesdClientError) {
         guard let value = object["value"], let reason = object["reason"]?.stringValue else {
             throw .invalidAnswer("a flag answer without value or reason")
         }

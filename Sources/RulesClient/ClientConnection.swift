@@ -28,7 +28,7 @@ final class ClientProtocolHandler: ChannelDuplexHandler {
     private var pending: [Int64: Pending] = [:]
     /// Why the connection is going away, for the requests still waiting: an answer without a matching id
     /// (`TOO_MANY_CONNECTIONS` before any request), or a decoding error.
-    private var closingError: RulesClientError?
+    private var closingError: RulesdClientError?
     private let onEvent: (@Sendable (JSONObject) -> Void)?
     private let parser = JSONParser(limits: JSONLimits(maxDepth: 600))
 
@@ -50,14 +50,14 @@ final class ClientProtocolHandler: ChannelDuplexHandler {
         if let timeout = request.timeout {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
             entry.timeout = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-                loopBound.value.complete(id, with: .failure(RulesClientError.timedOut(timeout)))
+                loopBound.value.complete(id, with: .failure(RulesdClientError.timedOut(timeout)))
             }
         }
         pending[id] = entry
         let written = context.eventLoop.makePromise(of: Void.self)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         written.futureResult.whenFailure { error in
-            loopBound.value.complete(id, with: .failure(RulesClientError.connectionLost(reason: "\(error)")))
+            loopBound.value.complete(id, with: .failure(RulesdClientError.connectionLost(reason: "\(error)")))
         }
         promise.map { written.futureResult.cascade(to: $0) }
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: written)
@@ -147,13 +147,13 @@ final class ClientConnection: Sendable {
         channel.writeAndFlush(OutgoingRequest(members: members, answer: answer, timeout: timeout))
             .whenFailure { error in
                 // The handler never saw the request (the channel had closed): nothing else completes it.
-                answer.fail(RulesClientError.connectionLost(reason: "\(error)"))
+                answer.fail(RulesdClientError.connectionLost(reason: "\(error)"))
             }
         // A cancelled caller stops waiting at once; the answer, when it comes, finds its promise completed.
         return try await withTaskCancellationHandler {
             try await answer.futureResult.get()
         } onCancel: {
-            answer.fail(RulesClientError.cancelled)
+            answer.fail(RulesdClientError.cancelled)
         }
     }
 

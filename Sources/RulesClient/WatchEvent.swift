@@ -14,7 +14,7 @@ public enum WatchEvent: Sendable, Hashable {
     case subscribed(revision: String, generation: Int64)
     /// The connection to the daemon was lost, or could not be made; the watch connects and subscribes again,
     /// with back-off. Given once per outage.
-    case disconnected(RulesClientError)
+    case disconnected(RulesdClientError)
 
     /// A `reloaded` event.
     public struct Reloaded: Sendable, Hashable {

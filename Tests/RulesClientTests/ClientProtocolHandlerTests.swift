@@ -59,7 +59,7 @@ struct ClientProtocolHandlerTests {
             ByteBuffer(string: #"{"ok":false,"error":{"code":"TOO_MANY_CONNECTIONS","message":"full"}}"#))
         try await channel.close()
         await #expect(
-            throws: RulesClientError.daemon(
+            throws: RulesdClientError.daemon(
                 DaemonError(
                     code: .tooManyConnections, message: "full",
                     details: ["code": "TOO_MANY_CONNECTIONS", "message": "full"]))

@@ -168,7 +168,7 @@ struct RulesClientTransportTests {
 
     @Test("back-off delays grow to their maximum and start again after a success")
     func backoffDelays() {
-        let backoff = RulesClientConfiguration.Backoff(
+        let backoff = RulesdClientConfiguration.Backoff(
             initial: .milliseconds(50), maximum: .milliseconds(300), multiplier: 2)
         #expect(
             (1...5).map { backoff.delay(afterFailures: $0) } == [
@@ -178,7 +178,7 @@ struct RulesClientTransportTests {
 
     @Test("a request fails with unavailable when nothing listens on the socket")
     func unavailable() async throws {
-        let client = RulesClient(configuration: RulesClientConfiguration(socketPath: "/tmp/rcs-none/missing.sock"))
+        let client = RulesdClient(configuration: RulesdClientConfiguration(socketPath: "/tmp/rcs-none/missing.sock"))
         do {
             _ = try await client.ping()
             Issue.record("answered without a daemon")
@@ -192,8 +192,8 @@ struct RulesClientTransportTests {
     @Test("within the back-off delay after a failed attempt, requests fail at once without trying")
     func backoffFailsFast() async throws {
         let path = try SilentListener.temporaryDirectory() + "/s.sock"
-        let client = RulesClient(
-            configuration: RulesClientConfiguration(
+        let client = RulesdClient(
+            configuration: RulesdClientConfiguration(
                 socketPath: path, requestTimeout: .milliseconds(100),
                 backoff: .init(initial: .seconds(3600), maximum: .seconds(3600))))
         guard case .unavailable? = await failure({ try await client.ping() }) else {
@@ -206,8 +206,8 @@ struct RulesClientTransportTests {
             Issue.record("a request within the back-off delay tried to connect")
             return
         }
-        let eager = RulesClient(
-            configuration: RulesClientConfiguration(socketPath: listener.path, requestTimeout: .milliseconds(100)))
+        let eager = RulesdClient(
+            configuration: RulesdClientConfiguration(socketPath: listener.path, requestTimeout: .milliseconds(100)))
         #expect(await failure { try await eager.ping() } == .timedOut(.milliseconds(100)))
         await client.shutdown()
         await eager.shutdown()
@@ -216,8 +216,8 @@ struct RulesClientTransportTests {
     @Test("a request without an answer fails with timedOut and leaves the connection open")
     func timeout() async throws {
         let listener = try SilentListener()
-        let client = RulesClient(
-            configuration: RulesClientConfiguration(socketPath: listener.path, requestTimeout: .milliseconds(200)))
+        let client = RulesdClient(
+            configuration: RulesdClientConfiguration(socketPath: listener.path, requestTimeout: .milliseconds(200)))
         for _ in 0..<2 {
             do {
                 _ = try await client.ping()
@@ -232,13 +232,13 @@ struct RulesClientTransportTests {
     @Test("a cancelled request stops waiting with cancelled")
     func cancellation() async throws {
         let listener = try SilentListener()
-        let client = RulesClient(
-            configuration: RulesClientConfiguration(socketPath: listener.path, requestTimeout: nil))
+        let client = RulesdClient(
+            configuration: RulesdClientConfiguration(socketPath: listener.path, requestTimeout: nil))
         let request = Task { try await client.ping() }
         request.cancel()
         switch await request.result {
         case .success: Issue.record("a silent peer answered")
-        case .failure(let error): #expect(error as? RulesClientError == .cancelled)
+        case .failure(let error): #expect(error as? RulesdClientError == .cancelled)
         }
         await client.shutdown()
     }

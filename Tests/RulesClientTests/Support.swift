@@ -40,23 +40,23 @@ func rulesctl(_ arguments: [String], socket: String) throws -> (status: Int32, s
 }
 
 /// A client of `daemon` that waits a short back-off, so that tests of reconnection do not idle.
-func makeClient(_ daemon: DaemonHarness, requestTimeout: Duration? = .seconds(60)) -> RulesClient {
-    RulesClient(
-        configuration: RulesClientConfiguration(
+func makeClient(_ daemon: DaemonHarness, requestTimeout: Duration? = .seconds(60)) -> RulesdClient {
+    RulesdClient(
+        configuration: RulesdClientConfiguration(
             socketPath: daemon.socketPath, requestTimeout: requestTimeout,
             backoff: .init(initial: .milliseconds(20), maximum: .milliseconds(200))))
 }
 
 /// The error `body` throws; records an issue when it succeeds.
-func failure<T>(_ body: () async throws -> T) async -> RulesClientError? {
+func failure<T>(_ body: () async throws -> T) async -> RulesdClientError? {
     do {
         let value = try await body()
         Issue.record("expected an error, got \(value)")
         return nil
-    } catch let error as RulesClientError {
+    } catch let error as RulesdClientError {
         return error
     } catch {
-        Issue.record("expected a RulesClientError, got \(error)")
+        Issue.record("expected a RulesdClientError, got \(error)")
         return nil
     }
 }

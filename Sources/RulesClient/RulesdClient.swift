@@ -7,26 +7,26 @@ import RuleModel
 /// Requests from any number of tasks share one pipelined connection: each is sent at once with its own `id`
 /// and its answer is matched by that `id`. The connection is made on the first request, and made again by the
 /// first request after it was lost (the daemon restarted). While the daemon cannot be reached, requests fail
-/// with ``RulesClientError/unavailable(socketPath:reason:)``; after a failed attempt, requests within the
+/// with ``RulesdClientError/unavailable(socketPath:reason:)``; after a failed attempt, requests within the
 /// back-off delay fail at once without trying, so a missing daemon costs its clients nothing.
 ///
 /// ```swift
-/// let client = RulesClient(configuration: RulesClientConfiguration(socketPath: "/run/rulesd/rulesd.sock"))
+/// let client = RulesdClient(configuration: RulesdClientConfiguration(socketPath: "/run/rulesd/rulesd.sock"))
 /// let answer = try await client.flag("checkout.new-flow", context: ["user_id": "u-42"])
 /// if answer.value == true { … }
 /// await client.shutdown()
 /// ```
-public actor RulesClient {
+public actor RulesdClient {
     private enum ConnectionState {
         /// No connection. After a failed attempt, `retryAfter` is when the next may be made.
-        case idle(retryAfter: ContinuousClock.Instant?, lastFailure: RulesClientError?)
+        case idle(retryAfter: ContinuousClock.Instant?, lastFailure: RulesdClientError?)
         /// An attempt in progress, which concurrent requests wait for; `attempt` tells attempts apart.
         case connecting(Task<ClientConnection, Error>, attempt: Int)
         case connected(ClientConnection)
         case shutDown
     }
 
-    public nonisolated let configuration: RulesClientConfiguration
+    public nonisolated let configuration: RulesdClientConfiguration
     private let group: EventLoopGroup
     private var state = ConnectionState.idle(retryAfter: nil, lastFailure: nil)
     private var attempts = 0
@@ -41,7 +41,7 @@ public actor RulesClient {
     ///   - configuration: the socket, timeouts and back-off.
     ///   - eventLoopGroup: where the connections run (default: NIO's shared group).
     public init(
-        configuration: RulesClientConfiguration = RulesClientConfiguration(),
+        configuration: RulesdClientConfiguration = RulesdClientConfiguration(),
         eventLoopGroup: EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         self.configuration = configuration
@@ -57,7 +57,7 @@ public actor RulesClient {
 
     /// Checks that the daemon serves.
     /// - Returns: the rule set that serves.
-    public func ping() async throws(RulesClientError) -> ServedBy {
+    public func ping() async throws(RulesdClientError) -> ServedBy {
         guard let servedBy = try await perform(["op": "ping"]).servedBy else {
             throw .invalidAnswer("a ping answer without revision")
         }
@@ -71,9 +71,9 @@ public actor RulesClient {
     ///   - at: seconds since the epoch that the rule's `now()` returns (default: the current time).
     /// - Returns: the value, variant, reason and source; a failed rule still gives the default variant, with
     ///   ``FlagAnswer/ruleError`` set.
-    /// - Throws: ``RulesClientError/daemon(_:)`` with ``RulesErrorCode/flagNotFound`` for an unknown flag.
+    /// - Throws: ``RulesdClientError/daemon(_:)`` with ``RulesErrorCode/flagNotFound`` for an unknown flag.
     public func flag(_ key: String, context: JSONObject = JSONObject(), at: Double? = nil)
-        async throws(RulesClientError) -> FlagAnswer
+        async throws(RulesdClientError) -> FlagAnswer
     {
         var members: [(String, JSONValue)] = [("op", "flag"), ("flag", .string(key)), ("context", .object(context))]
         if let at { members.append(("at", .number(at))) }
@@ -85,7 +85,7 @@ public actor RulesClient {
     }
 
     /// Evaluates every flag for one context.
-    public func flags(context: JSONObject = JSONObject(), at: Double? = nil) async throws(RulesClientError)
+    public func flags(context: JSONObject = JSONObject(), at: Double? = nil) async throws(RulesdClientError)
         -> FlagsAnswer
     {
         var members: [(String, JSONValue)] = [("op", "flags"), ("context", .object(context))]
@@ -107,7 +107,7 @@ public actor RulesClient {
     ///   - request: what the routes' `match` and `target` functions see (method, path, headers...).
     /// - Throws: ``RulesErrorCode/noRoute`` when no route matches, ``RulesErrorCode/ruleError`` when a route's
     ///   function failed (details: `route`, `source`, `rule_error_code`).
-    public func route(_ request: JSONObject, at: Double? = nil) async throws(RulesClientError) -> RouteAnswer {
+    public func route(_ request: JSONObject, at: Double? = nil) async throws(RulesdClientError) -> RouteAnswer {
         var members: [(String, JSONValue)] = [("op", "route"), ("request", .object(request))]
         if let at { members.append(("at", .number(at))) }
         let answer = try await perform(JSONObject(members))
@@ -121,7 +121,7 @@ public actor RulesClient {
 
     /// Reads one configuration value.
     /// - Throws: ``RulesErrorCode/configNotFound`` when there is no such key.
-    public func config(_ key: String) async throws(RulesClientError) -> ConfigAnswer {
+    public func config(_ key: String) async throws(RulesdClientError) -> ConfigAnswer {
         let answer = try await perform(["op": "config", "key": .string(key)])
         guard let value = answer.result["value"], let servedBy = answer.servedBy else {
             throw .invalidAnswer("a config answer without value")
@@ -131,7 +131,7 @@ public actor RulesClient {
 
     /// Reads every configuration value whose key starts with `prefix` (the empty prefix reads all).
     /// - Throws: ``RulesErrorCode/configNotFound`` when a non-empty prefix matches nothing.
-    public func config(prefix: String) async throws(RulesClientError) -> ConfigValues {
+    public func config(prefix: String) async throws(RulesdClientError) -> ConfigValues {
         let answer = try await perform(["op": "config", "prefix": .string(prefix)])
         guard let values = answer.result["values"]?.objectValue, let servedBy = answer.servedBy else {
             throw .invalidAnswer("a config answer without values")
@@ -140,7 +140,7 @@ public actor RulesClient {
     }
 
     /// What the daemon serves and how it is doing.
-    public func status() async throws(RulesClientError) -> Status {
+    public func status() async throws(RulesdClientError) -> Status {
         let answer = try await perform(["op": "status"])
         guard let raw = answer.result.objectValue, let revision = raw["revision"]?.stringValue else {
             throw .invalidAnswer("a status answer without revision")
@@ -157,7 +157,7 @@ public actor RulesClient {
     /// Makes the daemon rescan its rules now and waits for the outcome. Never repeated on a lost connection.
     /// - Throws: ``RulesErrorCode/reloadFailed`` (details: `problems`) when the rules do not load;
     ///   ``RulesErrorCode/forbidden`` when this user may not reload.
-    public func reload() async throws(RulesClientError) -> ReloadOutcome {
+    public func reload() async throws(RulesdClientError) -> ReloadOutcome {
         let answer = try await perform(["op": "reload"], idempotent: false)
         guard let raw = answer.result.objectValue, let outcome = raw["outcome"]?.stringValue,
             let revision = raw["revision"]?.stringValue
@@ -171,7 +171,7 @@ public actor RulesClient {
     /// - Parameters:
     ///   - idempotent: whether the request may be sent again on a new connection when the one it went out on
     ///     turns out to be closed (true for questions, false for operations that change something).
-    public func request(_ members: JSONObject, idempotent: Bool = false) async throws(RulesClientError)
+    public func request(_ members: JSONObject, idempotent: Bool = false) async throws(RulesdClientError)
         -> RawAnswer
     {
         try await perform(members, idempotent: idempotent)
@@ -209,7 +209,7 @@ public actor RulesClient {
     }
 
     private static func runWatch(
-        configuration: RulesClientConfiguration, group: EventLoopGroup,
+        configuration: RulesdClientConfiguration, group: EventLoopGroup,
         continuation: AsyncStream<WatchEvent>.Continuation
     ) async {
         var failures = 0
@@ -254,7 +254,7 @@ public actor RulesClient {
 
     // MARK: - Shutting down
 
-    /// Stops the client: new requests fail with ``RulesClientError/shutDown``, requests already sent get their
+    /// Stops the client: new requests fail with ``RulesdClientError/shutDown``, requests already sent get their
     /// answers (or their timeouts), then the connection closes and every watch sequence ends.
     public func shutdown() async {
         if isShutDown { return }
@@ -277,7 +277,7 @@ public actor RulesClient {
 
     // MARK: - Requests and connections
 
-    private func perform(_ members: JSONObject, idempotent: Bool = true) async throws(RulesClientError)
+    private func perform(_ members: JSONObject, idempotent: Bool = true) async throws(RulesdClientError)
         -> RawAnswer
     {
         if let problem = Self.unsendable(.object(members)) { throw .invalidArgument(problem) }
@@ -310,7 +310,7 @@ public actor RulesClient {
     }
 
     /// The open connection, or a new one; `fresh` when this call made it.
-    private func openConnection() async throws(RulesClientError) -> (ClientConnection, fresh: Bool) {
+    private func openConnection() async throws(RulesdClientError) -> (ClientConnection, fresh: Bool) {
         switch state {
         case .shutDown:
             throw .shutDown
@@ -331,7 +331,7 @@ public actor RulesClient {
         }
     }
 
-    private func finish(_ task: Task<ClientConnection, Error>, attempt: Int) async throws(RulesClientError)
+    private func finish(_ task: Task<ClientConnection, Error>, attempt: Int) async throws(RulesdClientError)
         -> ClientConnection
     {
         let result = await task.result
@@ -366,9 +366,9 @@ public actor RulesClient {
     }
 
     private static func connect(
-        configuration: RulesClientConfiguration, group: EventLoopGroup,
+        configuration: RulesdClientConfiguration, group: EventLoopGroup,
         onEvent: (@Sendable (JSONObject) -> Void)?
-    ) async throws(RulesClientError) -> ClientConnection {
+    ) async throws(RulesdClientError) -> ClientConnection {
         do {
             return try await ClientConnection.connect(
                 to: configuration.socketPath, group: group, timeout: configuration.connectTimeout,
@@ -380,13 +380,13 @@ public actor RulesClient {
         }
     }
 
-    private static func clientError(_ error: Error, configuration: RulesClientConfiguration) -> RulesClientError {
-        if let error = error as? RulesClientError { return error }
+    private static func clientError(_ error: Error, configuration: RulesdClientConfiguration) -> RulesdClientError {
+        if let error = error as? RulesdClientError { return error }
         return .connectionLost(reason: "\(error)")
     }
 
     /// An answer line as a ``RawAnswer``, or the daemon's error.
-    static func decode(_ line: JSONValue) throws(RulesClientError) -> RawAnswer {
+    static func decode(_ line: JSONValue) throws(RulesdClientError) -> RawAnswer {
         guard let ok = line["ok"]?.boolValue else { throw .invalidAnswer("an answer without ok") }
         guard ok else { throw .daemon(ClientProtocolHandler.daemonError(line["error"] ?? .null)) }
         var servedBy: ServedBy?
@@ -411,7 +411,7 @@ public actor RulesClient {
     }
 }
 
-/// The events of ``RulesClient/watch()``.
+/// The events of ``RulesdClient/watch()``.
 public struct WatchEvents: AsyncSequence, Sendable {
     public typealias Element = WatchEvent
     let stream: AsyncStream<WatchEvent>

@@ -4,8 +4,8 @@
     import Darwin
 #endif
 
-/// How a ``RulesClient`` reaches the daemon and how long it waits.
-public struct RulesClientConfiguration: Sendable {
+/// How a ``RulesdClient`` reaches the daemon and how long it waits.
+public struct RulesdClientConfiguration: Sendable {
     /// The daemon's socket.
     public var socketPath: String
     /// How long a request waits for its answer; `nil` waits as long as the connection lasts. `reload` may take
@@ -56,7 +56,7 @@ public struct RulesClientConfiguration: Sendable {
     ///   - backoff: delays between connection attempts after failures (default 50 ms doubling up to 5 s).
     ///   - maxLineBytes: the longest answer line accepted (default 256 MiB).
     public init(
-        socketPath: String = RulesClientConfiguration.defaultSocketPath, requestTimeout: Duration? = .seconds(30),
+        socketPath: String = RulesdClientConfiguration.defaultSocketPath, requestTimeout: Duration? = .seconds(30),
         connectTimeout: Duration = .seconds(5), backoff: Backoff = Backoff(), maxLineBytes: Int = 256 << 20
     ) {
         self.socketPath = socketPath

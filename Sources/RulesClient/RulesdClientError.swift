@@ -61,8 +61,8 @@ public struct DaemonError: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(code.rawValue): \(message)" }
 }
 
-/// Why a request through ``RulesClient`` failed.
-public enum RulesClientError: Error, Sendable, Hashable, CustomStringConvertible {
+/// Why a request through ``RulesdClient`` failed.
+public enum RulesdClientError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The daemon answered `ok:false`.
     case daemon(DaemonError)
     /// No connection to the daemon could be made: it is not running, or the socket refuses this user. Requests
