@@ -181,6 +181,14 @@ class FakeServerTests(unittest.TestCase):
         event = next(events)
         self.assertEqual((event["event"], event["generation"]), ("reloaded", 2))
 
+    def test_watch_resubscribes_after_the_connection_closed(self):
+        server, client = self.serve(echo_flag, close_after=1)
+        events = client.watch(backoff=(0.01, 0.05))
+        self.addCleanup(events.close)
+        names = [next(events)["event"] for _ in range(5)]
+        self.assertEqual(names, ["subscribed", "reloaded", "disconnected", "subscribed", "reloaded"])
+        self.assertEqual(server.connections, 2)
+
 
 BETA_OFF = 'flag "beta" { variants = { on = true, off = false }, default = "off" }\n'
 BETA_ON = 'flag "beta" { variants = { on = true, off = false }, default = "on" }\n'
