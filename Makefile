@@ -12,7 +12,7 @@ SOCKET ?= $(RUN_DIR)/rulesd.sock
 # socat: the tour's examples and hand tests.
 DEB_PACKAGES := liblua5.4-dev libinotifytools0-dev pkg-config systemd socat
 
-.PHONY: deps build run test test-c test-units test-k8s test-swift test-systemd lint bench clean
+.PHONY: deps build run test test-c test-units test-k8s test-swift test-python test-systemd lint bench clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -61,6 +61,11 @@ test-k8s:
 test-swift:
 	$(SWIFT) build
 	SWIFT="$(SWIFT)" bash .ci/swift-test.sh
+
+# The Python client (clients/python): a unit part against a fake server, and the real daemon this checkout builds.
+test-python:
+	$(SWIFT) build --product rulesd
+	RULESD_BIN="$$($(SWIFT) build --show-bin-path)/rulesd" python3 clients/python/run_tests.py
 
 clean:
 	rm -rf .build .run

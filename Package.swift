@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "rulesd", targets: ["rulesd"]),
         .executable(name: "rulesctl", targets: ["rulesctl"]),
+        .library(name: "RulesClient", targets: ["RulesClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
@@ -101,6 +102,15 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // A client library for applications: async/await over the line protocol, one pipelined connection.
+        .target(
+            name: "RulesClient",
+            dependencies: [
+                "RuleModel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "rulesd",
             dependencies: [
@@ -180,6 +190,15 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["rulesd", "rulesctl", "RuleModel", "SystemdSupport", "RulesTestSupport"]
+        ),
+        // The client library against the real daemon.
+        .testTarget(
+            name: "RulesClientTests",
+            dependencies: [
+                "RulesClient", "RuleModel", "RulesTestSupport", "rulesd", "rulesctl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
         ),
     ]
 )

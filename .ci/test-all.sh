@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # .ci/test-all.sh [PART...]: what `make test` runs. Each part is a make target (test-c, test-units, test-swift,
-# test-k8s, lint, test-systemd), run in that order whatever the earlier ones gave, with its output shown as it
-# comes. The run ends with the parts' outcomes, every skip with its reason, and ONE last line
+# test-python, test-k8s, lint, test-systemd), run in that order whatever the earlier ones gave, with its output
+# shown as it comes. The run ends with the parts' outcomes, every skip with its reason, and ONE last line
 # "N passed, N failed" over all of them; the exit status is non-zero when anything failed.
 #
 # How a part is counted:
-#   - a part that prints lines "N passed, N failed" (the C tests, the Swift tests, the systemd container test)
+#   - a part that prints lines "N passed, N failed" (the C tests, the Swift tests, the Python client's tests, the
+#     systemd container test)
 #     is counted by the last such line, and as one more failure if it exits non-zero while reporting none;
 #   - any other part counts as one check: passed when it exits 0;
 #   - a part that prints "skipped: REASON" and exits 0 is listed as skipped and counts nothing, so that a skip
@@ -13,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [ "$#" -gt 0 ]; then parts=("$@"); else parts=(test-c test-units test-swift test-k8s lint test-systemd); fi
+if [ "$#" -gt 0 ]; then parts=("$@"); else parts=(test-c test-units test-swift test-python test-k8s lint test-systemd); fi
 MAKE=${MAKE:-make}
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/rulesd-test-all.XXXXXX")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs built rulesd binaries and their files: programs, systemd units, sysusers.d/tmpfiles.d entries,
-# man pages, shell completions, example rules (as documentation), and (only where none exist yet) the
-# configuration and an empty rules directory.
+# man pages, shell completions, example rules (as documentation), the Python client module, and (only where
+# none exist yet) the configuration and an empty rules directory.
 #
 # Usage: deploy/install.sh [options] [BUILD_DIR]
 #
@@ -308,6 +308,10 @@ if [ -d "$rules_src" ] && [ -n "$(ls -A "$rules_src")" ]; then
     put 0644 "$source_root/config/rulesd.conf" "$examples/rulesd.conf"
     note "example rules -> $destdir$examples"
 fi
+# The Python client is one module for applications to import or copy (docs/CLIENTS.md).
+python_client=$datadir/rulesd/clients/python
+put 0644 "$source_root/clients/python/rulesd_client.py" "$python_client/rulesd_client.py"
+note "Python client -> $destdir$python_client"
 rules_dst=$destdir$confdir/rules.d
 if [ -d "$rules_dst" ] && [ -n "$(ls -A "$rules_dst")" ]; then
     note "keeping existing rules in $rules_dst"

@@ -98,6 +98,7 @@ check "the package installs" dpkg -i /root/rulesd.deb
 check "user and group rulesd exist" sh -c 'getent passwd rulesd && getent group rulesd'
 check "the rules directory holds only its README" sh -c '[ "$(ls -A /etc/rulesd/rules.d)" = README ]'
 check "example rules are documentation" test -f /usr/share/doc/rulesd/examples/rules.d/routes.lua
+check "the Python client is installed" test -f /usr/share/rulesd/clients/python/rulesd_client.py
 check "copyright and changelog are installed" \
     sh -c 'test -f /usr/share/doc/rulesd/copyright && ls /usr/share/doc/rulesd/changelog*.gz'
 refuse "the package enables nothing" systemctl is-enabled --quiet rulesd.socket
