@@ -96,6 +96,17 @@ public final class RuleEvaluator {
         Array(JSONWriter.string(request).utf8).withUnsafeBytes { route(request: $0, now: now) }
     }
 
+    /// Runs the function test at `index` (among the rule set's tests) in this evaluator's state.
+    func runTest(at index: Int, now: Double, timeoutNanoseconds: UInt64) -> FunctionTestOutcome {
+        var outcome = rs_test_outcome()
+        rs_run_test(state, index, now, timeoutNanoseconds, &outcome)
+        let file = text(outcome.file_offset, outcome.file_length)
+        return FunctionTestOutcome(
+            passed: outcome.passed != 0, outOfBudget: outcome.out_of_budget != 0,
+            location: outcome.line > 0 ? SourceLocation(file: file, line: Int(outcome.line)) : nil,
+            message: text(outcome.message_offset, outcome.message_length))
+    }
+
     /// Whether rules have logged lines that ``takeLogs()`` would return.
     public var hasLogs: Bool { rs_log_count(state) > 0 }
 
