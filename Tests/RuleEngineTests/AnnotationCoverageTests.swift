@@ -35,6 +35,13 @@ struct AnnotationCoverageTests {
         #expect(missing.isEmpty, "not annotated: \(missing)")
     }
 
+    @Test("the annotation file is valid Lua 5.4 (it loads as a rule file that declares nothing)")
+    func annotationFileIsLua() throws {
+        let text = try String(contentsOf: annotationFile, encoding: .utf8)
+        let (ruleSet, _) = try RuleCompiler.compile(sources(["rulesd.lua": text]))
+        #expect(ruleSet.flags.isEmpty && ruleSet.tests.isEmpty)
+    }
+
     @Test("the annotation file declares every function of the helper tables (semver, ip)")
     func everyHelperTableFieldAnnotated() throws {
         let text = try String(contentsOf: annotationFile, encoding: .utf8)
