@@ -142,6 +142,9 @@ struct rs_state {
     int32_t flag_stack[RS_MAX_FLAG_DEPTH];
     /* A function test's own code is running (not a rule it queries): flag, route and config answer queries. */
     bool in_test;
+    /* Where those queries go instead of this state's rules (rs_set_test_answers); NULL: here. */
+    rs_ask_fn ask;
+    void *ask_context;
     uint32_t log_lines_this_eval;
     uint32_t log_lines_dropped;
 

@@ -62,11 +62,156 @@ static int call_rule(lua_State *L, rs_state *S, const char *key, size_t key_len,
 static const char *const reason_names[] = {"TARGETING_MATCH", "DEFAULT", "STATIC", "DISABLED", "ERROR"};
 enum { REASON_MATCH, REASON_DEFAULT, REASON_STATIC, REASON_DISABLED, REASON_ERROR };
 
+/* ---- questions answered elsewhere (rs_set_test_answers) ------------------------------------- */
+
+void rs_set_test_answers(rs_state *S, rs_ask_fn ask, void *context) {
+    S->ask = ask;
+    S->ask_context = context;
+}
+
+/* Appends the JSON text of the value at idx (a string, a table, a number) to the buffer. */
+static void add_json(lua_State *L, luaL_Buffer *b, int idx, const char *what) {
+    if (!rs_to_json(L, idx)) luaL_error(L, "%s: %s", what, lua_tostring(L, -1));
+    luaL_addvalue(b);
+}
+
+/* Sends the protocol request on top of the stack (popped) to the host and pushes the answer's `result` (or nil);
+ * when the answer is an error, pushes nil and sets *code / *message (strings of the answer). */
+static void ask_host(lua_State *L, rs_state *S, const char **code, const char **message) {
+    size_t len, answer_len = 0;
+    const char *request = lua_tolstring(L, -1, &len);
+    const char *answer = S->ask(S->ask_context, request, len, &answer_len);
+    lua_pop(L, 1);
+    if (answer == NULL) luaL_error(L, "rulesd did not answer");
+    rs_push_json_object(L, answer, answer_len, S->limits.max_context_depth + 4, S->limits.max_context_values + 64);
+    int reply = lua_gettop(L);
+    lua_getfield(L, reply, "ok");
+    bool ok = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    *code = NULL;
+    *message = NULL;
+    if (ok) {
+        lua_getfield(L, reply, "result");
+    } else {
+        lua_getfield(L, reply, "error");
+        int error = lua_gettop(L);
+        if (lua_type(L, error) != LUA_TTABLE) luaL_error(L, "rulesd answered an error without saying which");
+        lua_getfield(L, error, "code");
+        lua_getfield(L, error, "message");
+        *code = lua_tostring(L, -2);
+        *message = lua_tostring(L, -1);
+        if (*code == NULL) *code = "INTERNAL";
+        if (*message == NULL) *message = "";
+        /* Both strings stay referenced by the error table, which stays on the stack below the nil. */
+        lua_pop(L, 2);
+        lua_pushnil(L);
+    }
+}
+
+/* Copies field `from` of the table at src into field `to` of the table at dst. */
+static void copy_field(lua_State *L, int src, const char *from, int dst, const char *to) {
+    lua_getfield(L, src, from);
+    lua_setfield(L, dst, to);
+}
+
+/* Each remote_* first fixes the stack to its arguments: the buffer then lives above them. */
+static int remote_flag(lua_State *L, rs_state *S, const char *key) {
+    lua_settop(L, 3);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "{\"op\":\"flag\",\"flag\":");
+    add_json(L, &b, 1, "flag()");
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        luaL_addstring(&b, ",\"context\":");
+        add_json(L, &b, 2, "flag(): the context");
+    }
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checknumber(L, 3);
+        luaL_addstring(&b, ",\"at\":");
+        add_json(L, &b, 3, "flag(): the time");
+    }
+    luaL_addchar(&b, '}');
+    luaL_pushresult(&b);
+    const char *code, *message;
+    ask_host(L, S, &code, &message);
+    if (code != NULL) {
+        if (strcmp(code, "FLAG_NOT_FOUND") == 0) return luaL_error(L, "flag(): no flag '%s' in the rule set", key);
+        return luaL_error(L, "flag(): rulesd answered %s: %s", code, message);
+    }
+    int result = lua_gettop(L);
+    if (lua_type(L, result) != LUA_TTABLE) return luaL_error(L, "flag(): rulesd's answer has no result");
+    lua_createtable(L, 0, 4);
+    int answer = lua_gettop(L);
+    copy_field(L, result, "variant", answer, "variant");
+    copy_field(L, result, "value", answer, "value");
+    copy_field(L, result, "reason", answer, "reason");
+    copy_field(L, result, "error_message", answer, "error");
+    return 1;
+}
+
+static int remote_route(lua_State *L, rs_state *S) {
+    lua_settop(L, 2);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "{\"op\":\"route\"");
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        luaL_addstring(&b, ",\"request\":");
+        add_json(L, &b, 1, "route(): the request");
+    }
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checknumber(L, 2);
+        luaL_addstring(&b, ",\"at\":");
+        add_json(L, &b, 2, "route(): the time");
+    }
+    luaL_addchar(&b, '}');
+    luaL_pushresult(&b);
+    const char *code, *message;
+    ask_host(L, S, &code, &message);
+    if (code != NULL) {
+        if (strcmp(code, "NO_ROUTE") == 0) return 1; /* the nil on top */
+        if (strcmp(code, "RULE_ERROR") != 0) return luaL_error(L, "route(): rulesd answered %s: %s", code, message);
+        int error = lua_gettop(L) - 1;
+        lua_createtable(L, 0, 2);
+        copy_field(L, error, "route", lua_gettop(L), "name");
+        lua_pushstring(L, message);
+        lua_setfield(L, -2, "error");
+        return 1;
+    }
+    int result = lua_gettop(L);
+    if (lua_type(L, result) != LUA_TTABLE) return luaL_error(L, "route(): rulesd's answer has no result");
+    lua_createtable(L, 0, 2);
+    copy_field(L, result, "route", lua_gettop(L), "name");
+    copy_field(L, result, "target", lua_gettop(L), "target");
+    return 1;
+}
+
+static int remote_config(lua_State *L, rs_state *S, const char *key) {
+    lua_settop(L, 1);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "{\"op\":\"config\",\"key\":");
+    add_json(L, &b, 1, "config()");
+    luaL_addchar(&b, '}');
+    luaL_pushresult(&b);
+    const char *code, *message;
+    ask_host(L, S, &code, &message);
+    if (code != NULL) {
+        if (strcmp(code, "CONFIG_NOT_FOUND") == 0) return luaL_error(L, "config(): no config '%s' in the rule set", key);
+        return luaL_error(L, "config(): rulesd answered %s: %s", code, message);
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) return luaL_error(L, "config(): rulesd's answer has no result");
+    lua_getfield(L, -1, "value");
+    return 1;
+}
+
 /* flag(key [, ctx [, at]]) -> {variant = , value = , reason = [, error = ]}: the answer a client would get. */
 int rs_test_flag(lua_State *L) {
     rs_state *S = rs_state_of(L);
     size_t len;
     const char *key = luaL_checklstring(L, 1, &len);
+    if (S->ask) return remote_flag(L, S, key);
     int idx = rs_find_flag(L, key, len);
     if (idx < 0) return luaL_error(L, "flag(): no flag '%s' in the rule set", key);
     rs_flag_entry *f = &S->flags[idx];
@@ -113,6 +258,7 @@ int rs_test_flag(lua_State *L) {
  * match or target function fails. */
 int rs_test_route(lua_State *L) {
     rs_state *S = rs_state_of(L);
+    if (S->ask) return remote_route(L, S);
     double now = query_time(L, S, 2);
     int req = push_request_copy(L, S, 1, "route(): the request");
     char error[RS_MESSAGE_CAP_BYTES] = "";
@@ -166,6 +312,7 @@ int rs_test_route(lua_State *L) {
 int rs_test_config(lua_State *L) {
     rs_state *S = rs_state_of(L);
     const char *key = luaL_checkstring(L, 1);
+    if (S->ask) return remote_config(L, S, key);
     for (size_t i = 0; i < S->config_count; i++) {
         rs_config_entry *c = &S->configs[i];
         if (strcmp(c->key, key) != 0) continue;

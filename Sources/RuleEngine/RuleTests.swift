@@ -50,8 +50,6 @@ public struct RuleTestReport: Sendable, Hashable {
     public var results: [RuleTestResult]
     /// Tests that did not run because the run's budget ran out.
     public var notRun: Int
-    /// Function tests left out because the answers came from somewhere they cannot run (`rulesctl test --live`).
-    public var skipped: [RuleTestDefinition] = []
     /// Where the first test that did not run is declared.
     public var stoppedAt: SourceLocation?
     /// The budget of the whole run.
@@ -96,34 +94,32 @@ public enum RuleTestRunner {
         }
     }
 
-    /// Runs the declarative tests among `tests` against answers from elsewhere (a serving daemon); function tests
-    /// need the rule set's own Lua state, so they are listed in ``RuleTestReport/skipped`` instead.
+    /// Runs tests against a serving daemon's answers: declarative tests ask `remote`; function tests run in
+    /// `evaluator` (the Lua state of the files that declare them) with their flag(), route() and config() questions
+    /// sent to `remote` (the helpers and `flag_value` still compute in `evaluator`).
     public static func run(
-        _ tests: [RuleTestDefinition], answers: some RuleTestAnswers, filter: String? = nil,
-        budget: Duration = .seconds(2)
+        _ tests: [RuleTestDefinition]? = nil, in evaluator: RuleEvaluator, remote: some RuleTestRemoteAnswers,
+        filter: String? = nil, budget: Duration = .seconds(2)
     ) -> RuleTestReport {
-        run(tests, answers: answers, filter: filter, budget: budget, function: nil)
+        run(tests ?? evaluator.ruleSet.tests, answers: remote, filter: filter, budget: budget) { test, deadline in
+            evaluator.runFunctionTest(test, deadline: deadline, remote: remote)
+        }
     }
 
     private static func run(
         _ tests: [RuleTestDefinition], answers: some RuleTestAnswers, filter: String?, budget: Duration,
-        function: ((RuleTestDefinition, ContinuousClock.Instant) -> RuleTestResult)?
+        function: (RuleTestDefinition, ContinuousClock.Instant) -> RuleTestResult
     ) -> RuleTestReport {
-        var selected = tests.filter { test in
+        let selected = tests.filter { test in
             guard let filter, !filter.isEmpty else { return true }
             return test.name.contains(filter) || test.location.file.contains(filter)
-        }
-        var skipped: [RuleTestDefinition] = []
-        if function == nil {
-            skipped = selected.filter(\.isFunction)
-            selected.removeAll(where: \.isFunction)
         }
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: budget)
         var results: [RuleTestResult] = []
         for test in selected {
             if clock.now >= deadline { break }
-            if let function, test.isFunction {
+            if test.isFunction {
                 results.append(function(test, deadline))
                 continue
             }
@@ -131,10 +127,8 @@ public enum RuleTestRunner {
             results.append(RuleTestResult(test: test, failure: run.failure(of: test.definition)))
         }
         let stoppedAt = results.count < selected.count ? selected[results.count].location : nil
-        var report = RuleTestReport(
+        return RuleTestReport(
             results: results, notRun: selected.count - results.count, stoppedAt: stoppedAt, budget: budget)
-        report.skipped = skipped
-        return report
     }
 
     static func describe(_ duration: Duration) -> String {
@@ -184,6 +178,13 @@ public protocol RuleTestAnswers {
     func variants(ofFlag key: String) -> [String]?
     func route(_ request: JSONObject, at: Double?) -> Result<RuleTestRouteAnswer, RuleTestQueryProblem>
     func config(_ key: String) -> Result<JSONValue, RuleTestQueryProblem>
+}
+
+/// A serving daemon (`rulesctl test --live`): it answers declarative tests, and function tests' flag(), route() and
+/// config() questions too, as protocol lines.
+public protocol RuleTestRemoteAnswers: RuleTestAnswers, AnyObject {
+    /// The answer line to one protocol request (a JSON object, no newline); nil when there is none.
+    func answerLine(to request: [UInt8]) -> [UInt8]?
 }
 
 /// Answers from an evaluator of the rule set under test.
@@ -242,14 +243,17 @@ struct FunctionTestOutcome {
 extension RuleEvaluator {
     /// Runs a function test in this evaluator's Lua state, under the evaluation instruction budget and what is left
     /// of the tests' time until `deadline`.
-    func runFunctionTest(_ test: RuleTestDefinition, deadline: ContinuousClock.Instant) -> RuleTestResult {
+    func runFunctionTest(
+        _ test: RuleTestDefinition, deadline: ContinuousClock.Instant, remote: (any RuleTestRemoteAnswers)? = nil
+    ) -> RuleTestResult {
         guard let index = test.functionIndex else {
             return RuleTestResult(test: test, failure: "not a function test")
         }
         let left = ContinuousClock().now.duration(to: deadline)
         let (seconds, attoseconds) = left.components
         let nanoseconds = max(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, 1)
-        let outcome = runTest(at: index, now: RuleClock.now(), timeoutNanoseconds: UInt64(nanoseconds))
+        let outcome = runTest(
+            at: index, now: RuleClock.now(), timeoutNanoseconds: UInt64(nanoseconds), remote: remote)
         guard !outcome.passed else { return RuleTestResult(test: test, failure: nil) }
         let message =
             outcome.outOfBudget

@@ -7,7 +7,7 @@ import RulesProtocol
 
 /// Rule tests' answers from the serving daemon (`rulesctl test --live`): each question is one request over one
 /// connection kept open for the whole run, asked and answered in turn.
-final class LiveTestAnswers: RuleTestAnswers {
+final class LiveTestAnswers: RuleTestRemoteAnswers {
     private let socket: String
     private let descriptor: Int32
     private var pending: [UInt8] = []
@@ -50,7 +50,16 @@ final class LiveTestAnswers: RuleTestAnswers {
 
     /// Sends one request and reads its answer; a connection that fails midway ends rulesctl with status 3.
     func ask(_ request: JSONValue) -> ProtocolAnswer {
-        let line = Array((JSONWriter.string(request) + "\n").utf8)
+        let line = answerLine(to: Array(JSONWriter.string(request).utf8))
+        guard let line, let answer = try? ProtocolAnswer(line: line) else {
+            lost("rulesd sent a line that is not JSON")
+        }
+        return answer
+    }
+
+    /// Sends one request line (a function test's question) and returns the answer line.
+    func answerLine(to request: [UInt8]) -> [UInt8]? {
+        let line = request + [UInt8(ascii: "\n")]
         var sent = 0
         while sent < line.count {
             let written = line[sent...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
@@ -60,11 +69,8 @@ final class LiveTestAnswers: RuleTestAnswers {
         }
         while true {
             if let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let answerLine = Array(pending[..<end])
+                let answer = Array(pending[..<end])
                 pending.removeSubrange(...end)
-                guard let answer = try? ProtocolAnswer(line: answerLine) else {
-                    lost("rulesd sent a line that is not JSON")
-                }
                 return answer
             }
             var chunk = [UInt8](repeating: 0, count: 64 << 10)

@@ -15,10 +15,10 @@ struct TestCommand: ParsableCommand {
             ..., then a last line 'N passed, N failed'. Exit status 0 when every test passes, 1 otherwise (also \
             when the directory does not load).
 
-            --live asks the serving rulesd (--socket) instead: the declarative tests of DIR (by default the \
-            daemon's own rules directory) run against the daemon's answers, with the same output and exit \
-            status (3 when the daemon cannot be reached). Function tests need the rule set's own Lua state, so \
-            they run offline only: --live lists them as skipped.
+            --live asks the serving rulesd (--socket) instead: the tests of DIR (by default the daemon's own \
+            rules directory) run against the daemon's answers, with the same output and exit status (3 when \
+            the daemon cannot be reached). Function tests run in DIR's rule files, but their flag(), route() \
+            and config() questions go to the daemon.
 
             --json prints one JSON object instead: {"passed":N,"failed":N,"results":[{"name","file","line",\
             "passed","message"},...]}. --junit FILE also writes a JUnit XML report (one testcase per test, \
@@ -64,7 +64,7 @@ struct TestCommand: ParsableCommand {
                 if let liveAnswers {
                     return (
                         RuleTestRunner.run(
-                            ruleSet.tests, answers: liveAnswers, filter: filter, budget: ruleSet.limits.testBudget), []
+                            in: evaluator, remote: liveAnswers, filter: filter, budget: ruleSet.limits.testBudget), []
                     )
                 }
                 return (RuleTestRunner.run(in: evaluator, filter: filter, budget: ruleSet.limits.testBudget), [])
@@ -91,11 +91,8 @@ struct TestCommand: ParsableCommand {
             Console.write(JSONWriter.string(Self.jsonReport(report)) + "\n")
         } else {
             Console.writeLines(report.diagnostics.map(\.description))
-            Console.writeLines(
-                report.skipped.map { "\($0.location): test '\($0.name)' skipped: function tests run offline only" })
             var last = "\(report.passedCount) passed, \(report.failedCount) failed"
             if report.notRun > 0 { last += ", \(report.notRun) not run (over budget)" }
-            if !report.skipped.isEmpty { last += ", \(report.skipped.count) skipped" }
             Console.writeLines([last])
         }
         if !report.allPassed { throw ExitCode.failure }
@@ -120,11 +117,11 @@ struct TestCommand: ParsableCommand {
             }
             return out
         }
-        let total = report.results.count + report.notRun + report.skipped.count
+        let total = report.results.count + report.notRun
         var xml = #"<?xml version="1.0" encoding="UTF-8"?>"# + "\n"
         xml +=
             #"<testsuite name="\#(escape(directory))" tests="\#(total)" failures="\#(report.failedCount)" "#
-            + #"skipped="\#(report.notRun + report.skipped.count)">"# + "\n"
+            + #"skipped="\#(report.notRun)">"# + "\n"
         for result in report.results {
             let test = result.test
             xml +=
@@ -140,12 +137,6 @@ struct TestCommand: ParsableCommand {
                 xml += "/>\n"
             }
         }
-        for test in report.skipped {
-            xml +=
-                #"  <testcase classname="\#(escape(test.location.file))" name="\#(escape(test.name))" "#
-                + #"file="\#(escape(test.location.file))" line="\#(test.location.line)">"#
-                + #"<skipped message="function tests run offline only"/></testcase>"# + "\n"
-        }
         if report.notRun > 0 {
             xml +=
                 #"  <testcase classname="rule tests" name="\#(report.notRun) tests over budget">"#
@@ -155,8 +146,8 @@ struct TestCommand: ParsableCommand {
         return xml
     }
 
-    /// `{"passed":N,"failed":N,"not_run":N,"skipped":N,"results":[{"name","file","line","passed","message"?,
-    /// "failure_file"?,"failure_line"?,"skipped"?}]}`; a function test's failure gives the assertion's file:line.
+    /// `{"passed":N,"failed":N,"not_run":N,"results":[{"name","file","line","passed","message"?,"failure_file"?,
+    /// "failure_line"?}]}`; a function test's failure gives the assertion's file:line.
     static func jsonReport(_ report: RuleTestReport) -> JSONValue {
         let results: [JSONValue] = report.results.map { result in
             var members: [(String, JSONValue)] = [
@@ -170,18 +161,10 @@ struct TestCommand: ParsableCommand {
             }
             return .object(JSONObject(members))
         }
-        let skipped: [JSONValue] = report.skipped.map { test in
-            .object(
-                JSONObject([
-                    ("name", .string(test.name)), ("file", .string(test.location.file)),
-                    ("line", .integer(Int64(test.location.line))), ("passed", .bool(false)), ("skipped", .bool(true)),
-                ]))
-        }
         return .object(
             JSONObject([
                 ("passed", .integer(Int64(report.passedCount))), ("failed", .integer(Int64(report.failedCount))),
-                ("not_run", .integer(Int64(report.notRun))), ("skipped", .integer(Int64(report.skipped.count))),
-                ("results", .array(results + skipped)),
+                ("not_run", .integer(Int64(report.notRun))), ("results", .array(results)),
             ]))
     }
 }

@@ -14,13 +14,19 @@ private let servedBeta = """
     config "http.timeout_ms" (1500)
     """
 
-/// A directory whose own rules say beta is off for everyone: its tests pass only against the daemon's answers.
+/// A directory whose own rules say beta is off for everyone and has no route or config: its tests pass only against
+/// the daemon's answers.
 private let liveTested = [
     "flags/beta.lua": #"flag "beta" {}"# + "\n",
     "flags/beta_test.lua": """
     test "pro users get beta" { flag = "beta", context = { plan = "pro" }, expect = "on" }
     test "everyone gets beta" { flag = "beta", expect = "on" }
-    test "beta as a function" (function() expect(flag("beta", { plan = "pro" }).variant).to_be("on") end)
+    test "beta as a function" (function()
+      expect(flag("beta", { plan = "pro" }).variant).to_be("on")
+      expect(route({ path = "/api" })).to_equal({ name = "api", target = "api-pool" })
+      expect(route({ path = "/nowhere" })).to_be_nil()
+      expect(config("http.timeout_ms")).to_be(1500)
+    end)
     test "api goes to the pool" { route = { path = "/api" }, expect_target = "api-pool" }
     test "timeout" { config = "http.timeout_ms", expect_value = 1500 }
     """,
@@ -28,7 +34,7 @@ private let liveTested = [
 
 @Suite("rulesctl test --live runs a directory's tests against the serving daemon")
 struct RulesCtlLiveTestTests {
-    @Test("the daemon's answers decide; function tests are listed as skipped; same output and exit status")
+    @Test("the daemon's answers decide, for function tests' questions too; same output and exit status")
     func liveAgainstDaemon() throws {
         let daemon = try DaemonHarness(rules: ["beta.lua": servedBeta])
         try daemon.start(arguments: ["--watch", "off"])
@@ -44,15 +50,13 @@ struct RulesCtlLiveTestTests {
             live.standardOutput == """
                 flags/beta_test.lua:2: test 'everyone gets beta' failed: expected variant "on", \
                 got variant "off", value false, reason DEFAULT
-                flags/beta_test.lua:3: test 'beta as a function' skipped: function tests run offline only
-                3 passed, 1 failed, 1 skipped
+                4 passed, 1 failed
 
                 """)
         let json = try RulesctlProcess.run(["test", "--live", "--socket", daemon.socketPath, tests.path, "--json"])
         let report = try json.json()
-        #expect(report["passed"] == 3)
+        #expect(report["passed"] == 4)
         #expect(report["failed"] == 1)
-        #expect(report["skipped"] == 1)
         let passing = try RulesctlProcess.run([
             "test", "--live", "--socket", daemon.socketPath, tests.path, "--filter", "pro users",
         ])
@@ -70,6 +74,30 @@ struct RulesCtlLiveTestTests {
         let live = try RulesctlProcess.run(["test", "--live", "--socket", daemon.socketPath])
         #expect(live.status == 0)
         #expect(live.standardOutput == "1 passed, 0 failed\n")
+    }
+
+    @Test("a live function test fails at its assertion's file:line with the daemon's answer")
+    func liveFunctionTestFailure() throws {
+        let daemon = try DaemonHarness(rules: ["beta.lua": servedBeta])
+        try daemon.start(arguments: ["--watch", "off"])
+        let tests = try TemporaryRules([
+            "t_test.lua": """
+            test "free users get beta" (function()
+              expect(flag("beta", { plan = "free" }).reason).to_be("DEFAULT")
+              expect(flag("beta", { plan = "free" }).variant).to_be("on")
+            end)
+
+            """
+        ])
+        defer { tests.remove() }
+        let live = try RulesctlProcess.run(["test", "--live", "--socket", daemon.socketPath, tests.path])
+        #expect(live.status == 1)
+        #expect(
+            live.standardOutput == """
+                t_test.lua:3: test 'free users get beta' failed: expect(...).to_be: expected "on", got "off"
+                0 passed, 1 failed
+
+                """)
     }
 
     @Test("--live exits 3 when the daemon cannot be reached")

@@ -180,28 +180,57 @@ struct FunctionTestTests {
         #expect(result.failureLocation?.file == "flags/checkout_test.lua")
     }
 
-    @Test("function tests are counted with the declarative ones, and answers from elsewhere skip them")
-    func countedAndSkipped() throws {
-        let (ruleSet, evaluator) = try compile(
+    @Test("function tests are counted with the declarative ones, and a remote source answers both kinds")
+    func countedAndRemote() throws {
+        let (_, evaluator) = try compile(
             """
-            test "declarative" { flag = "legacy", expect = "off" }
-            test "function passes" (function() expect(flag("legacy").variant).to_be("off") end)
-            test "function fails" (function() expect(flag("legacy").variant).to_be("on") end)
+            test "declarative" { flag = "legacy", expect = "on" }
+            test "function passes" (function()
+              expect(flag("legacy", { plan = "pro" }, 1800000000).variant).to_be("on")
+              expect(route({ path = "/" })).to_be_nil()
+            end)
+            test "function fails" (function() config("http.timeout_ms") end)
             """, runTests: false)
-        let report = RuleTestRunner.run(in: evaluator)
-        #expect(report.passedCount == 2)
-        #expect(report.failedCount == 1)
-        #expect(report.diagnostics.map(\.location.line) == [3])
-        let elsewhere = RuleTestRunner.run(ruleSet.tests, answers: FixedAnswers())
-        #expect(elsewhere.results.map(\.test.name) == ["declarative"])
-        #expect(elsewhere.skipped.map(\.name) == ["function passes", "function fails"])
+        let offline = RuleTestRunner.run(in: evaluator)
+        #expect(offline.passedCount == 1)
+        #expect(offline.failedCount == 2)
+        let remote = CannedRemote()
+        let report = RuleTestRunner.run(in: evaluator, remote: remote)
+        #expect(report.results.map(\.passed) == [true, true, false])
+        #expect(report.results[2].failure == "config(): no config 'http.timeout_ms' in the rule set")
+        #expect(report.results[2].failureLocation?.line == 6)
+        #expect(
+            remote.requests == [
+                #"{"op":"flag","flag":"legacy","context":{}}"#,
+                #"{"op":"flag","flag":"legacy","context":{"plan":"pro"},"at":1800000000}"#,
+                #"{"op":"route","request":{"path":"/"}}"#,
+                #"{"op":"config","key":"http.timeout_ms"}"#,
+            ])
     }
 }
 
-/// Answers that say every flag is "off".
-private struct FixedAnswers: RuleTestAnswers {
+/// A remote source that says every flag is "on", that no route matches and that no config exists, and keeps the
+/// requests it was sent.
+private final class CannedRemote: RuleTestRemoteAnswers {
+    var requests: [String] = []
+
+    func answerLine(to request: [UInt8]) -> [UInt8]? {
+        let text = String(decoding: request, as: UTF8.self)
+        requests.append(text)
+        if text.contains(#""op":"flag""#) {
+            return Array(#"{"ok":true,"result":{"key":"legacy","variant":"on","value":true,"reason":"STATIC"}}"#.utf8)
+        }
+        if text.contains(#""op":"route""#) {
+            return Array(#"{"ok":false,"error":{"code":"NO_ROUTE","message":"no"}}"#.utf8)
+        }
+        return Array(#"{"ok":false,"error":{"code":"CONFIG_NOT_FOUND","message":"no"}}"#.utf8)
+    }
+
     func flag(_ key: String, context: JSONObject, at: Double?) -> Result<RuleTestFlagAnswer, RuleTestQueryProblem> {
-        .success(RuleTestFlagAnswer(variant: "off", value: .bool(false), reason: "DISABLED"))
+        requests.append(
+            JSONWriter.string(
+                .object(JSONObject([("op", "flag"), ("flag", .string(key)), ("context", .object(context))]))))
+        return .success(RuleTestFlagAnswer(variant: "on", value: .bool(true), reason: "STATIC"))
     }
     func variants(ofFlag key: String) -> [String]? { nil }
     func route(_ request: JSONObject, at: Double?) -> Result<RuleTestRouteAnswer, RuleTestQueryProblem> {

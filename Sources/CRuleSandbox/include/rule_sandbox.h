@@ -208,6 +208,14 @@ rs_test_info rs_test_at(const rs_state *S, size_t index);
 void rs_run_test(rs_state *S, size_t index, double now, uint64_t timeout_ns, rs_test_outcome *outcome);
 
 /**
+ * Where function tests' flag(), route() and config() questions go instead of this state's rules (rulesctl test
+ * --live): `ask` gets one protocol request (a JSON object, no newline) and returns the answer line, which must
+ * stay valid until its next call; NULL when there is no answer. A NULL `ask` makes the state answer again.
+ */
+typedef const char *(*rs_ask_fn)(void *context, const char *request, size_t request_length, size_t *answer_length);
+void rs_set_test_answers(rs_state *S, rs_ask_fn ask, void *context);
+
+/**
  * The names of the globals every rule file sees (the sandbox's base environment), unordered.
  * @return how many there are; at most `cap` are stored into `names` (valid until the state is freed).
  */
