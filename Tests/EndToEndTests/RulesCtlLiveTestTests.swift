@@ -98,6 +98,11 @@ struct RulesCtlLiveTestTests {
                 0 passed, 1 failed
 
                 """)
+        let json = try RulesctlProcess.run(["test", "--live", "--socket", daemon.socketPath, tests.path, "--json"])
+        let result = try json.json()["results"]?[0]
+        #expect(result?["line"] == 1)
+        #expect(result?["failure_file"] == "t_test.lua")
+        #expect(result?["failure_line"] == 3)
     }
 
     @Test("--live exits 3 when the daemon cannot be reached")
