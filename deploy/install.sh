@@ -3,6 +3,8 @@
 # man pages, shell completions, example rules (as documentation), the Python client module, and (only where
 # none exist yet) the configuration and an empty rules directory.
 #
+# The rule API's LuaLS annotations go to PREFIX/share/rulesd/lua/rulesd.lua.
+#
 # Usage: deploy/install.sh [options] [BUILD_DIR]
 #
 #   BUILD_DIR           where `rulesd` and `rulesctl` were built (default: .build/release of this checkout)
@@ -287,6 +289,11 @@ for shell in bash zsh fish; do
         note "warning: rulesctl did not produce a $shell completion script; none installed" >&2
     fi
 done
+
+# --- editor support: the rule API's annotations for lua-language-server (rulesctl init points .luarc.json here) --
+annotations=$datadir/rulesd/lua/rulesd.lua
+put 0644 "$source_root/share/lua-annotations/rulesd.lua" "$annotations"
+note "Lua annotations -> $destdir$annotations"
 
 # --- configuration: examples only where the administrator has nothing yet -------------------------------------
 confdir=$sysconfdir/rulesd

@@ -105,22 +105,32 @@ static int decl_start(lua_State *L, int kind) {
     return 1;
 }
 
-static int api_flag(lua_State *L) { return decl_start(L, DECL_FLAG); }
-static int api_route(lua_State *L) { return decl_start(L, DECL_ROUTE); }
-static int api_config(lua_State *L) { return decl_start(L, DECL_CONFIG); }
+/* While a function test's own code runs, the declaration functions answer queries instead (rs_tests.c). */
+static int api_flag(lua_State *L) { return rs_state_of(L)->in_test ? rs_test_flag(L) : decl_start(L, DECL_FLAG); }
+static int api_route(lua_State *L) { return rs_state_of(L)->in_test ? rs_test_route(L) : decl_start(L, DECL_ROUTE); }
+static int api_config(lua_State *L) {
+    return rs_state_of(L)->in_test ? rs_test_config(L) : decl_start(L, DECL_CONFIG);
+}
 
-/* test "name" { ... }: the second call. Upvalues: name, line. The definition is kept as JSON text at
- * once: a test holds data only, and the host runs it against the finished rule set. */
+/* test "name" { ... } or test "name" (function() ... end): the second call. Upvalues: name, line. A definition
+ * table is kept as JSON text at once: it holds data only, and the host runs it against the finished rule set. A
+ * function is kept in the registry (frozen with the rule data) and runs only when the host runs the tests. */
 static int test_body(lua_State *L) {
     rs_state *S = rs_state_of(L);
     const char *name = lua_tostring(L, lua_upvalueindex(1));
     if (S->phase != RS_PHASE_LOAD) return luaL_error(L, "test declarations are only allowed while a rule file loads");
-    if (lua_type(L, 1) != LUA_TTABLE)
-        return luaL_error(L, "test '%s' needs a definition table: test \"%s\" { flag = ..., expect = ... }", name,
-                          name);
-    if (!rs_to_json(L, 1)) return luaL_error(L, "test '%s': %s", name, lua_tostring(L, -1));
-    size_t len;
-    const char *json = lua_tolstring(L, -1, &len);
+    bool is_function = lua_type(L, 1) == LUA_TFUNCTION;
+    if (!is_function && lua_type(L, 1) != LUA_TTABLE)
+        return luaL_error(L,
+                          "test '%s' needs a definition table or a function: test \"%s\" { flag = ..., expect = ... } "
+                          "or test \"%s\" (function() ... end)",
+                          name, name, name);
+    const char *json = NULL;
+    size_t len = 0;
+    if (!is_function) {
+        if (!rs_to_json(L, 1)) return luaL_error(L, "test '%s': %s", name, lua_tostring(L, -1));
+        json = lua_tolstring(L, -1, &len);
+    }
     if (S->test_count == S->test_cap) {
         size_t cap = S->test_cap ? S->test_cap * 2 : 16;
         rs_test_entry *grown = realloc(S->tests, cap * sizeof *grown);
@@ -132,8 +142,13 @@ static int test_body(lua_State *L) {
     t->name = rs_strndup(name, strlen(name));
     t->file = rs_strndup(S->current_file, strlen(S->current_file));
     t->line = (int32_t)lua_tointeger(L, lua_upvalueindex(2));
-    t->json = rs_strndup(json, len);
+    t->json = json ? rs_strndup(json, len) : NULL;
     t->json_len = len;
+    t->func_ref = LUA_NOREF;
+    if (is_function) {
+        lua_pushvalue(L, 1);
+        t->func_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
 }
 
@@ -249,6 +264,12 @@ static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t w
     return -2;
 }
 
+int rs_find_flag(lua_State *L, const char *key, size_t len) { return find_flag(L, key, len); }
+
+int rs_flag_result(lua_State *L, rs_flag_entry *f, char *why, size_t why_cap) {
+    return variant_of_result(L, f, why, why_cap);
+}
+
 typedef struct nested_call {
     rs_flag_entry *f;
 } nested_call;
@@ -303,7 +324,8 @@ static int api_flag_value(lua_State *L) {
 void rs_open_rule_api(lua_State *L) {
     static const luaL_Reg api[] = {
         {"flag", api_flag}, {"route", api_route}, {"config", api_config}, {"flag_value", api_flag_value},
-        {"log", api_log},   {"now", api_now},     {"test", api_test},     {NULL, NULL},
+        {"log", api_log},   {"now", api_now},     {"test", api_test},     {"expect", rs_api_expect},
+        {NULL, NULL},
     };
     luaL_setfuncs(L, api, 0);
 }
@@ -941,6 +963,21 @@ static void freeze_rule_data(lua_State *L, rs_state *S, int decls) {
         lua_rawseti(L, roots, ++nroots);
         lua_pop(L, 1);
     }
+    /* Test functions may not change what rules see either (nor keep state from one test to the next). */
+    for (size_t i = 0; i < S->test_count; i++) {
+        rs_test_entry *t = &S->tests[i];
+        if (t->func_ref == LUA_NOREF) continue;
+        lua_createtable(L, 0, 4);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->func_ref);
+        lua_setfield(L, -2, "value");
+        lua_pushstring(L, t->file);
+        lua_setfield(L, -2, "file");
+        lua_pushinteger(L, t->line);
+        lua_setfield(L, -2, "line");
+        lua_pushfstring(L, "test '%s'", t->name);
+        lua_setfield(L, -2, "what");
+        lua_rawseti(L, roots, ++nroots);
+    }
     rs_freeze_reachable(S, L, roots);
     lua_pop(L, 1);
 }
@@ -1067,6 +1104,7 @@ rs_test_info rs_test_at(const rs_state *S, size_t index) {
     info.line = t->line;
     info.json = t->json;
     info.json_len = t->json_len;
+    info.is_function = t->func_ref != LUA_NOREF;
     return info;
 }
 

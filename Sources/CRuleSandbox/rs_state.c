@@ -150,7 +150,8 @@ void rs_mark_killed(lua_State *L, int reason) {
     rs_state *S = rs_state_of(L);
     if (S->killed == RS_KILL_NONE) {
         S->killed = reason;
-        if (S->phase == RS_PHASE_LOAD && S->current_file != NULL) S->kill_line = loading_line(L, S->current_file);
+        /* current_file is set while a file loads and while a function test of it runs (rs_tests.c). */
+        if (S->current_file != NULL) S->kill_line = loading_line(L, S->current_file);
     }
     /* From now on every instruction of this thread re-raises, so nothing can catch the kill and
      * carry on; the pcall/xpcall/coroutine wrappers re-raise when control comes back to them. */

@@ -84,13 +84,15 @@ typedef struct rs_config_entry {
     size_t json_len;
 } rs_config_entry;
 
-/* A rule test as declared: its definition table as canonical JSON, run by the host after validation. */
+/* A rule test as declared: its definition table as canonical JSON, run by the host after validation; or, for a
+ * function test, its function (json NULL), run by rs_run_test. */
 typedef struct rs_test_entry {
     char *name;
     char *file;
     int32_t line;
     char *json;
     size_t json_len;
+    int func_ref; /* registry reference of the test function, LUA_NOREF for a declarative test */
 } rs_test_entry;
 
 typedef struct rs_log_entry {
@@ -138,6 +140,11 @@ struct rs_state {
     double now;
     int flag_depth;
     int32_t flag_stack[RS_MAX_FLAG_DEPTH];
+    /* A function test's own code is running (not a rule it queries): flag, route and config answer queries. */
+    bool in_test;
+    /* Where those queries go instead of this state's rules (rs_set_test_answers); NULL: here. */
+    rs_ask_fn ask;
+    void *ask_context;
     uint32_t log_lines_this_eval;
     uint32_t log_lines_dropped;
 
@@ -237,5 +244,16 @@ int rs_ro_newindex(lua_State *L);
 
 /* Rule API (rs_rules.c): registers flag, route, config, flag_value, log and now into the table on top. */
 void rs_open_rule_api(lua_State *L);
+/* The flag's index (0-based) for a key, or -1 (rs_rules.c). */
+int rs_find_flag(lua_State *L, const char *key, size_t len);
+/* Checks a rule's return value at the top against flag f and pops it: the variant index, -1 for no decision, or -2
+ * with the reason in `why` (rs_rules.c). */
+int rs_flag_result(lua_State *L, rs_flag_entry *f, char *why, size_t why_cap);
+
+/* Function tests (rs_tests.c): flag(key, ctx), route(request), config(key) and expect(value) while a test runs. */
+int rs_test_flag(lua_State *L);
+int rs_test_route(lua_State *L);
+int rs_test_config(lua_State *L);
+int rs_api_expect(lua_State *L);
 
 #endif

@@ -189,15 +189,17 @@ public enum RuleCompiler {
         var tests: [RuleTestDefinition] = []
         for index in 0..<rs_test_count(state) {
             let info = rs_test_at(state, index)
-            let definition: JSONValue
-            do { definition = try parser.parse(bytes(info.json, info.json_len)) } catch {
-                throw RuleLoadFailure("internal: test \(String(cString: info.name)) is not JSON")
+            var definition = JSONValue.null
+            if info.is_function == 0 {
+                do { definition = try parser.parse(bytes(info.json, info.json_len)) } catch {
+                    throw RuleLoadFailure("internal: test \(String(cString: info.name)) is not JSON")
+                }
             }
             tests.append(
                 RuleTestDefinition(
                     name: String(cString: info.name),
                     location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
-                    definition: definition))
+                    definition: definition, functionIndex: info.is_function != 0 ? index : nil))
         }
         return RuleSet(
             revision: RuleRevision(sources: sources), sources: sources, flags: flags, routes: routes,

@@ -96,6 +96,35 @@ public final class RuleEvaluator {
         Array(JSONWriter.string(request).utf8).withUnsafeBytes { route(request: $0, now: now) }
     }
 
+    /// Runs the function test at `index` (among the rule set's tests) in this evaluator's state.
+    /// - Parameter remote: where the test's flag(), route() and config() questions go; nil: this state's rules.
+    func runTest(
+        at index: Int, now: Double, timeoutNanoseconds: UInt64, remote: (any RuleTestRemoteAnswers)? = nil
+    ) -> FunctionTestOutcome {
+        var outcome = rs_test_outcome()
+        if let remote {
+            let asker = RemoteAsker(remote)
+            withExtendedLifetime(asker) {
+                rs_set_test_answers(
+                    state,
+                    { context, request, length, answerLength in
+                        guard let context, let request, let answerLength else { return nil }
+                        let asker = Unmanaged<RemoteAsker>.fromOpaque(context).takeUnretainedValue()
+                        return asker.ask(UnsafeRawBufferPointer(start: request, count: length), answerLength)
+                    }, Unmanaged.passUnretained(asker).toOpaque())
+                rs_run_test(state, index, now, timeoutNanoseconds, &outcome)
+                rs_set_test_answers(state, nil, nil)
+            }
+        } else {
+            rs_run_test(state, index, now, timeoutNanoseconds, &outcome)
+        }
+        let file = text(outcome.file_offset, outcome.file_length)
+        return FunctionTestOutcome(
+            passed: outcome.passed != 0, outOfBudget: outcome.out_of_budget != 0,
+            location: outcome.line > 0 ? SourceLocation(file: file, line: Int(outcome.line)) : nil,
+            message: text(outcome.message_offset, outcome.message_length))
+    }
+
     /// Whether rules have logged lines that ``takeLogs()`` would return.
     public var hasLogs: Bool { rs_log_count(state) > 0 }
 
@@ -146,6 +175,22 @@ public final class RuleEvaluator {
         guard length > 0, let base = rs_text_buffer(state) else { return "" }
         let start = UnsafeRawPointer(base + Int(offset)).assumingMemoryBound(to: UInt8.self)
         return String(decoding: UnsafeBufferPointer(start: start, count: Int(length)), as: UTF8.self)
+    }
+}
+
+/// Hands a function test's questions to a remote source, and keeps the last answer alive for the sandbox.
+private final class RemoteAsker {
+    let remote: any RuleTestRemoteAnswers
+    private var answer: [CChar] = []
+
+    init(_ remote: any RuleTestRemoteAnswers) { self.remote = remote }
+
+    /// The answer line to one request; valid until the next call (the sandbox copies what it keeps).
+    func ask(_ request: UnsafeRawBufferPointer, _ length: UnsafeMutablePointer<Int>) -> UnsafePointer<CChar>? {
+        guard let line = remote.answerLine(to: Array(request)) else { return nil }
+        answer = line.map { CChar(bitPattern: $0) } + [0]
+        length.pointee = line.count
+        return answer.withUnsafeBufferPointer { $0.baseAddress }
     }
 }
 

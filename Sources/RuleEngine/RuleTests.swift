@@ -1,16 +1,22 @@
 import RuleModel
 
-/// A rule test as declared with `test "name" { ... }` in a rule file: data only, run against the rule set.
+/// A rule test as declared in a rule file: `test "name" { ... }` (data only, run against the rule set) or
+/// `test "name" (function() ... end)` (a function run in the candidate's Lua state, with `expect` assertions).
 public struct RuleTestDefinition: Sendable, Hashable {
     public var name: String
     public var location: SourceLocation
-    /// The definition table, as JSON.
+    /// The definition table, as JSON; `null` for a function test.
     public var definition: JSONValue
+    /// For a function test, its index among the tests of the rule set's Lua states; nil for a declarative test.
+    public var functionIndex: Int?
 
-    public init(name: String, location: SourceLocation, definition: JSONValue) {
+    public var isFunction: Bool { functionIndex != nil }
+
+    public init(name: String, location: SourceLocation, definition: JSONValue, functionIndex: Int? = nil) {
         self.name = name
         self.location = location
         self.definition = definition
+        self.functionIndex = functionIndex
     }
 }
 
@@ -19,12 +25,22 @@ public struct RuleTestResult: Sendable, Hashable {
     public var test: RuleTestDefinition
     /// What was expected and what came back; nil when the test passed.
     public var failure: String?
+    /// Where a function test failed (the failing assertion's `file:line`); nil for the test's own line.
+    public var failureLocation: SourceLocation?
+
+    public init(test: RuleTestDefinition, failure: String?, failureLocation: SourceLocation? = nil) {
+        self.test = test
+        self.failure = failure
+        self.failureLocation = failureLocation
+    }
 
     public var passed: Bool { failure == nil }
 
-    /// The diagnostic a failing test reports at its `file:line`.
+    /// The diagnostic a failing test reports at its `file:line` (a function test: the failing assertion's).
     public var diagnostic: RuleDiagnostic? {
-        failure.map { RuleDiagnostic(location: test.location, message: "test '\(test.name)' failed: \($0)") }
+        failure.map {
+            RuleDiagnostic(location: failureLocation ?? test.location, message: "test '\(test.name)' failed: \($0)")
+        }
     }
 }
 
@@ -70,7 +86,31 @@ public enum RuleTestRunner {
         _ tests: [RuleTestDefinition]? = nil, in evaluator: RuleEvaluator, filter: String? = nil,
         budget: Duration = .seconds(2)
     ) -> RuleTestReport {
-        let selected = (tests ?? evaluator.ruleSet.tests).filter { test in
+        run(
+            tests ?? evaluator.ruleSet.tests, answers: EvaluatorAnswers(evaluator: evaluator), filter: filter,
+            budget: budget
+        ) { test, deadline in
+            evaluator.runFunctionTest(test, deadline: deadline)
+        }
+    }
+
+    /// Runs tests against a serving daemon's answers: declarative tests ask `remote`; function tests run in
+    /// `evaluator` (the Lua state of the files that declare them) with their flag(), route() and config() questions
+    /// sent to `remote` (the helpers and `flag_value` still compute in `evaluator`).
+    public static func run(
+        _ tests: [RuleTestDefinition]? = nil, in evaluator: RuleEvaluator, remote: some RuleTestRemoteAnswers,
+        filter: String? = nil, budget: Duration = .seconds(2)
+    ) -> RuleTestReport {
+        run(tests ?? evaluator.ruleSet.tests, answers: remote, filter: filter, budget: budget) { test, deadline in
+            evaluator.runFunctionTest(test, deadline: deadline, remote: remote)
+        }
+    }
+
+    private static func run(
+        _ tests: [RuleTestDefinition], answers: some RuleTestAnswers, filter: String?, budget: Duration,
+        function: (RuleTestDefinition, ContinuousClock.Instant) -> RuleTestResult
+    ) -> RuleTestReport {
+        let selected = tests.filter { test in
             guard let filter, !filter.isEmpty else { return true }
             return test.name.contains(filter) || test.location.file.contains(filter)
         }
@@ -79,7 +119,11 @@ public enum RuleTestRunner {
         var results: [RuleTestResult] = []
         for test in selected {
             if clock.now >= deadline { break }
-            var run = TestRun(evaluator: evaluator, deadline: deadline)
+            if test.isFunction {
+                results.append(function(test, deadline))
+                continue
+            }
+            var run = TestRun(answers: answers, deadline: deadline)
             results.append(RuleTestResult(test: test, failure: run.failure(of: test.definition)))
         }
         let stoppedAt = results.count < selected.count ? selected[results.count].location : nil
@@ -94,16 +138,141 @@ public enum RuleTestRunner {
     }
 }
 
-/// One test's evaluation: reads the definition, asks the evaluator, compares.
-private struct TestRun {
+/// A flag's answer as a rule test sees it: what a client gets.
+public struct RuleTestFlagAnswer: Sendable, Hashable {
+    public var variant: String
+    public var value: JSONValue
+    /// `TARGETING_MATCH`, `DEFAULT`, `STATIC`, `DISABLED` or `ERROR`.
+    public var reason: String
+    /// Why the rule failed (reason `ERROR`), as `CODE: message`.
+    public var failure: String?
+
+    public init(variant: String, value: JSONValue, reason: String, failure: String? = nil) {
+        self.variant = variant
+        self.value = value
+        self.reason = reason
+        self.failure = failure
+    }
+}
+
+/// A routing answer as a rule test sees it.
+public enum RuleTestRouteAnswer: Sendable, Hashable {
+    case matched(route: String, target: String)
+    case noRoute
+    /// A route's `match` or `target` function failed (the route when known).
+    case failed(route: String?, message: String)
+}
+
+/// Why a rule test's question got no answer (an unknown flag or config key, an unusable context).
+public struct RuleTestQueryProblem: Error, Sendable, Hashable {
+    public var message: String
+
+    public init(_ message: String) { self.message = message }
+}
+
+/// Where declarative rule tests get their answers: the candidate's own evaluator, or a serving daemon.
+public protocol RuleTestAnswers {
+    /// The flag's answer for a context, at a pinned time (nil: the clock's).
+    func flag(_ key: String, context: JSONObject, at: Double?) -> Result<RuleTestFlagAnswer, RuleTestQueryProblem>
+    /// The flag's variant names, when known (nil: unknown, or no such flag).
+    func variants(ofFlag key: String) -> [String]?
+    func route(_ request: JSONObject, at: Double?) -> Result<RuleTestRouteAnswer, RuleTestQueryProblem>
+    func config(_ key: String) -> Result<JSONValue, RuleTestQueryProblem>
+}
+
+/// A serving daemon (`rulesctl test --live`): it answers declarative tests, and function tests' flag(), route() and
+/// config() questions too, as protocol lines.
+public protocol RuleTestRemoteAnswers: RuleTestAnswers, AnyObject {
+    /// The answer line to one protocol request (a JSON object, no newline); nil when there is none.
+    func answerLine(to request: [UInt8]) -> [UInt8]?
+}
+
+/// Answers from an evaluator of the rule set under test.
+struct EvaluatorAnswers: RuleTestAnswers {
     let evaluator: RuleEvaluator
+
+    func flag(_ key: String, context: JSONObject, at: Double?) -> Result<RuleTestFlagAnswer, RuleTestQueryProblem> {
+        let ruleSet = evaluator.ruleSet
+        guard let index = ruleSet.flagIndex(forKey: key) else {
+            return .failure(RuleTestQueryProblem("no flag '\(key)' in the rule set"))
+        }
+        let bytes = Array(JSONWriter.string(.object(context)).utf8)
+        let decision = bytes.withUnsafeBytes {
+            evaluator.evaluateFlag(at: index, context: $0, now: at ?? RuleClock.now())
+        }
+        let variant = ruleSet.flags[index].variants[decision.variantIndex]
+        return .success(
+            RuleTestFlagAnswer(
+                variant: variant.name, value: variant.value, reason: decision.reason.rawValue,
+                failure: decision.failure.map(\.description)))
+    }
+
+    func variants(ofFlag key: String) -> [String]? {
+        evaluator.ruleSet.flagIndex(forKey: key).map { evaluator.ruleSet.flags[$0].variants.map(\.name) }
+    }
+
+    func route(_ request: JSONObject, at: Double?) -> Result<RuleTestRouteAnswer, RuleTestQueryProblem> {
+        let bytes = Array(JSONWriter.string(.object(request)).utf8)
+        let decision = bytes.withUnsafeBytes { evaluator.route(request: $0, now: at ?? RuleClock.now()) }
+        let routes = evaluator.ruleSet.routes
+        switch decision {
+        case .matched(let index, let target): return .success(.matched(route: routes[index].name, target: target))
+        case .noRoute: return .success(.noRoute)
+        case .failed(let index, let failure):
+            return .success(.failed(route: index.map { routes[$0].name }, message: failure.description))
+        }
+    }
+
+    func config(_ key: String) -> Result<JSONValue, RuleTestQueryProblem> {
+        guard let entry = evaluator.ruleSet.config(key: key) else {
+            return .failure(RuleTestQueryProblem("no config '\(key)' in the rule set"))
+        }
+        return .success(entry.value)
+    }
+}
+
+/// What the sandbox reports of one function test.
+struct FunctionTestOutcome {
+    var passed: Bool
+    var outOfBudget: Bool
+    /// The failing assertion's `file:line`.
+    var location: SourceLocation?
+    var message: String
+}
+
+extension RuleEvaluator {
+    /// Runs a function test in this evaluator's Lua state, under the evaluation instruction budget and what is left
+    /// of the tests' time until `deadline`.
+    func runFunctionTest(
+        _ test: RuleTestDefinition, deadline: ContinuousClock.Instant, remote: (any RuleTestRemoteAnswers)? = nil
+    ) -> RuleTestResult {
+        guard let index = test.functionIndex else {
+            return RuleTestResult(test: test, failure: "not a function test")
+        }
+        let left = ContinuousClock().now.duration(to: deadline)
+        let (seconds, attoseconds) = left.components
+        let nanoseconds = max(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, 1)
+        let outcome = runTest(
+            at: index, now: RuleClock.now(), timeoutNanoseconds: UInt64(nanoseconds), remote: remote)
+        guard !outcome.passed else { return RuleTestResult(test: test, failure: nil) }
+        let message =
+            outcome.outOfBudget
+            ? "the test ran out of its budget (eval_instructions, or the rule tests' test_budget): \(outcome.message)"
+            : outcome.message
+        return RuleTestResult(test: test, failure: message, failureLocation: outcome.location)
+    }
+}
+
+/// One test's evaluation: reads the definition, asks for the answers, compares.
+private struct TestRun<Answers: RuleTestAnswers> {
+    let answers: Answers
     let deadline: ContinuousClock.Instant
 
-    private static let flagFields: Set<String> = [
-        "flag", "context", "at", "expect", "expect_value", "expect_reason", "sample", "expect_share",
-    ]
-    private static let routeFields: Set<String> = ["route", "at", "expect_route", "expect_target"]
-    private static let configFields: Set<String> = ["config", "expect_value"]
+    private static var flagFields: Set<String> {
+        ["flag", "context", "at", "expect", "expect_value", "expect_reason", "sample", "expect_share"]
+    }
+    private static var routeFields: Set<String> { ["route", "at", "expect_route", "expect_target"] }
+    private static var configFields: Set<String> { ["config", "expect_value"] }
 
     mutating func failure(of definition: JSONValue) -> String? {
         guard let fields = definition.objectValue else {
@@ -121,13 +290,14 @@ private struct TestRun {
         return "unknown field '\(first)' (this kind of test takes \(known.sorted().joined(separator: ", ")))"
     }
 
-    /// The time the test pins with `at`, else the clock's; nil when `at` is not a time.
-    private func time(_ fields: JSONObject) -> Double? {
-        guard let at = fields["at"] else { return RuleClock.now() }
-        return at.doubleValue
+    /// The time the test pins with `at` (nil: the clock's); `.failure` when `at` is not a time.
+    private func time(_ fields: JSONObject) -> Result<Double?, RuleTestQueryProblem> {
+        guard let at = fields["at"] else { return .success(nil) }
+        guard let seconds = at.doubleValue else { return .failure(RuleTestQueryProblem(Self.badTime)) }
+        return .success(seconds)
     }
 
-    private static let badTime = "'at' must be a time in seconds since the epoch"
+    private static var badTime: String { "'at' must be a time in seconds since the epoch" }
 
     private static func object(_ value: JSONValue?) -> JSONObject? {
         switch value {
@@ -141,37 +311,40 @@ private struct TestRun {
 
     private func flagFailure(_ fields: JSONObject) -> String? {
         guard let key = fields["flag"]?.stringValue else { return "'flag' must be a flag key" }
-        let ruleSet = evaluator.ruleSet
-        guard let index = ruleSet.flagIndex(forKey: key) else { return "no flag '\(key)' in the rule set" }
         guard let context = Self.object(fields["context"]) else { return "'context' must be a table" }
-        guard let now = time(fields) else { return Self.badTime }
+        let now: Double?
+        switch time(fields) {
+        case .success(let time): now = time
+        case .failure(let problem): return problem.message
+        }
         if fields["sample"] != nil || fields["expect_share"] != nil {
-            return shareFailure(fields, flag: index, context: context, now: now)
+            return shareFailure(fields, flag: key, context: context, now: now)
         }
         let expectsSomething = ["expect", "expect_value", "expect_reason"].contains { fields[$0] != nil }
         guard expectsSomething else { return "expects nothing: give it expect, expect_value or expect_reason" }
-        let bytes = Array(JSONWriter.string(.object(context)).utf8)
-        let decision = bytes.withUnsafeBytes { evaluator.evaluateFlag(at: index, context: $0, now: now) }
-        let flag = ruleSet.flags[index]
-        let variant = flag.variants[decision.variantIndex]
+        let answer: RuleTestFlagAnswer
+        switch answers.flag(key, context: context, at: now) {
+        case .success(let flagAnswer): answer = flagAnswer
+        case .failure(let problem): return problem.message
+        }
         let got =
-            "variant \(quoted(variant.name)), value \(JSONWriter.string(variant.value)), reason \(decision.reason.rawValue)"
-            + (decision.failure.map { " (\($0))" } ?? "")
+            "variant \(quoted(answer.variant)), value \(JSONWriter.string(answer.value)), reason \(answer.reason)"
+            + (answer.failure.map { " (\($0))" } ?? "")
         if let expected = fields["expect"] {
             guard let name = expected.stringValue else { return "'expect' must be a variant name" }
-            if name != variant.name { return "expected variant \(quoted(name)), got \(got)" }
+            if name != answer.variant { return "expected variant \(quoted(name)), got \(got)" }
         }
-        if let expected = fields["expect_value"], !sameValue(expected, variant.value) {
+        if let expected = fields["expect_value"], !sameValue(expected, answer.value) {
             return "expected value \(JSONWriter.string(expected)), got \(got)"
         }
         if let expected = fields["expect_reason"] {
             guard let reason = expected.stringValue else { return "'expect_reason' must be a reason name" }
-            if reason != decision.reason.rawValue { return "expected reason \(reason), got \(got)" }
+            if reason != answer.reason { return "expected reason \(reason), got \(got)" }
         }
         return nil
     }
 
-    private func shareFailure(_ fields: JSONObject, flag: Int, context: JSONObject, now: Double) -> String? {
+    private func shareFailure(_ fields: JSONObject, flag: String, context: JSONObject, now: Double?) -> String? {
         guard let sample = fields["sample"]?.objectValue, let field = sample["field"]?.stringValue,
             let count = sample["count"]?.intValue, count > 0, count <= 1_000_000
         else { return "'sample' must be {field = \"name\", count = 1..1000000}" }
@@ -179,8 +352,9 @@ private struct TestRun {
             return "a sample needs expect_share = {variant = {low, high}, ...}"
         }
         let prefix = sample["prefix"]?.stringValue ?? "\(field)-"
-        let flagDefinition = evaluator.ruleSet.flags[flag]
-        var counts = [Int](repeating: 0, count: flagDefinition.variants.count)
+        let variants = answers.variants(ofFlag: flag)
+        var counts: [String: Int] = [:]
+        for name in variants ?? [] { counts[name] = 0 }
         let clock = ContinuousClock()
         for number in 1...count {
             if number % 256 == 0, clock.now >= deadline {
@@ -188,24 +362,26 @@ private struct TestRun {
             }
             var sampled = context
             sampled[field] = .string(prefix + String(number))
-            let bytes = Array(JSONWriter.string(.object(sampled)).utf8)
-            let decision = bytes.withUnsafeBytes { evaluator.evaluateFlag(at: flag, context: $0, now: now) }
-            if let failure = decision.failure {
-                return "the rule failed for \(field) = \(quoted(prefix + String(number))): \(failure)"
+            switch answers.flag(flag, context: sampled, at: now) {
+            case .failure(let problem): return problem.message
+            case .success(let answer):
+                if let failure = answer.failure {
+                    return "the rule failed for \(field) = \(quoted(prefix + String(number))): \(failure)"
+                }
+                counts[answer.variant, default: 0] += 1
             }
-            counts[decision.variantIndex] += 1
         }
-        let measured = flagDefinition.variants.indices.map {
-            "\(flagDefinition.variants[$0].name) \(format(Double(counts[$0]) / Double(count)))"
+        let measured = (variants ?? counts.keys.sorted()).map {
+            "\($0) \(format(Double(counts[$0] ?? 0) / Double(count)))"
         }.joined(separator: ", ")
         for (name, range) in shares.sorted(by: { $0.key < $1.key }) {
             guard let bounds = range.arrayValue, bounds.count == 2, let low = bounds[0].doubleValue,
                 let high = bounds[1].doubleValue
             else { return "expect_share.\(name) must be {low, high}" }
-            guard let variant = flagDefinition.variants.firstIndex(where: { $0.name == name }) else {
-                return "expect_share names no variant of '\(flagDefinition.key)': \(name)"
+            if let variants, !variants.contains(name) {
+                return "expect_share names no variant of '\(flag)': \(name)"
             }
-            let share = Double(counts[variant]) / Double(count)
+            let share = Double(counts[name] ?? 0) / Double(count)
             if share < low || share > high {
                 return "expected a share of \(name) in [\(format(low)), \(format(high))] over \(count) \(field)s, "
                     + "got \(measured)"
@@ -219,24 +395,26 @@ private struct TestRun {
         guard fields["expect_route"] != nil || fields["expect_target"] != nil else {
             return "expects nothing: give it expect_route or expect_target"
         }
-        guard let now = time(fields) else { return Self.badTime }
-        let bytes = Array(JSONWriter.string(.object(request)).utf8)
-        let decision = bytes.withUnsafeBytes { evaluator.route(request: $0, now: now) }
-        let routes = evaluator.ruleSet.routes
+        let now: Double?
+        switch time(fields) {
+        case .success(let time): now = time
+        case .failure(let problem): return problem.message
+        }
         let routeName: String?
         let target: String?
         let got: String
-        switch decision {
-        case .matched(let index, let matched):
-            routeName = routes[index].name
+        switch answers.route(request, at: now) {
+        case .failure(let problem): return problem.message
+        case .success(.matched(let route, let matched)):
+            routeName = route
             target = matched
-            got = "route \(quoted(routes[index].name)), target \(quoted(matched))"
-        case .noRoute:
+            got = "route \(quoted(route)), target \(quoted(matched))"
+        case .success(.noRoute):
             routeName = nil
             target = nil
             got = "no route"
-        case .failed(let index, let failure):
-            return "expected an answer, got an error" + (index.map { " in route \(quoted(routes[$0].name))" } ?? "")
+        case .success(.failed(let route, let failure)):
+            return "expected an answer, got an error" + (route.map { " in route \(quoted($0))" } ?? "")
                 + ": \(failure)"
         }
         if let expected = fields["expect_route"] {
@@ -259,11 +437,14 @@ private struct TestRun {
     private func configFailure(_ fields: JSONObject) -> String? {
         guard let key = fields["config"]?.stringValue else { return "'config' must be a config key" }
         guard let expected = fields["expect_value"] else { return "expects nothing: give it expect_value" }
-        guard let entry = evaluator.ruleSet.config(key: key) else { return "no config '\(key)' in the rule set" }
-        if !sameValue(expected, entry.value) {
-            return "expected value \(JSONWriter.string(expected)), got \(JSONWriter.string(entry.value))"
+        switch answers.config(key) {
+        case .failure(let problem): return problem.message
+        case .success(let value):
+            if !sameValue(expected, value) {
+                return "expected value \(JSONWriter.string(expected)), got \(JSONWriter.string(value))"
+            }
+            return nil
         }
-        return nil
     }
 
     private func quoted(_ text: String) -> String { JSONWriter.string(.string(text)) }

@@ -10,8 +10,8 @@ struct Check: ParsableCommand {
             Reads every *.lua file under the directory (following symlinks, skipping any path component that \
             starts with a dot), loads them all into one sandboxed Lua state and validates the whole rule set, as \
             rulesd does before it puts a rule set live, then runs the rule tests the files declare (test "name" \
-            { ... }) in it: a failing test fails the check like a syntax error, at the test's file:line. \
-            --no-tests skips them.
+            { ... } and test "name" (function() ... end)) in it: a failing test fails the check like a syntax \
+            error, at the test's file:line (a function test's: the failing assertion's). --no-tests skips them.
 
             On success prints one line per file with what it declares, then the revision (the SHA-256 that \
             identifies this exact content) and the totals. On failure prints every problem as file:line: message on \
@@ -35,7 +35,7 @@ struct Check: ParsableCommand {
     @Option(help: "Output format: text (for people), json (for tools) or github (workflow annotations).")
     var format: Format = .text
 
-    @Flag(name: .customLong("no-tests"), help: "Skip the rule tests (test \"name\" { ... }).")
+    @Flag(name: .customLong("no-tests"), help: "Skip the rule tests (test \"name\" { ... } and function tests).")
     var noTests = false
 
     func run() throws {

@@ -10,10 +10,15 @@ struct TestCommand: ParsableCommand {
         abstract: "Run the rule tests of a rules directory.",
         discussion: """
             Loads the directory the way rulesd does (without letting the tests gate the load), then runs every \
-            rule test its files declare (test "name" { ... }) with the same engine rulesd uses. Prints every \
-            failing test as file:line: test 'name' failed: expected ..., got ..., then a last line \
-            'N passed, N failed'. Exit status 0 when every test passes, 1 otherwise (also when the directory \
-            does not load).
+            rule test its files declare (test "name" { ... } and test "name" (function() ... end)) with the same \
+            engine rulesd uses. Prints every failing test as file:line: test 'name' failed: expected ..., got \
+            ..., then a last line 'N passed, N failed'. Exit status 0 when every test passes, 1 otherwise (also \
+            when the directory does not load).
+
+            --live asks the serving rulesd (--socket) instead: the tests of DIR (by default the daemon's own \
+            rules directory) run against the daemon's answers, with the same output and exit status (3 when \
+            the daemon cannot be reached). Function tests run in DIR's rule files, but their flag(), route() \
+            and config() questions go to the daemon.
 
             --json prints one JSON object instead: {"passed":N,"failed":N,"results":[{"name","file","line",\
             "passed","message"},...]}. --junit FILE also writes a JUnit XML report (one testcase per test, \
@@ -21,8 +26,15 @@ struct TestCommand: ParsableCommand {
             """
     )
 
-    @Argument(help: ArgumentHelp("The rules directory whose tests run.", valueName: "dir"))
-    var directory: String
+    @Argument(
+        help: ArgumentHelp(
+            "The rules directory whose tests run (with --live: by default the daemon's own).", valueName: "dir"))
+    var directory: String?
+
+    @Flag(help: "Ask the serving rulesd (--socket) for the answers instead of loading the directory's rules.")
+    var live = false
+
+    @OptionGroup var socket: SocketOptions
 
     @Option(help: ArgumentHelp("Run only the tests whose name or file contains this text.", valueName: "text"))
     var filter: String?
@@ -33,12 +45,28 @@ struct TestCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Also write a JUnit XML report to this file.", valueName: "file"))
     var junit: String?
 
+    func validate() throws {
+        if directory == nil, !live { throw ValidationError("Missing expected argument '<dir>'") }
+    }
+
     func run() throws {
         let printer = AnswerPrinter(json: json)
-        let outcome = LargeStack.run { [directory, filter] () -> (RuleTestReport?, [RuleDiagnostic]) in
+        let liveAnswers = live ? try LiveTestAnswers(socket: socket.path) : nil
+        guard let directory = directory ?? liveAnswers?.rulesDirectory() else {
+            Console.write(
+                "rulesctl: rulesd did not say which rules directory it serves; give one\n", to: .standardError)
+            throw ExitCode.failure
+        }
+        let outcome = LargeStack.run { [filter] () -> (RuleTestReport?, [RuleDiagnostic]) in
             switch OfflineRules.load(directory, runTests: false) {
             case .failed(let diagnostics): return (nil, diagnostics)
             case .loaded(let ruleSet, let evaluator):
+                if let liveAnswers {
+                    return (
+                        RuleTestRunner.run(
+                            in: evaluator, remote: liveAnswers, filter: filter, budget: ruleSet.limits.testBudget), []
+                    )
+                }
                 return (RuleTestRunner.run(in: evaluator, filter: filter, budget: ruleSet.limits.testBudget), [])
             }
         }
@@ -100,9 +128,10 @@ struct TestCommand: ParsableCommand {
                 #"  <testcase classname="\#(escape(test.location.file))" name="\#(escape(test.name))" "#
                 + #"file="\#(escape(test.location.file))" line="\#(test.location.line)""#
             if let failure = result.failure {
+                let location = result.failureLocation ?? test.location
                 xml += ">\n"
                 xml +=
-                    #"    <failure message="\#(escape(failure))">\#(escape(test.location.description + ": " + failure))"#
+                    #"    <failure message="\#(escape(failure))">\#(escape(location.description + ": " + failure))"#
                 xml += "</failure>\n  </testcase>\n"
             } else {
                 xml += "/>\n"
@@ -117,7 +146,8 @@ struct TestCommand: ParsableCommand {
         return xml
     }
 
-    /// `{"passed":N,"failed":N,"not_run":N,"results":[{"name","file","line","passed","message"?}]}`.
+    /// `{"passed":N,"failed":N,"not_run":N,"results":[{"name","file","line","passed","message"?,"failure_file"?,
+    /// "failure_line"?}]}`; a function test's failure gives the assertion's file:line.
     static func jsonReport(_ report: RuleTestReport) -> JSONValue {
         let results: [JSONValue] = report.results.map { result in
             var members: [(String, JSONValue)] = [
@@ -125,6 +155,10 @@ struct TestCommand: ParsableCommand {
                 ("line", .integer(Int64(result.test.location.line))), ("passed", .bool(result.passed)),
             ]
             if let failure = result.failure { members.append(("message", .string(failure))) }
+            if let location = result.failureLocation {
+                members.append(("failure_file", .string(location.file)))
+                members.append(("failure_line", .integer(Int64(location.line))))
+            }
             return .object(JSONObject(members))
         }
         return .object(

@@ -129,9 +129,21 @@ typedef struct rs_test_info {
     const char *name;
     const char *file;
     int32_t line;
-    const char *json;          /**< the definition table, as canonical JSON text */
+    const char *json;          /**< the definition table, as canonical JSON text; NULL for a function test */
     size_t json_len;
+    int32_t is_function;       /**< declared as test "name" (function() ... end): run it with rs_run_test */
 } rs_test_info;
+
+/** Outcome of one function test. Texts live in the state's text buffer, valid until the next evaluation. */
+typedef struct rs_test_outcome {
+    int32_t passed;
+    int32_t out_of_budget;     /**< a budget (instructions, time, memory) stopped the test */
+    int32_t line;              /**< where it failed: the failing assertion's line, 0 when unknown */
+    uint32_t file_offset;      /**< the failing assertion's file (relative path), not NUL-terminated */
+    uint32_t file_length;
+    uint32_t message_offset;   /**< what was expected and what came back */
+    uint32_t message_length;
+} rs_test_outcome;
 
 /** A line logged by a rule with log(level, message). */
 typedef struct rs_log_line {
@@ -188,6 +200,26 @@ rs_config_info rs_config_at(const rs_state *S, size_t index);
 /** Rule tests, in declaration order (files in load order); not part of the rule set's flags. */
 size_t rs_test_count(const rs_state *S);
 rs_test_info rs_test_at(const rs_state *S, size_t index);
+
+/**
+ * Runs the function test at `index` (one with is_function set) in this state, under the evaluation instruction
+ * budget and `timeout_ns` of wall-clock time; `now()` and the test's queries see `now`.
+ */
+void rs_run_test(rs_state *S, size_t index, double now, uint64_t timeout_ns, rs_test_outcome *outcome);
+
+/**
+ * Where function tests' flag(), route() and config() questions go instead of this state's rules (rulesctl test
+ * --live): `ask` gets one protocol request (a JSON object, no newline) and returns the answer line, which must
+ * stay valid until its next call; NULL when there is no answer. A NULL `ask` makes the state answer again.
+ */
+typedef const char *(*rs_ask_fn)(void *context, const char *request, size_t request_length, size_t *answer_length);
+void rs_set_test_answers(rs_state *S, rs_ask_fn ask, void *context);
+
+/**
+ * The names of the globals every rule file sees (the sandbox's base environment), unordered.
+ * @return how many there are; at most `cap` are stored into `names` (valid until the state is freed).
+ */
+size_t rs_global_names(rs_state *S, const char **names, size_t cap);
 
 /** Bytes the state's allocator currently holds. */
 uint64_t rs_memory_in_use(const rs_state *S);
