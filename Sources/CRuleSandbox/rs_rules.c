@@ -270,7 +270,7 @@ static int api_flag_value(lua_State *L) {
         return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
     int variant = f->default_variant;
     const char *reason = !f->enabled ? "DISABLED" : f->rule_ref == LUA_NOREF ? "STATIC" : "DEFAULT";
-    ptrdiff_t traced = rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0);
+    ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0) : -1;
     if (f->enabled && f->rule_ref != LUA_NOREF) {
         const char *saved_key = S->current_key;
         size_t saved_len = S->current_key_len;
@@ -284,7 +284,8 @@ static int api_flag_value(lua_State *L) {
         S->current_key = saved_key;
         S->current_key_len = saved_len;
         if (status == LUA_ERRMEM && S->killed == RS_KILL_NONE) rs_mark_killed(L, RS_KILL_MEMORY);
-        if (status != LUA_OK || S->killed != RS_KILL_NONE) rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
+        if (S->trace && (status != LUA_OK || S->killed != RS_KILL_NONE))
+            rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
         if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
         if (status != LUA_OK) {
             char msg[RS_MESSAGE_CAP_BYTES];
@@ -294,7 +295,7 @@ static int api_flag_value(lua_State *L) {
         char why[300];
         int v = variant_of_result(L, f, why, sizeof why);
         if (v == -2) {
-            rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
+            if (S->trace) rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
             return luaL_error(L, "flag_value('%s'): %s", f->key, why);
         }
         if (v >= 0) {
@@ -302,7 +303,7 @@ static int api_flag_value(lua_State *L) {
             reason = "TARGETING_MATCH";
         }
     }
-    if (traced >= 0 || rs_tracing(L)) rs_trace_close_outcome(L, traced, f->variants[variant].name, reason);
+    if (S->trace) rs_trace_close_outcome(L, traced, f->variants[variant].name, reason);
     lua_pushstring(L, f->variants[variant].name);
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
     lua_rawgeti(L, -1, variant + 1);
@@ -1325,7 +1326,7 @@ static int eval_route_tx(lua_State *L) {
         S->current_key = r->name;
         S->current_key_len = r->name_len;
         a->route = (int)i;
-        ptrdiff_t traced = rs_trace_open(L, RS_TRACE_ROUTE, r->name, r->file, r->line);
+        ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_ROUTE, r->name, r->file, r->line) : -1;
         if (r->match_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, r->match_ref);
             lua_pushvalue(L, req);
@@ -1333,12 +1334,12 @@ static int eval_route_tx(lua_State *L) {
             bool matched = lua_toboolean(L, -1);
             lua_pop(L, 1);
             if (!matched) {
-                rs_trace_close(L, traced, "{\"matched\":false}");
+                if (S->trace) rs_trace_close(L, traced, "{\"matched\":false}");
                 continue;
             }
-            rs_trace_close(L, traced, "{\"matched\":true}");
+            if (S->trace) rs_trace_close(L, traced, "{\"matched\":true}");
         } else {
-            rs_trace_close(L, traced, "{\"matched\":true,\"always\":true}");
+            if (S->trace) rs_trace_close(L, traced, "{\"matched\":true,\"always\":true}");
         }
         o->index = (int32_t)i;
         if (r->static_target) {

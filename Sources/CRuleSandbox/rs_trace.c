@@ -38,6 +38,9 @@ struct rs_trace {
     int32_t depth;
     /* While a loop repeats: the record the last step matched, else -1. */
     ptrdiff_t cursor;
+    /* The record of the last loop head found, else -1: a loop whose body records differing calls on every
+     * iteration keeps finding its head here, however far back the head has moved. */
+    ptrdiff_t head;
     /* The last line event: a later line at or before it in the same function is a jump back (a loop). */
     const char *last_file;
     int32_t last_line, last_function, last_depth;
@@ -57,6 +60,7 @@ static void trace_reset(rs_trace *T) {
     T->truncated = false;
     T->depth = 0;
     T->cursor = -1;
+    T->head = -1;
     T->last_file = NULL;
     T->last_line = 0;
     T->last_function = -1;
@@ -143,6 +147,12 @@ static void add_step(rs_trace *T, rs_trace_entry *e, bool jumped_back) {
         }
         T->cursor = -1;
     }
+    if (jumped_back && T->head >= 0 && (size_t)T->head < T->count && same_step(&T->entries[T->head], e)) {
+        T->entries[T->head].count++;
+        T->cursor = T->head;
+        free_entry(e);
+        return;
+    }
     if (jumped_back) {
         size_t stop = T->count > RS_TRACE_LOOP_WINDOW ? T->count - RS_TRACE_LOOP_WINDOW : 0;
         for (size_t k = T->count; k-- > stop;) {
@@ -150,6 +160,7 @@ static void add_step(rs_trace *T, rs_trace_entry *e, bool jumped_back) {
             if (same_step(&T->entries[k], e)) {
                 T->entries[k].count++;
                 T->cursor = (ptrdiff_t)k;
+                T->head = (ptrdiff_t)k;
                 free_entry(e);
                 return;
             }
@@ -383,6 +394,7 @@ ptrdiff_t rs_trace_open(lua_State *L, int kind, const char *name, const char *fi
     rs_trace *T = rs_tracing(L);
     if (T == NULL) return -1;
     T->cursor = -1;
+    T->head = -1;
     T->last_file = NULL;
     if (kind == RS_TRACE_FLAG) caller_location(L, &file, &line);
     rs_trace_entry e = {kind, T->depth, 1, line, file ? rs_strdup(file) : NULL, rs_strdup(name), NULL};
@@ -396,6 +408,7 @@ void rs_trace_close(lua_State *L, ptrdiff_t opened, const char *detail) {
     if (T == NULL) return;
     if (T->depth > 0) T->depth--;
     T->cursor = -1;
+    T->head = -1;
     T->last_file = NULL;
     if (opened >= 0 && (size_t)opened < T->count) {
         free((char *)T->entries[opened].detail);

@@ -85,4 +85,28 @@ struct ExplainEndToEndTests {
         #expect(answer["ok"] == false)
         #expect(answer["error"]?["code"] == "FLAG_NOT_FOUND")
     }
+
+    @Test("a request no route matches is still explained: the routes tried, then NO_ROUTE and exit status 1")
+    func noRoute() throws {
+        let other = try DaemonHarness(rules: [
+            "routes.lua": """
+            route "api" {
+                match = function(req) return req.path == "/api" end,
+                target = "api",
+            }
+            """
+        ])
+        try other.start(arguments: ["--watch", "off"])
+        let answer = try other.request(#"{"op":"explain","request":{"path":"/x"}}"#)
+        #expect(answer["ok"] == true)
+        #expect(answer["result"]?["route"] == .null)
+        #expect(answer["result"]?["error"]?["code"] == "NO_ROUTE")
+        #expect(answer["result"]?["trace"]?["steps"]?[0]?["route"] == "api")
+        #expect(answer["result"]?["trace"]?["steps"]?[0]?["matched"] == false)
+        let result = try runRulesctl(
+            ["explain", "route", "-c", "path=/x"], environment: ["RULESD_SOCKET": other.socketPath])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains(#"routes.lua:1  route "api": no match"#))
+        #expect(result.stderr.contains("rulesctl: NO_ROUTE: no route matches the request"))
+    }
 }

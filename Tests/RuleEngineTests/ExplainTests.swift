@@ -70,6 +70,27 @@ struct ExplainTests {
         #expect(trace.steps.count == 4)
     }
 
+    @Test("a loop whose helper calls differ on every iteration still counts its lines once, the calls in order")
+    func loopsWithDifferingCalls() throws {
+        let rules = try compile([
+            "f.lua": """
+            flag "f" {
+              default = "off",
+              rule = function(ctx)
+                local n = 0
+                for i = 1, 100 do n = n + (starts_with(tostring(i), "1") and 1 or 0) end
+                if n == 12 then return "on" end
+              end,
+            }
+            """
+        ])
+        let (decision, trace) = try explain(rules, "f")
+        #expect(decision.reason == .targetingMatch)
+        #expect(lines(trace.steps) == ["f.lua:4", "f.lua:5 x100", "f.lua:6"])
+        let arguments = calls(trace.steps, named: "starts_with").compactMap { $0["args"]?[0]?.stringValue }
+        #expect(arguments == (1...100).map(String.init))
+    }
+
     @Test("split and rollout record the unit, the bucket value and the chosen bucket or threshold")
     func splitAndRollout() throws {
         let rules = try compile([
