@@ -267,6 +267,37 @@ struct ExplainTests {
         #expect(!full.truncated)
     }
 
+    @Test("a rule that fails or runs away is explained up to where it stopped, and keeps its budget")
+    func failingRules() throws {
+        let rules = try compile(
+            [
+                "f.lua": """
+                flag "fails" {
+                  default = "off",
+                  rule = function(ctx)
+                    local plan = ctx.plan
+                    error("no plan")
+                  end,
+                }
+                flag "spins" {
+                  default = "off",
+                  rule = function(ctx)
+                    while true do end
+                  end,
+                }
+                """
+            ], limits: hostileLimits())
+        let (failed, failedTrace) = try explain(rules, "fails")
+        #expect(failed.reason == .error)
+        #expect(lines(failedTrace.steps) == ["f.lua:4", "f.lua:5"])
+        #expect(failedTrace.fields.first?["present"] == false)
+        let (spun, spunTrace) = try explain(rules, "spins")
+        #expect(spun.failure?.code == .resourceLimit)
+        #expect(spunTrace.steps.count <= 2)
+        let again = try #require(rules.evaluator.evaluateFlag(key: "spins", now: pinnedNow))
+        #expect(again.failure?.code == .resourceLimit)
+    }
+
     @Test("after an explain, plain evaluations run with no line hook and answer the same")
     func noHookLeft() throws {
         let rules = try compile([
