@@ -262,9 +262,11 @@ static int h_split(lua_State *L)
     /* Only a string is a unit: flagd returns null for a missing or non-string bucketing key. */
     if (lua_type(L, 1) != LUA_TSTRING || total == 0) {
         lua_pushnil(L);
-        if (rs_tracing(L))
-            rs_trace_call(L, "split", 2, -1, lua_type(L, 1) != LUA_TSTRING ? "\"why\":\"the unit is not a string\""
-                                                                           : "\"why\":\"every weight is 0\"");
+        if (rs_tracing(L)) {
+            const char *why = lua_type(L, 1) != LUA_TSTRING ? "\"why\":\"the unit is not a string\""
+                                                            : "\"why\":\"every weight is 0\"";
+            rs_trace_call(L, "split", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, why);
+        }
         return 1;
     }
     size_t unit_len;
@@ -287,7 +289,7 @@ static int h_split(lua_State *L)
                          "\"bucket\":%llu,\"total\":%llu,\"chosen\":%lld,\"range\":[%llu,%llu]",
                          (unsigned long long)b, (unsigned long long)total, (long long)i,
                          (unsigned long long)(running - weight), (unsigned long long)running);
-                rs_trace_call(L, "split", 2, -1, extra);
+                rs_trace_call(L, "split", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, extra);
             }
             return 1;
         }
@@ -332,7 +334,8 @@ static int h_rollout(lua_State *L)
     if (lua_type(L, 1) != LUA_TSTRING) {
         lua_pushnil(L);
         if (rs_tracing(L))
-            rs_trace_call(L, "rollout", 2, -1, "\"why\":\"the unit is not a string\"");
+            rs_trace_call(L, "rollout", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1,
+                          "\"why\":\"the unit is not a string\"");
         return 1;
     }
     size_t unit_len;
@@ -344,7 +347,7 @@ static int h_rollout(lua_State *L)
         char extra[160];
         snprintf(extra, sizeof extra, "\"bucket\":%llu,\"total\":%llu,\"threshold\":%llu", (unsigned long long)b,
                  (unsigned long long)total, (unsigned long long)on);
-        rs_trace_call(L, "rollout", 2, -1, extra);
+        rs_trace_call(L, "rollout", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, extra);
     }
     return 1;
 }

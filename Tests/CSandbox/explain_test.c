@@ -21,7 +21,8 @@ static void check(int ok, const char *label)
     }
 }
 
-static const char rules[] = "flag \"base\" { default = \"off\", rule = function(ctx) if ctx.beta then return \"on\" end end }\n"
+static const char rules[] = "flag \"base\" { default = \"off\", "
+                            "rule = function(ctx) if ctx.beta then return \"on\" end end }\n"
                             "flag \"f\" {\n"
                             "  default = \"off\",\n"
                             "  rule = function(ctx)\n"
@@ -41,7 +42,8 @@ static const char rules[] = "flag \"base\" { default = \"off\", rule = function(
                             "    return \"on\"\n"
                             "  end,\n"
                             "}\n"
-                            "route \"a\" { priority = 2, match = function(req) return req.path == \"/a\" end, target = \"A\" }\n"
+                            "route \"a\" { priority = 2, "
+                            "match = function(req) return req.path == \"/a\" end, target = \"A\" }\n"
                             "route \"b\" { priority = 1, target = \"B\" }\n";
 
 static size_t flag_index(rs_state *S, const char *key)

@@ -98,7 +98,7 @@ struct ExplainTests {
             flag "f" {
               default = "off",
               rule = function(ctx)
-                local early = rollout(ctx.user_id, 30)
+                local early = rollout(ctx.user_id, 30, "exp")
                 return split(ctx.user_id, { { "on", 20 }, { "off", 80 } })
               end,
             }
@@ -119,7 +119,7 @@ struct ExplainTests {
         #expect(rules.ruleSet.flags[0].variants[decision.variantIndex].name == split["result"]?.stringValue)
 
         let rollout = try #require(calls(trace.steps, named: "rollout").first)
-        #expect(rollout["args"] == ["u-42", 30])
+        #expect(rollout["args"] == ["u-42", 30, "exp"])
         #expect(rollout["threshold"] == 30000)
         #expect(rollout["total"] == 100000)
         let point = try #require(rollout["bucket"]?.int64Value)
