@@ -262,6 +262,11 @@ static int h_split(lua_State *L)
     /* Only a string is a unit: flagd returns null for a missing or non-string bucketing key. */
     if (lua_type(L, 1) != LUA_TSTRING || total == 0) {
         lua_pushnil(L);
+        if (rs_tracing(L)) {
+            const char *why = lua_type(L, 1) != LUA_TSTRING ? "\"why\":\"the unit is not a string\""
+                                                            : "\"why\":\"every weight is 0\"";
+            rs_trace_call(L, "split", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, why);
+        }
         return 1;
     }
     size_t unit_len;
@@ -273,10 +278,19 @@ static int h_split(lua_State *L)
      * weights are read again rather than kept: the list may be arbitrarily long. */
     uint64_t running = 0;
     for (lua_Integer i = 1; i <= n; i++) {
-        running += bucket_weight(L, 2, i);
+        uint64_t weight = bucket_weight(L, 2, i);
+        running += weight;
         if (running > b) {
             lua_geti(L, 2, i);
             lua_geti(L, -1, 1);
+            if (rs_tracing(L)) {
+                char extra[200];
+                snprintf(extra, sizeof extra,
+                         "\"bucket\":%llu,\"total\":%llu,\"chosen\":%lld,\"range\":[%llu,%llu]",
+                         (unsigned long long)b, (unsigned long long)total, (long long)i,
+                         (unsigned long long)(running - weight), (unsigned long long)running);
+                rs_trace_call(L, "split", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, extra);
+            }
             return 1;
         }
     }
@@ -319,12 +333,22 @@ static int h_rollout(lua_State *L)
 
     if (lua_type(L, 1) != LUA_TSTRING) {
         lua_pushnil(L);
+        if (rs_tracing(L))
+            rs_trace_call(L, "rollout", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1,
+                          "\"why\":\"the unit is not a string\"");
         return 1;
     }
     size_t unit_len;
     const char *unit = lua_tolstring(L, 1, &unit_len);
     /* Walking {true, on}, {false, total - on}: the first bucket wins iff its running sum `on` exceeds b. */
-    lua_pushboolean(L, bucket_point(seed, seed_len, unit, unit_len, total) < on);
+    uint64_t b = bucket_point(seed, seed_len, unit, unit_len, total);
+    lua_pushboolean(L, b < on);
+    if (rs_tracing(L)) {
+        char extra[160];
+        snprintf(extra, sizeof extra, "\"bucket\":%llu,\"total\":%llu,\"threshold\":%llu", (unsigned long long)b,
+                 (unsigned long long)total, (unsigned long long)on);
+        rs_trace_call(L, "rollout", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1, extra);
+    }
     return 1;
 }
 
@@ -346,6 +370,8 @@ static int affix_test(lua_State *L, const char *fname, const char *what, bool at
         result = slen >= alen && memcmp(at_end ? s + (slen - alen) : s, affix, alen) == 0;
     }
     lua_pushboolean(L, result);
+    if (rs_tracing(L))
+        rs_trace_call(L, fname, 2, -1, NULL);
     return 1;
 }
 
@@ -575,9 +601,11 @@ static int h_semver_compare(lua_State *L)
     charge_strings(L, 2, 4);
     if (!semver_from_lua(L, 1, abuf, &a) || !semver_from_lua(L, 2, bbuf, &b)) {
         lua_pushnil(L);
-        return 1;
+    } else {
+        lua_pushinteger(L, semver_compare(&a, &b));
     }
-    lua_pushinteger(L, semver_compare(&a, &b));
+    if (rs_tracing(L))
+        rs_trace_call(L, "semver.compare", 2, -1, NULL);
     return 1;
 }
 
@@ -619,6 +647,8 @@ static int h_semver_match(lua_State *L)
     }
     if (!semver_from_lua(L, 1, vbuf, &v)) {
         lua_pushboolean(L, false);
+        if (rs_tracing(L))
+            rs_trace_call(L, "semver.match", 3, -1, "\"why\":\"not a version\"");
         return 1;
     }
 
@@ -635,6 +665,8 @@ static int h_semver_match(lua_State *L)
     case OP_TILDE: result = v.core[0] == ref.core[0] && v.core[1] == ref.core[1]; break;
     }
     lua_pushboolean(L, result);
+    if (rs_tracing(L))
+        rs_trace_call(L, "semver.match", 3, -1, NULL);
     return 1;
 }
 
@@ -771,6 +803,8 @@ static int h_ip_in_cidr(lua_State *L)
         return luaL_error(L, "ip.in_cidr: cidr must be a CIDR string or a list of them");
     }
     lua_pushboolean(L, found);
+    if (rs_tracing(L))
+        rs_trace_call(L, "ip.in_cidr", 2, -1, addr_ok ? NULL : "\"why\":\"not an IP address\"");
     return 1;
 }
 

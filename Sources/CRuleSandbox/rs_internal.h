@@ -48,6 +48,13 @@ int rs_resource_error(lua_State *L, const char *what);
  * of split/rollout), or NULL outside an evaluation (at load time). */
 const char *rs_current_key(lua_State *L, size_t *len);
 
+/* Explain (rs_trace.c). rs_tracing() is NULL unless an explain is running, so helpers pay one test. After a
+ * helper has pushed its result at `result`, rs_trace_call records its `nargs` arguments, the result and
+ * `extra` (JSON members without braces, or NULL). */
+typedef struct rs_trace rs_trace;
+rs_trace *rs_tracing(lua_State *L);
+void rs_trace_call(lua_State *L, const char *name, int nargs, int result, const char *extra);
+
 /* Registers the native helper functions (split, rollout, semver, ip,
  * starts_with, ends_with) into the table at the top of the stack. Implemented
  * in rs_helpers.c. */

@@ -290,6 +290,8 @@ static int api_flag_value(lua_State *L) {
     if (S->flag_depth >= RS_MAX_FLAG_DEPTH)
         return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
     int variant = f->default_variant;
+    const char *reason = !f->enabled ? "DISABLED" : f->rule_ref == LUA_NOREF ? "STATIC" : "DEFAULT";
+    ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0) : -1;
     if (f->enabled && f->rule_ref != LUA_NOREF) {
         const char *saved_key = S->current_key;
         size_t saved_len = S->current_key_len;
@@ -303,6 +305,8 @@ static int api_flag_value(lua_State *L) {
         S->current_key = saved_key;
         S->current_key_len = saved_len;
         if (status == LUA_ERRMEM && S->killed == RS_KILL_NONE) rs_mark_killed(L, RS_KILL_MEMORY);
+        if (S->trace && (status != LUA_OK || S->killed != RS_KILL_NONE))
+            rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
         if (S->killed != RS_KILL_NONE) return rs_raise_kill(L);
         if (status != LUA_OK) {
             char msg[RS_MESSAGE_CAP_BYTES];
@@ -311,9 +315,16 @@ static int api_flag_value(lua_State *L) {
         }
         char why[300];
         int v = variant_of_result(L, f, why, sizeof why);
-        if (v == -2) return luaL_error(L, "flag_value('%s'): %s", f->key, why);
-        if (v >= 0) variant = v;
+        if (v == -2) {
+            if (S->trace) rs_trace_close(L, traced, "{\"reason\":\"ERROR\"}");
+            return luaL_error(L, "flag_value('%s'): %s", f->key, why);
+        }
+        if (v >= 0) {
+            variant = v;
+            reason = "TARGETING_MATCH";
+        }
     }
+    if (S->trace) rs_trace_close_outcome(L, traced, f->variants[variant].name, reason);
     lua_pushstring(L, f->variants[variant].name);
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
     lua_rawgeti(L, -1, variant + 1);
@@ -1211,6 +1222,7 @@ static int eval_flag_tx(lua_State *L) {
     rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
     rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_rule(S, f->key, f->key_len);
     S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
@@ -1340,6 +1352,7 @@ static int eval_route_tx(lua_State *L) {
     a->stage = STAGE_CONTEXT;
     rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
     int req = lua_gettop(L);
+    if (S->trace) rs_trace_context(L, req);
     a->stage = STAGE_RULE;
     o->status = RS_NO_DECISION;
     o->index = -1;
@@ -1351,13 +1364,20 @@ static int eval_route_tx(lua_State *L) {
         S->current_key = r->name;
         S->current_key_len = r->name_len;
         a->route = (int)i;
+        ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_ROUTE, r->name, r->file, r->line) : -1;
         if (r->match_ref != LUA_NOREF) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, r->match_ref);
             lua_pushvalue(L, req);
             lua_call(L, 1, 1);
             bool matched = lua_toboolean(L, -1);
             lua_pop(L, 1);
-            if (!matched) continue;
+            if (!matched) {
+                if (S->trace) rs_trace_close(L, traced, "{\"matched\":false}");
+                continue;
+            }
+            if (S->trace) rs_trace_close(L, traced, "{\"matched\":true}");
+        } else {
+            if (S->trace) rs_trace_close(L, traced, "{\"matched\":true,\"always\":true}");
         }
         o->index = (int32_t)i;
         if (r->static_target) {
@@ -1426,4 +1446,20 @@ void rs_eval_route(rs_state *S, const char *request_json, size_t request_length,
     }
     rs_disarm(S);
     lua_settop(L, 0);
+}
+
+/* ---- explain ------------------------------------------------------------------------------- */
+
+void rs_explain_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
+                     size_t max_entries, rs_outcome *outcome) {
+    rs_trace_start(S, max_entries);
+    rs_eval_flag(S, flag, context_json, context_length, now, outcome);
+    rs_trace_stop(S);
+}
+
+void rs_explain_route(rs_state *S, const char *request_json, size_t request_length, double now,
+                      size_t max_entries, rs_outcome *outcome) {
+    rs_trace_start(S, max_entries);
+    rs_eval_route(S, request_json, request_length, now, outcome);
+    rs_trace_stop(S);
 }

@@ -171,7 +171,10 @@ static int hook_interval_for(const rs_state *S) {
 }
 
 static void rs_hook(lua_State *L, lua_Debug *ar) {
-    (void)ar;
+    if (ar->event == LUA_HOOKLINE) {
+        rs_trace_line(L, ar);
+        return;
+    }
     rs_state *S = rs_state_of(L);
     if (S->phase != RS_PHASE_LOAD && S->phase != RS_PHASE_EVAL) return;
     if (S->killed == RS_KILL_NONE) {
@@ -183,7 +186,7 @@ static void rs_hook(lua_State *L, lua_Debug *ar) {
             int interval = hook_interval_for(S);
             if (interval != S->hook_interval) {
                 S->hook_interval = interval;
-                lua_sethook(L, rs_hook, LUA_MASKCOUNT, interval);
+                lua_sethook(L, rs_hook, LUA_MASKCOUNT | rs_trace_mask(S), interval);
             }
             return;
         }
@@ -238,7 +241,7 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
     S->deadline_ns = rs_now_ns() + timeout_ns;
     /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
     S->hook_interval = hook_interval_for(S);
-    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, S->hook_interval);
+    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT | rs_trace_mask(S), S->hook_interval);
 }
 
 void rs_disarm(rs_state *S) {
@@ -439,6 +442,7 @@ rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
     if (status != LUA_OK) {
         rs_error_text(S->L, -1, error, error_cap);
         lua_close(S->L);
+    rs_trace_free(S);
         free(S);
         return NULL;
     }
@@ -460,6 +464,7 @@ void rs_state_free(rs_state *S) {
     /* Finalizers are refused by the sandbox (setmetatable rejects __gc), so closing runs no user code. */
     S->phase = RS_PHASE_HOST;
     lua_close(S->L);
+    rs_trace_free(S);
     for (size_t i = 0; i < S->diag_count; i++) {
         free(S->diags[i].file);
         free(S->diags[i].message);

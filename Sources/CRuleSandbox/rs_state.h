@@ -169,6 +169,9 @@ struct rs_state {
     rs_log_entry *logs;
     size_t log_count, log_cap;
 
+    /* The explain in progress or last done (rs_trace.c); NULL until the first explain. */
+    rs_trace *trace;
+
     /* Texts that outcomes point into. */
     char *text;
     size_t text_len, text_cap;
@@ -241,6 +244,22 @@ bool rs_to_json(lua_State *L, int idx);
 
 /* The ro metamethods, compared by identity to recognise frozen tables. */
 int rs_ro_newindex(lua_State *L);
+
+/* Explain (rs_trace.c). */
+void rs_trace_start(rs_state *S, size_t max_entries);
+void rs_trace_stop(rs_state *S);
+void rs_trace_free(rs_state *S);
+/* LUA_MASKLINE while a trace records, else 0: or-ed into the count hook's mask. */
+int rs_trace_mask(const rs_state *S);
+/* The line hook's part. */
+void rs_trace_line(lua_State *L, lua_Debug *ar);
+/* Opens a record whose own steps follow one level deeper (a prerequisite, a route); returns its handle. */
+ptrdiff_t rs_trace_open(lua_State *L, int kind, const char *name, const char *file, int32_t line);
+/* Closes it, with its detail (a JSON object). */
+void rs_trace_close(lua_State *L, ptrdiff_t opened, const char *detail);
+void rs_trace_close_outcome(lua_State *L, ptrdiff_t opened, const char *variant, const char *reason);
+/* Makes the context view at idx record the fields read through it. */
+void rs_trace_context(lua_State *L, int idx);
 
 /* Rule API (rs_rules.c): registers flag, route, config, flag_value, log and now into the table on top. */
 void rs_open_rule_api(lua_State *L);

@@ -369,7 +369,7 @@ final class QueryConnection: EventPollSource {
             answerInReserve(request, line: line)
         case .success(let request):
             switch request.operation {
-            case .ping, .flag, .flags, .route, .config:
+            case .ping, .flag, .flags, .route, .config, .explain:
                 responder.answer(request, line: line, into: &output)
             case .watch:
                 startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })

@@ -11,7 +11,7 @@ import SystemClock
 public final class RuleEvaluator {
     /// The rule set this evaluator answers for.
     public let ruleSet: RuleSet
-    private let state: OpaquePointer
+    let state: OpaquePointer
     private var outcomes: [rs_outcome]
 
     init(state: OpaquePointer, ruleSet: RuleSet) {
@@ -80,6 +80,10 @@ public final class RuleEvaluator {
     public func route(request: UnsafeRawBufferPointer, now: Double) -> RouteDecision {
         var outcome = rs_outcome()
         rs_eval_route(state, request.baseAddress?.assumingMemoryBound(to: CChar.self), request.count, now, &outcome)
+        return routeDecision(outcome)
+    }
+
+    func routeDecision(_ outcome: rs_outcome) -> RouteDecision {
         switch Int(outcome.status) {
         case Int(RS_OK.rawValue):
             return .matched(routeIndex: Int(outcome.index), target: text(outcome.target_offset, outcome.target_length))
@@ -145,7 +149,7 @@ public final class RuleEvaluator {
         return lines
     }
 
-    private func decision(_ outcome: rs_outcome, flag: Int) -> FlagDecision {
+    func decision(_ outcome: rs_outcome, flag: Int) -> FlagDecision {
         let variant = Int(outcome.index) >= 0 ? Int(outcome.index) : ruleSet.flags[flag].defaultVariant
         switch Int(outcome.status) {
         case Int(RS_OK.rawValue): return FlagDecision(variantIndex: variant, reason: .targetingMatch)
@@ -159,7 +163,7 @@ public final class RuleEvaluator {
         }
     }
 
-    private func failure(_ outcome: rs_outcome) -> RuleFailure? {
+    func failure(_ outcome: rs_outcome) -> RuleFailure? {
         let code: RuleErrorCode
         switch Int(outcome.status) {
         case Int(RS_ERR_GENERAL.rawValue), Int(RS_ERR_INTERNAL.rawValue): code = .general
@@ -171,7 +175,7 @@ public final class RuleEvaluator {
         return RuleFailure(code: code, message: text(outcome.message_offset, outcome.message_length))
     }
 
-    private func text(_ offset: UInt32, _ length: UInt32) -> String {
+    func text(_ offset: UInt32, _ length: UInt32) -> String {
         guard length > 0, let base = rs_text_buffer(state) else { return "" }
         let start = UnsafeRawPointer(base + Int(offset)).assumingMemoryBound(to: UInt8.self)
         return String(decoding: UnsafeBufferPointer(start: start, count: Int(length)), as: UTF8.self)

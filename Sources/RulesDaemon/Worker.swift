@@ -120,6 +120,22 @@ final class Worker: QueryResponder {
             question = .route(request: request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
         case .config:
             question = request.key.map { .config(key: $0) } ?? .configPrefix(request.prefix ?? "")
+        case .explain:
+            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
+            let failure: ProtocolError?
+            if let routed = request.request {
+                failure = EvaluationAnswers.answer(
+                    .explainRoute(request: UnsafeRawBufferPointer(rebasing: line[routed])), evaluator: evaluator,
+                    now: now, observer: metrics, into: &result)
+            } else {
+                failure = request.withFlagBytes(in: line) { key in
+                    EvaluationAnswers.answer(
+                        .explainFlag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics,
+                        into: &result)
+                }
+            }
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
+            return
         case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume:
             ResponseWriter.writeFailure(
                 id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous"),

@@ -10,6 +10,10 @@ public enum RuleQuestion {
     case route(request: UnsafeRawBufferPointer)
     case config(key: String)
     case configPrefix(String)
+    /// `flag`, answered with a trace of what the rule did.
+    case explainFlag(key: UnsafeRawBufferPointer, context: UnsafeRawBufferPointer)
+    /// `route`, answered with a trace of every route tried up to the winner.
+    case explainRoute(request: UnsafeRawBufferPointer)
 }
 
 /// Sees what an answer evaluated (the daemon counts it in its metrics).
@@ -86,7 +90,47 @@ public enum EvaluationAnswers {
                 return ProtocolError(.configNotFound, RuleAnswers.configPrefixNotFound(prefix).message)
             }
             RuleAnswers.appendConfigs(entries, to: &result)
+        case .explainFlag(let key, let context):
+            guard let index = ruleSet.flagIndex(forUTF8: key) else {
+                let name = String(decoding: key, as: UTF8.self)
+                return ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(name).message)
+            }
+            let (decision, trace) = evaluator.explainFlag(at: index, context: context, now: now)
+            observer.flagEvaluated(index: index, decision: decision)
+            RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
+            appendTrace(trace, to: &result)
+        case .explainRoute(let request):
+            let (decision, trace) = evaluator.explainRoute(request: request, now: now)
+            switch decision {
+            case .matched(let index, let target):
+                RuleAnswers.appendRoute(ruleSet.routes[index], target: target, to: &result)
+            case .noRoute:
+                // An explained route that matches nothing is still an answer: the trace says why.
+                result.append(contentsOf: #"{"route":null,"error":"#.utf8)
+                RuleAnswers.appendError(
+                    code: RuleAnswers.noRoute.code, message: RuleAnswers.noRoute.message, to: &result)
+                result.append(UInt8(ascii: "}"))
+            case .failed(let index, let problem):
+                if problem.code == .invalidContext {
+                    return ProtocolError(.invalidRequest, "request: \(problem.message)")
+                }
+                observer.ruleFailed(problem.code)
+                let failure = RuleAnswers.routeFailure(index.map { ruleSet.routes[$0] }, problem)
+                result.append(contentsOf: #"{"route":null,"error":"#.utf8)
+                RuleAnswers.appendError(code: failure.code, message: failure.message, extra: failure.extra, to: &result)
+                result.append(UInt8(ascii: "}"))
+            }
+            appendTrace(trace, to: &result)
         }
         return nil
+    }
+
+    /// Turns the answer object just appended, `{...}`, into `{...,"trace":TRACE}`.
+    private static func appendTrace(_ trace: RuleTrace, to result: inout [UInt8]) {
+        guard result.last == UInt8(ascii: "}") else { return }
+        result.removeLast()
+        result.append(contentsOf: #","trace":"#.utf8)
+        result.append(contentsOf: JSONWriter.string(trace.json).utf8)
+        result.append(UInt8(ascii: "}"))
     }
 }

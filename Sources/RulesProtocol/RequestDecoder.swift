@@ -5,6 +5,8 @@ public enum RequestOperation: String, Sendable, Hashable, CaseIterable {
     case ping, flag, flags, route, config, status, watch, reload, metrics
     /// The rule history: `history`, `show`, and the operate-level `rollback` and `resume`.
     case history, show, rollback, resume
+    /// A `flag` or `route` question answered with a trace of what the rules did.
+    case explain
 }
 
 /// A request line, decoded. Ranges point into the line it was decoded from.
@@ -200,6 +202,11 @@ public struct RequestDecoder {
             return .failure(invalid("op 'flag' needs 'flag', the flag's key", id))
         case .config where (request.key == nil) == (request.prefix == nil):
             return .failure(invalid("op 'config' needs exactly one of 'key' or 'prefix'", id))
+        case .explain
+        where (request.flagRange == nil && request.flagDecoded == nil) == (request.request == nil)
+            || (request.context != nil && request.request != nil):
+            return .failure(
+                invalid("op 'explain' needs either 'flag' (with an optional 'context') or 'request'", id))
         case .show where request.revision == nil, .rollback where request.revision == nil:
             return .failure(invalid("op '\(operation.rawValue)' needs 'revision'", id))
         default:
@@ -226,6 +233,7 @@ public struct RequestDecoder {
                 if JSONObjectScanner.key(content, equals: "reload") { return .reload }
                 if JSONObjectScanner.key(content, equals: "resume") { return .resume }
             case 7:
+                if JSONObjectScanner.key(content, equals: "explain") { return .explain }
                 if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
                 if JSONObjectScanner.key(content, equals: "history") { return .history }
             case 8: if JSONObjectScanner.key(content, equals: "rollback") { return .rollback }
@@ -245,6 +253,7 @@ public struct RequestDecoder {
         case .flag: return field == .flag || field == .context || field == .at
         case .flags: return field == .context || field == .at
         case .route: return field == .request || field == .at
+        case .explain: return field == .flag || field == .context || field == .request || field == .at
         case .config: return field == .key || field == .prefix
         case .show: return field == .revision || field == .path
         case .rollback: return field == .revision

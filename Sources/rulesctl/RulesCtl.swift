@@ -26,6 +26,7 @@ struct RulesCtl: AsyncParsableCommand {
             Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self,
             History.List.self, History.Show.self, History.Diff.self, History.Rollback.self, History.Resume.self,
             Check.self, Eval.self, TestCommand.self,
+            Explain.self,
             InitCommand.self,
         ]
     )

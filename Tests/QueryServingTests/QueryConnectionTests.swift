@@ -15,7 +15,7 @@ struct QueryConnectionTests {
     @Test("requests read together with operations that wait are all answered, in order")
     func mixedBatchAnsweredInOrder() async throws {
         let harness = try await ConnectionHarness()
-        let operations = ["ping", "status", "flag", "reload", "config", "metrics", "flags", "route"]
+        let operations = ["ping", "status", "flag", "reload", "config", "metrics", "flags", "route", "explain"]
         var batch = ""
         for (index, operation) in operations.enumerated() {
             batch += extraMembers(#"{"op":"\#(operation)","id":\#(index + 1)"#, operation) + "}\n"
@@ -225,6 +225,7 @@ func extraMembers(_ prefix: String, _ operation: String) -> String {
     case "flag": return prefix + #","flag":"f","context":{"user_id":"u"}"#
     case "config": return prefix + #","key":"k""#
     case "route": return prefix + #","request":{"path":"/"}"#
+    case "explain": return prefix + #","flag":"f","context":{"user_id":"u"}"#
     default: return prefix
     }
 }

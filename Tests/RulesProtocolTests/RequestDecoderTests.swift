@@ -40,10 +40,35 @@ struct RequestDecoderTests {
     @Test("every operation decodes", arguments: RequestOperation.allCases)
     func operations(_ operation: RequestOperation) throws {
         var line = #"{"op":"\#(operation.rawValue)""#
-        if operation == .flag { line += #","flag":"x""# }
+        if operation == .flag || operation == .explain { line += #","flag":"x""# }
         if operation == .config { line += #","key":"x""# }
         if operation == .show || operation == .rollback { line += #","revision":"ab12""# }
         #expect(try decode(line + "}").0.get().operation == operation)
+    }
+
+    @Test("explain asks about a flag (with a context) or a route request, never both")
+    func explainRequests() throws {
+        let (flag, flagBytes) = decode(#"{"op":"explain","flag":"checkout.new-flow","context":{"a":1},"at":5}"#)
+        let flagRequest = try flag.get()
+        #expect(flagRequest.operation == .explain)
+        flagBytes.withUnsafeBytes { line in
+            #expect(flagRequest.flag(in: line) == "checkout.new-flow")
+            #expect(String(decoding: line[flagRequest.context!], as: UTF8.self) == #"{"a":1}"#)
+        }
+        #expect(flagRequest.at == 5)
+        let (route, routeBytes) = decode(#"{"op":"explain","request":{"path":"/"}}"#)
+        let routeRequest = try route.get()
+        #expect(routeRequest.flagRange == nil && routeRequest.flagDecoded == nil)
+        routeBytes.withUnsafeBytes {
+            #expect(String(decoding: $0[routeRequest.request!], as: UTF8.self) == #"{"path":"/"}"#)
+        }
+        for line in [
+            #"{"op":"explain"}"#, #"{"op":"explain","context":{}}"#,
+            #"{"op":"explain","flag":"x","request":{}}"#, #"{"op":"explain","request":{},"context":{}}"#,
+            #"{"op":"explain","flag":"x","key":"y"}"#,
+        ] {
+            #expect(failure(line)?.code == .invalidRequest, "\(line)")
+        }
     }
 
     @Test("show and rollback carry a revision, show a path; both are refused elsewhere")

@@ -241,6 +241,57 @@ int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_
 /** Routes one request given as JSON text (an object). */
 void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome);
 
+/** What one record of an explained evaluation is. */
+typedef enum rs_trace_kind {
+    /** A rule-file line ran (`count` times when a loop repeated it). */
+    RS_TRACE_LINE = 1,
+    /** A helper (split, rollout, semver.*, ip.in_cidr, starts_with, ends_with) was called: `name`, and in
+        `detail` a JSON object with its "args", its "result" and, for split/rollout, the bucket. */
+    RS_TRACE_CALL = 2,
+    /** flag_value(`name`, ...): the prerequisite's own records follow one level deeper; `detail` holds its
+        "variant" and "reason". */
+    RS_TRACE_FLAG = 3,
+    /** A route was tried (`name`, declared at file:line): its match lines follow one level deeper; `detail`
+        holds "matched". */
+    RS_TRACE_ROUTE = 4,
+    /** A context field was read (`name` is its path, `detail` says whether it was present, and its value). */
+    RS_TRACE_FIELD = 5,
+} rs_trace_kind;
+
+/** One record of an explained evaluation. Strings stay valid until the next explain on the state. */
+typedef struct rs_trace_entry {
+    int32_t kind;       /**< an rs_trace_kind */
+    int32_t depth;      /**< 0 for the rule itself, one more inside each prerequisite or route */
+    uint32_t count;     /**< times the record repeated (loops folded); for fields, times read */
+    int32_t line;       /**< 0 when unknown */
+    const char *file;   /**< NULL when unknown */
+    const char *name;   /**< helper, flag key, route name or field path; NULL for lines */
+    const char *detail; /**< a JSON object, or NULL */
+} rs_trace_entry;
+
+/**
+ * rs_eval_flag, recording a trace of what the rule does (lines run, helper calls, prerequisites, context
+ * fields read). Only this call pays for tracing: the line hook is removed before it returns.
+ * @param max_entries most records kept (records and fields together); 0 means 1,000.
+ */
+void rs_explain_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
+                     size_t max_entries, rs_outcome *outcome);
+
+/** rs_eval_route, recording a trace that also lists every route tried, in priority order, up to the winner. */
+void rs_explain_route(rs_state *S, const char *request_json, size_t request_length, double now,
+                      size_t max_entries, rs_outcome *outcome);
+
+/** The records of the last explain, in execution order. */
+size_t rs_trace_count(const rs_state *S);
+rs_trace_entry rs_trace_at(const rs_state *S, size_t index);
+/** The context fields the last explain read, in first-read order, each once. */
+size_t rs_trace_field_count(const rs_state *S);
+rs_trace_entry rs_trace_field_at(const rs_state *S, size_t index);
+/** Whether the last explain's trace was cut at its cap. */
+int rs_trace_truncated(const rs_state *S);
+/** The Lua hook mask in force on the state's main thread (a line hook only ever runs inside an explain). */
+int rs_hook_mask(const rs_state *S);
+
 /** The texts that outcomes point into; valid until the next evaluation. */
 const char *rs_text_buffer(const rs_state *S);
 
