@@ -162,6 +162,9 @@ struct rs_state {
     rs_log_entry *logs;
     size_t log_count, log_cap;
 
+    /* Data files offered to `data "name"` and the data sets built from them (rs_data.c); NULL when none. */
+    struct rs_data_table *data;
+
     /* Texts that outcomes point into. */
     char *text;
     size_t text_len, text_cap;
@@ -237,5 +240,12 @@ int rs_ro_newindex(lua_State *L);
 
 /* Rule API (rs_rules.c): registers flag, route, config, flag_value, log and now into the table on top. */
 void rs_open_rule_api(lua_State *L);
+
+/* Data files (rs_data.c): the `data` function of the rule API, the check that lets data objects through the
+ * freeze (they are read-only by construction), and the clean-up of a state's offers. */
+int rs_api_data(lua_State *L);
+bool rs_is_data_object(lua_State *L, int idx);
+void rs_data_drop_sources(rs_state *S);
+void rs_data_state_free(rs_state *S);
 
 #endif
