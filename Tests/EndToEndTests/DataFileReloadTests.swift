@@ -45,4 +45,25 @@ struct DataFileReloadTests {
         #expect(variant(daemon, user: "alice") == "on")
         #expect(variant(daemon, user: "bob") == "off")
     }
+
+    @Test("rulesctl check lists each data set with its entries, in text and in JSON")
+    func checkReportsDataSets() throws {
+        let rules = try TemporaryRules(["beta.lua": rule, "beta-users.txt": "alice\nbob\n# not me\n"])
+        defer { rules.remove() }
+        let text = try RulesctlProcess.run(["check", rules.path])
+        #expect(text.status == 0)
+        #expect(text.standardOutput.contains(#"data "beta-users" (beta-users.txt): set of 2 entries, "#))
+        let json = try RulesctlProcess.run(["check", "--format", "json", rules.path]).json()
+        #expect(json["data"]?["beta-users"]?["entries"] == 2)
+        #expect(json["data"]?["beta-users"]?["kind"] == "set")
+    }
+
+    @Test("rulesctl check names a malformed data file's file:line and exits 1")
+    func checkNamesMalformedDataFile() throws {
+        let rules = try TemporaryRules(["beta.lua": rule, "beta-users.json": "[\n\"alice\",\nfalse\n]"])
+        defer { rules.remove() }
+        let run = try RulesctlProcess.run(["check", rules.path])
+        #expect(run.status == 1)
+        #expect(run.standardError.contains("beta-users.json:3: a list entry is not a string"), "\(run.standardError)")
+    }
 }
