@@ -743,8 +743,8 @@ static int data_kind(lua_State *L) {
 
 static int data_tostring(lua_State *L) {
     data_box *box = check_box(L);
-    lua_pushfstring(L, "data \"%s\" (%s of %d entries)", box->name, box->data->is_map ? "map" : "set",
-                    (int)box->data->count);
+    lua_pushfstring(L, "data \"%s\" (%s of %I entries)", box->name, box->data->is_map ? "map" : "set",
+                    (lua_Integer)box->data->count);
     return 1;
 }
 

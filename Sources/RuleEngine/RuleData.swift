@@ -59,11 +59,12 @@ extension RuleSet {
     public var dataSummaryLines: [String] {
         dataSets.map { set in
             let kind = set.isMap ? "map" : "set"
+            let entries = set.entries == 1 ? "1 entry" : "\(set.entries) entries"
             let size =
                 set.bytes >= 1 << 20
                 ? String(Double(set.bytes * 10 >> 20) / 10) + " MiB"
-                : String(Double(set.bytes * 10 >> 10) / 10) + " KiB"
-            return "data \"\(set.name)\" (\(set.path)): \(kind) of \(set.entries) entries, \(size)"
+                : set.bytes >= 1 << 10 ? String(Double(set.bytes * 10 >> 10) / 10) + " KiB" : "\(set.bytes) bytes"
+            return "data \"\(set.name)\" (\(set.path)): \(kind) of \(entries), \(size)"
         }
     }
 }
