@@ -58,6 +58,9 @@ static void test_text_lists(void) {
     check(rs_data_bytes(D) > 0, "a set reports its memory");
     rs_data_release(D);
     expect_error(RS_DATA_TEXT, "ok\nbad\xff\n", 2, "not valid UTF-8", "invalid UTF-8 names its line");
+    rs_data *B = parse(RS_DATA_TEXT, "\xEF\xBB\xBF" "first\nsecond\n", &line, error);
+    check(B && rs_data_contains(B, "first", 5), "a byte order mark is not part of the first entry");
+    rs_data_release(B);
 }
 
 static void test_large_list(void) {
