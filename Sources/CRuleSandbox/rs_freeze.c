@@ -438,6 +438,10 @@ void rs_freeze_reachable(rs_state *S, lua_State *L, int roots) {
             break;
         case LUA_TTHREAD: origin_report(S, L, roots, origin, "a coroutine created while loading"); break;
         case LUA_TUSERDATA:
+            /* A data set: read-only C memory behind a hidden metatable, the same for every request. */
+            if (rs_is_data_object(L, v)) break;
+            origin_report(S, L, roots, origin, "a userdata value");
+            break;
         case LUA_TLIGHTUSERDATA: origin_report(S, L, roots, origin, "a userdata value"); break;
         default: break;
         }

@@ -336,6 +336,7 @@ void rs_open_rule_api(lua_State *L) {
     static const luaL_Reg api[] = {
         {"flag", api_flag}, {"route", api_route}, {"config", api_config}, {"flag_value", api_flag_value},
         {"log", api_log},   {"now", api_now},     {"test", api_test},     {"expect", rs_api_expect},
+        {"data", rs_api_data},
         {NULL, NULL},
     };
     luaL_setfuncs(L, api, 0);
@@ -1051,6 +1052,8 @@ int rs_finish_loading(rs_state *S) {
         }
         S->diag_count = w;
         S->usable = S->diag_count == 0;
+        /* The raw bytes of data files were needed only while files loaded. */
+        rs_data_drop_sources(S);
         lua_gc(L, LUA_GCCOLLECT);
     }
     return (int)S->diag_count;

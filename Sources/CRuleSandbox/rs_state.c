@@ -501,6 +501,7 @@ void rs_state_free(rs_state *S) {
         free(S->configs[i].json);
     }
     free(S->configs);
+    rs_data_state_free(S);
     rs_log_clear(S);
     free(S->logs);
     free(S->text);

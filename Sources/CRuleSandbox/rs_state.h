@@ -171,6 +171,8 @@ struct rs_state {
 
     /* The explain in progress or last done (rs_trace.c); NULL until the first explain. */
     rs_trace *trace;
+    /* Data files offered to `data "name"` and the data sets built from them (rs_data.c); NULL when none. */
+    struct rs_data_table *data;
 
     /* Texts that outcomes point into. */
     char *text;
@@ -274,5 +276,12 @@ int rs_test_flag(lua_State *L);
 int rs_test_route(lua_State *L);
 int rs_test_config(lua_State *L);
 int rs_api_expect(lua_State *L);
+
+/* Data files (rs_data.c): the `data` function of the rule API, the check that lets data objects through the
+ * freeze (they are read-only by construction), and the clean-up of a state's offers. */
+int rs_api_data(lua_State *L);
+bool rs_is_data_object(lua_State *L, int idx);
+void rs_data_drop_sources(rs_state *S);
+void rs_data_state_free(rs_state *S);
 
 #endif

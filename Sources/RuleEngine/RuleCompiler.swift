@@ -21,14 +21,17 @@ public enum RuleCompiler {
     ) throws(RuleLoadFailure) -> (ruleSet: RuleSet, evaluator: RuleEvaluator) {
         let sorted = sources.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
         var oversized: [RuleDiagnostic] = []
-        for source in sorted where source.content.count > limits.maxFileBytes {
+        for source in sorted {
+            let isData = RuleDataSet.isDataFilePath(source.path)
+            let cap = isData ? limits.maxDataBytes : limits.maxFileBytes
+            guard source.content.count > cap else { continue }
             oversized.append(
                 RuleDiagnostic(
                     location: SourceLocation(file: source.path, line: 0),
-                    message: "file is larger than \(limits.maxFileBytes) bytes"))
+                    message: "file is larger than \(cap) bytes" + (isData ? " (max_data_bytes)" : "")))
         }
         if !oversized.isEmpty { throw RuleLoadFailure(diagnostics: oversized) }
-        let state = try loadState(sorted, limits: limits, cancellation: cancellation)
+        let state = try loadState(sorted, limits: limits, cancellation: cancellation, dataSets: nil)
         let ruleSet: RuleSet
         do {
             ruleSet = try extractModel(state, sources: sorted, limits: limits)
@@ -56,11 +59,12 @@ public enum RuleCompiler {
     public static func makeEvaluator(
         for ruleSet: RuleSet, cancellation: RuleLoadCancellation? = nil
     ) throws(RuleLoadFailure) -> RuleEvaluator {
-        let state = try loadState(ruleSet.sources, limits: ruleSet.limits, cancellation: cancellation)
+        let state = try loadState(
+            ruleSet.sources, limits: ruleSet.limits, cancellation: cancellation, dataSets: ruleSet.dataSets)
         // Loading is deterministic (no clock, no randomness at load time); a difference would mean a
         // sandbox bug, and answers would then depend on the worker.
         guard rs_flag_count(state) == ruleSet.flags.count, rs_route_count(state) == ruleSet.routes.count,
-            rs_config_count(state) == ruleSet.configs.count
+            rs_config_count(state) == ruleSet.configs.count, rs_state_data_count(state) == ruleSet.dataSets.count
         else {
             rs_state_free(state)
             throw RuleLoadFailure("the rule set loaded differently in a second Lua state")
@@ -68,8 +72,11 @@ public enum RuleCompiler {
         return RuleEvaluator(state: state, ruleSet: ruleSet)
     }
 
+    /// - Parameter dataSets: the data sets an earlier state of the same rule set built, shared instead of
+    ///   parsing the data files again; nil to offer the data files among `sources` to `data "name"`.
     private static func loadState(
-        _ sources: [RuleSource], limits: RuleEngineLimits, cancellation: RuleLoadCancellation?
+        _ sources: [RuleSource], limits: RuleEngineLimits, cancellation: RuleLoadCancellation?,
+        dataSets: [RuleDataSet]?
     ) throws(RuleLoadFailure) -> OpaquePointer {
         var sandboxLimits = limits.sandboxLimits
         var error = [CChar](repeating: 0, count: 256)
@@ -79,8 +86,12 @@ public enum RuleCompiler {
         }
         // Cleared before the state is returned: an evaluator never refers to the cancellation.
         rs_state_set_cancel(state, cancellation?.token)
+        guard offerData(to: state, sources: sources, dataSets: dataSets) else {
+            rs_state_free(state)
+            throw RuleLoadFailure("not enough memory for the data files", cause: .resourceLimit)
+        }
         var cause = RuleLoadFailure.Cause.content
-        for source in sources {
+        for source in sources where !RuleDataSet.isDataFilePath(source.path) {
             if cancellation?.isCancelled == true {
                 rs_state_free(state)
                 throw .cancelled
@@ -100,7 +111,8 @@ public enum RuleCompiler {
                         diagnostics: [
                             RuleDiagnostic(
                                 location: SourceLocation(file: source.path, line: 0),
-                                message: "loading stopped here: " + memoryLimitMessage(limits, files: sources.count))
+                                message: "loading stopped here: "
+                                    + memoryLimitMessage(limits, files: ruleFileCount(sources)))
                         ], cause: .resourceLimit)
                 }
             }
@@ -116,7 +128,8 @@ public enum RuleCompiler {
                 var message = String(cString: d.message)
                 if message.hasPrefix("validating the rule set failed"), message.contains("memory limit exceeded") {
                     cause = .resourceLimit
-                    message = "validating the rule set stopped: " + memoryLimitMessage(limits, files: sources.count)
+                    message =
+                        "validating the rule set stopped: " + memoryLimitMessage(limits, files: ruleFileCount(sources))
                 }
                 return RuleDiagnostic(
                     location: SourceLocation(file: String(cString: d.file), line: Int(d.line)), message: message)
@@ -126,6 +139,27 @@ public enum RuleCompiler {
         }
         rs_state_set_cancel(state, nil)
         return state
+    }
+
+    /// Makes the data files available to `data "name"` in `state`: the shared data sets when given, else the
+    /// raw files among `sources` (parsed only when a rule file asks for them).
+    private static func offerData(
+        to state: OpaquePointer, sources: [RuleSource], dataSets: [RuleDataSet]?
+    ) -> Bool {
+        if let dataSets {
+            return dataSets.allSatisfy { rs_state_offer_data_set(state, $0.path, $0.handle) == 0 }
+        }
+        return sources.filter { RuleDataSet.isDataFilePath($0.path) }.allSatisfy { source in
+            source.content.withUnsafeBufferPointer { content in
+                content.withMemoryRebound(to: CChar.self) { chars in
+                    rs_state_offer_data_file(state, source.path, chars.baseAddress, chars.count) == 0
+                }
+            }
+        }
+    }
+
+    private static func ruleFileCount(_ sources: [RuleSource]) -> Int {
+        sources.count { !RuleDataSet.isDataFilePath($0.path) }
     }
 
     /// The one message for a rule set that does not fit in a Lua state.
@@ -201,9 +235,14 @@ public enum RuleCompiler {
                     location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
                     definition: definition, functionIndex: info.is_function != 0 ? index : nil))
         }
+        let dataSets = (0..<rs_state_data_count(state)).compactMap { index -> RuleDataSet? in
+            let info = rs_state_data_at(state, index)
+            guard let handle = info.data else { return nil }
+            return RuleDataSet(name: String(cString: info.name), path: String(cString: info.path), handle: handle)
+        }
         return RuleSet(
             revision: RuleRevision(sources: sources), sources: sources, flags: flags, routes: routes,
-            configs: configs, tests: tests, limits: limits)
+            configs: configs, tests: tests, dataSets: dataSets, limits: limits)
     }
 
     private static func bytes(_ pointer: UnsafePointer<CChar>?, _ count: Int) -> [UInt8] {

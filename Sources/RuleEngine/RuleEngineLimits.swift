@@ -20,6 +20,8 @@ public struct RuleEngineLimits: Sendable, Hashable {
     public var maxContextValues: Int = 10_000
     /// Largest rule file accepted, in bytes.
     public var maxFileBytes: Int = 8 << 20
+    /// Largest data file (`.txt`, `.json`) accepted, in bytes.
+    public var maxDataBytes: Int = 64 << 20
     /// Lines a rule may log per evaluation, and bytes kept per line.
     public var logLinesPerEvaluation: Int = 8
     public var logLineBytes: Int = 512

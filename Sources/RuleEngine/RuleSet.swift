@@ -30,6 +30,8 @@ public final class RuleSet: Sendable {
     public let configs: [ConfigEntry]
     /// The rule tests the files declare, in load order; never flags, answers or metrics.
     public let tests: [RuleTestDefinition]
+    /// The data files the rules use (`data "name"`), in the order first asked for; shared by every evaluator.
+    public let dataSets: [RuleDataSet]
     public let limits: RuleEngineLimits
     private let flagIndexes: UTF8KeyIndex
     private let configIndexes: [String: Int]
@@ -38,7 +40,8 @@ public final class RuleSet: Sendable {
 
     init(
         revision: RuleRevision, sources: [RuleSource], flags: [FlagDefinition], routes: [RouteDefinition],
-        configs: [ConfigEntry], tests: [RuleTestDefinition] = [], limits: RuleEngineLimits
+        configs: [ConfigEntry], tests: [RuleTestDefinition] = [], dataSets: [RuleDataSet] = [],
+        limits: RuleEngineLimits
     ) {
         self.revision = revision
         self.sources = sources
@@ -49,6 +52,7 @@ public final class RuleSet: Sendable {
         self.routes = routes
         self.configs = configs
         self.tests = tests
+        self.dataSets = dataSets
         self.limits = limits
         self.flagIndexes = UTF8KeyIndex(flags.map(\.key))
         self.flagFragments = flags.map(FlagAnswerFragments.init)

@@ -25,7 +25,9 @@ public struct RuleTreeSnapshot: Sendable, Hashable {
 /// root; any path component starting with `.` is skipped. That one rule covers Kubernetes' `..data` and
 /// `..2026_…` directories, editor swap, lock and backup files (`.x.lua.swp`, `.#x.lua`), and rsync's
 /// temporaries (`.x.lua.AbC123`); `x.lua~`, `4913` and `sedXXXXXX` are not `.lua` files. Directory
-/// symlinks are followed, with loop detection.
+/// symlinks are followed, with loop detection. Data files (`.txt`, `.json`) are read by the same rule, with a
+/// size cap of their own: they are part of the rule set's content (and revision) whether a rule uses them or
+/// not.
 ///
 /// The walk is bounded, because a symlink inside the rules directory can point anywhere (`/`, `/sys`): by depth,
 /// by the directory entries it examines, by rule files and their bytes, and by time; it never enters kernel
@@ -34,6 +36,8 @@ public struct RuleTreeSnapshot: Sendable, Hashable {
 public struct RuleTreeReader: Sendable {
     /// Largest file accepted.
     public var maxFileBytes: Int
+    /// Largest data file (`.txt`, `.json`) accepted.
+    public var maxDataBytes: Int
     /// Deepest directory nesting followed.
     public var maxDepth: Int = 32
     /// Most rule files accepted.
@@ -45,8 +49,11 @@ public struct RuleTreeReader: Sendable {
     /// Longest a scan may take.
     public var maxDuration: Duration = .seconds(60)
 
-    public init(maxFileBytes: Int = RuleEngineLimits().maxFileBytes) {
+    public init(
+        maxFileBytes: Int = RuleEngineLimits().maxFileBytes, maxDataBytes: Int = RuleEngineLimits().maxDataBytes
+    ) {
         self.maxFileBytes = maxFileBytes
+        self.maxDataBytes = maxDataBytes
     }
 
     /// Reads every rule file under `root`.
@@ -80,6 +87,12 @@ public struct RuleTreeReader: Sendable {
 
     /// Whether a file name names a rule file (before checking that it is a regular file).
     public static func isRuleFileName(_ name: String) -> Bool { isVisible(name) && name.hasSuffix(".lua") }
+
+    /// Whether a file name names a file the scan reads (a rule file or a data file), before checking that it is
+    /// a regular file.
+    public static func isScannedFileName(_ name: String) -> Bool {
+        isVisible(name) && (name.hasSuffix(".lua") || RuleDataSet.isDataFilePath(name))
+    }
 
     /// A path for messages: valid UTF-8 as is, every other byte as `\xNN`.
     public static func escapedPath(_ bytes: [UInt8]) -> String {
@@ -219,7 +232,7 @@ private struct Walk {
             if stat(full, &st) != 0 {
                 let err = errno
                 // ENOENT: vanished, or a dangling symlink (an editor's lock file): not a rule file.
-                if err != ENOENT && (name.hasSuffix(".lua") || err == ELOOP) {
+                if err != ENOENT && (RuleTreeReader.isScannedFileName(name) || err == ELOOP) {
                     problems.append(reader.problem(rel, "cannot read: \(String(cString: strerror(err)))"))
                 }
                 continue
@@ -235,7 +248,7 @@ private struct Walk {
                     visit(directory: full, relative: rel, depth: depth + 1, ancestors: ancestors.union([id]))
                     if stopped { return }
                 }
-            case S_IFREG where name.hasSuffix(".lua"):
+            case S_IFREG where RuleTreeReader.isScannedFileName(name):
                 if sources.count >= reader.maxFiles {
                     stop(rel, "more than \(reader.maxFiles) rule files: the limit of one rule set")
                     return
@@ -244,7 +257,8 @@ private struct Walk {
                     stop(rel, "rule files larger than \(reader.maxTotalBytes) bytes in total")
                     return
                 }
-                readFile(full, relative: rel)
+                let isData = RuleDataSet.isDataFilePath(name)
+                readFile(full, relative: rel, maxBytes: isData ? reader.maxDataBytes : reader.maxFileBytes)
             default:
                 continue
             }
@@ -268,7 +282,7 @@ private struct Walk {
         problems.append(reader.problem(path, "the \(what) name is not valid UTF-8; rename it"))
     }
 
-    mutating func readFile(_ path: String, relative: String) {
+    mutating func readFile(_ path: String, relative: String, maxBytes: Int) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             if errno != ENOENT {
@@ -287,8 +301,8 @@ private struct Walk {
             }
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
-            if bytes.count > reader.maxFileBytes {
-                problems.append(reader.problem(relative, "file is larger than \(reader.maxFileBytes) bytes"))
+            if bytes.count > maxBytes {
+                problems.append(reader.problem(relative, "file is larger than \(maxBytes) bytes"))
                 return
             }
         }

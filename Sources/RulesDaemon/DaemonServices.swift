@@ -207,6 +207,8 @@ final class DaemonServices: QueryBackend {
                         })
                 ))
             object.append(("lua_state_bytes", .integer(Int64(generation.stateMemory))))
+            // Data sets are held once per rule set, shared by the workers' states, outside lua_state_bytes.
+            object.append(("data", ruleSet.dataSummary))
         } else {
             object.append(("revision", .null))
             object.append(("generation", .integer(0)))

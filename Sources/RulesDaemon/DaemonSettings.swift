@@ -249,6 +249,7 @@ extension DaemonSettings {
         case loadTimeout = "load_timeout"
         case loadInstructions = "load_instructions"
         case maxFileBytes = "max_file_bytes"
+        case maxDataBytes = "max_data_bytes"
         case testBudget = "test_budget"
         case metricsListen = "metrics_listen"
 
@@ -343,6 +344,7 @@ extension DaemonSettings {
             .loadInstructions, \.limits.loadInstructionLimit, 1000...Int.max,
             summary: "instruction budget of loading one file"),
         .size(.maxFileBytes, \.limits.maxFileBytes, 1024...(256 << 20), summary: "largest rule file"),
+        .size(.maxDataBytes, \.limits.maxDataBytes, 1024...(1 << 30), summary: "largest data file (.txt or .json)"),
         .duration(
             .testBudget, \.limits.testBudget, .milliseconds(1)...(.seconds(600)),
             summary: "wall-clock budget of all rule tests of one reload"),

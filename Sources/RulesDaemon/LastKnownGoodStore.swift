@@ -56,7 +56,7 @@ struct LastKnownGoodStore: Sendable {
     func currentName() -> String? { readLink(root + "/current") }
 
     /// The last known good rule files, checked against the revision they were saved under.
-    func load(maxFileBytes: Int) -> SavedCopy {
+    func load(maxFileBytes: Int, maxDataBytes: Int = RuleEngineLimits().maxDataBytes) -> SavedCopy {
         let current = root + "/current"
         guard let name = readLink(current) else {
             var st = stat()
@@ -71,7 +71,7 @@ struct LastKnownGoodStore: Sendable {
         guard stat(directory, &st) == 0 else {
             return .corrupt(reason: "\(current) points at \(name), which is missing")
         }
-        let snapshot = RuleTreeReader(maxFileBytes: maxFileBytes).read(root: directory)
+        let snapshot = RuleTreeReader(maxFileBytes: maxFileBytes, maxDataBytes: maxDataBytes).read(root: directory)
         if let first = snapshot.problems.first {
             return .corrupt(reason: "the copy in \(directory) cannot be read: \(first)")
         }

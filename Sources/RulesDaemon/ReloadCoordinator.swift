@@ -270,8 +270,11 @@ public final class ReloadCoordinator: Sendable {
             logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
         }
         let maxFileBytes = settings.limits.maxFileBytes
+        let maxDataBytes = settings.limits.maxDataBytes
         let lkg = lastKnownGood
-        let saved = (try? await loader.runIfActive { lkg.load(maxFileBytes: maxFileBytes) }) ?? .none
+        let saved =
+            (try? await loader.runIfActive { lkg.load(maxFileBytes: maxFileBytes, maxDataBytes: maxDataBytes) })
+            ?? .none
         let savedSources: [RuleSource]
         let savedRevision: RuleRevision
         switch saved {
@@ -580,7 +583,8 @@ public final class ReloadCoordinator: Sendable {
     }
 
     private func scan() async -> RuleTreeSnapshot {
-        let reader = RuleTreeReader(maxFileBytes: settings.limits.maxFileBytes)
+        let reader = RuleTreeReader(
+            maxFileBytes: settings.limits.maxFileBytes, maxDataBytes: settings.limits.maxDataBytes)
         let root = settings.rulesDirectory
         guard let cancellation = beginLoading() else { return RuleTreeSnapshot(sources: [], isCancelled: true) }
         do {

@@ -102,6 +102,7 @@ struct Check: ParsableCommand {
         let object: JSONValue = .object(
             JSONObject([
                 ("ok", .bool(true)), ("revision", .string(ruleSet.revision.hex)), ("files", .array(files)),
+                ("data", ruleSet.dataSummary),
                 (
                     "totals",
                     [
@@ -153,6 +154,7 @@ struct Check: ParsableCommand {
                 }
         }
         var lines = AnswerPrinter.columns(rows)
+        lines += ruleSet.dataSummaryLines
         lines.append("revision: \(ruleSet.revision.hex)")
         lines.append(
             "total: "

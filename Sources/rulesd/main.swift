@@ -123,6 +123,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.loadTimeout), help: .setting(.loadTimeout)) var loadTimeout: String?
     @Option(name: .setting(.loadInstructions), help: .setting(.loadInstructions)) var loadInstructions: String?
     @Option(name: .setting(.maxFileBytes), help: .setting(.maxFileBytes)) var maxFileBytes: String?
+    @Option(name: .setting(.maxDataBytes), help: .setting(.maxDataBytes)) var maxDataBytes: String?
     @Option(name: .setting(.testBudget), help: .setting(.testBudget)) var testBudget: String?
     @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
 
@@ -159,6 +160,7 @@ struct SettingOptions: ParsableArguments {
         case .loadTimeout: loadTimeout
         case .loadInstructions: loadInstructions
         case .maxFileBytes: maxFileBytes
+        case .maxDataBytes: maxDataBytes
         case .testBudget: testBudget
         case .metricsListen: metricsListen
         }

@@ -61,7 +61,7 @@ private let nonDefaultValues: [String: String] = [
     "idle_timeout": "45s", "max_pipelined": "33", "max_request_bytes": "2MiB", "shutdown_timeout": "3s",
     "watch": "poll", "quiet_window": "150ms", "max_delay": "4s", "safety_rescan": "2m", "poll_interval": "900ms",
     "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",
-    "load_instructions": "7654321", "max_file_bytes": "4MiB", "test_budget": "5s",
+    "load_instructions": "7654321", "max_file_bytes": "4MiB", "max_data_bytes": "32MiB", "test_budget": "5s",
     "metrics_listen": "127.0.0.1:9999",
 ]
 

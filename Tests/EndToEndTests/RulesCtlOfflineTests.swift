@@ -286,7 +286,7 @@ struct RulesCtlCheckTests {
             "ok.lua": "config \"a\" (1)\n",
             ".git/hooks.lua": "this is not Lua",
             ".ok.lua.swp": "nor this",
-            "notes.txt": "nor this",
+            "notes.md": "nor this",
         ])
         defer { rules.remove() }
         let run = try RulesctlProcess.run(["check", rules.path])

@@ -46,7 +46,7 @@ struct RuleTreeReaderTests {
         try dir.writeFile("x.lua~", "")
         try dir.writeFile("4913", "")
         try dir.writeFile("sedAb12Cd", "")
-        try dir.writeFile("notes.txt", "")
+        try dir.writeFile("notes.md", "")
         try dir.writeFile("x.lua.bak", "")
         try dir.writeFile("x.LUA", "")
         let snapshot = RuleTreeReader().read(root: dir.path)
@@ -318,12 +318,38 @@ struct RuleTreeBoundsTests {
     func invalidNameOfOtherFile() throws {
         let dir = try TemporaryDirectory()
         try dir.writeFile("ok.lua", "")
-        let bad = Array((dir.path + "/notes").utf8) + [0xFF] + Array(".txt".utf8) + [0]
+        let bad = Array((dir.path + "/notes").utf8) + [0xFF] + Array(".md".utf8) + [0]
         let fd = bad.withUnsafeBufferPointer { path in
             path.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_WRONLY | O_CREAT, 0o644) }
         }
         try #require(fd >= 0)
         close(fd)
         #expect(RuleTreeReader().read(root: dir.path).problems.isEmpty)
+    }
+}
+
+@Suite("Reading data files from a rules directory")
+struct RuleTreeReaderDataFileTests {
+    @Test(".txt and .json files are read with the rule files; other files are not")
+    func dataFilesAreRead() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", "")
+        try dir.writeFile("beta.txt", "alice\n")
+        try dir.writeFile("lists/vip.json", "[]")
+        try dir.writeFile("README.md", "")
+        try dir.writeFile(".beta.txt.swp", "")
+        let snapshot = RuleTreeReader().read(root: dir.path)
+        #expect(snapshot.sources.map(\.path) == ["a.lua", "beta.txt", "lists/vip.json"])
+        #expect(snapshot.problems.isEmpty)
+    }
+
+    @Test("a data file has a size cap of its own")
+    func dataFileCap() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("big.lua", String(repeating: "-", count: 2000))
+        try dir.writeFile("big.txt", String(repeating: "x", count: 2000))
+        let snapshot = RuleTreeReader(maxFileBytes: 4000, maxDataBytes: 1000).read(root: dir.path)
+        #expect(snapshot.sources.map(\.path) == ["big.lua"])
+        #expect(snapshot.problems.map(\.location.file) == ["big.txt"])
     }
 }

@@ -125,6 +125,22 @@ struct WatchRegistryTests {
         #expect(closed.relevant && closed.writeClosed == root + "/a.lua")
     }
 
+    @Test("Writes to data files (.txt, .json) are relevant and tracked until closed, like rule files")
+    func dataFileWriteVerdicts() throws {
+        let dir = TemporaryDirectory()
+        let root = canonical(dir.join("rules"))
+        try FileSystemEdit.writeFiles(["a.lua": "", "beta.txt": "", "vip.json": "[]"], in: root)
+        let fake = FakeWatches()
+        let registry = try registry(root, fake)
+        let descriptor = try #require(fake.descriptor(of: root))
+
+        let modified = registry.verdict(descriptor: descriptor, mask: UInt32(IN_MODIFY), name: "beta.txt")
+        #expect(modified.relevant && modified.writeOpened == root + "/beta.txt")
+        let closed = registry.verdict(descriptor: descriptor, mask: UInt32(IN_CLOSE_WRITE), name: "vip.json")
+        #expect(closed.relevant && closed.writeClosed == root + "/vip.json")
+        #expect(registry.verdict(descriptor: descriptor, mask: UInt32(IN_MODIFY), name: "notes.md").relevant == false)
+    }
+
     @Test("A watched directory deleted or moved, the root itself changed, or an overflow asks for a rebuild")
     func rebuildVerdicts() throws {
         let dir = TemporaryDirectory()
@@ -193,12 +209,22 @@ struct TreeFingerprintTests {
         #expect(TreeFingerprint.take(root: dir.path) != before)
     }
 
+    @Test("Rewriting a data file with content of the same size changes the fingerprint")
+    func dataFileRewrite() throws {
+        let dir = TemporaryDirectory()
+        try FileSystemEdit.writeFiles(["a.lua": "", "beta.txt": "alice"], in: dir.path)
+        let before = TreeFingerprint.take(root: dir.path)
+        try FileSystemEdit.nanoInPlace.save("bobby", to: "beta.txt", in: dir.path)
+
+        #expect(TreeFingerprint.take(root: dir.path) != before)
+    }
+
     @Test("Hidden files and non-rule files do not change the fingerprint")
     func hiddenFilesIgnored() throws {
         let dir = TemporaryDirectory()
         try FileSystemEdit.writeFiles(["a.lua": "aaaa"], in: dir.path)
         let before = TreeFingerprint.take(root: dir.path)
-        try FileSystemEdit.writeFiles([".a.lua.swp": "x", "notes.txt": "y", ".git/HEAD": "z"], in: dir.path)
+        try FileSystemEdit.writeFiles([".a.lua.swp": "x", "notes.md": "y", ".git/HEAD": "z"], in: dir.path)
 
         #expect(TreeFingerprint.take(root: dir.path) == before)
     }

@@ -124,6 +124,34 @@ function test(name) end
 ---@return rulesd.Expectation
 function expect(value) end
 
+---A data file of the rules directory, loaded once per rule set and shared read-only by every worker.
+---@class rulesd.DataSet
+local DataSet = {}
+
+---Whether `key` is an entry (a set) or a key (a map); integers are looked up as decimal text.
+---@param key any
+---@return boolean
+function DataSet:has(key) end
+
+---A map's value for `key` (`true` for an entry of a set), or nil.
+---@param key any
+---@return string|number|boolean|nil
+function DataSet:get(key) end
+
+---The number of entries.
+---@return integer
+function DataSet:size() end
+
+---"set" (a .txt file or a JSON array) or "map" (a JSON object).
+---@return "set"|"map"
+function DataSet:kind() end
+
+---Loads `NAME.txt` (one entry per line, `#` comments) or `NAME.json` (an array or an object) from the rules
+---directory, at load time only: `local beta = data "beta-users"`, then `beta:has(ctx.user_id)` in a rule.
+---@param name string
+---@return rulesd.DataSet
+function data(name) end
+
 ---Sticky bucketing: the value of the bucket `unit` falls in (MurmurHash3 of seed .. unit, as flagd's fractional);
 ---nil when `unit` is not a string. `seed` defaults to the key of the flag or route being evaluated.
 ---@generic T
