@@ -95,6 +95,7 @@ final class WorkerMetrics: EvaluationObserver {
         case .show: return 10
         case .rollback: return 11
         case .resume: return 12
+        case .capture: return 13
         }
     }
 
