@@ -102,6 +102,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // Replays captured requests against two rule sets and says what changed (`rulesctl diff --replay`).
+        .target(name: "RuleReplay", dependencies: ["RuleEngine", "RuleModel"]),
         .executableTarget(
             name: "rulesd",
             dependencies: [
@@ -114,6 +116,7 @@ let package = Package(
             name: "rulesctl",
             dependencies: [
                 "RuleEngine",
+                "RuleReplay",
                 "RuleModel",
                 "RulesProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -128,6 +131,7 @@ let package = Package(
             name: "rulesbench",
             dependencies: [
                 "RuleEngine",
+                "RuleReplay",
                 "RuleModel",
                 "RulesProtocol",
                 "SystemdSupport",
@@ -137,6 +141,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel", "RulesTestSupport"]),
+        .testTarget(name: "RuleReplayTests", dependencies: ["RuleReplay", "RuleEngine", "RuleModel"]),
         .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"], exclude: ["Fixtures"]),
         .testTarget(
             name: "RuleWatcherTests",
