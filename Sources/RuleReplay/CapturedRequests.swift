@@ -72,6 +72,18 @@ public enum CaptureFile {
         var message: String
     }
 
+    /// The member's name, compared as bytes for the four names a line has (no string per member).
+    private static func name(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> String {
+        if !member.keyIsEscaped {
+            let key = UnsafeRawBufferPointer(rebasing: line[member.keyRange])
+            if JSONObjectScanner.key(key, equals: "flag") { return "flag" }
+            if JSONObjectScanner.key(key, equals: "context") { return "context" }
+            if JSONObjectScanner.key(key, equals: "route") { return "route" }
+            if JSONObjectScanner.key(key, equals: "at") { return "at" }
+        }
+        return member.keyString(in: line)
+    }
+
     private static func request(
         _ line: UnsafeRawBufferPointer, scanner: JSONObjectScanner, members: inout [JSONMember]
     ) throws(LineProblem) -> CapturedRequest {
@@ -85,7 +97,7 @@ public enum CaptureFile {
         var isRoute = false
         var at: Double?
         for member in members {
-            switch member.keyString(in: line) {
+            switch name(member, line) {
             case "flag":
                 guard member.kind == .string,
                     let key = try? JSONObjectScanner.string(in: line, range: member.valueRange)

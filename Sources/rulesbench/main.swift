@@ -6,7 +6,9 @@ struct RulesBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rulesbench",
         abstract: "Benchmarks of rulesd: the engine in process, the socket under load, reloads.",
-        subcommands: [EngineBenchmark.self, SocketBenchmark.self, ReloadBenchmark.self, ScaleBenchmark.self])
+        subcommands: [
+            EngineBenchmark.self, SocketBenchmark.self, ReloadBenchmark.self, ScaleBenchmark.self, ReplayBenchmark.self,
+        ])
 }
 
 RulesBench.main()
