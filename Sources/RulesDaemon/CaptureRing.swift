@@ -190,49 +190,82 @@ final class CaptureRecorder {
         ringOfFlag = Array(repeating: -1, count: flagCount)
     }
 
+    /// A request on its way into one or more rings: its hash computed once, and the bytes to keep (redacted) made
+    /// once, when a ring first needs them.
+    private struct Pending {
+        let json: UnsafeRawBufferPointer
+        let hash: Int
+        var kept: [UInt8]?
+
+        init(_ json: UnsafeRawBufferPointer) {
+            self.json = json
+            var hasher = Hasher()
+            hasher.combine(bytes: json)
+            hash = hasher.finalize()
+        }
+    }
+
+    /// The ring of the flag at `index`, made the first time the flag is captured.
+    @inline(__always)
+    private func ring(ofFlag index: Int, key: () -> String) -> Int? {
+        guard index < ringOfFlag.count else { return nil }
+        if ringOfFlag[index] >= 0 { return ringOfFlag[index] }
+        let name = key()
+        let ring: Int
+        if let existing = flagRings[name] {
+            ring = existing
+        } else {
+            ring = rings.count
+            rings.append(CaptureRing(capacity: size))
+            ringKeys.append(name)
+            flagRings[name] = ring
+        }
+        ringOfFlag[index] = ring
+        return ring
+    }
+
     /// Records a flag request unless this worker already holds its context.
     /// - Parameters:
     ///   - index: the flag's index in the serving generation.
     ///   - key: the flag's key, asked for only the first time the flag is captured in a generation.
     @inline(__always)
     func recordFlag(index: Int, key: () -> String, context: UnsafeRawBufferPointer, at: Double, seenAt: Double) {
-        guard index < ringOfFlag.count else { return }
-        var ring = ringOfFlag[index]
-        if ring < 0 {
-            let name = key()
-            if let existing = flagRings[name] {
-                ring = existing
-            } else {
-                ring = rings.count
-                rings.append(CaptureRing(capacity: size))
-                ringKeys.append(name)
-                flagRings[name] = ring
-            }
-            ringOfFlag[index] = ring
+        guard let ring = ring(ofFlag: index, key: key) else { return }
+        var pending = Pending(context)
+        record(ring: ring, &pending, at: at, seenAt: seenAt)
+    }
+
+    /// Records a `flags` request's context for every flag it answered (hashed and redacted once).
+    /// - Parameter key: the key of the flag at an index, asked for only the first time that flag is captured.
+    func recordAllFlags(count: Int, key: (Int) -> String, context: UnsafeRawBufferPointer, at: Double, seenAt: Double) {
+        var pending = Pending(context)
+        for index in 0..<count {
+            guard let ring = ring(ofFlag: index, key: { key(index) }) else { return }
+            record(ring: ring, &pending, at: at, seenAt: seenAt)
         }
-        record(ring: ring, context, at: at, seenAt: seenAt)
     }
 
     /// Records a routed request unless this worker already holds it.
     @inline(__always)
     func recordRoute(request: UnsafeRawBufferPointer, at: Double, seenAt: Double) {
-        record(ring: 0, request, at: at, seenAt: seenAt)
+        var pending = Pending(request)
+        record(ring: 0, &pending, at: at, seenAt: seenAt)
     }
 
-    private func record(ring: Int, _ json: UnsafeRawBufferPointer, at: Double, seenAt: Double) {
-        var hasher = Hasher()
-        hasher.combine(bytes: json)
-        let hash = hasher.finalize()
+    private func record(ring: Int, _ pending: inout Pending, at: Double, seenAt: Double) {
+        let hash = pending.hash
         if rings[ring].contains(hash: hash) { return }
-        let kept: [UInt8]
-        if json.isEmpty {
-            kept = Array("{}".utf8)
-        } else if redaction.isActive {
-            guard let redacted = redaction.apply(json) else { return }
-            kept = redacted
-        } else {
-            kept = Array(json)
+        if pending.kept == nil {
+            if pending.json.isEmpty {
+                pending.kept = Array("{}".utf8)
+            } else if redaction.isActive {
+                guard let redacted = redaction.apply(pending.json) else { return }
+                pending.kept = redacted
+            } else {
+                pending.kept = Array(pending.json)
+            }
         }
+        let kept = pending.kept!
         let entry = CapturedEntry(hash: hash, at: at, seenAt: seenAt, json: kept)
         guard entry.costBytes <= memoryLimit else {
             dropped += 1

@@ -135,7 +135,16 @@ final class Worker: QueryResponder {
             finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
         case .flags:
-            question = .flags(context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
+            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
+            let failure = EvaluationAnswers.answer(
+                .flags(context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+            if let capture, failure == nil {
+                let flags = generation.ruleSet.flags
+                capture.recordAllFlags(
+                    count: flags.count, key: { flags[$0].key }, context: context, at: now, seenAt: batchNow)
+            }
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
+            return
         case .route:
             let routed = request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = EvaluationAnswers.answer(

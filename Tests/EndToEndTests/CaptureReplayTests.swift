@@ -110,9 +110,14 @@ struct CaptureReplayTests {
             #expect(replay.status == 0, "\(old) → \(new): \(replay.stdout)\(replay.stderr)")
             #expect(replay.stdout.contains("flag checkout.payment-page: 50 replayed, 0 changed"))
         }
-        let filtered = try runRulesctl(["--socket", daemon.socketPath, "capture", "--flag", "checkout.new-flow"])
+        var filtered = try runRulesctl(["--socket", daemon.socketPath, "capture", "--flag", "checkout.new-flow"])
         #expect(filtered.status == 0)
         #expect(filtered.stdout.isEmpty)
+        // A flags request is captured for every flag it answered.
+        try send([#"{"op":"flags","context":{"user_id":"bulk"}}"#], to: daemon)
+        filtered = try runRulesctl(["--socket", daemon.socketPath, "capture", "--flag", "checkout.new-flow"])
+        #expect(filtered.stdout.split(separator: "\n").count == 1)
+        #expect(filtered.stdout.contains(#""context":{"user_id":"bulk"}"#))
     }
 
     @Test("capture is refused while capture is off")

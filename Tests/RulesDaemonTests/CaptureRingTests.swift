@@ -75,6 +75,18 @@ struct CaptureRingTests {
         #expect(capture.snapshot(.routes).isEmpty)
     }
 
+    @Test("a flags request's context goes into every flag's ring, once each")
+    func allFlags() {
+        let capture = recorder()
+        for _ in 0..<2 {
+            Array(#"{"user":"a"}"#.utf8).withUnsafeBytes {
+                capture.recordAllFlags(count: 3, key: { "flag-\($0)" }, context: $0, at: 0, seenAt: 0)
+            }
+        }
+        #expect((0..<3).map { capture.contexts("flag-\($0)") } == Array(repeating: [#"{"user":"a"}"#], count: 3))
+        #expect(capture.entries == 3)
+    }
+
     @Test("memory is capped: the fullest ring forgets first, and the totals stay within the cap")
     func memoryCap() {
         let limit = 10 * (CapturedEntry.overheadBytes + 20)
