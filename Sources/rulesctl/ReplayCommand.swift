@@ -121,6 +121,11 @@ enum ReplayCommand {
             }
             revision = hex
         case .revision(let name):
+            // A path that is not a directory is a typo, not a revision to ask rulesd about.
+            guard !name.contains("/"), name != ".", name != ".." else {
+                Console.write("rulesctl: \(name) is not a rules directory\n", to: .standardError)
+                throw ExitCode.failure
+            }
             revision = name
         }
         let files = try await storedFiles(of: revision, socket: socket)

@@ -120,6 +120,25 @@ struct CaptureReplayTests {
         #expect(filtered.stdout.contains(#""context":{"user_id":"bulk"}"#))
     }
 
+    @Test("diff --replay between two directories works offline: exit 1 with a report when answers change, 0 when not")
+    func offlineReplay() throws {
+        let scratch = try DaemonHarness()
+        let file = scratch.directory + "/capture.jsonl"
+        let lines = (0..<400).map { #"{"flag":"checkout.new-flow","context":{"user_id":"u\#($0)"},"at":1764000000}"# }
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: file))
+        let copy = try exampleCopy(rollout: 100, in: scratch.directory)
+        let changed = try runRulesctl(["diff", "--replay", file, Self.examples, copy])
+        #expect(changed.status == 1, "\(changed.stderr)")
+        #expect(changed.stdout.contains("flag checkout.new-flow: 400 replayed"))
+        #expect(changed.stdout.contains("off → on"))
+        let same = try runRulesctl(["diff", "--replay", file, Self.examples, Self.examples, "--json"])
+        #expect(same.status == 0, "\(same.stderr)")
+        #expect(try JSONParser().parse(same.stdout)["changed"] == 0)
+        let typo = try runRulesctl(["diff", "--replay", file, Self.examples, scratch.directory + "/nowhere"])
+        #expect(typo.status == 1)
+        #expect(typo.stderr.contains("is not a rules directory"))
+    }
+
     @Test("capture is refused while capture is off")
     func offByDefault() throws {
         let daemon = try DaemonHarness()
