@@ -82,6 +82,7 @@ bench: deps
 	.build/release/rulesbench socket --ceilings $(CEILINGS) --workers default,1
 	.build/release/rulesbench reload
 	.build/release/rulesbench scale
+	.build/release/rulesbench replay
 
 # --- Installation and packaging (deploy/) --------------------------------------------------------------------
 # The release build links the Swift runtime statically (the binaries then need only Debian's libc6, libgcc-s1,

@@ -100,6 +100,7 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // A client library for applications: async/await over the line protocol, one pipelined connection.
@@ -111,6 +112,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Replays captured requests against two rule sets and says what changed (`rulesctl diff --replay`).
+        .target(name: "RuleReplay", dependencies: ["RuleEngine", "RuleModel"]),
         .executableTarget(
             name: "rulesd",
             dependencies: [
@@ -123,6 +126,7 @@ let package = Package(
             name: "rulesctl",
             dependencies: [
                 "RuleEngine",
+                "RuleReplay",
                 "RuleModel",
                 "RulesProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -137,6 +141,7 @@ let package = Package(
             name: "rulesbench",
             dependencies: [
                 "RuleEngine",
+                "RuleReplay",
                 "RuleModel",
                 "RulesProtocol",
                 "SystemdSupport",
@@ -146,6 +151,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel", "RulesTestSupport"]),
+        .testTarget(name: "RuleReplayTests", dependencies: ["RuleReplay", "RuleEngine", "RuleModel"]),
         .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"], exclude: ["Fixtures"]),
         .testTarget(
             name: "RuleWatcherTests",

@@ -113,7 +113,9 @@ public struct DaemonService: Service {
         let shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let pool: WorkerPool
         do {
-            pool = try await WorkerPool.start(count: settings.workers, store: store, logger: logger) {
+            pool = try await WorkerPool.start(
+                count: settings.workers, store: store, logger: logger, capture: settings.capture
+            ) {
                 [logger] error in
                 logger.critical("a serving loop stopped", metadata: ["error": "\(error)"])
                 loopFailure.withLock { $0 = error }

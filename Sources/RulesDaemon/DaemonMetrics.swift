@@ -38,6 +38,8 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
     private let startTime: CoreMetrics.Gauge
     private let savedCopyStale: CoreMetrics.Gauge
     private let saveFailures: CoreMetrics.Counter
+    private let captureEntries: CoreMetrics.Gauge
+    private let captureBytes: CoreMetrics.Gauge
 
     private struct Merged {
         var requests: [String: Int] = [:]
@@ -76,6 +78,16 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         savedCopyStale = CoreMetrics.Gauge(label: "rulesd_state_dir_save_failing", factory: factory)
         savedCopyStale.record(0)
         saveFailures = CoreMetrics.Counter(label: "rulesd_state_dir_save_failures_total", factory: factory)
+        captureEntries = CoreMetrics.Gauge(label: "rulesd_capture_entries", factory: factory)
+        captureEntries.record(0)
+        captureBytes = CoreMetrics.Gauge(label: "rulesd_capture_bytes", factory: factory)
+        captureBytes.record(0)
+    }
+
+    /// What the capture holds (all workers), brought up to date when metrics are read.
+    func recordCapture(entries: Int, bytes: Int) {
+        captureEntries.record(entries)
+        captureBytes.record(bytes)
     }
 
     func recordSave(ok: Bool) {

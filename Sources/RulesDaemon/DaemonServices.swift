@@ -72,6 +72,7 @@ final class DaemonServices: QueryBackend {
         var buffer = ByteBufferAllocator().buffer(capacity: 512)
         switch request.operation {
         case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
+        case .capture: await answerCapture(request, id: id, peer: peer, into: &buffer)
         default: await answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
         }
         return buffer
@@ -171,6 +172,8 @@ final class DaemonServices: QueryBackend {
     /// Prometheus text for `rulesctl metrics` and the HTTP listener.
     func metricsText() async -> [UInt8] {
         let snapshots = await pool.metricsSnapshots()
+        let capture = pool.captureTotals
+        metrics.recordCapture(entries: capture.entries, bytes: capture.bytes)
         return metrics.render(
             workers: snapshots, openConnections: connections.count,
             watchSubscribers: watchHub.count, watcherMode: watcherMode)
@@ -254,6 +257,7 @@ final class DaemonServices: QueryBackend {
         object.append(("connections", .integer(Int64(connections.count))))
         object.append(("watchers", .integer(Int64(watchHub.count))))
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))
+        object.append(("capture", captureStatus))
         object.append(("workers", .integer(Int64(pool.loops.count))))
         object.append(("pid", .integer(Int64(getpid()))))
         object.append(("version", .string(Self.version)))

@@ -45,6 +45,7 @@ public struct DaemonSettings: Sendable, Equatable {
     public var watch = WatchSettings()
     public var limits = RuleEngineLimits()
     public var metricsListen: String?
+    public var capture = CaptureSettings()
 
     public init() {}
 
@@ -252,6 +253,12 @@ extension DaemonSettings {
         case maxDataBytes = "max_data_bytes"
         case testBudget = "test_budget"
         case metricsListen = "metrics_listen"
+        case capture
+        case captureSize = "capture_size"
+        case captureMemory = "capture_memory"
+        case captureRedact = "capture_redact"
+        case captureRedactMode = "capture_redact_mode"
+        case captureRedactKey = "capture_redact_key"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -355,6 +362,30 @@ extension DaemonSettings {
                 settings.metricsListen = try parseListenAddress(text)
             },
             render: { $0.metricsListen ?? "off" }),
+        .choice(
+            .capture, \.capture.capture,
+            summary: "keep recent distinct requests in memory for `rulesctl capture` and `rulesctl diff --live`"),
+        .integer(
+            .captureSize, \.capture.size, 1...1_000_000,
+            summary: "distinct requests captured per flag and for the routes"
+        ),
+        .size(
+            .captureMemory, \.capture.memory, (64 << 10)...(16 << 30),
+            summary: "memory all captured requests may use; the oldest are forgotten first"),
+        SettingDescriptor(
+            key: .captureRedact, valueName: "fields",
+            summary: "top-level context and request fields never captured as sent, comma-separated",
+            defaultNote: "none", example: "email,ip",
+            parse: { settings, text throws(SettingsError) in
+                settings.capture.redact = try parseFieldList(text)
+            },
+            render: { $0.capture.redact.joined(separator: ",") }),
+        .choice(.captureRedactMode, \.capture.redactMode, summary: "what happens to a redacted field"),
+        SettingDescriptor(
+            key: .captureRedactKey, valueName: "text", summary: "the HMAC key of `capture_redact_mode = hash`",
+            defaultNote: "random at each start", example: "a-long-secret",
+            parse: { settings, text throws(SettingsError) in settings.capture.redactKey = text },
+            render: { $0.capture.redactKey }),
     ]
 }
 
@@ -576,6 +607,18 @@ func parseGroup(_ text: String) throws(SettingsError) -> SocketGroup? {
         throw SettingsError("expected a group name or number, got '\(text)'")
     }
     return .name(text)
+}
+
+/// Field names separated by commas (spaces around them ignored); empty for none.
+func parseFieldList(_ text: String) throws(SettingsError) -> [String] {
+    let names = text.split(separator: ",", omittingEmptySubsequences: false).map {
+        $0.trimmingCharacters(in: " \t")
+    }
+    if names == [""] { return [] }
+    guard !names.contains(where: \.isEmpty) else {
+        throw SettingsError("expected field names separated by commas, got '\(text)'")
+    }
+    return names
 }
 
 /// `HOST:PORT` (`[v6]:PORT` too), or `off` / empty for no listener.

@@ -11,6 +11,9 @@ import SystemClock
 /// so the relaxed increments never contend.
 final class WorkerCounters: Sendable {
     let requests = ManagedAtomic<Int>(0)
+    /// Requests the worker's capture holds, and their bytes (see ``CaptureRecorder``).
+    let captureEntries = ManagedAtomic<Int>(0)
+    let captureBytes = ManagedAtomic<Int>(0)
 }
 
 /// One event-loop thread's share of the daemon: its Lua states for the serving generation, and the
@@ -32,9 +35,15 @@ final class Worker: QueryResponder {
     /// The time rules see as `now()` for the requests of one batch (one read's lines).
     private var batchNow: Double = 0
     private var ruleLogBudget = RateLimiter(perSecond: 20)
+    /// Recent distinct requests, when `capture = on`.
+    let capture: CaptureRecorder?
 
-    init(index: Int, store: GenerationStore, counters: WorkerCounters, metrics: WorkerMetrics, logger: Logger) {
+    init(
+        index: Int, store: GenerationStore, counters: WorkerCounters, metrics: WorkerMetrics, logger: Logger,
+        capture: CaptureRecorder? = nil
+    ) {
         self.index = index
+        self.capture = capture
         self.store = store
         self.counters = counters
         self.metrics = metrics
@@ -53,6 +62,7 @@ final class Worker: QueryResponder {
         evaluator = next
         generation = latest
         metrics.beginGeneration(flagKeys: latest.ruleSet.flags.map(\.key))
+        capture?.beginGeneration(flagCount: latest.ruleSet.flags.count)
     }
 
     /// The generation and evaluator to answer with: one atomic load when nothing changed.
@@ -83,6 +93,10 @@ final class Worker: QueryResponder {
         if batchDepth > 0 || batchRequests == 0 { return }
         metrics.recordLatency(nanoseconds: Int(metrics.clock() &- batchStarted), requests: batchRequests)
         counters.requests.wrappingIncrement(by: batchRequests, ordering: .relaxed)
+        if let capture {
+            counters.captureEntries.store(capture.entries, ordering: .relaxed)
+            counters.captureBytes.store(capture.bytes, ordering: .relaxed)
+        }
         batchRequests = 0
     }
 
@@ -109,15 +123,37 @@ final class Worker: QueryResponder {
         case .flag:
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = request.withFlagBytes(in: line) { key in
-                EvaluationAnswers.answer(
+                let failure = EvaluationAnswers.answer(
                     .flag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+                if let capture, failure == nil, let index = generation.ruleSet.flagIndex(forUTF8: key) {
+                    capture.recordFlag(
+                        index: index, key: { generation.ruleSet.flags[index].key }, context: context, at: now,
+                        seenAt: batchNow)
+                }
+                return failure
             }
             finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
         case .flags:
-            question = .flags(context: request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
+            let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
+            let failure = EvaluationAnswers.answer(
+                .flags(context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+            if let capture, failure == nil {
+                let flags = generation.ruleSet.flags
+                capture.recordAllFlags(
+                    count: flags.count, key: { flags[$0].key }, context: context, at: now, seenAt: batchNow)
+            }
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
+            return
         case .route:
-            question = .route(request: request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty)
+            let routed = request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
+            let failure = EvaluationAnswers.answer(
+                .route(request: routed), evaluator: evaluator, now: now, observer: metrics, into: &result)
+            if let capture, failure?.code != .invalidRequest {
+                capture.recordRoute(request: routed, at: now, seenAt: batchNow)
+            }
+            finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
+            return
         case .config:
             question = request.key.map { .config(key: $0) } ?? .configPrefix(request.prefix ?? "")
         case .explain:
@@ -136,7 +172,7 @@ final class Worker: QueryResponder {
             }
             finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
-        case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume:
+        case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume, .capture:
             ResponseWriter.writeFailure(
                 id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous"),
                 into: &out)

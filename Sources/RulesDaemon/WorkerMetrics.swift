@@ -96,6 +96,7 @@ final class WorkerMetrics: EvaluationObserver {
         case .rollback: return 11
         case .resume: return 12
         case .explain: return 13
+        case .capture: return 14
         }
     }
 

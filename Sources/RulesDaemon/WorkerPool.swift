@@ -26,8 +26,12 @@ final class WorkerPool: Sendable {
     /// Starts `count` worker threads and creates each one's worker on its own thread.
     /// - Parameter onLoopFailure: told when a loop had to stop (its poll failed); the daemon cannot serve on.
     static func start(
-        count: Int, store: GenerationStore, logger: Logger, onLoopFailure: (@Sendable (Error) -> Void)? = nil
+        count: Int, store: GenerationStore, logger: Logger, capture: CaptureSettings = CaptureSettings(),
+        onLoopFailure: (@Sendable (Error) -> Void)? = nil
     ) async throws -> WorkerPool {
+        // One redaction (and so one HMAC key) for all workers, so that equal values hash alike whichever
+        // worker saw them.
+        let redaction = CaptureRedaction(fields: capture.redact, mode: capture.redactMode, key: capture.redactKey)
         var loops: [ServingEventLoop] = []
         for index in 0..<count {
             loops.append(try ServingEventLoop(name: "rulesd-worker-\(index)", onFailure: onLoopFailure))
@@ -43,8 +47,13 @@ final class WorkerPool: Sendable {
                 }
                 var workerLogger = logger
                 workerLogger[metadataKey: "worker"] = "\(index)"
+                let recorder =
+                    capture.enabled
+                    ? CaptureRecorder(
+                        size: capture.size, memoryLimit: max(1, capture.memory / count), redaction: redaction) : nil
                 let worker = Worker(
-                    index: index, store: store, counters: counter, metrics: WorkerMetrics(), logger: workerLogger)
+                    index: index, store: store, counters: counter, metrics: WorkerMetrics(), logger: workerLogger,
+                    capture: recorder)
                 return NIOLoopBound(worker, eventLoop: loop)
             }.get()
             workers.append(worker)
@@ -68,6 +77,25 @@ final class WorkerPool: Sendable {
 
     /// Requests answered so far, by all workers.
     var requestsServed: Int { counters.reduce(0) { $0 + $1.requests.load(ordering: .relaxed) } }
+
+    /// Captured requests held by all workers, and their bytes.
+    var captureTotals: (entries: Int, bytes: Int) {
+        counters.reduce((0, 0)) {
+            ($0.0 + $1.captureEntries.load(ordering: .relaxed), $0.1 + $1.captureBytes.load(ordering: .relaxed))
+        }
+    }
+
+    /// Each worker's captured requests, copied on its own thread.
+    func captureSnapshots(_ filter: CaptureFilter) async -> [[CaptureSubject: [CapturedEntry]]] {
+        var snapshots: [[CaptureSubject: [CapturedEntry]]] = []
+        for (index, loop) in loops.enumerated() {
+            let worker = workers[index]
+            if let snapshot = try? await loop.submit({ worker.value.capture?.snapshot(filter) ?? [:] }).get() {
+                snapshots.append(snapshot)
+            }
+        }
+        return snapshots
+    }
 
     /// Each worker's metrics, copied on its own thread.
     func metricsSnapshots() async -> [WorkerMetricsSnapshot] {

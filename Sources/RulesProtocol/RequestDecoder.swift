@@ -7,6 +7,8 @@ public enum RequestOperation: String, Sendable, Hashable, CaseIterable {
     case history, show, rollback, resume
     /// A `flag` or `route` question answered with a trace of what the rules did.
     case explain
+    /// The captured requests (`capture = on`), optionally of one `flag` or of the routes only (`"route":true`).
+    case capture
 }
 
 /// A request line, decoded. Ranges point into the line it was decoded from.
@@ -32,6 +34,8 @@ public struct DecodedRequest: Sendable, Hashable {
     public var revision: String?
     /// `path` (op show): one file of that revision.
     public var path: String?
+    /// `route` (op capture): only the routed requests.
+    public var routesOnly = false
 
     public init(operation: RequestOperation) {
         self.operation = operation
@@ -84,7 +88,7 @@ public struct RequestDecoder {
     }
 
     private enum Field {
-        case id, op, flag, key, prefix, at, context, request, revision, path, unknown
+        case id, op, flag, key, prefix, at, context, request, revision, path, route, unknown
     }
 
     private static func field(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> Field {
@@ -100,6 +104,7 @@ public struct RequestDecoder {
             case "request": return .request
             case "revision": return .revision
             case "path": return .path
+            case "route": return .route
             default: return .unknown
             }
         }
@@ -113,6 +118,7 @@ public struct RequestDecoder {
         case 4:
             if JSONObjectScanner.key(key, equals: "flag") { return .flag }
             if JSONObjectScanner.key(key, equals: "path") { return .path }
+        case 5: if JSONObjectScanner.key(key, equals: "route") { return .route }
         case 6: if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
         case 7:
             if JSONObjectScanner.key(key, equals: "context") { return .context }
@@ -163,7 +169,9 @@ public struct RequestDecoder {
             case .flag:
                 guard member.kind == .string else { return .failure(invalid("'flag' must be a string", id)) }
                 let content = member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1
-                if UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\")) {
+                // A capture request outlives its line (it waits), so its key is always decoded.
+                if operation == .capture || UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\"))
+                {
                     request.flagDecoded = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 } else {
                     request.flagRange = content
@@ -187,6 +195,11 @@ public struct RequestDecoder {
                 } else {
                     request.request = member.valueRange
                 }
+            case .route:
+                guard member.kind == .true || member.kind == .false else {
+                    return .failure(invalid("'route' must be true or false", id))
+                }
+                request.routesOnly = member.kind == .true
             case .at:
                 if member.kind == .null { continue }
                 guard member.kind == .number, let value = Self.number(line, member.valueRange), value.isFinite else {
@@ -207,6 +220,8 @@ public struct RequestDecoder {
             || (request.context != nil && request.request != nil):
             return .failure(
                 invalid("op 'explain' needs either 'flag' (with an optional 'context') or 'request'", id))
+        case .capture where request.routesOnly && request.flagDecoded != nil:
+            return .failure(invalid("op 'capture' takes 'flag' or 'route', not both", id))
         case .show where request.revision == nil, .rollback where request.revision == nil:
             return .failure(invalid("op '\(operation.rawValue)' needs 'revision'", id))
         default:
@@ -235,6 +250,7 @@ public struct RequestDecoder {
             case 7:
                 if JSONObjectScanner.key(content, equals: "explain") { return .explain }
                 if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
+                if JSONObjectScanner.key(content, equals: "capture") { return .capture }
                 if JSONObjectScanner.key(content, equals: "history") { return .history }
             case 8: if JSONObjectScanner.key(content, equals: "rollback") { return .rollback }
             default: break
@@ -257,6 +273,7 @@ public struct RequestDecoder {
         case .config: return field == .key || field == .prefix
         case .show: return field == .revision || field == .path
         case .rollback: return field == .revision
+        case .capture: return field == .flag || field == .route
         case .ping, .status, .watch, .reload, .metrics, .history, .resume: return false
         }
     }

@@ -133,14 +133,54 @@ enum History {
 
     struct Diff: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show the textual difference between two stored revisions.",
-            discussion: "Exit status: 0 no difference, 1 different (or an error), 3 unreachable.")
+            abstract:
+                "Show the textual difference between two stored revisions, or what a change does to captured requests.",
+            discussion: """
+                'diff REV1 REV2' prints the stored files' differences. 'diff --replay FILE OLD NEW' replays the \
+                requests of a capture file (see 'rulesctl capture') against OLD and NEW, each a rules directory, \
+                'live' (rulesd's serving rules) or a stored revision, and reports per flag and for the routes the \
+                requests replayed, the answers changed as a from → to table with up to three example contexts, \
+                and the errors introduced. 'diff --live NEW_DIR' does the same with rulesd's own capture, from its \
+                serving rules to NEW_DIR. Exit status: 0 no difference, 1 different (or an error), 3 unreachable.
+                """)
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
-        @Argument(help: "The older revision (or its first hex digits).") var from: String
-        @Argument(help: "The newer revision (or its first hex digits).") var to: String
+        @Option(help: ArgumentHelp("Replay the requests of this capture file (JSON Lines).", valueName: "file"))
+        var replay: String?
+        @Option(
+            help: ArgumentHelp(
+                "Replay rulesd's capture against its serving rules and this rules directory.", valueName: "dir"))
+        var live: String?
+        @Argument(help: "The older revision (or its first hex digits); with --replay also a directory or 'live'.")
+        var from: String?
+        @Argument(help: "The newer revision (or its first hex digits); with --replay also a directory or 'live'.")
+        var to: String?
+
+        func validate() throws {
+            if live != nil {
+                guard replay == nil, from == nil, to == nil else {
+                    throw ValidationError("--live takes the new rules directory only: rulesctl diff --live DIR")
+                }
+            } else if from == nil || to == nil {
+                throw ValidationError("Give two revisions (or, with --replay, two rule sets) to compare")
+            }
+        }
 
         func run() async throws {
+            if let live {
+                let lines = try await CaptureCommand.fetch(socket: socket.path, flag: nil, routes: false)
+                try await ReplayCommand.run(
+                    requests: Array(lines.joined(separator: [UInt8(ascii: "\n")])), old: .live, new: .directory(live),
+                    socket: socket.path, json: output.json)
+                return
+            }
+            guard let from, let to else { return }
+            if let replay {
+                try await ReplayCommand.run(
+                    requests: try ReplayFiles.read(replay), old: ReplayCommand.Side(from),
+                    new: ReplayCommand.Side(to), socket: socket.path, json: output.json)
+                return
+            }
             let old = try await files(of: from)
             let new = try await files(of: to)
             var changes: [JSONValue] = []

@@ -279,6 +279,11 @@ struct StatusPrinter {
                 "requests",
                 "\(status["requests_served"]?.int64Value ?? 0) served by \(status["workers"]?.int64Value ?? 0) workers"
             ))
+        if let capture = status["capture"], capture["enabled"] == .bool(true) {
+            let kib = ((capture["bytes"]?.int64Value ?? 0) + 1023) / 1024
+            let limit = (capture["memory_limit"]?.int64Value ?? 0) / 1024
+            lines.append(("capture", "\(capture["entries"]?.int64Value ?? 0) requests, \(kib) of \(limit) KiB"))
+        }
         lines.append(("version", "\(status["version"]?.stringValue ?? "?") (pid \(status["pid"]?.int64Value ?? 0))"))
         let width = lines.map(\.0.count).max() ?? 0
         var out = lines.map { style.bold($0.0.padding(toLength: width)) + "  " + $0.1 }.joined(separator: "\n") + "\n"

@@ -126,6 +126,12 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.maxDataBytes), help: .setting(.maxDataBytes)) var maxDataBytes: String?
     @Option(name: .setting(.testBudget), help: .setting(.testBudget)) var testBudget: String?
     @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
+    @Option(name: .setting(.capture), help: .setting(.capture)) var capture: String?
+    @Option(name: .setting(.captureSize), help: .setting(.captureSize)) var captureSize: String?
+    @Option(name: .setting(.captureMemory), help: .setting(.captureMemory)) var captureMemory: String?
+    @Option(name: .setting(.captureRedact), help: .setting(.captureRedact)) var captureRedact: String?
+    @Option(name: .setting(.captureRedactMode), help: .setting(.captureRedactMode)) var captureRedactMode: String?
+    @Option(name: .setting(.captureRedactKey), help: .setting(.captureRedactKey)) var captureRedactKey: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -163,6 +169,12 @@ struct SettingOptions: ParsableArguments {
         case .maxDataBytes: maxDataBytes
         case .testBudget: testBudget
         case .metricsListen: metricsListen
+        case .capture: capture
+        case .captureSize: captureSize
+        case .captureMemory: captureMemory
+        case .captureRedact: captureRedact
+        case .captureRedactMode: captureRedactMode
+        case .captureRedactKey: captureRedactKey
         }
     }
 }

@@ -81,6 +81,19 @@ struct RequestDecoderTests {
         #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"flag","flag":"x","revision":"a"}"#).0.get() }
     }
 
+    @Test("capture takes an optional flag (decoded, since the request outlives its line) or route filter")
+    func captureMembers() throws {
+        let all = try decode(#"{"op":"capture"}"#).0.get()
+        #expect(all.flagDecoded == nil && !all.routesOnly)
+        let flag = try decode(#"{"op":"capture","flag":"checkout.new-flow"}"#).0.get()
+        #expect(flag.flagDecoded == "checkout.new-flow")
+        #expect(try decode(#"{"op":"capture","route":true}"#).0.get().routesOnly)
+        #expect(failure(#"{"op":"capture","route":1}"#)?.message == "'route' must be true or false")
+        #expect(failure(#"{"op":"capture","flag":"a","route":true}"#)?.code == .invalidRequest)
+        #expect(failure(#"{"op":"capture","context":{}}"#)?.code == .invalidRequest)
+        #expect(failure(#"{"op":"flag","flag":"x","route":true}"#)?.code == .invalidRequest)
+    }
+
     @Test("a line that is not a JSON object is a PARSE_ERROR")
     func parseErrors() {
         for line in ["not json", "[1]", #"{"op":"ping""#, #"{"op":"ping"} extra"#] {
