@@ -153,7 +153,9 @@ private struct TestRun {
         let bytes = Array(JSONWriter.string(.object(context)).utf8)
         let decision = bytes.withUnsafeBytes { evaluator.evaluateFlag(at: index, context: $0, now: now) }
         let flag = ruleSet.flags[index]
-        let variant = flag.variants[decision.variantIndex]
+        let variant =
+            decision.variantIndex >= 0
+            ? flag.variants[decision.variantIndex] : FlagVariant(name: "", value: .null, json: Array("null".utf8))
         let got =
             "variant \(quoted(variant.name)), value \(JSONWriter.string(variant.value)), reason \(decision.reason.rawValue)"
             + (decision.failure.map { " (\($0))" } ?? "")
@@ -193,7 +195,7 @@ private struct TestRun {
             if let failure = decision.failure {
                 return "the rule failed for \(field) = \(quoted(prefix + String(number))): \(failure)"
             }
-            counts[decision.variantIndex] += 1
+            if decision.variantIndex >= 0 { counts[decision.variantIndex] += 1 }
         }
         let measured = flagDefinition.variants.indices.map {
             "\(flagDefinition.variants[$0].name) \(format(Double(counts[$0]) / Double(count)))"

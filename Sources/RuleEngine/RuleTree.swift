@@ -79,7 +79,12 @@ public struct RuleTreeReader: Sendable {
     public static func isVisible(_ name: String) -> Bool { !name.hasPrefix(".") }
 
     /// Whether a file name names a rule file (before checking that it is a regular file).
-    public static func isRuleFileName(_ name: String) -> Bool { isVisible(name) && name.hasSuffix(".lua") }
+    public static func isRuleFileName(_ name: String) -> Bool { isVisible(name) && hasRuleFileSuffix(name) }
+
+    /// Whether a name ends like a rule file: `.lua`, or `.flagd.json` for a flagd flag file.
+    public static func hasRuleFileSuffix(_ name: String) -> Bool {
+        name.hasSuffix(".lua") || name.hasSuffix(FlagdTranslator.fileSuffix)
+    }
 
     /// A path for messages: valid UTF-8 as is, every other byte as `\xNN`.
     public static func escapedPath(_ bytes: [UInt8]) -> String {
@@ -219,7 +224,7 @@ private struct Walk {
             if stat(full, &st) != 0 {
                 let err = errno
                 // ENOENT: vanished, or a dangling symlink (an editor's lock file): not a rule file.
-                if err != ENOENT && (name.hasSuffix(".lua") || err == ELOOP) {
+                if err != ENOENT && (RuleTreeReader.hasRuleFileSuffix(name) || err == ELOOP) {
                     problems.append(reader.problem(rel, "cannot read: \(String(cString: strerror(err)))"))
                 }
                 continue
@@ -235,7 +240,7 @@ private struct Walk {
                     visit(directory: full, relative: rel, depth: depth + 1, ancestors: ancestors.union([id]))
                     if stopped { return }
                 }
-            case S_IFREG where name.hasSuffix(".lua"):
+            case S_IFREG where RuleTreeReader.hasRuleFileSuffix(name):
                 if sources.count >= reader.maxFiles {
                     stop(rel, "more than \(reader.maxFiles) rule files: the limit of one rule set")
                     return
@@ -261,7 +266,10 @@ private struct Walk {
         }
         guard exists else { return }
         let isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
-        let isRuleFile = (st.st_mode & S_IFMT) == S_IFREG && raw.count >= 4 && raw.suffix(4).elementsEqual(".lua".utf8)
+        let isRuleFile =
+            (st.st_mode & S_IFMT) == S_IFREG
+            && (raw.count >= 4 && raw.suffix(4).elementsEqual(".lua".utf8)
+                || raw.count >= 11 && raw.suffix(11).elementsEqual(FlagdTranslator.fileSuffix.utf8))
         guard isDirectory || isRuleFile else { return }
         let path = (relative.isEmpty ? "" : relative + "/") + RuleTreeReader.escapedPath(raw)
         let what = isDirectory ? "directory" : "rule file"

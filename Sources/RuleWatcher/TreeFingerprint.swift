@@ -45,7 +45,7 @@ struct TreeFingerprint: Equatable {
             var st = stat()
             guard stat(full, &st) == 0 else {
                 // A dangling symlink ending in .lua is no rule file; but its appearance is worth a rescan.
-                if name.hasSuffix(".lua") { hasher.combine(rel) }
+                if RuleTreeReader.hasRuleFileSuffix(name) { hasher.combine(rel) }
                 continue
             }
             switch st.st_mode & S_IFMT {
@@ -58,7 +58,7 @@ struct TreeFingerprint: Equatable {
                         full, relative: rel, depth: depth + 1, ancestors: ancestors.union([id]), maxDepth: maxDepth,
                         &hasher, &entries)
                 }
-            case S_IFREG where name.hasSuffix(".lua"):
+            case S_IFREG where RuleTreeReader.hasRuleFileSuffix(name):
                 combine(&hasher, rel, st)
                 entries += 1
             default:

@@ -275,7 +275,7 @@ struct WatchRegistry {
         guard directory.isTree, RuleTreeReader.isVisible(name) else { return verdict }
         let contentBits = UInt32(IN_MODIFY | IN_CLOSE_WRITE)
         let contentOnly = mask & contentBits != 0 && mask & ~(contentBits | UInt32(IN_ISDIR)) == 0
-        if contentOnly && !isDirectory && !name.hasSuffix(".lua") {
+        if contentOnly && !isDirectory && !RuleTreeReader.hasRuleFileSuffix(name) {
             // Writes to a file the scanner ignores (`x.lua~`, vim's `4913`) cannot change the scan.
             return verdict
         }
@@ -283,7 +283,7 @@ struct WatchRegistry {
         if appeared {
             verdict.appeared = (directory.path, name, directory.depth)
         }
-        if name.hasSuffix(".lua") && !isDirectory {
+        if RuleTreeReader.hasRuleFileSuffix(name) && !isDirectory {
             trackWrites(&verdict, mask: mask, path: full)
         }
         return verdict

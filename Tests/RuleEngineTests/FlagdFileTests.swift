@@ -1,0 +1,203 @@
+import RuleEngine
+import RuleModel
+import RulesTestSupport
+import Testing
+
+/// The answer rulesd would send for `key` (the `result` of a flag answer), or the error code when there is none.
+private func answer(_ rules: LoadedRules, _ key: String, _ context: JSONValue) throws -> (JSONValue?, String?) {
+    guard let index = rules.ruleSet.flagIndex(forKey: key) else { return (nil, "FLAG_NOT_FOUND") }
+    let json = Array(JSONWriter.string(context).utf8)
+    let decision = json.withUnsafeBytes { rules.evaluator.evaluateFlag(at: index, context: $0, now: pinnedNow) }
+    var bytes: [UInt8] = []
+    RuleAnswers.appendFlag(rules.ruleSet, flag: index, decision, to: &bytes)
+    return (try JSONParser().parse(bytes), nil)
+}
+
+/// The answer without its `source`, which names the file and line the flag came from.
+private func withoutSource(_ value: JSONValue?) -> JSONValue? {
+    guard case .object(var object)? = value else { return value }
+    _ = object.removeValue(forKey: "source")
+    return .object(object)
+}
+
+private let allCases = (try? FlagdConformance.cases()) ?? []
+
+@Suite("flagd flag files")
+struct FlagdFileTests {
+    @Test("cases.json holds the 40 conformance cases")
+    func caseCount() throws {
+        #expect(try FlagdConformance.cases().count == 40)
+    }
+
+    @Test("each flagd conformance case answers as flagd does", arguments: allCases)
+    func conformance(_ item: FlagdConformance.Case) throws {
+        let rules = try compile(["case.flagd.json": FlagdConformance.flagFile([item])])
+        let (result, error) = try answer(rules, item.flag, item.context)
+        let got = FlagdConformance.resolve(item, answer: result, errorCode: error)
+        let problem = FlagdConformance.mismatch(item, got, metadata: result?["metadata"])
+        #expect(problem == nil, "\(problem ?? "")")
+    }
+
+    @Test("rulesctl import's Lua answers each conformance case exactly as the flag file does", arguments: allCases)
+    func importedRulesAnswerTheSame(_ item: FlagdConformance.Case) throws {
+        let file = FlagdConformance.flagFile([item])
+        let lua = try FlagdTranslator.translate(Array(file.utf8), layout: .readable)
+        let fromJSON = try compile(["case.flagd.json": file])
+        let fromLua = try compile(["case.lua": lua])
+        let (a, errorA) = try answer(fromJSON, item.flag, item.context)
+        let (b, errorB) = try answer(fromLua, item.flag, item.context)
+        #expect(errorA == errorB)
+        #expect(withoutSource(a) == withoutSource(b))
+    }
+
+    @Test(
+        "every flag file of flagd's test bed loads, and its import answers the same",
+        arguments: FlagdConformance.testbedFiles)
+    func testbedFile(_ path: String) throws {
+        let bytes = try #require(FlagdConformance.readFile(FlagdConformance.fixtures + "/testbed-flags/" + path))
+        let fromJSON = try compile(["x.flagd.json": String(decoding: bytes, as: UTF8.self)])
+        let fromLua = try compile(["x.lua": try FlagdTranslator.translate(bytes, layout: .readable)])
+        #expect(!fromJSON.ruleSet.flags.isEmpty)
+        let contexts: [JSONValue] = [
+            [:], ["targetingKey": "jon@company.com", "email": "ballmer@macrosoft.com", "version": "2.1.0"],
+            ["targetingKey": "user1", "user": ["name": "jack"], "id": "abcxyz", "color": "red", "tier": "premium"],
+        ]
+        for flag in fromJSON.ruleSet.flags {
+            for context in contexts {
+                let (a, _) = try answer(fromJSON, flag.key, context)
+                let (b, _) = try answer(fromLua, flag.key, context)
+                #expect(withoutSource(a) == withoutSource(b), "\(flag.key) for \(context)")
+                #expect(a?["error_code"] != "RESOURCE_LIMIT", "\(flag.key): \(a.map { JSONWriter.string($0) } ?? "")")
+            }
+        }
+    }
+
+    @Test("a flag's source is the line of its key in the JSON file")
+    func sourceLines() throws {
+        let rules = try compile([
+            "f.flagd.json": """
+            {
+              "flags": {
+                "first": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "on" },
+
+                "second": {
+                  "state": "ENABLED",
+                  "variants": { "on": true, "off": false },
+                  "defaultVariant": "off"
+                }
+              }
+            }
+            """
+        ])
+        let lines = rules.ruleSet.flags.map { "\($0.key)=\($0.location)" }
+        #expect(lines == ["first=f.flagd.json:3", "second=f.flagd.json:5"])
+    }
+
+    @Test("a malformed flag file refuses the rule set at the line of the problem")
+    func malformedFileIsRefused() throws {
+        let badState = loadFailure([
+            "bad.flagd.json": """
+            {
+              "flags": {
+                "ok": { "state": "ENABLED", "variants": { "on": true }, "defaultVariant": "on" },
+                "broken": { "state": "ON", "variants": { "on": true }, "defaultVariant": "on" }
+              }
+            }
+            """
+        ])
+        #expect(hasDiagnostic(badState, file: "bad.flagd.json", line: 4, containing: "flag 'broken': 'state' must be"))
+        let badJSON = loadFailure(["bad.flagd.json": "{\n  \"flags\": {\n    \"x\": { ,\n  }\n}\n"])
+        #expect(hasDiagnostic(badJSON, file: "bad.flagd.json", line: 3, containing: "not valid JSON"))
+        let unknownDefault = loadFailure([
+            "bad.flagd.json":
+                "{\"flags\": {\n\"x\": {\"state\": \"ENABLED\", \"variants\": {\"on\": 1}, \"defaultVariant\": \"of\"}}}"
+        ])
+        #expect(hasDiagnostic(unknownDefault, file: "bad.flagd.json", line: 2, containing: "default 'of' is not"))
+    }
+
+    @Test("a flag file's flags share one namespace with Lua flags")
+    func duplicatesAcrossKindsAreRefused() throws {
+        let failure = loadFailure([
+            "a.lua": "flag \"x\" { default = \"off\" }",
+            "b.flagd.json":
+                #"{"flags": {"x": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"}}}"#,
+        ])
+        #expect(failure?.diagnostics.contains { $0.message.contains("'x'") } == true)
+    }
+
+    @Test("fractional v2 is split with flagd's seed; v3 hashes the CBOR encoding of the bucketing value")
+    func fractionalAlgorithms() throws {
+        let targeting = #"{"fractional": [{"var": "user"}, ["a", 50], ["b", 50]]}"#
+        func file(_ v3: Bool) -> String {
+            """
+            {\(v3 ? #""$rulesd": {"fractional": "v3"},"# : "")
+             "flags": {"f": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
+               "targeting": \(targeting)}}}
+            """
+        }
+        let lua = try compile([
+            "s.lua": """
+            flag "g" {
+              variants = { a = "a", b = "b" }, default = "a",
+              rule = function(ctx) return split(ctx.user, { { "a", 50 }, { "b", 50 } }, "") end,
+            }
+            """
+        ])
+        let v2 = try compile(["f.flagd.json": file(false)])
+        let v3 = try compile(["f.flagd.json": file(true)])
+        var differs = false
+        for number in 0..<64 {
+            let context: JSONValue = ["user": .string("user-\(number)")]
+            #expect(try v2.flag("f", context).variant == lua.flag("g", context).variant)
+            if try v3.flag("f", context).variant != v2.flag("f", context).variant { differs = true }
+        }
+        #expect(differs)
+    }
+}
+
+@Suite("Flags without a default, with metadata, or invalid")
+struct FlagDeclarationExtensionTests {
+    @Test("default = false answers without a value or variant, for the caller's own default")
+    func noDefault() throws {
+        let rules = try compile([
+            "f.lua": """
+            flag "x" { variants = { on = true, off = false }, default = false,
+              rule = function(ctx) if ctx.on then return "on" end end }
+            flag "y" { variants = { on = true, off = false }, default = false, enabled = false }
+            flag "z" { variants = { on = true }, default = false,
+              rule = function(ctx) local v = flag_value("x", ctx) return v == nil and "on" or nil end }
+            """
+        ])
+        let (miss, _) = try answer(rules, "x", [:])
+        #expect(
+            miss.map { JSONWriter.string($0) } == #"{"key":"x","value":null,"reason":"DEFAULT","source":"f.lua:1"}"#)
+        let (hit, _) = try answer(rules, "x", ["on": true])
+        #expect(hit?["variant"] == "on")
+        let (disabled, _) = try answer(rules, "y", [:])
+        #expect(disabled?["reason"] == "DISABLED")
+        #expect(disabled?["variant"] == nil)
+        let (prerequisite, _) = try answer(rules, "z", [:])
+        #expect(prerequisite?["variant"] == "on")
+    }
+
+    @Test("metadata is carried in the flag's answers")
+    func metadata() throws {
+        let rules = try compile([
+            "f.lua": #"flag "x" { default = "on", metadata = { team = "growth", version = 2 } }"#
+        ])
+        let (result, _) = try answer(rules, "x", [:])
+        #expect(result?["metadata"] == ["team": "growth", "version": 2])
+    }
+
+    @Test("invalid = message fails every evaluation with PARSE_ERROR and serves the default")
+    func invalid() throws {
+        let rules = try compile([
+            "f.lua": #"flag "x" { variants = { a = 1, b = 2 }, default = "b", invalid = "unknown operator" }"#
+        ])
+        let answer = try rules.flag("x")
+        #expect(answer.reason == .error)
+        #expect(answer.code == .parseError)
+        #expect(answer.message == "unknown operator")
+        #expect(answer.value == 2)
+    }
+}
