@@ -101,11 +101,12 @@ public enum FlagdTranslator {
             let line = lines.line(at: flagRanges[key]?.key ?? 0)
             var translator = FlagTranslation(
                 key: key, evaluators: evaluators, fractionalV3: fractionalV3, setMetadata: setMetadata)
-            let code: String
+            let code: (setup: String, declaration: String)
             do { code = try translator.declaration(definition) } catch {
                 throw Failure(line: line, message: "flag '\(key)': \(error.message)")
             }
-            out.emit(code, atLine: line)
+            let separator = layout == .readable ? "\n" : " "
+            out.emit(code.setup.isEmpty ? code.declaration : code.setup + separator + code.declaration, atLine: line)
         }
         return out.text
     }
@@ -367,7 +368,8 @@ private struct FlagTranslation {
         self.setMetadata = setMetadata
     }
 
-    mutating func declaration(_ definition: JSONValue) throws(Problem) -> String {
+    /// The flag's declaration, and the statement before it that records its variant names for the rule.
+    mutating func declaration(_ definition: JSONValue) throws(Problem) -> (setup: String, declaration: String) {
         guard case .object(let flag) = definition else { throw Problem(message: "a flag is a JSON object") }
         for name in flag.keys where !["state", "variants", "defaultVariant", "targeting", "metadata"].contains(name) {
             throw Problem(
@@ -392,10 +394,6 @@ private struct FlagTranslation {
         // default. `default = false` is the rule files' spelling of that.
         if state == "DISABLED" || defaultVariant == nil {
             fields.append("default = false")
-            if let defaultVariant, state == "DISABLED" {
-                // Still checked, as flagd checks it, though a disabled flag never serves it.
-                _ = defaultVariant
-            }
         } else if let defaultVariant {
             fields.append("default = " + FlagdTranslator.luaString(defaultVariant))
         }
@@ -423,7 +421,7 @@ private struct FlagTranslation {
             prefix =
                 "VARIANTS[\(q)] = {"
                 + variants.keys.map { "[\(FlagdTranslator.luaString($0))] = true" }
-                .joined(separator: ", ") + "} "
+                .joined(separator: ", ") + "}"
             do {
                 let body = try expression(targeting, data: "ctx")
                 fields.append("rule = function(ctx) return J.variant(\(body), \(q)) end")
@@ -433,7 +431,7 @@ private struct FlagTranslation {
                 fields.append("invalid = \(message)")
             }
         }
-        return prefix + "flag \(q) { " + fields.joined(separator: ", ") + " }"
+        return (prefix, "flag \(q) { " + fields.joined(separator: ", ") + " }")
     }
 
     /// A Lua expression computing the JSONLogic `value` over the data in the Lua variable `data`.

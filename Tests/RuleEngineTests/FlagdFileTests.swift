@@ -72,6 +72,20 @@ struct FlagdFileTests {
         }
     }
 
+    @Test("the scanner reads *.flagd.json files beside .lua files, and no other JSON")
+    func scannerReadsFlagFiles() throws {
+        let dir = try TemporaryDirectory()
+        try dir.writeFile("a.lua", "")
+        try dir.writeFile("flags/ui.flagd.json", "{}")
+        try dir.writeFile("data.json", "{}")
+        try dir.writeFile("ui.flagd.json.bak", "{}")
+        try dir.writeFile(".ui.flagd.json.swp", "{}")
+        let snapshot = RuleTreeReader().read(root: dir.path)
+        #expect(snapshot.sources.map(\.path) == ["a.lua", "flags/ui.flagd.json"])
+        #expect(RuleTreeReader.isRuleFileName("x.flagd.json"))
+        #expect(!RuleTreeReader.isRuleFileName("x.json"))
+    }
+
     @Test("a flag's source is the line of its key in the JSON file")
     func sourceLines() throws {
         let rules = try compile([
