@@ -215,3 +215,73 @@ struct FlagDeclarationExtensionTests {
         #expect(answer.value == 2)
     }
 }
+
+/// One JSONLogic expression, a context, and what JSONLogic (as flagd evaluates it) makes of them.
+struct JSONLogicVector: Sendable, CustomTestStringConvertible {
+    var logic: String
+    var context: String
+    var result: String
+    var testDescription: String { "\(logic) over \(context) is \(result)" }
+}
+
+let jsonLogicVectors: [JSONLogicVector] = [
+    .init(logic: #"{"==": [1, "1"]}"#, context: "{}", result: "true"),
+    .init(logic: #"{"===": [1, "1"]}"#, context: "{}", result: "false"),
+    .init(logic: #"{"!=": [{"var": "a"}, 2]}"#, context: #"{"a": 2}"#, result: "false"),
+    .init(logic: #"{"<": [1, {"var": "n"}, 3]}"#, context: #"{"n": 2}"#, result: "true"),
+    .init(logic: #"{"<": [1, {"var": "n"}, 3]}"#, context: #"{"n": 3}"#, result: "false"),
+    .init(logic: #"{">=": [{"var": "n"}, 10]}"#, context: #"{"n": 10}"#, result: "true"),
+    .init(logic: #"{"and": [true, {"var": "s"}]}"#, context: #"{"s": "x"}"#, result: "x"),
+    .init(logic: #"{"or": [0, "", {"var": "s"}]}"#, context: #"{"s": "y"}"#, result: "y"),
+    .init(logic: #"{"!": [[]]}"#, context: "{}", result: "true"),
+    .init(logic: #"{"!!": ["0"]}"#, context: "{}", result: "true"),
+    .init(logic: #"{"in": [{"var": "c"}, ["DE", "FR"]]}"#, context: #"{"c": "FR"}"#, result: "true"),
+    .init(logic: #"{"in": ["Spring", "Springfield"]}"#, context: "{}", result: "true"),
+    .init(logic: #"{"cat": ["v", 1, "-", 2.5]}"#, context: "{}", result: "v1-2.5"),
+    .init(logic: #"{"substr": ["jsonlogic", -5, 3]}"#, context: "{}", result: "log"),
+    .init(logic: #"{"+": [1, "2", 3]}"#, context: "{}", result: "6"),
+    .init(logic: #"{"-": [{"var": "n"}]}"#, context: #"{"n": 4}"#, result: "-4"),
+    .init(logic: #"{"/": [7, 2]}"#, context: "{}", result: "3.5"),
+    .init(logic: #"{"%": [7, 2]}"#, context: "{}", result: "1"),
+    .init(logic: #"{"max": [1, 9, 3]}"#, context: "{}", result: "9"),
+    .init(logic: #"{"var": ["user.plan", "free"]}"#, context: #"{"user": {}}"#, result: "free"),
+    .init(logic: #"{"var": "items.1"}"#, context: #"{"items": ["a", "b"]}"#, result: "b"),
+    .init(logic: #"{"cat": {"missing": ["a", "b"]}}"#, context: #"{"a": 1}"#, result: "b"),
+    .init(logic: #"{"cat": ["[", {"missing_some": [1, ["a", "b"]]}, "]"]}"#, context: #"{"a": 1}"#, result: "[]"),
+    .init(logic: #"{"cat": {"merge": [["a"], "b", ["c"]]}}"#, context: "{}", result: "a,b,c"),
+    .init(
+        logic: #"{"cat": {"map": [{"var": "xs"}, {"*": [{"var": ""}, 2]}]}}"#, context: #"{"xs": [1, 2]}"#,
+        result: "2,4"),
+    .init(
+        logic: #"{"cat": {"filter": [{"var": "xs"}, {">": [{"var": ""}, 1]}]}}"#, context: #"{"xs": [1, 2, 3]}"#,
+        result: "2,3"),
+    .init(
+        logic: #"{"reduce": [{"var": "xs"}, {"+": [{"var": "current"}, {"var": "accumulator"}]}, 0]}"#,
+        context: #"{"xs": [1, 2, 3]}"#, result: "6"),
+    .init(logic: #"{"all": [{"var": "xs"}, {">": [{"var": ""}, 0]}]}"#, context: #"{"xs": [1, 2]}"#, result: "true"),
+    .init(
+        logic: #"{"none": [{"var": "xs"}, {">": [{"var": ""}, 5]}]}"#, context: #"{"xs": [1, 2]}"#,
+        result: "true"),
+    .init(logic: #"{"sem_ver": [{"var": "v"}, ">=", "1.2.0"]}"#, context: #"{"v": "1.10.0"}"#, result: "true"),
+    .init(
+        logic: #"{"ends_with": [{"var": "e"}, "@example.com"]}"#, context: #"{"e": "a@example.com"}"#,
+        result: "true"),
+    .init(logic: #"{"var": "$flagd.flagKey"}"#, context: "{}", result: "probe"),
+    .init(logic: #"{"var": "$flagd.timestamp"}"#, context: "{}", result: "1700000000"),
+]
+
+@Suite("JSONLogic in flagd flag files")
+struct JSONLogicTests {
+    @Test("each operator answers as JSONLogic does", arguments: jsonLogicVectors)
+    func vector(_ vector: JSONLogicVector) throws {
+        // The result names the variant: a flag whose variants are every expected result.
+        let file = """
+            {"flags": {"probe": {"state": "ENABLED", "variants": {"\(vector.result)": 1, "other": 0},
+              "defaultVariant": "other", "targeting": {"cat": [\(vector.logic)]}}}}
+            """
+        let rules = try compile(["p.flagd.json": file])
+        let context = try JSONParser().parse(vector.context)
+        let answer = try rules.flag("probe", context)
+        #expect(answer.variant == vector.result, "\(answer)")
+    }
+}
