@@ -100,7 +100,8 @@ public enum FlagdTranslator {
         for (key, definition) in flags {
             let line = lines.line(at: flagRanges[key]?.key ?? 0)
             var translator = FlagTranslation(
-                key: key, evaluators: evaluators, fractionalV3: fractionalV3, setMetadata: setMetadata)
+                key: key, evaluators: evaluators, fractionalV3: fractionalV3, setMetadata: setMetadata,
+                readable: layout == .readable)
             let code: (setup: String, declaration: String)
             do { code = try translator.declaration(definition) } catch {
                 throw Failure(line: line, message: "flag '\(key)': \(error.message)")
@@ -357,11 +358,16 @@ private struct FlagTranslation {
     let evaluators: [String: JSONValue]
     let fractionalV3: Bool
     let setMetadata: JSONObject?
+    /// One field per line (for people); otherwise the whole declaration on one line, the line of its key.
+    let readable: Bool
     var depth = 0
     var nextName = 0
     var refs: [String] = []
 
-    init(key: String, evaluators: [String: JSONValue], fractionalV3: Bool, setMetadata: JSONObject?) {
+    init(
+        key: String, evaluators: [String: JSONValue], fractionalV3: Bool, setMetadata: JSONObject?, readable: Bool
+    ) {
+        self.readable = readable
         self.key = key
         self.evaluators = evaluators
         self.fractionalV3 = fractionalV3
@@ -431,6 +437,7 @@ private struct FlagTranslation {
                 fields.append("invalid = \(message)")
             }
         }
+        if readable { return (prefix, "flag \(q) {\n    " + fields.joined(separator: ",\n    ") + ",\n}") }
         return (prefix, "flag \(q) { " + fields.joined(separator: ", ") + " }")
     }
 
