@@ -62,6 +62,17 @@ struct FlagdFileTests {
             [:], ["targetingKey": "jon@company.com", "email": "ballmer@macrosoft.com", "version": "2.1.0"],
             ["targetingKey": "user1", "user": ["name": "jack"], "id": "abcxyz", "color": "red", "tier": "premium"],
         ]
+        for context in contexts {
+            // Every flag at once, as the `flags` operation answers: flags without a default variant included.
+            let json = Array(JSONWriter.string(context).utf8)
+            let decisions = try json.withUnsafeBytes {
+                try fromJSON.evaluator.evaluateAllFlags(context: $0, now: pinnedNow).get()
+            }
+            var all: [UInt8] = []
+            RuleAnswers.appendFlags(fromJSON.ruleSet, decisions, to: &all)
+            let parsed = try JSONParser().parse(all)
+            #expect(parsed["flags"]?.objectValue?.count == fromJSON.ruleSet.flags.count)
+        }
         for flag in fromJSON.ruleSet.flags {
             for context in contexts {
                 let (a, _) = try answer(fromJSON, flag.key, context)
