@@ -354,6 +354,9 @@ private struct FlagTranslation {
         var message: String
     }
 
+    /// The deepest JSONLogic nesting translated: Lua's parser stops at about 63 nested `if`s as generated here.
+    static let maxDepth = 48
+
     let key: String
     let evaluators: [String: JSONValue]
     let fractionalV3: Bool
@@ -424,13 +427,13 @@ private struct FlagTranslation {
             fields.append("rule = function(ctx) return nil end")
         }
         if let targeting = flag["targeting"], targeting != .object(JSONObject()), targeting != .null {
-            prefix =
-                "VARIANTS[\(q)] = {"
-                + variants.keys.map { "[\(FlagdTranslator.luaString($0))] = true" }
-                .joined(separator: ", ") + "}"
             do {
                 let body = try expression(targeting, data: "ctx")
                 fields.append("rule = function(ctx) return J.variant(\(body), \(q)) end")
+                prefix =
+                    "VARIANTS[\(q)] = {"
+                    + variants.keys.map { "[\(FlagdTranslator.luaString($0))] = true" }
+                    .joined(separator: ", ") + "}"
             } catch {
                 // flagd loads such a flag and fails its evaluations with PARSE_ERROR; so does rulesd.
                 let message = FlagdTranslator.luaString("invalid targeting: " + error.message)
@@ -445,7 +448,11 @@ private struct FlagTranslation {
     mutating func expression(_ value: JSONValue, data: String) throws(Problem) -> String {
         depth += 1
         defer { depth -= 1 }
-        if depth > 200 { throw Problem(message: "targeting nested too deeply") }
+        // Lua's parser gives up on the generated code (C stack overflow, refusing the whole rule set) not far
+        // beyond this; before that, the flag alone fails, with a message saying why.
+        if depth > Self.maxDepth {
+            throw Problem(message: "targeting nested deeper than \(Self.maxDepth) levels")
+        }
         switch value {
         case .null, .bool, .integer, .number, .string:
             return FlagdTranslator.luaLiteral(value)

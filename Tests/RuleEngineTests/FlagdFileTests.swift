@@ -140,6 +140,29 @@ struct FlagdFileTests {
         #expect(hasDiagnostic(unknownDefault, file: "bad.flagd.json", line: 2, containing: "default 'of' is not"))
     }
 
+    @Test("targeting nested too deeply for Lua fails that flag alone, with PARSE_ERROR")
+    func deepTargeting() throws {
+        func nested(_ levels: Int) -> String {
+            var targeting = #""on""#
+            for level in 0..<levels { targeting = #"{"if": [{"==": [{"var": "x"}, \#(level)]}, "on", \#(targeting)]}"# }
+            return targeting
+        }
+        let rules = try compile([
+            "deep.flagd.json": """
+            {"flags": {
+              "deep": {"state": "ENABLED", "variants": {"on": 1, "off": 0}, "defaultVariant": "off",
+                "targeting": \(nested(100))},
+              "fine": {"state": "ENABLED", "variants": {"on": 1, "off": 0}, "defaultVariant": "off",
+                "targeting": \(nested(40))}
+            }}
+            """
+        ])
+        let deep = try rules.flag("deep", ["x": 3])
+        #expect(deep.code == .parseError)
+        #expect(deep.message == "invalid targeting: targeting nested deeper than 48 levels")
+        #expect(try rules.flag("fine", ["x": 3]).variant == "on")
+    }
+
     @Test("a flag file's flags share one namespace with Lua flags")
     func duplicatesAcrossKindsAreRefused() throws {
         let failure = loadFailure([
