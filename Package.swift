@@ -152,7 +152,9 @@ let package = Package(
         ),
         .testTarget(name: "RuleModelTests", dependencies: ["RuleModel", "RulesTestSupport"]),
         .testTarget(name: "RuleReplayTests", dependencies: ["RuleReplay", "RuleEngine", "RuleModel"]),
-        .testTarget(name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel"], exclude: ["Fixtures"]),
+        .testTarget(
+            name: "RuleEngineTests", dependencies: ["RuleEngine", "RuleModel", "RulesTestSupport"],
+            exclude: ["Fixtures"]),
         .testTarget(
             name: "RuleWatcherTests",
             dependencies: [

@@ -290,6 +290,7 @@ static int api_flag_value(lua_State *L) {
     if (S->flag_depth >= RS_MAX_FLAG_DEPTH)
         return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
     int variant = f->default_variant;
+    if (f->enabled && f->invalid != NULL) return luaL_error(L, "flag_value('%s'): %s", f->key, f->invalid);
     const char *reason = !f->enabled ? "DISABLED" : f->rule_ref == LUA_NOREF ? "STATIC" : "DEFAULT";
     ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0) : -1;
     if (f->enabled && f->rule_ref != LUA_NOREF) {
@@ -324,7 +325,12 @@ static int api_flag_value(lua_State *L) {
             reason = "TARGETING_MATCH";
         }
     }
-    if (S->trace) rs_trace_close_outcome(L, traced, f->variants[variant].name, reason);
+    if (S->trace) rs_trace_close_outcome(L, traced, variant < 0 ? NULL : f->variants[variant].name, reason);
+    if (variant < 0) { /* no default variant (`default = false`) and no decision: no variant, no value */
+        lua_pushnil(L);
+        lua_pushnil(L);
+        return 2;
+    }
     lua_pushstring(L, f->variants[variant].name);
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
     lua_rawgeti(L, -1, variant + 1);
@@ -493,10 +499,13 @@ static int variant_cmp(const void *a, const void *b) {
 }
 
 /* The fields a flag definition may have, with the type each must be. */
-static const char *const flag_field_names[] = {"description", "variants", "default", "enabled", "rule"};
-static const char *const flag_field_types[] = {"a string", "a table", "a string", "a boolean", "a function"};
-static const int flag_field_lua_types[] = {LUA_TSTRING, LUA_TTABLE, LUA_TSTRING, LUA_TBOOLEAN, LUA_TFUNCTION};
-#define FLAG_FIELD_COUNT 5
+static const char *const flag_field_names[] = {"description", "variants", "default", "enabled",
+                                               "rule",        "metadata", "invalid"};
+static const char *const flag_field_types[] = {"a string",   "a table", "a string", "a boolean",
+                                               "a function", "a table", "a string"};
+static const int flag_field_lua_types[] = {LUA_TSTRING,   LUA_TTABLE, LUA_TSTRING, LUA_TBOOLEAN,
+                                           LUA_TFUNCTION, LUA_TTABLE, LUA_TSTRING};
+#define FLAG_FIELD_COUNT 7
 
 /* Phase 1: reads the definition's fields (key at -2, value at -1 during the walk). Description and enabled go
  * straight into the entry; variants, default and rule are collected by name into the table at `fields` for the
@@ -517,9 +526,15 @@ static bool read_flag_fields(lua_State *L, rs_state *S, decl_view *d, int def, i
         int vt = lua_type(L, -1);
         if (field == FLAG_FIELD_COUNT) {
             rs_add_diag(S, d->file, d->line,
-                        "flag '%s': unknown field '%s' (a flag has description, variants, default, enabled, rule)",
+                        "flag '%s': unknown field '%s' (a flag has description, variants, default, enabled, rule, "
+                        "metadata, invalid)",
                         d->key, name);
             ok = false;
+        } else if (strcmp(name, "default") == 0 && vt == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            /* `default = false`: no default variant; collected as false and resolved to index -1 below. */
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -2);
+            lua_rawset(L, fields);
         } else if (vt != flag_field_lua_types[field]) {
             rs_add_diag(S, d->file, d->line, "flag '%s': '%s' must be %s, not a %s", d->key, name,
                         flag_field_types[field], luaL_typename(L, -1));
@@ -530,6 +545,10 @@ static bool read_flag_fields(lua_State *L, rs_state *S, decl_view *d, int def, i
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
             f->description = rs_strndup(s, len);
+        } else if (strcmp(name, "invalid") == 0) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            f->invalid = rs_strndup(s, len);
         } else {
             lua_pushvalue(L, -2);
             lua_pushvalue(L, -2);
@@ -651,6 +670,7 @@ static bool resolve_default(lua_State *L, rs_state *S, decl_view *d, int deflt, 
         if (!has_variants) f->default_variant = 0; /* "off" */
         return true;
     }
+    if (lua_isboolean(L, deflt)) return true; /* `default = false`: none */
     bool ok = true;
     lua_pushvalue(L, deflt);
     lua_rawget(L, vmap);
@@ -695,6 +715,11 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
     int variants = collected_field(L, fields, "variants");
     int deflt = collected_field(L, fields, "default");
     int rule = collected_field(L, fields, "rule");
+    int metadata = collected_field(L, fields, "metadata");
+    if (metadata) {
+        f->metadata_json = json_or_diag(L, S, d, metadata, "metadata", &f->metadata_json_len);
+        if (f->metadata_json == NULL) ok = false;
+    }
     lua_newtable(L);
     int vmap = lua_gettop(L);
     lua_newtable(L);
@@ -1076,6 +1101,8 @@ rs_flag_info rs_flag_at(const rs_state *S, size_t index) {
     info.has_rule = f->rule_ref != LUA_NOREF;
     info.default_variant = f->default_variant;
     info.variant_count = f->variant_count;
+    info.metadata_json = f->metadata_json;
+    info.metadata_json_len = f->metadata_json_len;
     return info;
 }
 
@@ -1187,6 +1214,11 @@ static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcom
         o->status = RS_DISABLED;
         return;
     }
+    if (f->invalid != NULL) {
+        o->status = RS_ERR_PARSE;
+        set_message(S, o, f->invalid, strlen(f->invalid));
+        return;
+    }
     if (f->rule_ref == LUA_NOREF) {
         o->status = RS_STATIC;
         return;
@@ -1263,6 +1295,12 @@ void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t con
         return;
     }
     rs_flag_entry *f = &S->flags[flag];
+    if (f->enabled && f->invalid != NULL) {
+        outcome->status = RS_ERR_PARSE;
+        outcome->index = f->default_variant;
+        set_message(S, outcome, f->invalid, strlen(f->invalid));
+        return;
+    }
     if (!f->enabled || f->rule_ref == LUA_NOREF) {
         /* No rule runs, so the context is not even converted. */
         outcome->status = f->enabled ? RS_STATIC : RS_DISABLED;

@@ -474,6 +474,8 @@ void rs_state_free(rs_state *S) {
         rs_flag_entry *f = &S->flags[i];
         free(f->key);
         free(f->description);
+        free(f->metadata_json);
+        free(f->invalid);
         free(f->file);
         for (int32_t v = 0; v < f->variant_count; v++) {
             free(f->variants[v].name);

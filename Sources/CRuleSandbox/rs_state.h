@@ -58,9 +58,12 @@ typedef struct rs_flag_entry {
     int rule_ref;      /* registry reference of the rule function, LUA_NOREF when static */
     int variants_ref;  /* registry: table variant name -> index (1-based) */
     int values_ref;    /* registry: sequence of variant values (Lua values, frozen) by index */
-    int32_t default_variant;
+    int32_t default_variant; /* -1: none (`default = false`): answers carry no value, callers use their own */
     int32_t variant_count;
     rs_variant_entry *variants;
+    char *metadata_json; /* `metadata`, as canonical JSON text; NULL when absent */
+    char *invalid;       /* `invalid`: why the definition cannot be evaluated (PARSE_ERROR); NULL normally */
+    size_t metadata_json_len;
 } rs_flag_entry;
 
 typedef struct rs_route_entry {

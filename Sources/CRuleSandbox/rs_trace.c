@@ -421,7 +421,10 @@ void rs_trace_close_outcome(lua_State *L, ptrdiff_t opened, const char *variant,
     out o = {buf, 0, sizeof buf, false};
     buf[0] = 0;
     puts_(&o, "{\"variant\":");
-    put_string(&o, variant, strlen(variant));
+    if (variant != NULL)
+        put_string(&o, variant, strlen(variant));
+    else
+        puts_(&o, "null"); /* a flag without a default variant that no rule decided */
     puts_(&o, ",\"reason\":\"");
     puts_(&o, reason);
     puts_(&o, "\"}");

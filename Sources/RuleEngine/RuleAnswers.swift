@@ -113,7 +113,12 @@ public enum RuleAnswers {
     private static func appendDecision(
         _ fragments: FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]
     ) {
-        out.append(contentsOf: fragments.variants[decision.variantIndex])
+        if decision.variantIndex >= 0 {
+            out.append(contentsOf: fragments.variants[decision.variantIndex])
+        } else {
+            // A flag without a default variant (`default = false`): no value, no variant; the caller's default.
+            out.append(contentsOf: #""value":null"#.utf8)
+        }
         switch decision.reason {
         case .staticValue: out.append(contentsOf: #","reason":"STATIC""#.utf8)
         case .targetingMatch: out.append(contentsOf: #","reason":"TARGETING_MATCH""#.utf8)

@@ -96,7 +96,11 @@ public enum RuleCompiler {
                 rs_state_free(state)
                 throw .cancelled
             }
-            let result = source.content.withUnsafeBufferPointer { content in
+            // A flagd flag file loads as the Lua it translates to, under its own path.
+            let content =
+                FlagdTranslator.isFlagdFile(source.path)
+                ? FlagdTranslator.loadableSource(source.content) : source.content
+            let result = content.withUnsafeBufferPointer { content in
                 content.withMemoryRebound(to: CChar.self) { chars in
                     rs_load_file(state, source.path, chars.baseAddress, chars.count)
                 }
@@ -185,6 +189,12 @@ public enum RuleCompiler {
                 }
                 variants.append(FlagVariant(name: String(cString: variant.name), value: value, json: json))
             }
+            var metadata: JSONValue?
+            if info.metadata_json != nil {
+                do { metadata = try parser.parse(bytes(info.metadata_json, info.metadata_json_len)) } catch {
+                    throw RuleLoadFailure("internal: metadata of \(String(cString: info.key)) is not JSON")
+                }
+            }
             flags.append(
                 FlagDefinition(
                     key: String(cString: info.key),
@@ -193,7 +203,8 @@ public enum RuleCompiler {
                     defaultVariant: Int(info.default_variant),
                     enabled: info.enabled != 0,
                     hasRule: info.has_rule != 0,
-                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
+                    metadata: metadata))
         }
         var routes: [RouteDefinition] = []
         for index in 0..<rs_route_count(state) {

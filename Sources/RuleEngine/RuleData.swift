@@ -34,7 +34,7 @@ public final class RuleDataSet: @unchecked Sendable {
 
     /// Whether a path names a data file (`.txt` or `.json`) rather than a rule file.
     public static func isDataFilePath(_ path: String) -> Bool {
-        path.hasSuffix(".txt") || path.hasSuffix(".json")
+        path.hasSuffix(".txt") || (path.hasSuffix(".json") && !path.hasSuffix(FlagdTranslator.fileSuffix))
     }
 }
 

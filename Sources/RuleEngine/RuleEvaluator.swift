@@ -170,6 +170,7 @@ public final class RuleEvaluator {
         case Int(RS_ERR_RESOURCE_LIMIT.rawValue): code = .resourceLimit
         case Int(RS_ERR_TYPE_MISMATCH.rawValue): code = .typeMismatch
         case Int(RS_ERR_INVALID_CONTEXT.rawValue): code = .invalidContext
+        case Int(RS_ERR_PARSE.rawValue): code = .parseError
         default: return nil
         }
         return RuleFailure(code: code, message: text(outcome.message_offset, outcome.message_length))

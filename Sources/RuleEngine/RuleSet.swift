@@ -145,7 +145,12 @@ struct FlagAnswerFragments: Sendable {
             JSONWriter.appendEscapedString(variant.name, to: &bytes)
             return bytes
         }
-        var tail = Array(#","source":"#.utf8)
+        var tail: [UInt8] = []
+        if let metadata = flag.metadata {
+            tail.append(contentsOf: #","metadata":"#.utf8)
+            tail.append(contentsOf: JSONWriter.string(metadata).utf8)
+        }
+        tail.append(contentsOf: #","source":"#.utf8)
         JSONWriter.appendEscapedString(flag.location.description, to: &tail)
         tail.append(UInt8(ascii: "}"))
         self.tail = tail

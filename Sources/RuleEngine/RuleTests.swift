@@ -200,7 +200,11 @@ struct EvaluatorAnswers: RuleTestAnswers {
         let decision = bytes.withUnsafeBytes {
             evaluator.evaluateFlag(at: index, context: $0, now: at ?? RuleClock.now())
         }
-        let variant = ruleSet.flags[index].variants[decision.variantIndex]
+        // A flag without a default variant that no rule decided has no variant and no value.
+        let variant =
+            decision.variantIndex >= 0
+            ? ruleSet.flags[index].variants[decision.variantIndex]
+            : FlagVariant(name: "", value: .null, json: Array("null".utf8))
         return .success(
             RuleTestFlagAnswer(
                 variant: variant.name, value: variant.value, reason: decision.reason.rawValue,

@@ -86,12 +86,17 @@ public struct RuleTreeReader: Sendable {
     public static func isVisible(_ name: String) -> Bool { !name.hasPrefix(".") }
 
     /// Whether a file name names a rule file (before checking that it is a regular file).
-    public static func isRuleFileName(_ name: String) -> Bool { isVisible(name) && name.hasSuffix(".lua") }
+    public static func isRuleFileName(_ name: String) -> Bool { isVisible(name) && hasRuleFileSuffix(name) }
+
+    /// Whether a name ends like a rule file: `.lua`, or `.flagd.json` for a flagd flag file.
+    public static func hasRuleFileSuffix(_ name: String) -> Bool {
+        name.hasSuffix(".lua") || name.hasSuffix(FlagdTranslator.fileSuffix)
+    }
 
     /// Whether a file name names a file the scan reads (a rule file or a data file), before checking that it is
     /// a regular file.
     public static func isScannedFileName(_ name: String) -> Bool {
-        isVisible(name) && (name.hasSuffix(".lua") || RuleDataSet.isDataFilePath(name))
+        isVisible(name) && (hasRuleFileSuffix(name) || RuleDataSet.isDataFilePath(name))
     }
 
     /// A path for messages: valid UTF-8 as is, every other byte as `\xNN`.
@@ -275,7 +280,10 @@ private struct Walk {
         }
         guard exists else { return }
         let isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
-        let isRuleFile = (st.st_mode & S_IFMT) == S_IFREG && raw.count >= 4 && raw.suffix(4).elementsEqual(".lua".utf8)
+        let isRuleFile =
+            (st.st_mode & S_IFMT) == S_IFREG
+            && (raw.count >= 4 && raw.suffix(4).elementsEqual(".lua".utf8)
+                || raw.count >= 11 && raw.suffix(11).elementsEqual(FlagdTranslator.fileSuffix.utf8))
         guard isDirectory || isRuleFile else { return }
         let path = (relative.isEmpty ? "" : relative + "/") + RuleTreeReader.escapedPath(raw)
         let what = isDirectory ? "directory" : "rule file"

@@ -22,6 +22,8 @@ public enum RuleErrorCode: String, Sendable, Hashable, CaseIterable {
     case typeMismatch = "TYPE_MISMATCH"
     /// The context (or request) could not be used: not an object, too deep, too big, invalid UTF-8.
     case invalidContext = "INVALID_CONTEXT"
+    /// The flag's definition cannot be evaluated (`invalid`: a flagd targeting that did not translate).
+    case parseError = "PARSE_ERROR"
 }
 
 /// A rule failure: its code and a plain, escaped message.

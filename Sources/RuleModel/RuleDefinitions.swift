@@ -51,16 +51,19 @@ public struct FlagDefinition: Sendable, Hashable {
     public var description: String?
     /// Sorted by name; evaluation results refer to variants by index into this array.
     public var variants: [FlagVariant]
-    /// Index into `variants` of the variant served when no rule decides.
+    /// Index into `variants` of the variant served when no rule decides; -1 when the flag has none
+    /// (`default = false`), and its answers then carry no value for the caller to use its own default.
     public var defaultVariant: Int
     public var enabled: Bool
     /// Whether the flag has a `rule` function (without one it is STATIC).
     public var hasRule: Bool
     public var location: SourceLocation
+    /// The flag's `metadata` (an object), carried in its answers; nil when it has none.
+    public var metadata: JSONValue?
 
     public init(
         key: String, description: String?, variants: [FlagVariant], defaultVariant: Int, enabled: Bool, hasRule: Bool,
-        location: SourceLocation
+        location: SourceLocation, metadata: JSONValue? = nil
     ) {
         self.key = key
         self.description = description
@@ -69,6 +72,7 @@ public struct FlagDefinition: Sendable, Hashable {
         self.enabled = enabled
         self.hasRule = hasRule
         self.location = location
+        self.metadata = metadata
     }
 }
 

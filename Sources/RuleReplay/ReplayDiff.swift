@@ -169,6 +169,10 @@ public enum ReplayDiff {
             let code = decision.failure?.code.rawValue ?? "GENERAL"
             return Outcome(label: "ERROR (\(code))", value: [], isError: true)
         }
+        guard decision.variantIndex >= 0 else {
+            // A flag without a default variant that no rule decided: no variant, the caller's own default.
+            return Outcome(label: "(no variant)", value: Array("null".utf8), isError: false)
+        }
         let variant = evaluator.ruleSet.flags[index].variants[decision.variantIndex]
         return Outcome(label: variant.name, value: variant.json, isError: false)
     }

@@ -7,8 +7,8 @@ struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a rules directory the way rulesd loads it.",
         discussion: """
-            Reads every *.lua file under the directory (following symlinks, skipping any path component that \
-            starts with a dot), loads them all into one sandboxed Lua state and validates the whole rule set, as \
+            Reads every *.lua file (and flagd flag file, *.flagd.json) under the directory (following symlinks, \
+            skipping any path component that starts with a dot), loads them all into one sandboxed Lua state and validates the whole rule set, as \
             rulesd does before it puts a rule set live, then runs the rule tests the files declare (test "name" \
             { ... } and test "name" (function() ... end)) in it: a failing test fails the check like a syntax \
             error, at the test's file:line (a function test's: the failing assertion's). --no-tests skips them.

@@ -26,7 +26,7 @@ struct RulesCtl: AsyncParsableCommand {
             Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self,
             History.List.self, History.Show.self, History.Diff.self, History.Rollback.self, History.Resume.self,
             CaptureCommand.self,
-            Check.self, Eval.self, TestCommand.self,
+            Check.self, Eval.self, TestCommand.self, Import.self,
             Explain.self,
             InitCommand.self,
         ]

@@ -65,6 +65,8 @@ typedef enum rs_status {
     RS_ERR_INVALID_CONTEXT = 13,
     /** Misuse of this API (an index out of range, a state that failed to load). */
     RS_ERR_INTERNAL = 14,
+    /** The flag is declared `invalid` (a flagd definition that did not translate): code PARSE_ERROR. */
+    RS_ERR_PARSE = 15,
 } rs_status;
 
 /**
@@ -96,8 +98,10 @@ typedef struct rs_flag_info {
     int32_t line;
     int32_t enabled;
     int32_t has_rule;
-    int32_t default_variant;   /**< index into variants */
+    int32_t default_variant;   /**< index into variants; -1 when the flag has none (`default = false`) */
     int32_t variant_count;
+    const char *metadata_json; /**< `metadata` as canonical JSON text; NULL when absent */
+    size_t metadata_json_len;
 } rs_flag_info;
 
 typedef struct rs_variant_info {
