@@ -45,6 +45,7 @@ public struct DaemonSettings: Sendable, Equatable {
     public var watch = WatchSettings()
     public var limits = RuleEngineLimits()
     public var metricsListen: String?
+    public var ofrepListen: String?
 
     public init() {}
 
@@ -251,6 +252,7 @@ extension DaemonSettings {
         case maxFileBytes = "max_file_bytes"
         case testBudget = "test_budget"
         case metricsListen = "metrics_listen"
+        case ofrepListen = "ofrep_listen"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -353,6 +355,13 @@ extension DaemonSettings {
                 settings.metricsListen = try parseListenAddress(text)
             },
             render: { $0.metricsListen ?? "off" }),
+        SettingDescriptor(
+            key: .ofrepListen, valueName: "host:port",
+            summary: "`HOST:PORT` for the OpenFeature (OFREP) HTTP listener, or `off`", example: "127.0.0.1:8016",
+            parse: { settings, text throws(SettingsError) in
+                settings.ofrepListen = try parseListenAddress(text)
+            },
+            render: { $0.ofrepListen ?? "off" }),
     ]
 }
 

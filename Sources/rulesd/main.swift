@@ -125,6 +125,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.maxFileBytes), help: .setting(.maxFileBytes)) var maxFileBytes: String?
     @Option(name: .setting(.testBudget), help: .setting(.testBudget)) var testBudget: String?
     @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
+    @Option(name: .setting(.ofrepListen), help: .setting(.ofrepListen)) var ofrepListen: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -161,6 +162,7 @@ struct SettingOptions: ParsableArguments {
         case .maxFileBytes: maxFileBytes
         case .testBudget: testBudget
         case .metricsListen: metricsListen
+        case .ofrepListen: ofrepListen
         }
     }
 }

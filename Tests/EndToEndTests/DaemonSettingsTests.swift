@@ -62,7 +62,7 @@ private let nonDefaultValues: [String: String] = [
     "watch": "poll", "quiet_window": "150ms", "max_delay": "4s", "safety_rescan": "2m", "poll_interval": "900ms",
     "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",
     "load_instructions": "7654321", "max_file_bytes": "4MiB", "test_budget": "5s",
-    "metrics_listen": "127.0.0.1:9999",
+    "metrics_listen": "127.0.0.1:9999", "ofrep_listen": "127.0.0.1:8999",
 ]
 
 @Suite("Settings of the real binary")
