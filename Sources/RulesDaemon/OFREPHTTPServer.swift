@@ -100,16 +100,20 @@ enum OFREPRoute: Equatable {
 }
 
 extension DaemonServices {
-    /// Answers one OFREP request: parses the body here, evaluates on the next worker.
-    func answerOFREP(_ route: OFREPRoute, body: [UInt8], ifNoneMatch: String?) async -> OFREPResponse {
+    /// Answers one OFREP request: parses the body on the caller's loop, evaluates on the next worker, and
+    /// completes on `loop` (no task hops: the HTTP loop waits on the worker's future directly).
+    func answerOFREP(_ route: OFREPRoute, body: [UInt8], ifNoneMatch: String?, on loop: any EventLoop)
+        -> EventLoopFuture<OFREPResponse>
+    {
         let key: String?
         if case .flag(let name) = route { key = name } else { key = nil }
         let context: [UInt8]
         switch OFREPAnswers.context(fromBody: body, key: key) {
         case .success(let bytes): context = bytes
-        case .failure(let failure): return OFREPResponse(status: .badRequest, body: failure.json)
+        case .failure(let failure):
+            return loop.makeSucceededFuture(OFREPResponse(status: .badRequest, body: failure.json))
         }
-        let answer = try? await pool.onNextWorker { worker -> OFREPResponse? in
+        let answer = pool.onNextWorker { worker -> OFREPResponse? in
             switch route {
             case .flag(let key):
                 worker.evaluate(.flag) { generation, evaluator, metrics, now in
@@ -127,9 +131,14 @@ extension DaemonServices {
                 }
             }
         }
-        if let answer { return answer }
-        let failure = OFREPFailure(key: key, code: "GENERAL", details: "no rule set is loaded")
-        return OFREPResponse(status: .internalServerError, body: failure.json)
+        return answer.hop(to: loop).map { answer in
+            if let answer { return answer }
+            let failure = OFREPFailure(key: key, code: "GENERAL", details: "no rule set is loaded")
+            return OFREPResponse(status: .internalServerError, body: failure.json)
+        }.recover { error in
+            let failure = OFREPFailure(key: key, code: "GENERAL", details: "not answered: \(error)")
+            return OFREPResponse(status: .internalServerError, body: failure.json)
+        }
     }
 }
 
@@ -194,11 +203,9 @@ final class OFREPHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context: context, request: request, OFREPResponse(status: .methodNotAllowed, body: failure.json))
             return
         }
-        let services = self.services
-        let ifNoneMatch = request.headers.first(name: "if-none-match")
-        let promise = context.eventLoop.makePromise(of: OFREPResponse.self)
-        promise.completeWithTask { await services.answerOFREP(route, body: body, ifNoneMatch: ifNoneMatch) }
-        promise.futureResult.assumeIsolated().whenSuccess { [self] response in
+        let answer = services.answerOFREP(
+            route, body: body, ifNoneMatch: request.headers.first(name: "if-none-match"), on: context.eventLoop)
+        answer.assumeIsolated().whenSuccess { [self] response in
             respond(context: context, request: request, response)
         }
     }

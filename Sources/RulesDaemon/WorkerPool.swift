@@ -62,11 +62,11 @@ final class WorkerPool: Sendable {
 
     /// Runs `body` on the next worker in turn, on its own thread (for requests that arrive off the workers'
     /// loops, such as the HTTP listeners').
-    func onNextWorker<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) async throws -> T {
+    func onNextWorker<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) -> EventLoopFuture<T> {
         let turn = UInt(bitPattern: nextWorker.loadThenWrappingIncrement(ordering: .relaxed))
         let index = Int(turn % UInt(loops.count))
         let worker = workers[index]
-        return try await loops[index].submit { body(worker.value) }.get()
+        return loops[index].submit { body(worker.value) }
     }
 
     /// Makes every worker adopt the newest generation now rather than at its next request.

@@ -26,10 +26,10 @@ struct OFREPDaemon {
     let daemon: DaemonHarness
     let port: Int
 
-    init(rules: [String: String] = ofrepRules) throws {
+    init(rules: [String: String] = ofrepRules, arguments: [String] = []) throws {
         daemon = try DaemonHarness(rules: rules)
         port = try freeLoopbackPort()
-        try daemon.start(arguments: ["--ofrep-listen", "127.0.0.1:\(port)"])
+        try daemon.start(arguments: ["--ofrep-listen", "127.0.0.1:\(port)"] + arguments)
         try #require(daemon.waitForLog("serving OFREP over HTTP"), "\(daemon.logs)")
     }
 
@@ -145,6 +145,23 @@ struct OFREPHTTPTests {
         #expect(elsewhere.json?["errorDetails"] != nil)
     }
 
+    @Test("a percent-encoded key in the path names the flag")
+    func percentEncodedKey() throws {
+        let response = try ofrep.flag("gr%65eting")
+        #expect(response.status == 200)
+        #expect(response.json?["key"] == "greeting")
+    }
+
+    @Test("OFREP evaluations count in the daemon's request and flag metrics")
+    func metrics() throws {
+        _ = try ofrep.flag("limit")
+        let text = try #require(ofrep.daemon.request(#"{"op":"metrics"}"#)["result"]?["text"]?.stringValue)
+        let line = text.split(separator: "\n").first {
+            $0.hasPrefix("rulesd_flag_evaluations_total") && $0.contains(#"flag="limit""#)
+        }
+        #expect(line?.hasSuffix(" 1") == true, "\(text)")
+    }
+
     @Test("bulk evaluation answers every flag, a failed rule as an error entry, with an ETag")
     func bulk() throws {
         let response = try ofrep.flags(#"{"context":{"plan":"pro"}}"#)
@@ -182,6 +199,19 @@ struct OFREPHTTPTests {
         #expect(reloaded.status == 200)
         #expect(reloaded.headers["etag"] != tag)
         #expect(reloaded.json?["flags"]?.arrayValue?.contains { $0["key"] == "extra" } == true)
+    }
+}
+
+@Suite("OFREP request limits")
+struct OFREPLimitTests {
+    @Test("a body over max_request_bytes is 413, and the listener goes on answering")
+    func bodyLimit() throws {
+        let ofrep = try OFREPDaemon(arguments: ["--max-request-bytes", "1KiB"])
+        let big = #"{"context":{"pad":""# + String(repeating: "x", count: 2000) + #""}}"#
+        let response = try ofrep.flag("beta", big)
+        #expect(response.status == 413)
+        #expect(response.json?["errorCode"] == "PARSE_ERROR")
+        #expect(try ofrep.flag("beta").status == 200)
     }
 }
 
@@ -229,5 +259,17 @@ struct OFREPProviderTests {
         let mismatch = answers[7]
         #expect(mismatch["error_code"] == "TYPE_MISMATCH")
         #expect(mismatch["value"] == false)
+
+        // An edited rule file: the provider's next evaluation has the new value.
+        let revision = try ofrep.daemon.servedRevision()
+        let edited = try #require(ofrepRules["flags.lua"]).replacingOccurrences(
+            of: #"default = "formal""#, with: #"default = "casual""#)
+        try ofrep.daemon.writeRule("flags.lua", edited)
+        #expect(eventually { (try? ofrep.daemon.servedRevision()) != revision })
+        let after = try python.runScript(
+            "ofrep_resolve.py", ["http://127.0.0.1:\(ofrep.port)"],
+            input: #"[{"type":"string","key":"greeting","default":"none","context":{"targetingKey":"u-other"}}]"#)
+        #expect(after[0]?["value"] == "hi")
+        #expect(after[0]?["variant"] == "casual")
     }
 }
