@@ -249,6 +249,13 @@ public struct DaemonService: Service {
                         address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
                         logger: logger)))
         }
+        if let address = settings.ofrepListen {
+            parts.append(
+                .init(
+                    service: OFREPHTTPService(
+                        address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
+                        logger: logger)))
+        }
         parts.append(
             .init(
                 service: ServerService(

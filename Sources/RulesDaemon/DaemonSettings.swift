@@ -46,6 +46,7 @@ public struct DaemonSettings: Sendable, Equatable {
     public var limits = RuleEngineLimits()
     public var metricsListen: String?
     public var capture = CaptureSettings()
+    public var ofrepListen: String?
 
     public init() {}
 
@@ -259,6 +260,7 @@ extension DaemonSettings {
         case captureRedact = "capture_redact"
         case captureRedactMode = "capture_redact_mode"
         case captureRedactKey = "capture_redact_key"
+        case ofrepListen = "ofrep_listen"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -386,6 +388,13 @@ extension DaemonSettings {
             defaultNote: "random at each start", example: "a-long-secret",
             parse: { settings, text throws(SettingsError) in settings.capture.redactKey = text },
             render: { $0.capture.redactKey }),
+        SettingDescriptor(
+            key: .ofrepListen, valueName: "host:port",
+            summary: "`HOST:PORT` for the OpenFeature (OFREP) HTTP listener, or `off`", example: "127.0.0.1:8016",
+            parse: { settings, text throws(SettingsError) in
+                settings.ofrepListen = try parseListenAddress(text)
+            },
+            render: { $0.ofrepListen ?? "off" }),
     ]
 }
 

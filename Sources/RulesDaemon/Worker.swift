@@ -198,6 +198,28 @@ final class Worker: QueryResponder {
         }
     }
 
+    /// Runs `body` with the generation and evaluator this worker serves, as one request of `operation` (counted,
+    /// timed, its rule log lines forwarded): the path the HTTP listeners answer through, so that they answer
+    /// from the same generations as the socket. Nil when no rule set is loaded.
+    /// - Parameter body: gets the generation, its evaluator, this worker's metrics and the time rules see as
+    ///   `now()`; returns its result and whether the request succeeded.
+    func evaluate<T>(
+        _ operation: RequestOperation,
+        _ body: (ServingGeneration, RuleEvaluator, WorkerMetrics, Double) -> (result: T, ok: Bool)
+    ) -> T? {
+        beginBatch()
+        defer { endBatch() }
+        batchRequests += 1
+        guard let (generation, evaluator) = current() else {
+            metrics.recordRequest(operation, ok: false)
+            return nil
+        }
+        let (result, ok) = body(generation, evaluator, metrics, batchNow)
+        if evaluator.hasLogs { forwardRuleLogs(evaluator) }
+        metrics.recordRequest(operation, ok: ok)
+        return result
+    }
+
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {
         let generation = servingGeneration
         ResponseWriter.writeSuccess(

@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOCore
 import QueryServing
@@ -13,6 +14,7 @@ final class WorkerPool: Sendable {
     private let workers: [NIOLoopBound<Worker>]
     private let counters: [WorkerCounters]
     private let indexes: [ObjectIdentifier: Int]
+    private let nextWorker = ManagedAtomic<Int>(0)
 
     private init(loops: [ServingEventLoop], workers: [NIOLoopBound<Worker>], counters: [WorkerCounters]) {
         self.loops = loops
@@ -65,6 +67,15 @@ final class WorkerPool: Sendable {
     /// The worker of the event loop the caller runs on.
     func worker(on loop: any EventLoop) -> Worker {
         workers[indexes[ObjectIdentifier(loop)]!].value
+    }
+
+    /// Runs `body` on the next worker in turn, on its own thread (for requests that arrive off the workers'
+    /// loops, such as the HTTP listeners').
+    func onNextWorker<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) -> EventLoopFuture<T> {
+        let turn = UInt(bitPattern: nextWorker.loadThenWrappingIncrement(ordering: .relaxed))
+        let index = Int(turn % UInt(loops.count))
+        let worker = workers[index]
+        return loops[index].submit { body(worker.value) }
     }
 
     /// Makes every worker adopt the newest generation now rather than at its next request.

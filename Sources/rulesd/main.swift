@@ -132,6 +132,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.captureRedact), help: .setting(.captureRedact)) var captureRedact: String?
     @Option(name: .setting(.captureRedactMode), help: .setting(.captureRedactMode)) var captureRedactMode: String?
     @Option(name: .setting(.captureRedactKey), help: .setting(.captureRedactKey)) var captureRedactKey: String?
+    @Option(name: .setting(.ofrepListen), help: .setting(.ofrepListen)) var ofrepListen: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -175,6 +176,7 @@ struct SettingOptions: ParsableArguments {
         case .captureRedact: captureRedact
         case .captureRedactMode: captureRedactMode
         case .captureRedactKey: captureRedactKey
+        case .ofrepListen: ofrepListen
         }
     }
 }

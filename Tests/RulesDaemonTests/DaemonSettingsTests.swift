@@ -248,6 +248,16 @@ struct SettingValueTests {
         }
     }
 
+    @Test("ofrep_listen is HOST:PORT or off, and off by default")
+    func ofrepListen() throws {
+        #expect(DaemonSettings().ofrepListen == nil)
+        #expect(try settings(.ofrepListen, "127.0.0.1:8016").ofrepListen == "127.0.0.1:8016")
+        #expect(try settings(.ofrepListen, "off").ofrepListen == nil)
+        for bad in ["8016", ":8016", "localhost:0", "localhost:65536"] {
+            #expect(rejection(.ofrepListen, bad) != nil, "\(bad)")
+        }
+    }
+
     @Test("values are written back in the largest exact unit")
     func formatting() {
         #expect(formatDuration(.seconds(300)) == "5m")
