@@ -83,7 +83,7 @@ struct FlagdFileTests {
         }
     }
 
-    @Test("the scanner reads *.flagd.json files beside .lua files, and no other JSON")
+    @Test("the scanner reads *.flagd.json files as rule files beside .lua files; other JSON is a data file")
     func scannerReadsFlagFiles() throws {
         let dir = try TemporaryDirectory()
         try dir.writeFile("a.lua", "")
@@ -92,9 +92,11 @@ struct FlagdFileTests {
         try dir.writeFile("ui.flagd.json.bak", "{}")
         try dir.writeFile(".ui.flagd.json.swp", "{}")
         let snapshot = RuleTreeReader().read(root: dir.path)
-        #expect(snapshot.sources.map(\.path) == ["a.lua", "flags/ui.flagd.json"])
+        #expect(snapshot.sources.map(\.path) == ["a.lua", "data.json", "flags/ui.flagd.json"])
         #expect(RuleTreeReader.isRuleFileName("x.flagd.json"))
         #expect(!RuleTreeReader.isRuleFileName("x.json"))
+        #expect(RuleDataSet.isDataFilePath("data.json"))
+        #expect(!RuleDataSet.isDataFilePath("flags/ui.flagd.json"))
     }
 
     @Test("a flag's source is the line of its key in the JSON file")
