@@ -334,12 +334,14 @@ public final class ReloadCoordinator: Sendable {
         if snapshot.problems.isEmpty, let serving, serving.origin == .rulesDirectory,
             serving.ruleSet.revision == revision
         {
+            let duration = (SystemClock.monotonicSeconds() - started) * 1000
+            let wasFailing = state.withLock { $0.lastRecord?.ok == false }
             if explicit { notifier.ready(status: statusLine(serving)) }
             record(
                 ReloadRecord(
-                    ok: true, outcome: "unchanged", at: SystemClock.epochSeconds(),
-                    durationMilliseconds: (SystemClock.monotonicSeconds() - started) * 1000, trigger: trigger,
-                    revision: revision, failure: nil))
+                    ok: true, outcome: "unchanged", at: SystemClock.epochSeconds(), durationMilliseconds: duration,
+                    trigger: trigger, revision: revision, failure: nil))
+            if wasFailing { recover(serving, duration: duration, trigger: trigger) }
             return .unchanged(serving)
         }
         if let known = state.withLock({ $0.lastFailure }), known.revision == revision,
@@ -436,6 +438,19 @@ public final class ReloadCoordinator: Sendable {
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: revision, serving: serving)
         }
+    }
+
+    /// The rules directory is back to the revision that serves after a failed reload (the bad edit was undone):
+    /// nothing is rebuilt, but the failure is over. Forgets it, so that the same bad content saved again is
+    /// reported again, and tells watchers and systemd with a `reloaded` event marked `recovered`.
+    private func recover(_ serving: ServingGeneration, duration: Double, trigger: ReloadTrigger) {
+        state.withLock { $0.lastFailure = nil }
+        logger.info(
+            "the rules directory is back to the serving revision: the failed reload is over",
+            metadata: ["rules.revision": "\(serving.shortRevision)", "reload.trigger": "\(trigger.rawValue)"])
+        watchHub.publish(
+            WatchEvents.reloaded(serving, previous: serving, duration: duration, trigger: trigger, recovered: true))
+        notifier.ready(status: statusLine(serving))
     }
 
     private func looksTransient(_ candidate: [RuleSource], serving: [RuleSource]) -> Bool {

@@ -8,7 +8,7 @@ enum WatchEvents {
     /// `{"event":"reloaded","revision",…}`.
     static func reloaded(
         _ generation: ServingGeneration, previous: ServingGeneration?, duration: Double, trigger: ReloadTrigger,
-        stateDirectoryError: String? = nil, pin: RulePin? = nil
+        stateDirectoryError: String? = nil, pin: RulePin? = nil, recovered: Bool = false
     ) -> [UInt8] {
         let ruleSet = generation.ruleSet
         var object: [(String, JSONValue)] = [
@@ -26,6 +26,7 @@ enum WatchEvents {
         if let previous { object.append(("previous_revision", .string(previous.ruleSet.revision.hex))) }
         object.append(("state_dir_error", stateDirectoryError.map { .string($0) } ?? .null))
         if let pin { object.append(("pinned", pin.json)) }
+        if recovered { object.append(("recovered", true)) }
         return Array(JSONWriter.string(.object(JSONObject(object))).utf8)
     }
 

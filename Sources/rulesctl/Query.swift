@@ -317,6 +317,8 @@ struct WatchPrinter {
                 + "\(event["flags"]?.int64Value ?? 0) flags, \(event["routes"]?.int64Value ?? 0) routes, "
                 + "\(event["configs"]?.int64Value ?? 0) configs)\n"
                 + (event["pinned"]?["message"]?.stringValue.map { "  " + style.yellow($0) + "\n" } ?? "")
+                + (event["recovered"] == .bool(true)
+                    ? "  back to the serving revision: the failed reload is over\n" : "")
         case "reload_failed":
             let serving = String((event["serving_revision"]?.stringValue ?? "none").prefix(16))
             var text =

@@ -68,8 +68,11 @@ final class EventLog: @unchecked Sendable {
         eventually(timeout: timeout) { self.count(name) >= count }
     }
 
-    /// The revisions of the `reloaded` events, in order: each one is a distinct rule set that went live.
-    var reloadedRevisions: [String] { named("reloaded").compactMap { $0["revision"]?.stringValue } }
+    /// The revisions of the `reloaded` events, in order: each one is a distinct rule set that went live (a
+    /// `recovered` event, sent when an undone bad edit leaves the serving rules as they were, is not one).
+    var reloadedRevisions: [String] {
+        named("reloaded").filter { $0["recovered"] != .bool(true) }.compactMap { $0["revision"]?.stringValue }
+    }
 }
 
 extension DaemonHarness {
