@@ -21,7 +21,8 @@ enum WatchEvents {
             ("flags", .integer(Int64(ruleSet.flags.count))),
             ("routes", .integer(Int64(ruleSet.routes.count))),
             ("configs", .integer(Int64(ruleSet.configs.count))),
-            ("at", .string(Timestamp.iso8601(generation.loadedAt))),
+            // A recovery happens now; the generation it keeps serving was loaded earlier.
+            ("at", .string(Timestamp.iso8601(recovered ? SystemClock.epochSeconds() : generation.loadedAt))),
         ]
         if let previous { object.append(("previous_revision", .string(previous.ruleSet.revision.hex))) }
         object.append(("state_dir_error", stateDirectoryError.map { .string($0) } ?? .null))
