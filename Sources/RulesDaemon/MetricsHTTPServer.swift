@@ -14,41 +14,11 @@ struct MetricsHTTPService: Service {
     let logger: Logger
 
     func run() async throws {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw StartupError("metrics_listen must be HOST:PORT, got \(address)")
-        }
-        let host = String(address[..<colon]).trimmingCharacters(in: ["[", "]"])
-        let channel: any Channel
-        do {
-            channel = try await bootstrap(host: host, port: port)
-        } catch {
-            throw StartupError("cannot serve metrics over HTTP on \(address): \(error)")
-        }
-        logger.info("serving metrics over HTTP", metadata: ["metrics.listen": "\(address)"])
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
-    }
-
-    private func bootstrap(host: String, port: Int) async throws -> any Channel {
         let services = self.services
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(services: services))
-                }
-            }
-            .bind(host: host, port: port).get()
-    }
-}
-
-extension String {
-    fileprivate func trimmingCharacters(in characters: Set<Character>) -> String {
-        String(drop { characters.contains($0) }.reversed().drop { characters.contains($0) }.reversed())
+        try await HTTPListener(
+            setting: "metrics_listen", served: "metrics", address: address, group: group, logger: logger,
+            noDelay: false, makeHandler: { MetricsHTTPHandler(services: services) }
+        ).run()
     }
 }
 

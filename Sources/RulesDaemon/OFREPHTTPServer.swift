@@ -17,37 +17,11 @@ struct OFREPHTTPService: Service {
     let logger: Logger
 
     func run() async throws {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw StartupError("ofrep_listen must be HOST:PORT, got \(address)")
-        }
-        var host = Substring(address[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        let channel: any Channel
-        do {
-            channel = try await bootstrap(host: String(host), port: port)
-        } catch {
-            throw StartupError("cannot serve OFREP over HTTP on \(address): \(error)")
-        }
-        logger.info("serving OFREP over HTTP", metadata: ["ofrep.listen": "\(address)"])
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
-    }
-
-    private func bootstrap(host: String, port: Int) async throws -> any Channel {
         let services = self.services
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(OFREPHTTPHandler(services: services))
-                }
-            }
-            .bind(host: host, port: port).get()
+        try await HTTPListener(
+            setting: "ofrep_listen", served: "OFREP", address: address, group: group, logger: logger,
+            noDelay: true, makeHandler: { OFREPHTTPHandler(services: services) }
+        ).run()
     }
 }
 
