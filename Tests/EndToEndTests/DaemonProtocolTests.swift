@@ -420,14 +420,7 @@ struct DaemonLifecycleTests {
         let first = try DaemonHarness(rules: protocolRules)
         // A stale socket: bound, then abandoned.
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(first.socketPath.utf8)) }
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        _ = withUnixSocketAddress(first.socketPath) { bind(fd, $0, $1) }
         close(fd)
         try first.start()
         #expect(try first.request(#"{"op":"ping"}"#)["ok"] == true)

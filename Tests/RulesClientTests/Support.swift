@@ -80,16 +80,7 @@ final class SilentListener {
     init(path: String? = nil) throws {
         self.path = try path ?? (Self.temporaryDirectory() + "/s.sock")
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: Array(self.path.utf8.prefix(raw.count - 1)))
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let bound = withUnixSocketAddress(self.path) { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 16) == 0 else { throw CocoaError(.fileWriteUnknown) }
     }
 
