@@ -156,7 +156,7 @@ extension Eval {
 }
 
 /// One question, answered by the same code as the daemon's workers.
-private func ask(_ question: RuleQuestion, _ evaluator: RuleEvaluator, now: Double) -> Answer {
+func ask(_ question: RuleQuestion, _ evaluator: RuleEvaluator, now: Double) -> Answer {
     var result: [UInt8] = []
     if let error = EvaluationAnswers.answer(
         question, evaluator: evaluator, now: now, observer: NoEvaluationObserver(), into: &result)
@@ -171,7 +171,13 @@ private func ask(_ question: RuleQuestion, _ evaluator: RuleEvaluator, now: Doub
 private func printAnswer(
     _ rules: RulesOptions, _ output: OutputOptions, _ question: @escaping (RuleEvaluator) -> Answer
 ) throws {
+    try AnswerPrinter(json: output.json).emit(try answerOffline(rules, question))
+}
+
+/// Loads the rules, answers, and prints on standard error what rules logged on the way (rulesd would write those
+/// lines to its own log).
+func answerOffline(_ rules: RulesOptions, _ question: @escaping (RuleEvaluator) -> Answer) throws -> Answer {
     let (answer, logs) = OfflineRules.answer(try rules.directory()) { _, evaluator in question(evaluator) }
     Console.writeLines(OfflineRules.logLines(logs, style: TextStyle.detect(for: .standardError)), to: .standardError)
-    try AnswerPrinter(json: output.json).emit(answer)
+    return answer
 }

@@ -78,21 +78,10 @@ extension Explain {
     }
 }
 
-private func ask(_ question: RuleQuestion, _ evaluator: RuleEvaluator, now: Double) -> Answer {
-    var result: [UInt8] = []
-    if let error = EvaluationAnswers.answer(
-        question, evaluator: evaluator, now: now, observer: NoEvaluationObserver(), into: &result)
-    {
-        return .error(error)
-    }
-    return .result(result)
-}
-
 private func explainOffline(
     _ rules: RulesOptions, _ output: OutputOptions, _ question: @escaping (RuleEvaluator) -> Answer
 ) throws {
-    let (answer, logs) = OfflineRules.answer(try rules.directory()) { _, evaluator in question(evaluator) }
-    Console.writeLines(OfflineRules.logLines(logs, style: TextStyle.detect(for: .standardError)), to: .standardError)
+    let answer = try answerOffline(rules, question)
     switch answer {
     case .result(let bytes): try printExplained(bytes, json: output.json)
     case .error: try AnswerPrinter(json: output.json).emit(answer)
