@@ -437,6 +437,7 @@ struct ReloadPromiseTests {
     func emptiedDirectoryStaysEmpty() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1"), "b.lua": "flag \"b\" {}\n"])
         try daemon.start()
+        #expect(daemon.waitUntilWatching())
         let events = try EventLog(daemon)
         try daemon.removeRule("a.lua")
         try daemon.removeRule("b.lua")

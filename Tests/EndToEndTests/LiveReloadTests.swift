@@ -21,6 +21,15 @@ extension DaemonHarness {
         (try? request(#"{"op":"config","key":"marker"}"#))?["result"]?["value"]?.stringValue
     }
 
+    /// Waits until the watcher is armed: its first signal, sent once the watches are in place, has been turned
+    /// into a rescan (`status` then shows a last reload triggered by the watcher). Before that, a file being
+    /// written cannot be known to be open: the watches were not there when it was opened.
+    func waitUntilWatching(timeout: Double = 20) -> Bool {
+        eventually(timeout: timeout) {
+            (try? self.request(#"{"op":"status"}"#))?["result"]?["last_reload"]?["trigger"] == .string("watcher")
+        }
+    }
+
     /// Waits until the daemon serves `marker`; returns whether it did within `timeout` seconds.
     func waitForMarker(_ marker: String, timeout: Double = 20) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
@@ -141,6 +150,7 @@ struct LiveReloadTests {
         let daemon = try DaemonHarness(rules: files)
         // No maximum delay a slowed-down checkout could reach: it would split the checkout by design.
         try daemon.start(arguments: ["--max-delay", "60s"])
+        #expect(daemon.waitUntilWatching())
         let events = try EventLog(daemon)
         var changes: [String: String?] = [:]
         for index in 0..<1000 { changes["d\(index % 10)/f\(index).lua"] = "flag \"f\(index)\" { default = \"on\" }\n" }
@@ -173,6 +183,7 @@ struct LiveReloadTests {
         try FileSystemEdit.removeTree(daemon.rulesDirectory)
         _ = try FileSystemEdit.makeConfigMapVolume(at: daemon.rulesDirectory, files: ["rules.lua": markedRules("v1")])
         try daemon.start(arguments: ["--max-delay", "60s"])
+        #expect(daemon.waitUntilWatching())
         #expect(daemon.servedMarker() == "v1")
         let events = try EventLog(daemon)
         try FileSystemEdit.configMapSwap(volume: daemon.rulesDirectory, files: ["rules.lua": markedRules("v2")])
@@ -218,6 +229,7 @@ struct LiveReloadTests {
         // The writer keeps the file open longer than the quiet window; only the maximum delay (out of reach
         // here) would load it before it is closed.
         try daemon.start(arguments: ["--max-delay", "60s"])
+        #expect(daemon.waitUntilWatching())
         let events = try EventLog(daemon)
         let content = markedRules("v2", flags: 3)
         let third = content.count / 3
