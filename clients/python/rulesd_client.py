@@ -207,13 +207,15 @@ class Client:
         An answer that is ok:false is returned as a DaemonError in its place, not raised."""
         with self._lock:
             retry = all(request.get("op") in _IDEMPOTENT for request in requests)
+            # Encoded before any connection is made: a request that cannot be sent never reaches the daemon.
+            ids, data = self._encode_all(requests)
             while True:
                 connection = self._connection
                 fresh = connection is None
                 if fresh:
                     connection = self._connection = _Connection(self.path, self.timeout, self.connect_timeout)
                 try:
-                    answers = self._exchange(connection, requests)
+                    answers = self._exchange(connection, ids, data)
                     break
                 except (ConnectionLost, Timeout) as error:
                     connection.close()
@@ -228,13 +230,16 @@ class Client:
             raise answers[0]
         return answers
 
-    def _exchange(self, connection, requests):
+    def _encode_all(self, requests):
         ids = []
         data = b""
         for request in requests:
             request_id = next(self._ids)
             ids.append(request_id)
             data += _encode(dict({k: v for k, v in request.items() if k != "id"}, id=request_id))
+        return ids, data
+
+    def _exchange(self, connection, ids, data):
         connection.send(data)
         by_id = {}
         while len(by_id) < len(ids):

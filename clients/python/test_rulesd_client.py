@@ -171,6 +171,8 @@ class FakeServerTests(unittest.TestCase):
         server, client = self.serve(echo_flag)
         with self.assertRaises(RulesError):
             client.flag("beta", {"ratio": float("inf")})
+        # No connection was made: the client never opened one (the server's count could lag behind).
+        self.assertIsNone(client._connection)
         self.assertEqual(server.connections, 0)
 
     def test_watch_yields_subscribed_then_events(self):
