@@ -256,6 +256,13 @@ public struct DaemonService: Service {
                         address: address, services: services, group: MultiThreadedEventLoopGroup.singleton,
                         logger: logger)))
         }
+        if settings.flagdSocket != nil || settings.flagdListen != nil {
+            parts.append(
+                .init(
+                    service: FlagdGRPCService(
+                        socketPath: settings.flagdSocket, listenAddress: settings.flagdListen, services: services,
+                        logger: logger)))
+        }
         parts.append(
             .init(
                 service: ServerService(

@@ -47,6 +47,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var metricsListen: String?
     public var capture = CaptureSettings()
     public var ofrepListen: String?
+    public var flagdSocket: String?
+    public var flagdListen: String?
 
     public init() {}
 
@@ -261,6 +263,8 @@ extension DaemonSettings {
         case captureRedactMode = "capture_redact_mode"
         case captureRedactKey = "capture_redact_key"
         case ofrepListen = "ofrep_listen"
+        case flagdSocket = "flagd_socket"
+        case flagdListen = "flagd_listen"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -395,6 +399,21 @@ extension DaemonSettings {
                 settings.ofrepListen = try parseListenAddress(text)
             },
             render: { $0.ofrepListen ?? "off" }),
+        SettingDescriptor(
+            key: .flagdSocket, valueName: "path",
+            summary: "Unix socket for flagd's gRPC evaluation API (OpenFeature flagd providers), or `off`",
+            example: "/run/rulesd/flagd.sock",
+            parse: { settings, text throws(SettingsError) in
+                settings.flagdSocket = try parseSocketPath(text)
+            },
+            render: { $0.flagdSocket ?? "off" }),
+        SettingDescriptor(
+            key: .flagdListen, valueName: "host:port",
+            summary: "`HOST:PORT` for flagd's gRPC evaluation API over TCP, or `off`", example: "127.0.0.1:8013",
+            parse: { settings, text throws(SettingsError) in
+                settings.flagdListen = try parseListenAddress(text)
+            },
+            render: { $0.flagdListen ?? "off" }),
     ]
 }
 
@@ -638,6 +657,13 @@ func parseListenAddress(_ text: String) throws(SettingsError) -> String? {
     else {
         throw SettingsError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9464, got '\(text)'")
     }
+    return text
+}
+
+/// A socket path of at most 103 bytes (what `sun_path` holds), or `off` / empty for no socket.
+func parseSocketPath(_ text: String) throws(SettingsError) -> String? {
+    if text.isEmpty || text == "off" { return nil }
+    guard text.utf8.count <= 103 else { throw SettingsError("longer than 103 bytes") }
     return text
 }
 

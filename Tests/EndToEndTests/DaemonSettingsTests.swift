@@ -63,6 +63,7 @@ private let nonDefaultValues: [String: String] = [
     "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",
     "load_instructions": "7654321", "max_file_bytes": "4MiB", "max_data_bytes": "32MiB", "test_budget": "5s",
     "metrics_listen": "127.0.0.1:9999", "ofrep_listen": "127.0.0.1:8999",
+    "flagd_socket": "/tmp/flagd-other.sock", "flagd_listen": "127.0.0.1:8998",
     "capture": "on", "capture_size": "20", "capture_memory": "2MiB", "capture_redact": "email,ip",
     "capture_redact_mode": "drop", "capture_redact_key": "k3y",
 ]

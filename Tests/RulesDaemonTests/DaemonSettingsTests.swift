@@ -258,6 +258,20 @@ struct SettingValueTests {
         }
     }
 
+    @Test("flagd_socket is a path of at most 103 bytes or off; flagd_listen is HOST:PORT or off; both off by default")
+    func flagdListeners() throws {
+        #expect(DaemonSettings().flagdSocket == nil)
+        #expect(DaemonSettings().flagdListen == nil)
+        #expect(try settings(.flagdSocket, "/run/rulesd/flagd.sock").flagdSocket == "/run/rulesd/flagd.sock")
+        #expect(try settings(.flagdSocket, "off").flagdSocket == nil)
+        #expect(rejection(.flagdSocket, "/" + String(repeating: "s", count: 103)) != nil)
+        #expect(try settings(.flagdListen, "127.0.0.1:8013").flagdListen == "127.0.0.1:8013")
+        #expect(try settings(.flagdListen, "off").flagdListen == nil)
+        for bad in ["8013", ":8013", "localhost:0"] {
+            #expect(rejection(.flagdListen, bad) != nil, "\(bad)")
+        }
+    }
+
     @Test("values are written back in the largest exact unit")
     func formatting() {
         #expect(formatDuration(.seconds(300)) == "5m")
