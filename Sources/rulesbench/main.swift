@@ -8,7 +8,7 @@ struct RulesBench: ParsableCommand {
         abstract: "Benchmarks of rulesd: the engine in process, the socket under load, reloads.",
         subcommands: [
             EngineBenchmark.self, SocketBenchmark.self, ReloadBenchmark.self, ScaleBenchmark.self, DataBenchmark.self,
-            ReplayBenchmark.self,
+            ReplayBenchmark.self, OpenFeatureBenchmark.self,
         ])
 }
 
