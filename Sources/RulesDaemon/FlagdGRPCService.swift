@@ -70,13 +70,21 @@ struct FlagdGRPCService: Service {
         let socketGroup = services.reloadGroup
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for (_, server) in listeners {
-                    group.addTask { try await server.serve() }
+                for (name, server) in listeners {
+                    group.addTask {
+                        do {
+                            try await server.serve()
+                        } catch {
+                            throw StartupError("cannot serve flagd's gRPC API on \(name): \(error)")
+                        }
+                    }
                 }
                 for (name, server) in listeners {
                     do {
                         _ = try await server.listeningAddress
                     } catch {
+                        // The server that did not start says why (the bind's error) as it ends.
+                        try await group.waitForAll()
                         throw StartupError("cannot serve flagd's gRPC API on \(name): \(error)")
                     }
                     logger.info("serving flagd's gRPC evaluation API", metadata: ["flagd.listen": "\(name)"])

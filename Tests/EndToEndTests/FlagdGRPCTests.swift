@@ -110,3 +110,16 @@ struct FlagdProviderTests {
         #expect(result["after"]?["reason"] == "STATIC")
     }
 }
+
+@Suite("flagd's gRPC listener at start")
+struct FlagdGRPCStartTests {
+    @Test("a flagd socket that cannot be bound stops the start, naming the socket and the bind's error")
+    func unbindableSocket() throws {
+        let daemon = try DaemonHarness(rules: flagdGRPCRules)
+        let path = daemon.directory + "/missing/flagd.sock"
+        try daemon.start(arguments: ["--flagd-socket", path], waitForSocket: false)
+        #expect(try daemon.waitForExit() != 0)
+        #expect(daemon.logs.contains("cannot serve flagd's gRPC API on unix:\(path)"), "\(daemon.logs)")
+        #expect(daemon.logs.contains("No such file or directory"), "\(daemon.logs)")
+    }
+}
