@@ -36,6 +36,13 @@ private func withFlagdClient<T: Sendable>(
         handleClient: body)
 }
 
+/// A bound on an event stream, so that a missing event fails the test instead of hanging it.
+private var streamBound: CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = .seconds(120)
+    return options
+}
+
 @Suite("flagd's gRPC API of the real daemon, through a gRPC client")
 struct FlagdGRPCClientTests {
     @Test("v1 and v2 answer the same flag alike, with the line protocol's value, variant, reason and revision")
@@ -125,7 +132,7 @@ struct FlagdGRPCClientTests {
         let events = Mutex<[(String, Google_Protobuf_Struct)]>([])
         try await withFlagdClient(flagd.grpcSocket) { client in
             let v2 = Flagd_Evaluation_V2_Service.Client(wrapping: client)
-            try await v2.eventStream(Flagd_Evaluation_V2_EventStreamRequest()) { response in
+            try await v2.eventStream(Flagd_Evaluation_V2_EventStreamRequest(), options: streamBound) { response in
                 var messages = response.messages.makeAsyncIterator()
                 let ready = try await messages.next()
                 #expect(ready?.type == "provider_ready")
@@ -153,7 +160,7 @@ struct FlagdGRPCClientTests {
         let status = Mutex<Int32?>(nil)
         try await withFlagdClient(flagd.grpcSocket) { client in
             let v1 = Flagd_Evaluation_V1_Service.Client(wrapping: client)
-            try await v1.eventStream(Flagd_Evaluation_V1_EventStreamRequest()) { response in
+            try await v1.eventStream(Flagd_Evaluation_V1_EventStreamRequest(), options: streamBound) { response in
                 var messages = response.messages.makeAsyncIterator()
                 #expect(try await messages.next()?.type == "provider_ready")
                 let exit = try await offPool { try flagd.daemon.stop() }
