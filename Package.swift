@@ -140,6 +140,7 @@ let package = Package(
         .executableTarget(
             name: "rulesbench",
             dependencies: [
+                "CLua",
                 "RuleEngine",
                 "RuleReplay",
                 "RuleModel",
@@ -197,7 +198,7 @@ let package = Package(
         // End to end: starts the real binaries on temporary sockets and rules directories.
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["rulesd", "rulesctl", "RuleModel", "SystemdSupport", "RulesTestSupport"]
+            dependencies: ["rulesd", "rulesctl", "rulesbench", "RuleModel", "SystemdSupport", "RulesTestSupport"]
         ),
         // The client library against the real daemon.
         .testTarget(
