@@ -1,6 +1,7 @@
 import CEventPoll
 import NIOCore
 import RulesProtocol
+import Synchronization
 import SystemdSupport
 
 #if canImport(Glibc)
@@ -68,6 +69,10 @@ enum ConnectionState: Equatable, Sendable {
 /// client only ever costs its own connection a bounded amount of memory. A client that vanishes mid-answer
 /// (EPIPE, ECONNRESET) costs only its own connection. Everything here runs on the connection's loop; the
 /// only ways in from elsewhere are the loop's tasks.
+///
+/// A connection with nothing in flight can move to another loop (see ``LoopBalancer``): it stops being polled
+/// on its loop and resumes on the other with everything it holds, so its requests stay in order. What other
+/// threads send it goes through its ``ConnectionHome``, which always names the loop it lives on.
 final class QueryConnection: EventPollSource {
     /// Unsent answer bytes beyond which reading pauses (the client is not reading its answers).
     static let outputHighWater = 64 << 10
@@ -80,13 +85,15 @@ final class QueryConnection: EventPollSource {
 
     private(set) var state = ConnectionState.open
     private let descriptor: Int32
-    private let loop: ServingEventLoop
-    private let responder: QueryResponder
+    private(set) var loop: ServingEventLoop
+    private var responder: QueryResponder
+    /// Where other threads reach this connection.
+    let home: ConnectionHome
     private let backend: QueryBackend
     private let limits: ConnectionLimits
     private let admission: Admission
     private let peer: PeerCredentials?
-    private let onClose: () -> Void
+    private let onClose: (ServingEventLoop) -> Void
     private var decoder: RequestDecoder
     private var framer: LineFrameDecoder
     /// Input after the last complete line, waiting for the rest of its line.
@@ -102,12 +109,14 @@ final class QueryConnection: EventPollSource {
     private var quietIdleChecks = 0
     private var idleCheck: Scheduled<Void>?
     private var lingerTimer: Scheduled<Void>?
+    /// Calls to `send` that wrote something: the answers to the lines of one read go out in one.
+    private(set) var writes = 0
 
-    /// - Parameter onClose: runs once, on the loop, when the connection is closed.
+    /// - Parameter onClose: runs once, on the loop the connection is on then, when the connection is closed.
     init(
         descriptor: Int32, loop: ServingEventLoop, responder: QueryResponder, backend: QueryBackend,
         limits: ConnectionLimits, admission: Admission = .ordinary, peer: PeerCredentials?,
-        onClose: @escaping () -> Void
+        onClose: @escaping (ServingEventLoop) -> Void
     ) {
         self.descriptor = descriptor
         self.loop = loop
@@ -120,6 +129,8 @@ final class QueryConnection: EventPollSource {
         self.decoder = RequestDecoder(maxDepth: max(limits.maxContextDepth + 2, RequestDecoder.defaultMaxDepth))
         self.framer = LineFrameDecoder(maxLineBytes: limits.maxRequestBytes)
         self.output = ByteBufferAllocator().buffer(capacity: 4096)
+        self.home = ConnectionHome(loop: loop)
+        home.connection = self
     }
 
     /// Starts serving; false (and the descriptor closed) when the loop cannot poll it.
@@ -128,7 +139,7 @@ final class QueryConnection: EventPollSource {
         guard loop.register(descriptor, interest: interest, source: self) else {
             state = .closed
             Glibc.close(descriptor)
-            onClose()
+            onClose(loop)
             return false
         }
         scheduleIdleCheck()
@@ -167,7 +178,7 @@ final class QueryConnection: EventPollSource {
             loop.deregister(descriptor)
             // Counted out before the descriptor closes, so a client that saw the end of its connection never
             // finds it still counted against the limit.
-            onClose()
+            onClose(loop)
             Glibc.close(descriptor)
         }
     }
@@ -335,6 +346,7 @@ final class QueryConnection: EventPollSource {
     /// One complete request line as read: answered now, or queued behind an operation that waits.
     private func accept(_ line: UnsafeRawBufferPointer) {
         requestsSinceIdleCheck &+= 1
+        loop.countRequests(1)
         if state.isAwaitingAnswer {
             // A copy, not a slice: a slice would pin the loop's whole 64 KiB read buffer per queued line.
             var copy = ByteBufferAllocator().buffer(capacity: line.count)
@@ -481,6 +493,43 @@ final class QueryConnection: EventPollSource {
         }
     }
 
+    // MARK: - moving between loops
+
+    /// Whether everything the connection holds moves with the object: nothing in flight (whose answer would
+    /// arrive on this loop), queued, unsent or subscribed, and no timer but the idle check.
+    var isMovable: Bool {
+        state == .open && queue.isEmpty && !watching && output.readableBytes == 0 && interest == RULESD_EPOLLIN
+    }
+
+    /// Moves the connection to `target`, on its current loop: it is no longer polled here, and is polled there
+    /// from the first task `target` runs after this call. False (and nothing changed) when `target` no longer
+    /// takes work.
+    func move(to target: ServingEventLoop) -> Bool {
+        precondition(isMovable, "only a connection with nothing in flight can move")
+        guard target !== loop else { return false }
+        loop.deregister(descriptor)
+        let handOver = MovingConnection(connection: self)
+        guard home.move(to: target, { handOver.connection.arrive(on: target) }) else {
+            _ = loop.register(descriptor, interest: interest, source: self)
+            return false
+        }
+        idleCheck?.cancel()
+        idleCheck = nil
+        return true
+    }
+
+    /// Resumes serving on `target`, the loop this runs on.
+    private func arrive(on target: ServingEventLoop) {
+        loop = target
+        responder = backend.responder(on: target)
+        guard state != .closed else { return }
+        guard target.register(descriptor, interest: interest, source: self) else {
+            transition(to: .closed)
+            return
+        }
+        scheduleIdleCheck()
+    }
+
     // MARK: - writing
 
     /// Writes the pending answers now, unless a blocked write is already waiting for the socket.
@@ -495,6 +544,7 @@ final class QueryConnection: EventPollSource {
                 send(descriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
             }
             if written > 0 {
+                writes &+= 1
                 output.moveReaderIndex(forwardBy: written)
                 continue
             }
@@ -547,4 +597,50 @@ final class QueryConnection: EventPollSource {
             }
         }
     }
+}
+
+/// Where a connection lives, for what other threads send it (the shutdown's drain): tasks go to the loop it is
+/// on, and follow it when it moved after they were sent.
+final class ConnectionHome: Sendable {
+    private let current: Mutex<ServingEventLoop>
+    /// The connection; touched only on the thread of the loop `current` names, which ``run(_:)`` checks.
+    private nonisolated(unsafe) weak var _connection: QueryConnection?
+
+    init(loop: ServingEventLoop) {
+        current = Mutex(loop)
+    }
+
+    /// The loop the connection lives on now.
+    var loop: ServingEventLoop { current.withLock { $0 } }
+
+    fileprivate var connection: QueryConnection? {
+        get { _connection }
+        set { _connection = newValue }
+    }
+
+    /// Runs `body` with the connection on the loop it lives on (not at all once it has closed).
+    func run(_ body: @escaping @Sendable (QueryConnection) -> Void) {
+        let loop = current.withLock { $0 }
+        loop.execute { [self] in
+            // It may have moved after the task was sent: follow it.
+            guard current.withLock({ $0 }) === loop else { return run(body) }
+            if let connection = _connection { body(connection) }
+        }
+    }
+
+    /// Names `target` as the connection's loop and queues `arrival` there, as one step: a task sent after
+    /// this reads `target` and queues behind the arrival.
+    fileprivate func move(to target: ServingEventLoop, _ arrival: @escaping @Sendable () -> Void) -> Bool {
+        current.withLock { loop in
+            guard target.executeIfOpen(arrival) else { return false }
+            loop = target
+            return true
+        }
+    }
+}
+
+/// A connection on its way between loops: the loop it leaves no longer touches it once it is handed over, and
+/// the loop it goes to touches it only from the arrival on.
+private struct MovingConnection: @unchecked Sendable {
+    let connection: QueryConnection
 }
