@@ -1,14 +1,17 @@
 import NIOCore
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// How many of the serving loops take query connections, and which loop each connection lives on: the
 /// policy, as a value (the clock and the loads are handed in, so tests can drive it).
 ///
 /// Why not always every loop: on a machine with few cores that also runs the clients, a loop beyond what the
-/// load needs costs wake-ups and context switches and wins nothing. Measured on 2 cores with the client on
-/// the same machine, at 8 connections without pipelining: one loop switched context about 0.002 times per
-/// request and used 5.9 µs of CPU per request, two loops 0.29 times and 7.1 µs; at 8 connections x 32
-/// pipelined, one loop was saturated and two answered 1.2-1.7x as many requests. Neither count wins at both
+/// load needs costs wake-ups and context switches and wins nothing. On 2 cores with the load client on the same
+/// machine, 8 connections without pipelining got 168k answers/s from one loop and 109k from two, while with 32
+/// requests in flight per connection two loops answered 631k/s and one 396k/s. Neither count wins at both
 /// ends, and which one wins depends on what else the machine runs; so the daemon tries.
 ///
 /// - Connections go to the active loop with the fewest of them; an active loop that holds two or more
@@ -19,7 +22,8 @@ import Synchronization
 ///   gets the loops a larger share of them). The trial keeps the loop only when
 ///   the requests answered per second over a whole rate period inside the trial beat the rate before it by
 ///   ``trialGain``; otherwise the loop is given up and the next trial waits a back-off that doubles each time
-///   (``firstBackoff`` up to ``maxBackoff``).
+///   (``firstBackoff`` up to ``maxBackoff``: short, because the load changes, and a trial that does not pay
+///   costs little). A loop with a single connection starts no trial: it would have nothing to hand over.
 /// - One loop fewer is active when the active loops' busy shares add up to less than ``shrinkShare`` times one
 ///   loop fewer: the load fits, and fewer loops batch more per wake-up.
 /// - A loop that has not reported for two windows is idle: a loop reports only when it wakes.
@@ -29,8 +33,8 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let growShare = 0.85
     public static let shrinkShare = 0.5
     public static let trialGain = 1.1
-    public static let firstBackoff: UInt64 = 1_000_000_000
-    public static let maxBackoff: UInt64 = 16_000_000_000
+    public static let firstBackoff: UInt64 = 500_000_000
+    public static let maxBackoff: UInt64 = 2_000_000_000
 
     enum Phase: Sendable, Equatable {
         case steady
@@ -144,11 +148,18 @@ public struct LoopPlacement: Sendable, Equatable {
             guard now &- changedAt >= 2 * windowNanoseconds else { return false }
             var total = 0.0
             var busiest = 0.0
+            var busiestConnections = 0
             for index in 0..<active where now &- reportedAt[index] <= 2 * windowNanoseconds {
                 total += shares[index]
-                busiest = max(busiest, shares[index])
+                if shares[index] > busiest {
+                    busiest = shares[index]
+                    busiestConnections = connections[index]
+                }
             }
-            if active < loopCount, busiest >= Self.growShare, now >= backoffUntil, let rate = lastRate {
+            // A loop with one connection would have nothing to hand over.
+            if active < loopCount, busiest >= Self.growShare, busiestConnections >= 2, now >= backoffUntil,
+                let rate = lastRate
+            {
                 phase = .trial(since: now, baseline: rate)
                 active += 1
                 changedAt = now
@@ -186,8 +197,18 @@ final class LoopBalancer: Sendable {
     /// The placement as it stands.
     var current: LoopPlacement { placement.withLock { $0 } }
 
+    /// The polling limit of the active loops while a core is left over for the clients (see ``SpinPolicy``).
+    static let spinLimit: UInt64 = 100_000
+
+    /// Lets the active loops poll before blocking while they leave a core over.
+    private func updateSpinning(active: Int) {
+        let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        for loop in loops { loop.spinLimit.store(active < cores ? Self.spinLimit : 0, ordering: .relaxed) }
+    }
+
     /// Starts each loop's load reports; with one loop there is nothing to decide.
     func start() {
+        updateSpinning(active: current.active)
         guard loops.count > 1 else { return }
         for (index, loop) in loops.enumerated() {
             loop.execute { [self] in
@@ -216,8 +237,13 @@ final class LoopBalancer: Sendable {
     private func reported(_ load: LoopLoad, by index: Int) {
         let now = NIODeadline.now().uptimeNanoseconds
         let total = answered
-        let changed = placement.withLock { $0.report(loop: index, share: load.busyShare, answered: total, now: now) }
-        if changed { rebalanceElsewhere(than: index) }
+        let (changed, active) = placement.withLock {
+            ($0.report(loop: index, share: load.busyShare, answered: total, now: now), $0.active)
+        }
+        if changed {
+            updateSpinning(active: active)
+            rebalanceElsewhere(than: index)
+        }
         rebalance(index)
     }
 
@@ -229,7 +255,10 @@ final class LoopBalancer: Sendable {
     /// Makes `count` loops active now, outside the policy, and lets every loop rebalance.
     func setActive(_ count: Int) {
         let now = NIODeadline.now().uptimeNanoseconds
-        placement.withLock { $0.setActive(count, now: now) }
+        updateSpinning(
+            active: placement.withLock {
+                $0.setActive(count, now: now); return $0.active
+            })
         rebalanceElsewhere(than: nil)
     }
 

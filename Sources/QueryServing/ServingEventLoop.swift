@@ -62,6 +62,10 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     let wakeUps = Atomic<Int>(0)
     /// Request lines read by the connections of this loop so far (written only on the loop, read anywhere).
     let requestsAnswered = Atomic<Int>(0)
+    /// The longest the loop polls before blocking, in nanoseconds (see ``SpinPolicy``); 0: it never polls.
+    let spinLimit = Atomic<UInt64>(0)
+    /// Waits that ended while polling, without blocking.
+    let spunWaits = Atomic<Int>(0)
     private let wakeDescriptor: Int32
     private let thread: DedicatedThread.Handle
     private let shared = Mutex(Shared())
@@ -78,6 +82,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     /// Descriptors registered, the loop's own eventfd not counted.
     private(set) var registeredCount = 0
     private var loadWindow: LoadWindow?
+    private var spin = SpinPolicy()
 
     private static let wakeToken = UInt64.max
 
@@ -323,13 +328,11 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
             if loadWindow != nil { endLoadWindow(now: now.uptimeNanoseconds) }
             if shared.withLock({ $0.lifecycle }) != .open { break }
             let timeout: Int32 = moreQueued ? 0 : timers.millisecondsUntilNext(now: now)
-            let waitStart = timeout != 0 && loadWindow != nil ? NIODeadline.now().uptimeNanoseconds : 0
             let count = tokens.withUnsafeMutableBufferPointer { tokens in
                 masks.withUnsafeMutableBufferPointer { masks in
-                    rulesd_epoll_wait(epoll, tokens.baseAddress, masks.baseAddress, 64, timeout)
+                    wait(tokens: tokens.baseAddress!, masks: masks.baseAddress!, timeout: timeout)
                 }
             }
-            if waitStart != 0 { loadWindow?.blocked &+= NIODeadline.now().uptimeNanoseconds &- waitStart }
             if count < 0 {
                 let code = errno
                 if code == EINTR { continue }
@@ -374,6 +377,34 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         let reason = failure
         for (queue, callback) in callbacks { queue.async { callback(reason) } }
         if let reason { onFailure?(reason) }
+    }
+
+    /// Waits for events; with nothing to do (`timeout` not 0), polls first when ``SpinPolicy`` says it pays.
+    /// The time until the next event counts as blocked in the load window, polling included.
+    private func wait(tokens: UnsafeMutablePointer<UInt64>, masks: UnsafeMutablePointer<UInt32>, timeout: Int32)
+        -> Int32
+    {
+        if timeout == 0 { return rulesd_epoll_wait(epoll, tokens, masks, 64, 0) }
+        let start = NIODeadline.now().uptimeNanoseconds
+        var count: Int32 = 0
+        let budget = spin.budget(limit: spinLimit.load(ordering: .relaxed))
+        if budget > 0 {
+            while true {
+                count = rulesd_epoll_wait(epoll, tokens, masks, 64, 0)
+                if count != 0 {
+                    if count > 0 { spunWaits.add(1, ordering: .relaxed) }
+                    break
+                }
+                if NIODeadline.now().uptimeNanoseconds &- start >= budget { break }
+                // Gives the core to anything else runnable on it (a client sharing the core, for one).
+                sched_yield()
+            }
+        }
+        if count == 0 { count = rulesd_epoll_wait(epoll, tokens, masks, 64, timeout) }
+        let waited = NIODeadline.now().uptimeNanoseconds &- start
+        if count > 0 { spin.record(wait: waited) }
+        loadWindow?.blocked &+= waited
+        return count
     }
 
     /// Runs the tasks queued so far; true when more were queued meanwhile.

@@ -310,7 +310,8 @@ extension DaemonSettings {
             render: { $0.socketGroup?.description ?? "" }),
         .integer(
             .workers, \.workers, 1...256,
-            summary: "worker threads; each polls its share of the connections and has its own Lua state per rule set",
+            summary:
+                "worker threads: the most that serve connections at once (how many do follows the load); each has its own Lua state per rule set",
             defaultNote: "number of cores", example: "4"),
         .integer(.maxConnections, \.maxConnections, 1...1_000_000, summary: "connections served at once"),
         .duration(

@@ -26,10 +26,11 @@ private func move(_ placement: inout LoopPlacement, from loop: Int) -> Int? {
 
 @Suite("Which loops take connections: the policy")
 struct LoopPlacementTests {
-    /// A placement of two loops whose first one reported saturation at 100 ms, after 10,000 requests: a
-    /// trial of the second loop has begun.
+    /// A placement of two loops whose first one, with two connections, reported saturation at 100 ms, after
+    /// 10,000 requests: a trial of the second loop has begun.
     private func inTrial() -> LoopPlacement {
         var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
         #expect(report(&placement, loop: 0, share: 0.95, answered: 10_000, at: 100))
         #expect(placement.active == 2)
         return placement
@@ -51,8 +52,17 @@ struct LoopPlacementTests {
     @Test("a loop that is not saturated brings no other loop in")
     func unsaturatedStaysAlone() {
         var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
         #expect(!report(&placement, loop: 0, share: 0.6, answered: 10_000, at: 100))
         #expect(!report(&placement, loop: 0, share: 0.8, answered: 20_000, at: 200))
+        #expect(placement.active == 1)
+    }
+
+    @Test("a saturated loop with a single connection brings no other loop in: it would have none to hand over")
+    func singleConnectionStaysAlone() {
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = placement.place()
+        #expect(!report(&placement, loop: 0, share: 0.99, answered: 10_000, at: 100))
         #expect(placement.active == 1)
     }
 
@@ -72,16 +82,16 @@ struct LoopPlacementTests {
         var placement = inTrial()
         #expect(report(&placement, loop: 0, share: 0.9, answered: 24_000, at: 250))
         #expect(placement.active == 1)
-        // Saturated again at once: no new trial before the back-off of one second.
+        // Saturated again at once: no new trial before the back-off of half a second.
         #expect(!report(&placement, loop: 0, share: 0.95, answered: 34_000, at: 400))
         #expect(placement.active == 1)
         #expect(report(&placement, loop: 0, share: 0.95, answered: 150_000, at: 1_300))
         #expect(placement.active == 2)
         #expect(report(&placement, loop: 0, share: 0.9, answered: 160_000, at: 1_500))
         #expect(placement.active == 1)
-        // The second back-off is two seconds.
-        #expect(!report(&placement, loop: 0, share: 0.95, answered: 250_000, at: 2_600))
-        #expect(report(&placement, loop: 0, share: 0.95, answered: 400_000, at: 3_600))
+        // The second back-off is one second.
+        #expect(!report(&placement, loop: 0, share: 0.95, answered: 250_000, at: 2_400))
+        #expect(report(&placement, loop: 0, share: 0.95, answered: 400_000, at: 2_600))
     }
 
     @Test("loops whose CPU shares fit in one loop fewer are given up")
@@ -296,6 +306,45 @@ struct LoopLoadTests {
         try harness.client.send((1...50).map { #"{"op":"ping","id":\#($0)}"# + "\n" }.joined())
         for id in 1...50 { #expect(try await harness.readJSON()["id"] == .integer(Int64(id))) }
         #expect(try await harness.writes() == 1)
+        await harness.stop()
+    }
+}
+
+@Suite("The workers' event loop: polling before blocking")
+struct SpinPolicyTests {
+    private let microsecond: UInt64 = 1_000
+
+    @Test("a loop whose last waits were all short polls for twice the longest of them, up to its limit")
+    func pollsAfterShortWaits() {
+        var policy = SpinPolicy()
+        for wait in [10, 20, 15, 12] { policy.record(wait: UInt64(wait) * microsecond) }
+        #expect(policy.budget(limit: 100 * microsecond) == 40 * microsecond)
+        policy.record(wait: 60 * microsecond)
+        #expect(policy.budget(limit: 100 * microsecond) == 100 * microsecond)
+    }
+
+    @Test("a long wait among the last ones, no history or no limit: the loop blocks at once")
+    func blocksOtherwise() {
+        var policy = SpinPolicy()
+        #expect(policy.budget(limit: 100 * microsecond) == 0)
+        for wait in [10, 10, 10, 500] { policy.record(wait: UInt64(wait) * microsecond) }
+        #expect(policy.budget(limit: 100 * microsecond) == 0)
+        for wait in [10, 10, 10] { policy.record(wait: UInt64(wait) * microsecond) }
+        #expect(policy.budget(limit: 100 * microsecond) == 0)
+        policy.record(wait: 10 * microsecond)
+        #expect(policy.budget(limit: 100 * microsecond) == 20 * microsecond)
+        #expect(policy.budget(limit: 0) == 0)
+    }
+
+    @Test("a loop allowed to poll answers requests in order and runs the tasks handed to it")
+    func pollingLoopServes() async throws {
+        let harness = try await ConnectionHarness()
+        harness.loop.spinLimit.store(1_000_000, ordering: .relaxed)
+        for id in 1...200 {
+            try harness.client.send(#"{"op":"ping","id":\#(id)}"# + "\n")
+            #expect(try await harness.readJSON()["id"] == .integer(Int64(id)))
+            if id % 50 == 0 { #expect(try await harness.loop.submit { id }.get() == id) }
+        }
         await harness.stop()
     }
 }
