@@ -507,14 +507,17 @@ final class QueryConnection: EventPollSource {
     func move(to target: ServingEventLoop) -> Bool {
         precondition(isMovable, "only a connection with nothing in flight can move")
         guard target !== loop else { return false }
+        // Everything this loop holds of the connection is let go before the hand-over: from then on the
+        // connection is `target`'s, which may already be running it.
         loop.deregister(descriptor)
+        idleCheck?.cancel()
+        idleCheck = nil
         let handOver = MovingConnection(connection: self)
         guard home.move(to: target, { handOver.connection.arrive(on: target) }) else {
             _ = loop.register(descriptor, interest: interest, source: self)
+            scheduleIdleCheck()
             return false
         }
-        idleCheck?.cancel()
-        idleCheck = nil
         return true
     }
 
