@@ -24,8 +24,9 @@ import Synchronization
 ///   ``trialGain``; otherwise the loop is given up and the next trial waits a back-off that doubles each time
 ///   (``firstBackoff`` up to ``maxBackoff``: short, because the load changes, and a trial that does not pay
 ///   costs little). A loop with a single connection starts no trial: it would have nothing to hand over.
-/// - One loop fewer is active when the active loops' busy shares add up to less than ``shrinkShare`` times one
-///   loop fewer: the load fits, and fewer loops batch more per wake-up.
+/// - One loop fewer is active when, in ``shrinkReports`` reports in a row, the active loops' busy shares add up
+///   to less than ``shrinkShare`` times one loop fewer: the load fits, and fewer loops batch more per wake-up.
+///   (One report is not enough: the first after a pause covers the pause.)
 /// - A loop that has not reported for two windows is idle: a loop reports only when it wakes.
 public struct LoopPlacement: Sendable, Equatable {
     public static let window = TimeAmount.milliseconds(25)
@@ -33,6 +34,8 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let growShare = 0.85
     public static let shrinkShare = 0.5
     public static let trialGain = 1.1
+    /// Reports in a row that must find the load fitting in fewer loops before one is given up.
+    public static let shrinkReports = 4
     public static let firstBackoff: UInt64 = 500_000_000
     public static let maxBackoff: UInt64 = 2_000_000_000
 
@@ -54,6 +57,7 @@ public struct LoopPlacement: Sendable, Equatable {
     /// decision.
     private var changedAt: UInt64 = 0
     private var backoffUntil: UInt64 = 0
+    private var fittingReports = 0
     private var backoff = LoopPlacement.firstBackoff
     /// The start of the current rate period, the requests answered by then, and the last whole period's rate.
     private var periodStart: UInt64
@@ -165,7 +169,9 @@ public struct LoopPlacement: Sendable, Equatable {
                 changedAt = now
                 return true
             }
-            if active > 1, total < Self.shrinkShare * Double(active - 1) {
+            fittingReports = active > 1 && total < Self.shrinkShare * Double(active - 1) ? fittingReports + 1 : 0
+            if fittingReports >= Self.shrinkReports {
+                fittingReports = 0
                 active -= 1
                 changedAt = now
                 // The load went down: the next saturation is a new situation, worth a trial at once.

@@ -103,7 +103,14 @@ struct LoopPlacementTests {
         #expect(!report(&placement, loop: 1, share: 0.3, answered: 2_000, at: 40))
         #expect(!report(&placement, loop: 0, share: 0.3, answered: 3_000, at: 60))
         #expect(placement.active == 2)
-        #expect(report(&placement, loop: 1, share: 0.1, answered: 4_000, at: 70))
+        // Four reports in a row must find that the load fits: the first after a pause covers the pause.
+        #expect(!report(&placement, loop: 1, share: 0.1, answered: 4_000, at: 70))
+        #expect(!report(&placement, loop: 0, share: 0.1, answered: 5_000, at: 80))
+        #expect(!report(&placement, loop: 1, share: 0.5, answered: 6_000, at: 90))
+        for (index, at) in [100, 110, 120].enumerated() {
+            #expect(!report(&placement, loop: (index + 1) % 2, share: 0.1, answered: 7_000 + index, at: UInt64(at)))
+        }
+        #expect(report(&placement, loop: 0, share: 0.1, answered: 8_000, at: 130))
         #expect(placement.active == 1)
     }
 
@@ -113,7 +120,10 @@ struct LoopPlacementTests {
         placement.setActive(2, now: 0)
         #expect(!report(&placement, loop: 1, share: 0.9, answered: 1_000, at: 40))
         #expect(!report(&placement, loop: 0, share: 0.3, answered: 2_000, at: 60))
-        #expect(report(&placement, loop: 0, share: 0.3, answered: 3_000, at: 100))
+        for at in [100, 110, 120] {
+            #expect(!report(&placement, loop: 0, share: 0.3, answered: 3_000, at: UInt64(at)))
+        }
+        #expect(report(&placement, loop: 0, share: 0.3, answered: 3_000, at: 130))
         #expect(placement.active == 1)
     }
 
