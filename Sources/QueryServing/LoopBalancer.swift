@@ -33,7 +33,7 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let ratePeriod: UInt64 = 100_000_000
     public static let growShare = 0.85
     public static let shrinkShare = 0.5
-    public static let trialGain = 1.1
+    public static let trialGain = 1.05
     /// Reports in a row that must find the load fitting in fewer loops before one is given up.
     public static let shrinkReports = 4
     public static let firstBackoff: UInt64 = 500_000_000
