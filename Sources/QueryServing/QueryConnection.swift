@@ -108,6 +108,8 @@ final class QueryConnection: EventPollSource {
     private var requestsSinceIdleCheck = 0
     private var quietIdleChecks = 0
     private var idleCheck: Scheduled<Void>?
+    /// When the pending idle check is due: a connection that moves keeps it, so moving never extends the timeout.
+    private var idleCheckDue = NIODeadline.uptimeNanoseconds(0)
     private var lingerTimer: Scheduled<Void>?
     /// Calls to `send` that wrote something: the answers to the lines of one read go out in one.
     private(set) var writes = 0
@@ -515,7 +517,7 @@ final class QueryConnection: EventPollSource {
         let handOver = MovingConnection(connection: self)
         guard home.move(to: target, { handOver.connection.arrive(on: target) }) else {
             _ = loop.register(descriptor, interest: interest, source: self)
-            scheduleIdleCheck()
+            scheduleIdleCheck(at: idleCheckDue)
             return false
         }
         return true
@@ -530,7 +532,7 @@ final class QueryConnection: EventPollSource {
             transition(to: .closed)
             return
         }
-        scheduleIdleCheck()
+        scheduleIdleCheck(at: idleCheckDue)
     }
 
     // MARK: - writing
@@ -581,11 +583,13 @@ final class QueryConnection: EventPollSource {
     /// request: an idle connection closes between one and one and a quarter timeouts after its last request.
     /// Watchers are quiet by design, and a connection waiting for an answer (or with answers queued) is not
     /// idle.
-    private func scheduleIdleCheck() {
+    /// - Parameter due: when the look happens; by default one look's interval from now.
+    private func scheduleIdleCheck(at due: NIODeadline? = nil) {
         let looks = 4
         let timeout = admission == .reserve ? min(limits.idleTimeout, limits.reserveIdleTimeout) : limits.idleTimeout
         let interval = TimeAmount.nanoseconds(timeout.nanoseconds / Int64(looks))
-        idleCheck = loop.assumeIsolated().scheduleTask(in: interval) { [self] in
+        idleCheckDue = due ?? .now() + interval
+        idleCheck = loop.assumeIsolated().scheduleTask(deadline: idleCheckDue) { [self] in
             guard state.answers else { return }
             if requestsSinceIdleCheck > 0 || watching || state.isAwaitingAnswer || !queue.isEmpty {
                 quietIdleChecks = 0
