@@ -418,6 +418,7 @@ int rs_load_file(rs_state *S, const char *relative_path, const char *source, siz
         return 1;
     }
     load_args a = {S, relative_path, source, length, 0};
+    rs_dispatch_keep_source(S, relative_path, source, length);
     lua_settop(L, 0);
     lua_pushcfunction(L, load_tx);
     lua_pushlightuserdata(L, &a);
@@ -1043,6 +1044,7 @@ static int finish_tx(lua_State *L) {
     build_entries(L, S, decls, views, n);
     freeze_rule_data(L, S, decls);
     drop_load_bookkeeping(L);
+    rs_dispatch_compile(S, L);
     return 0;
 }
 
@@ -1400,13 +1402,24 @@ static int eval_route_tx(lua_State *L) {
     /* One budget for the whole routing decision, however many routes it tries. */
     rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
     S->log_lines_this_eval = 0;
+    /* Compiled matches read the request's storage table directly; an explain calls every match function, so
+     * that its trace shows their lines. */
+    bool compiled = S->trace == NULL && rs_dispatch_usable(S);
+    int storage = 0;
+    if (compiled) {
+        rs_push_storage(L, req);
+        storage = lua_gettop(L);
+        rs_dispatch_begin(S);
+    }
     for (size_t i = 0; i < S->route_count; i++) {
         rs_route_entry *r = &S->routes[i];
+        bool decided = compiled && r->match_pred >= 0;
+        if (decided && !rs_dispatch_match(S, L, storage, r->match_pred)) continue;
         S->current_key = r->name;
         S->current_key_len = r->name_len;
         a->route = (int)i;
         ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_ROUTE, r->name, r->file, r->line) : -1;
-        if (r->match_ref != LUA_NOREF) {
+        if (r->match_ref != LUA_NOREF && !decided) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, r->match_ref);
             lua_pushvalue(L, req);
             lua_call(L, 1, 1);

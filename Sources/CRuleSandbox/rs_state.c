@@ -504,6 +504,7 @@ void rs_state_free(rs_state *S) {
     }
     free(S->configs);
     rs_data_state_free(S);
+    rs_dispatch_free(S);
     rs_log_clear(S);
     free(S->logs);
     free(S->text);

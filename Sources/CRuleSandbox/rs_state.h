@@ -76,6 +76,7 @@ typedef struct rs_route_entry {
     int64_t priority;
     int match_ref;     /* LUA_NOREF: matches everything */
     int target_ref;    /* function target, LUA_NOREF when static */
+    int32_t match_pred; /* the match compiled to a predicate (rs_dispatch.c), -1 when Lua decides */
     char *static_target;
 } rs_route_entry;
 
@@ -176,6 +177,8 @@ struct rs_state {
     rs_trace *trace;
     /* Data files offered to `data "name"` and the data sets built from them (rs_data.c); NULL when none. */
     struct rs_data_table *data;
+    /* Route files' texts while loading, then the compiled match predicates (rs_dispatch.c); NULL when none. */
+    struct rs_dispatch *dispatch;
 
     /* Texts that outcomes point into. */
     char *text;
@@ -286,5 +289,17 @@ int rs_api_data(lua_State *L);
 bool rs_is_data_object(lua_State *L, int idx);
 void rs_data_drop_sources(rs_state *S);
 void rs_data_state_free(rs_state *S);
+
+/* Compiled routing (rs_dispatch.c). While loading, route files' texts are kept; once the rule set is frozen,
+ * rs_dispatch_compile turns the match functions of common shapes into predicates and drops the texts. During a
+ * routing decision, rs_dispatch_begin starts a request and rs_dispatch_match evaluates a route's predicate
+ * against the request's storage table at `storage`. */
+typedef struct rs_dispatch rs_dispatch;
+void rs_dispatch_keep_source(rs_state *S, const char *path, const char *text, size_t len);
+void rs_dispatch_compile(rs_state *S, lua_State *L);
+bool rs_dispatch_usable(const rs_state *S);
+void rs_dispatch_begin(rs_state *S);
+bool rs_dispatch_match(rs_state *S, lua_State *L, int storage, int32_t pred);
+void rs_dispatch_free(rs_state *S);
 
 #endif

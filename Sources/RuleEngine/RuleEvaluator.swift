@@ -83,6 +83,21 @@ public final class RuleEvaluator {
         return routeDecision(outcome)
     }
 
+    /// Whether routing decides the route at `index` (into ``RuleSet/routes``) without calling its `match`
+    /// function: the function only tests the request's top-level fields against constants, and was compiled when
+    /// the rule set was loaded. Answers are the same either way.
+    public func routeMatchIsCompiled(at index: Int) -> Bool {
+        rs_route_match_compiled(state, index) != 0
+    }
+
+    /// Routes a request calling every `match` function, compiled or not: the reference that compiled matches are
+    /// tested against.
+    func routeCallingEveryMatch(request: UnsafeRawBufferPointer, now: Double) -> RouteDecision {
+        rs_set_compiled_routing(state, 0)
+        defer { rs_set_compiled_routing(state, 1) }
+        return route(request: request, now: now)
+    }
+
     func routeDecision(_ outcome: rs_outcome) -> RouteDecision {
         switch Int(outcome.status) {
         case Int(RS_OK.rawValue):

@@ -245,6 +245,17 @@ int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_
 /** Routes one request given as JSON text (an object). */
 void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome);
 
+/**
+ * Whether routing decides the route at `index` without calling its match function: the function is a test of the
+ * request's top-level fields against constants (==, ~=, starts_with, ends_with, and, or, not), compiled when the
+ * rule set was finished. The answers are the same either way; only the cost differs.
+ */
+int rs_route_match_compiled(const rs_state *S, size_t index);
+
+/** Turns compiled matches off (0) or on again (1, the default): with them off, routing calls every match function,
+ * as the reference the compiled ones are tested against. */
+void rs_set_compiled_routing(rs_state *S, int enabled);
+
 /** What one record of an explained evaluation is. */
 typedef enum rs_trace_kind {
     /** A rule-file line ran (`count` times when a loop repeated it). */
