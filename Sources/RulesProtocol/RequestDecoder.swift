@@ -69,6 +69,8 @@ public struct RequestDecodingFailure: Error, Sendable, Hashable {
 /// empty context.
 public struct RequestDecoder {
     private var members: [JSONMember] = []
+    /// What each of `members` is, classified once per line.
+    private var fields: [Field] = []
     private let scanner: JSONObjectScanner
 
     /// The deepest nesting read in a line by default, the line's own object included.
@@ -85,6 +87,7 @@ public struct RequestDecoder {
         // the readers of `at` and of contexts refuse values beyond a double with their own codes.
         scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
         members.reserveCapacity(8)
+        fields.reserveCapacity(8)
     }
 
     private enum Field {
@@ -140,8 +143,11 @@ public struct RequestDecoder {
         var id: Range<Int>?
         var operation: RequestOperation?
         var opMember: JSONMember?
+        fields.removeAll(keepingCapacity: true)
         for member in members {
-            switch Self.field(member, line) {
+            let field = Self.field(member, line)
+            fields.append(field)
+            switch field {
             case .id: id = member.valueRange
             case .op: opMember = member
             default: break
@@ -158,8 +164,7 @@ public struct RequestDecoder {
         guard let operation else { return .failure(invalid("missing 'op'", id)) }
         var request = DecodedRequest(operation: operation)
         request.id = id
-        for member in members {
-            let field = Self.field(member, line)
+        for (member, field) in zip(members, fields) {
             if field == .id || field == .op { continue }
             guard Self.allowed(field, for: operation) else {
                 let name = member.keyString(in: line)
