@@ -643,22 +643,26 @@ done:
     return ok;
 }
 
-/* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). */
-static void use_boolean_variants(lua_State *L, int vmap, int values, rs_flag_entry *f) {
-    static const char *const names[] = {"off", "on"};
-    f->variants = calloc(2, sizeof *f->variants);
-    if (f->variants == NULL) abort();
-    for (int i = 0; i < 2; i++) {
-        f->variants[i].name = rs_strdup(names[i]);
-        f->variants[i].json = rs_strdup(i ? "true" : "false");
-        f->variants[i].json_len = strlen(f->variants[i].json);
-        lua_pushboolean(L, i);
-        lua_rawseti(L, values, i + 1);
-        lua_pushstring(L, names[i]);
-        lua_pushinteger(L, i + 1);
-        lua_rawset(L, vmap);
-    }
+/* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). Every boolean flag shares one
+ * variant array (C) and one name map and value list (Lua): a rule set of 10,000 such flags would otherwise hold
+ * 10,000 copies of each, about 500 bytes a flag. */
+rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", (char *)"false", 5}, {(char *)"on", (char *)"true", 4}};
+
+static void use_boolean_variants(lua_State *L, rs_state *S, rs_flag_entry *f) {
+    f->variants = rs_boolean_variants;
     f->variant_count = 2;
+    if (S->boolean_variants_ref != LUA_NOREF) return;
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, 2, 0);
+    for (int i = 0; i < 2; i++) {
+        lua_pushboolean(L, i);
+        lua_rawseti(L, -2, i + 1);
+        lua_pushstring(L, rs_boolean_variants[i].name);
+        lua_pushinteger(L, i + 1);
+        lua_rawset(L, -4);
+    }
+    S->boolean_values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->boolean_variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* Phase 3: the default variant's index, from the name at `deflt` (0: none given). A missing default is only
@@ -690,11 +694,16 @@ static bool resolve_default(lua_State *L, rs_state *S, decl_view *d, int deflt, 
 }
 
 /* Phase 4: keeps what evaluation needs in the registry: the name -> index map, the values, the rule. */
-static void keep_flag_references(lua_State *L, int vmap, int values, int rule, rs_flag_entry *f) {
-    lua_pushvalue(L, vmap);
-    f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, values);
-    f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+static void keep_flag_references(lua_State *L, rs_state *S, int vmap, int values, int rule, rs_flag_entry *f) {
+    if (f->variants == rs_boolean_variants) {
+        f->variants_ref = S->boolean_variants_ref;
+        f->values_ref = S->boolean_values_ref;
+    } else {
+        lua_pushvalue(L, vmap);
+        f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pushvalue(L, values);
+        f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     if (rule) {
         lua_pushvalue(L, rule);
         f->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -721,9 +730,15 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
         f->metadata_json = json_or_diag(L, S, d, metadata, "metadata", &f->metadata_json_len);
         if (f->metadata_json == NULL) ok = false;
     }
-    lua_newtable(L);
-    int vmap = lua_gettop(L);
-    lua_newtable(L);
+    if (variants) {
+        lua_newtable(L);
+        lua_newtable(L);
+    } else {
+        use_boolean_variants(L, S, f);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->boolean_variants_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->boolean_values_ref);
+    }
+    int vmap = lua_gettop(L) - 1;
     int values = lua_gettop(L);
     if (variants) {
         if (!read_variants(L, S, d, variants, vmap, values, f)) ok = false;
@@ -731,11 +746,9 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
             rs_add_diag(S, d->file, d->line, "flag '%s': 'default' is required when 'variants' are given", d->key);
             ok = false;
         }
-    } else {
-        use_boolean_variants(L, vmap, values, f);
     }
     if (!resolve_default(L, S, d, deflt, variants != 0, vmap, ok, f)) ok = false;
-    if (ok) keep_flag_references(L, vmap, values, rule, f);
+    if (ok) keep_flag_references(L, S, vmap, values, rule, f);
     lua_settop(L, top);
 }
 

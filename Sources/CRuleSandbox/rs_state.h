@@ -66,6 +66,9 @@ typedef struct rs_flag_entry {
     size_t metadata_json_len;
 } rs_flag_entry;
 
+/* The variants of every boolean flag ("off" false, "on" true): shared, never freed. */
+extern rs_variant_entry rs_boolean_variants[2];
+
 typedef struct rs_route_entry {
     char *name;
     size_t name_len;
@@ -151,6 +154,10 @@ struct rs_state {
     void *ask_context;
     uint32_t log_lines_this_eval;
     uint32_t log_lines_dropped;
+
+    /* Registry references of the variant name map and value list that every boolean flag shares, LUA_NOREF until
+     * the first boolean flag. */
+    int boolean_variants_ref, boolean_values_ref;
 
     /* Loading. */
     int32_t next_seq;
