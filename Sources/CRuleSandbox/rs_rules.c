@@ -1301,6 +1301,7 @@ static void reset_outcome(rs_outcome *o) { memset(o, 0, sizeof *o); }
 void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
                   rs_outcome *outcome) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(outcome);
     S->text_len = 0;
     if (!S->usable || flag >= S->flag_count) {
@@ -1366,6 +1367,7 @@ static int eval_all_tx(lua_State *L) {
 int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_length, double now,
                           rs_outcome *outcomes, rs_outcome *context_error) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(context_error);
     S->text_len = 0;
     if (!S->usable) {
@@ -1477,6 +1479,7 @@ static int eval_route_tx(lua_State *L) {
 
 void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(outcome);
     S->text_len = 0;
     if (!S->usable) {

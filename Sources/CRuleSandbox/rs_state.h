@@ -159,6 +159,10 @@ struct rs_state {
      * the first boolean flag. */
     int boolean_variants_ref, boolean_values_ref;
 
+    /* Pooled proxies of nested context objects handed out since the last evaluation began (rs_env.c): an
+     * evaluation entry point resets it, so a proxy is reused only once the evaluation that had it is over. */
+    uint32_t nested_proxies_used;
+
     /* Loading. */
     int32_t next_seq;
     bool finished;
@@ -235,7 +239,8 @@ void rs_rawget_any(lua_State *L, int idx);
 
 /* Freezing (rs_freeze.c): turns the table at idx into a read-only proxy in place. */
 void rs_freeze_table(lua_State *L, int idx);
-/* Wraps a fresh table at the top as read-only (contexts): replaces it by its proxy. */
+/* Wraps a fresh table at the top as read-only (nested objects of contexts): replaces it by its proxy, one of a pool
+ * that each evaluation reuses (see nested_proxies_used). */
 void rs_make_readonly(lua_State *L);
 /* Like rs_make_readonly for the top-level context object, but reuses one proxy and metatable per state:
  * nothing can hold on to the proxy from one evaluation to the next (every place a rule could store it is
