@@ -62,6 +62,36 @@ struct CompiledRoutingTests {
         #expect(compiled == ["method-and-prefix", "alternatives", "alias-and-suffix", "constants", "nil-and-booleans"])
     }
 
+    @Test(
+        "comments, long strings and line endings do not confuse which text is the function",
+        arguments: ["\n", "\r\n", "\r"])
+    func trickySourceText(lineEnding: String) throws {
+        let text = """
+            local s = [==[
+            route "fake" { match = function(req) return true end, target = "fake" }
+            ]==]
+            local t = "a \\z
+                  function(req) return true end"
+            route "a" { priority = 3, --[[ function(req) return true end ]] match = function(req) return req.p == "a" end, target = "a" }
+            route "b" {
+              priority = 2,
+              match = function(req) return req.p == 'b' --[=[ or true ]=] end, -- function(req) return true end
+              target = "b",
+            }
+            route "c" { priority = 1, match = function(req) return req.p == "c" end, target = "c" }
+            """.replacingOccurrences(of: "\n", with: lineEnding)
+        let rules = try compile(["routes.lua": text])
+        #expect(rules.ruleSet.routes.indices.allSatisfy { rules.evaluator.routeMatchIsCompiled(at: $0) })
+        for p in ["a", "b", "c", "d"] {
+            let request = Array(#"{"p":"\#(p)"}"#.utf8)
+            request.withUnsafeBytes { bytes in
+                let decision = rules.evaluator.route(request: bytes, now: pinnedNow)
+                #expect(decision == rules.evaluator.routeCallingEveryMatch(request: bytes, now: pinnedNow))
+                if p == "d" { #expect(decision == .noRoute) } else { #expect(decision != .noRoute) }
+            }
+        }
+    }
+
     @Test("a file that redefines starts_with keeps its own function")
     func redefinedHelper() throws {
         let rules = try compile([
