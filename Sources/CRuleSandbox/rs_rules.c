@@ -1426,10 +1426,19 @@ static int eval_route_tx(lua_State *L) {
         storage = lua_gettop(L);
         rs_dispatch_begin(S);
     }
+    uint32_t decided_count = 0;
     for (size_t i = 0; i < S->route_count; i++) {
         rs_route_entry *r = &S->routes[i];
         bool decided = compiled && r->match_pred >= 0;
-        if (decided && !rs_dispatch_match(S, L, storage, r->match_pred)) continue;
+        if (decided) {
+            /* A compiled match costs one instruction of the budget, charged 64 at a time, so that the deadline
+             * still bounds a decision over a great many routes. */
+            if ((++decided_count & 63) == 0) {
+                a->route = (int)i;
+                rs_charge(L, 64);
+            }
+            if (!rs_dispatch_match(S, L, storage, r->match_pred)) continue;
+        }
         S->current_key = r->name;
         S->current_key_len = r->name_len;
         a->route = (int)i;

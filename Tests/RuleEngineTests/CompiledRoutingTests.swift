@@ -92,6 +92,23 @@ struct CompiledRoutingTests {
         }
     }
 
+    @Test("compiled matches share the decision's budget: a great many of them run out of it")
+    func budget() throws {
+        let routes = (0..<1_100).map {
+            #"route "r\#($0)" { match = function(req) return req.p == "r\#($0)" end, target = "t" }"#
+        }
+        let rules = try compile(
+            ["routes.lua": routes.joined(separator: "\n")], limits: hostileLimits(instructions: 1000))
+        #expect(rules.evaluator.routeMatchIsCompiled(at: 1_099))
+        #expect(try rules.route(["p": "r5"])?.name == "r5")
+        #expect(throws: RuleFailure.self) { try rules.route(["p": "none"]) }
+        do {
+            _ = try rules.route(["p": "none"])
+        } catch {
+            #expect(error.code == .resourceLimit)
+        }
+    }
+
     @Test("a file that redefines starts_with keeps its own function")
     func redefinedHelper() throws {
         let rules = try compile([
