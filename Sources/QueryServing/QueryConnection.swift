@@ -375,7 +375,7 @@ final class QueryConnection: EventPollSource {
                 startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })
             case .status, .metrics, .reload:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
-            case .history, .show, .rollback, .resume, .capture:
+            case .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList, .overrideClear:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
             }
         }

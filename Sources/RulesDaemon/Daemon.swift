@@ -7,6 +7,7 @@ import RuleModel
 import RuleWatcher
 import ServiceLifecycle
 import Synchronization
+import SystemClock
 import SystemdSupport
 import UnixSignals
 
@@ -151,6 +152,13 @@ public struct DaemonService: Service {
         let reloads = ReloadCoordinator(
             settings: settings, store: store, pool: pool, loader: loader, watchHub: watchHub, notifier: notifier,
             reloadMetrics: metrics, logger: logger)
+        let overrides = OverrideStore(
+            board: store.overrides, stateDirectory: settings.stateDirectory, maxTTL: settings.overrideMaxTTL,
+            loop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger, announce: watchHub.publish)
+        defer { overrides.stop() }
+        overrides.loadSaved(now: SystemClock.epochSeconds())
+        // A reload that removes an overridden flag or its variant drops the override, and says so.
+        reloads.observePublications { overrides.reconcile(with: $0, now: SystemClock.epochSeconds()) }
         logger.info(
             "starting",
             metadata: [
@@ -173,7 +181,7 @@ public struct DaemonService: Service {
 
         let services = DaemonServices(
             settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
-            socketMode: reloadAccess.mode, reloadGroup: reloadAccess.group, logger: logger)
+            socketMode: reloadAccess.mode, reloadGroup: reloadAccess.group, logger: logger, overrides: overrides)
         let server = QueryServer(
             configuration: QueryServerConfiguration(
                 socketPath: settings.socketPath, socketMode: settings.socketMode, socketGroup: try socketGroupID(),

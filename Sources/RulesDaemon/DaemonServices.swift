@@ -34,11 +34,15 @@ final class DaemonServices: QueryBackend {
     let reloadGroup: gid_t?
     /// The socket file's mode: when only its owner and group can connect, everyone connected may reload.
     let socketMode: mode_t
+    /// The overrides (kill switches with an expiry).
+    let overrides: OverrideStore
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, reloads: ReloadCoordinator,
-        watchHub: WatchHub, metrics: DaemonMetrics, socketMode: mode_t, reloadGroup: gid_t?, logger: Logger
+        watchHub: WatchHub, metrics: DaemonMetrics, socketMode: mode_t, reloadGroup: gid_t?, logger: Logger,
+        overrides: OverrideStore
     ) {
+        self.overrides = overrides
         self.socketMode = socketMode
         self.settings = settings
         self.store = store
@@ -73,6 +77,7 @@ final class DaemonServices: QueryBackend {
         switch request.operation {
         case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
         case .capture: await answerCapture(request, id: id, peer: peer, into: &buffer)
+        case .overrideSet, .overrideList, .overrideClear: answerOverride(request, id: id, peer: peer, into: &buffer)
         default: await answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
         }
         return buffer

@@ -47,6 +47,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var metricsListen: String?
     public var capture = CaptureSettings()
     public var ofrepListen: String?
+    /// The longest an override (`rulesctl override set --ttl`) may last.
+    public var overrideMaxTTL: Duration = .seconds(24 * 3600)
 
     public init() {}
 
@@ -261,6 +263,7 @@ extension DaemonSettings {
         case captureRedactMode = "capture_redact_mode"
         case captureRedactKey = "capture_redact_key"
         case ofrepListen = "ofrep_listen"
+        case overrideMaxTTL = "override_max_ttl"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -395,6 +398,9 @@ extension DaemonSettings {
                 settings.ofrepListen = try parseListenAddress(text)
             },
             render: { $0.ofrepListen ?? "off" }),
+        .duration(
+            .overrideMaxTTL, \.overrideMaxTTL, .seconds(1)...(.seconds(366 * 86400)),
+            summary: "the longest `--ttl` an override may have (`rulesctl override set`)"),
     ]
 }
 

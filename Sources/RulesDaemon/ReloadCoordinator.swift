@@ -105,6 +105,8 @@ public final class ReloadCoordinator: Sendable {
     private let state = Mutex(State())
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
+    /// Told of every generation that goes live, right after it does.
+    private let publicationObservers = Mutex<[@Sendable (ServingGeneration) -> Void]>([])
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool,
@@ -121,6 +123,11 @@ public final class ReloadCoordinator: Sendable {
         self.reloadMetrics = reloadMetrics
         self.logger = logger
         (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Calls `observer` with every generation that goes live from now on (reloads, rollbacks, the first rules).
+    func observePublications(_ observer: @escaping @Sendable (ServingGeneration) -> Void) {
+        publicationObservers.withLock { $0.append(observer) }
     }
 
     /// The last reload attempt.
@@ -651,6 +658,7 @@ public final class ReloadCoordinator: Sendable {
         }
         guard let generation = published else { return nil }
         reloadMetrics.recordGeneration(generation)
+        for observer in publicationObservers.withLock({ $0 }) { observer(generation) }
         // Idle workers switch now, so the previous generation's Lua states are closed promptly.
         pool.refreshAll()
         return generation

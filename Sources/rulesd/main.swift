@@ -133,6 +133,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.captureRedactMode), help: .setting(.captureRedactMode)) var captureRedactMode: String?
     @Option(name: .setting(.captureRedactKey), help: .setting(.captureRedactKey)) var captureRedactKey: String?
     @Option(name: .setting(.ofrepListen), help: .setting(.ofrepListen)) var ofrepListen: String?
+    @Option(name: .setting(.overrideMaxTTL), help: .setting(.overrideMaxTTL)) var overrideMaxTTL: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -177,6 +178,7 @@ struct SettingOptions: ParsableArguments {
         case .captureRedactMode: captureRedactMode
         case .captureRedactKey: captureRedactKey
         case .ofrepListen: ofrepListen
+        case .overrideMaxTTL: overrideMaxTTL
         }
     }
 }
