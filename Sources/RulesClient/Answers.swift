@@ -23,6 +23,8 @@ public struct FlagReason: RawRepresentable, Sendable, Hashable, CustomStringConv
     public static let disabled = FlagReason(rawValue: "DISABLED")
     /// The rule failed: the default variant, with ``FlagAnswer/ruleError``.
     public static let error = FlagReason(rawValue: "ERROR")
+    /// An override forces the variant until it expires (docs/PROTOCOL.md, `override_set`).
+    public static let override = FlagReason(rawValue: "OVERRIDE")
 
     public var description: String { rawValue }
 }

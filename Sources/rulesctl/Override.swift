@@ -32,6 +32,24 @@ struct OverrideCommand: AsyncParsableCommand {
         return "\(value?["user"]?.stringValue ?? "uid \(uid)") (uid \(uid)\(pid))"
     }
 
+    /// An answer's `override` member for people: `incident 7; set by alice (uid 1000, pid 42) until T`.
+    static func summary(_ value: JSONValue) -> String {
+        "\(value["reason"]?.stringValue ?? "?"); set by \(person(value["set_by"])) until "
+            + (value["expires_at"]?.stringValue ?? "?")
+    }
+
+    /// One `override_*` watch event for people: `AT override expired: FLAG (VARIANT; REASON; set by …)`.
+    static func render(_ event: JSONValue, name: String, style: TextStyle) -> String {
+        let what = "override " + name.dropFirst("override_".count)
+        let flag = event["flag"]?.stringValue ?? "?"
+        var text =
+            "\(event["at"]?.stringValue ?? "") " + style.yellow(what) + ": \(flag) "
+            + "(\(event["variant"]?.stringValue ?? "?"); \(event["reason"]?.stringValue ?? ""); "
+            + "set by \(person(event["set_by"])) until \(event["expires_at"]?.stringValue ?? "?"))\n"
+        if let why = event["why"]?.stringValue { text += "  \(why)\n" }
+        return text
+    }
+
     static func warnStateDirectory(_ result: JSONValue) {
         if let problem = result["state_dir_error"]?.stringValue {
             Console.write(

@@ -328,6 +328,8 @@ struct WatchPrinter {
                 text += "  " + ProblemText.line(problem) + "\n"
             }
             return text
+        case let name? where name.hasPrefix("override_"):
+            return OverrideCommand.render(event, name: name, style: style)
         default:
             return JSONWriter.string(event) + "\n"
         }
