@@ -31,8 +31,9 @@ struct OverrideSetter: Sendable, Hashable, CustomStringConvertible {
     /// `alice (uid 1000, pid 4242)`.
     var description: String {
         guard let uid else { return "unknown" }
-        let pidText = pid.map { ", pid \($0)" } ?? ""
-        return "\(user ?? "uid \(uid)") (uid \(uid)\(pidText))"
+        let pidText = pid.map { "pid \($0)" }
+        guard let user else { return "uid \(uid)" + (pidText.map { " (\($0))" } ?? "") }
+        return "\(user) (uid \(uid)" + (pidText.map { ", \($0)" } ?? "") + ")"
     }
 }
 

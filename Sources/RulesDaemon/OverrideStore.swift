@@ -28,6 +28,9 @@ final class OverrideStore: Sendable {
         /// The expiry timer, set for the earliest expiry.
         var timer: Scheduled<Void>?
         var stopped = false
+        /// The newest generation ``reconcile(with:now:)`` saw: a `set` checks its flag against it too, so that an
+        /// override cannot slip in for a flag a reload removed just before.
+        var reconciled: ServingGeneration?
     }
 
     let board: OverrideBoard
@@ -119,21 +122,22 @@ final class OverrideStore: Sendable {
         guard !reason.allSatisfy(\.isWhitespace) else {
             throw OverrideRefusal(.invalidRequest, "'reason' must say why the override is set")
         }
-        guard let ruleSet = generation?.ruleSet else { throw OverrideRefusal(.internal, "no rule set is loaded") }
-        guard let index = ruleSet.flagIndex(forKey: flag) else {
-            throw OverrideRefusal(.flagNotFound, RuleAnswers.flagNotFound(flag).message)
-        }
-        let variants = ruleSet.flags[index].variants.map(\.name)
-        guard variants.contains(variant) else {
-            throw OverrideRefusal(
-                .invalidRequest,
-                "flag '\(flag)' has no variant '\(variant)'; its variants: \(variants.joined(separator: ", "))")
-        }
         let (seconds, attoseconds) = ttl.components
         let entry = FlagOverride(
             flag: flag, variant: variant, reason: reason, setBy: setter, setAt: now,
             expiresAt: now + Double(seconds) + Double(attoseconds) / 1e18)
-        let (replaced, problem) = state.withLock { state -> (FlagOverride?, String?) in
+        let (replaced, problem) = try state.withLock { state throws(OverrideRefusal) -> (FlagOverride?, String?) in
+            let newest = [generation, state.reconciled].compactMap { $0 }.max { $0.number < $1.number }
+            guard let ruleSet = newest?.ruleSet else { throw OverrideRefusal(.internal, "no rule set is loaded") }
+            guard let index = ruleSet.flagIndex(forKey: flag) else {
+                throw OverrideRefusal(.flagNotFound, RuleAnswers.flagNotFound(flag).message)
+            }
+            let variants = ruleSet.flags[index].variants.map(\.name)
+            guard variants.contains(variant) else {
+                throw OverrideRefusal(
+                    .invalidRequest,
+                    "flag '\(flag)' has no variant '\(variant)'; its variants: \(variants.joined(separator: ", "))")
+            }
             let replaced = state.entries.updateValue(entry, forKey: flag)
             let problem = persist(state.entries)
             publish(&state, now: now)
@@ -188,6 +192,7 @@ final class OverrideStore: Sendable {
     func reconcile(with generation: ServingGeneration, now: Double) {
         let ruleSet = generation.ruleSet
         let dropped = state.withLock { state -> [(FlagOverride, String)] in
+            if generation.number > (state.reconciled?.number ?? 0) { state.reconciled = generation }
             var dropped: [(FlagOverride, String)] = []
             for entry in state.entries.values.sorted(by: { $0.flag < $1.flag }) {
                 guard let index = ruleSet.flagIndex(forKey: entry.flag) else {

@@ -28,8 +28,9 @@ struct OverrideCommand: AsyncParsableCommand {
     /// `alice (uid 1000, pid 4242)`, from an override's `set_by`.
     static func person(_ value: JSONValue?) -> String {
         guard let uid = value?["uid"]?.int64Value else { return "unknown" }
-        let pid = value?["pid"]?.int64Value.map { ", pid \($0)" } ?? ""
-        return "\(value?["user"]?.stringValue ?? "uid \(uid)") (uid \(uid)\(pid))"
+        let pid = value?["pid"]?.int64Value.map { "pid \($0)" }
+        guard let user = value?["user"]?.stringValue else { return "uid \(uid)" + (pid.map { " (\($0))" } ?? "") }
+        return "\(user) (uid \(uid)" + (pid.map { ", \($0)" } ?? "") + ")"
     }
 
     /// An answer's `override` member for people: `incident 7; set by alice (uid 1000, pid 42) until T`.

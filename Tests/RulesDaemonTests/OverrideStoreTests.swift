@@ -255,6 +255,32 @@ struct OverrideStoreTests {
         #expect(OverrideStore.read(store.path).map(\.isEmpty) == .success(true))
     }
 
+    @Test("a set checked against rules older than the newest reconciled ones is refused for a removed flag")
+    func setAfterReloadRemovedTheFlag() throws {
+        let directory = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = makeStore(directory)
+        defer { store.stop() }
+        let old = try generation(number: 1)
+        store.reconcile(
+            with: try generation(#"flag "banner" { variants = { a = "A" }, default = "a" }"#, number: 2), now: 0)
+        do {
+            _ = try store.set(
+                flag: "checkout", variant: "on", ttl: "1m", reason: "r", by: alice, generation: old, now: 0)
+            Issue.record("an override of a removed flag was set")
+        } catch {
+            #expect(error.error.code == .flagNotFound)
+        }
+        #expect(store.list(now: 0).isEmpty)
+    }
+
+    @Test("who set an override reads as the user name, uid and pid, or the uid alone without an account")
+    func setterDescription() {
+        #expect(alice.description == "alice (uid 1000, pid 42)")
+        #expect(OverrideSetter(uid: 1234, user: nil, pid: 7).description == "uid 1234 (pid 7)")
+        #expect(OverrideSetter(uid: nil, user: nil, pid: nil).description == "unknown")
+    }
+
     @Test("clearing ends the override now; clearing a flag without one changes nothing")
     func clearing() throws {
         let directory = try scratch()
