@@ -177,7 +177,12 @@ final class OverrideStore: Sendable {
             state.timer = nil
             let expired = state.entries.values.filter { $0.expiresAt <= now }.sorted { $0.flag < $1.flag }
             for entry in expired { state.entries[entry.flag] = nil }
-            if !expired.isEmpty { persist(state.entries) }
+            guard !expired.isEmpty else {
+                // Early by the clocks' difference: nothing changed, so workers keep their table.
+                scheduleExpiry(&state, now: now)
+                return []
+            }
+            persist(state.entries)
             publish(&state, now: now)
             return expired
         }
@@ -241,6 +246,11 @@ final class OverrideStore: Sendable {
     private func publish(_ state: inout State, now: Double) {
         state.version += 1
         board.publish(OverrideTable(version: state.version, entries: state.entries))
+        scheduleExpiry(&state, now: now)
+    }
+
+    /// Sets the timer for the earliest expiry, if any. Called with the lock held.
+    private func scheduleExpiry(_ state: inout State, now: Double) {
         state.timer?.cancel()
         state.timer = nil
         guard !state.stopped, let next = state.entries.values.map(\.expiresAt).min() else { return }

@@ -202,6 +202,8 @@ struct OverrideStoreTests {
         let version = store.board.publishedVersion
         store.expire(now: now + 59)
         #expect(store.list(now: now + 59).count == 1)
+        // Nothing was due: the workers' table stays as it was.
+        #expect(store.board.publishedVersion == version)
         store.expire(now: now + 60)
         #expect(store.list(now: now).isEmpty)
         #expect(store.board.current.entries.isEmpty)
