@@ -224,6 +224,7 @@ final class DaemonServices: QueryBackend {
         object.append(("rules_dir", .string(settings.rulesDirectory)))
         object.append(("state_dir", .string(settings.stateDirectory)))
         object.append(("pinned", reloads.pin?.json ?? .null))
+        object.append(("overrides", .integer(Int64(overrides.list(now: SystemClock.epochSeconds()).count))))
         let saved = reloads.savedCopy
         object.append(
             (

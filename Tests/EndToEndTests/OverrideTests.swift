@@ -70,6 +70,9 @@ struct OverrideEndToEndTests {
         #expect(explained?["reason"] == "OVERRIDE")
         #expect(explained?["without_override"]?["variant"] == "off")
         #expect(explained?["without_override"]?["trace"] != nil)
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["overrides"] == 1)
+        let status = try rulesctl(daemon, ["status"])
+        #expect(status.stdout.contains("1 in force"), "\(status)")
         let printed = try rulesctl(daemon, ["flag", "checkout"])
         #expect(printed.stdout.contains("OVERRIDE"), "\(printed)")
         #expect(printed.stdout.contains("incident 7; set by "), "\(printed)")
@@ -85,6 +88,7 @@ struct OverrideEndToEndTests {
         #expect(expired["variant"] == "on")
         #expect(try checkout(daemon)?["reason"] == "DEFAULT")
         #expect(try rulesctl(daemon, ["override", "list"]).stdout == "no overrides\n")
+        #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["overrides"] == 0)
         #expect(daemon.logs.contains("override expired"))
     }
 
