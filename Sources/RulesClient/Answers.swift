@@ -49,6 +49,9 @@ public struct FlagAnswer: Sendable, Hashable {
     public var source: String?
     /// Set when ``reason`` is ``FlagReason/error``.
     public var ruleError: RuleFailure?
+    /// Set when ``reason`` is ``FlagReason/override``: the override's `reason`, `set_by` (`uid`, `user`, `pid`),
+    /// `set_at` and `expires_at` (docs/PROTOCOL.md, `flag`).
+    public var override: JSONObject?
     /// The rule set that answered.
     public var servedBy: ServedBy
 
@@ -64,6 +67,7 @@ public struct FlagAnswer: Sendable, Hashable {
         if let code = object["error_code"]?.stringValue {
             ruleError = RuleFailure(code: code, message: object["error_message"]?.stringValue ?? "")
         }
+        self.override = object["override"]?.objectValue
         self.servedBy = servedBy
     }
 }

@@ -190,17 +190,27 @@ struct WorkerOverrides {
     private var tableVersion: UInt64 = 0
     /// By flag index; empty when no override applies.
     private var byFlag: [ResolvedOverride?] = []
+    /// The flags whose variant the worker's evaluator forces for `flag_value()` (see
+    /// ``RuleEvaluator/setOverride(flag:variant:)``), so that flags depending on an overridden one follow it.
+    private var forced: [Int] = []
 
-    /// Whether any override applies to `generation`.
+    /// Whether any override applies to the generation last synchronised.
+    var isActive: Bool { !byFlag.isEmpty }
+
+    /// Brings the view, and what `evaluator` forces, up to the published table; call before every answer.
     @inline(__always)
-    mutating func active(_ board: OverrideBoard, _ generation: ServingGeneration) -> Bool {
+    mutating func sync(_ board: OverrideBoard, _ generation: ServingGeneration, _ evaluator: RuleEvaluator) {
         if board.publishedVersion != tableVersion || generation.number != generationNumber {
-            rebuild(board.current, generation)
+            rebuild(board.current, generation, evaluator)
         }
-        return !byFlag.isEmpty
     }
 
-    private mutating func rebuild(_ table: OverrideTable, _ generation: ServingGeneration) {
+    private mutating func rebuild(_ table: OverrideTable, _ generation: ServingGeneration, _ evaluator: RuleEvaluator) {
+        // A worker has one evaluator per generation: the same generation means the same Lua state.
+        if generation.number == generationNumber {
+            for index in forced { evaluator.setOverride(flag: index, variant: nil) }
+        }
+        forced = []
         tableVersion = table.version
         generationNumber = generation.number
         byFlag = []
@@ -213,6 +223,8 @@ struct WorkerOverrides {
                 let variant = flags[index].variants.firstIndex(where: { $0.name == entry.variant })
             else { continue }
             resolved[index] = ResolvedOverride(entry, flag: flags[index], variant: variant)
+            evaluator.setOverride(flag: index, variant: variant)
+            forced.append(index)
             any = true
         }
         if any { byFlag = resolved }
@@ -227,7 +239,7 @@ struct WorkerOverrides {
     }
 
     /// Answers `flags` with the overrides applied: every flag evaluated as usual, the overridden ones answered
-    /// with their forced variant (and `"reason":"OVERRIDE"`). Call only when ``active(_:_:)`` said so.
+    /// with their forced variant (and `"reason":"OVERRIDE"`). Call only when ``isActive``.
     /// - Returns: nil when `result` holds the answer, else the error to answer instead.
     func answerFlags<Observer: EvaluationObserver>(
         evaluator: RuleEvaluator, context: UnsafeRawBufferPointer, now: Double, clock: Double, observer: Observer,

@@ -67,14 +67,17 @@ final class Worker: QueryResponder {
         capture?.beginGeneration(flagCount: latest.ruleSet.flags.count)
     }
 
-    /// The generation and evaluator to answer with: one atomic load when nothing changed.
+    /// The generation and evaluator to answer with (the overrides brought up to date): two atomic loads when
+    /// nothing changed.
     @inline(__always)
     private func current() -> (ServingGeneration, RuleEvaluator)? {
         if let generation, let evaluator, generation.number == store.publishedNumber {
+            overrides.sync(store.overrides, generation, evaluator)
             return (generation, evaluator)
         }
         refresh()
         guard let generation, let evaluator else { return nil }
+        overrides.sync(store.overrides, generation, evaluator)
         return (generation, evaluator)
     }
 
@@ -123,7 +126,7 @@ final class Worker: QueryResponder {
         case .ping:
             question = .ping
         case .flag:
-            if overrides.active(store.overrides, generation),
+            if overrides.isActive,
                 let entry = overrides.override(
                     at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) }, now: batchNow)
             {
@@ -147,7 +150,7 @@ final class Worker: QueryResponder {
         case .flags:
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure =
-                overrides.active(store.overrides, generation)
+                overrides.isActive
                 ? overrides.answerFlags(
                     evaluator: evaluator, context: context, now: now, clock: batchNow, observer: metrics, into: &result)
                 : EvaluationAnswers.answer(
@@ -183,7 +186,7 @@ final class Worker: QueryResponder {
                         .explainFlag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics,
                         into: &result)
                 }
-                if failure == nil, overrides.active(store.overrides, generation),
+                if failure == nil, overrides.isActive,
                     let entry = overrides.override(
                         at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) },
                         now: batchNow)

@@ -12,6 +12,8 @@ private let overrideRules = [
     flag "checkout" { variants = { on = true, off = false }, default = "off",
       rule = function(ctx) if ctx.beta then return "on" end end }
     flag "banner" { variants = { a = "A", b = "B" }, default = "a" }
+    flag "banner-shown" { variants = { yes = true, no = false }, default = "no",
+      rule = function(ctx) if flag_value("banner", ctx) == "b" then return "yes" end end }
     """
 ]
 
@@ -90,6 +92,24 @@ struct OverrideEndToEndTests {
         #expect(try rulesctl(daemon, ["override", "list"]).stdout == "no overrides\n")
         #expect(try daemon.request(#"{"op":"status"}"#)["result"]?["overrides"] == 0)
         #expect(daemon.logs.contains("override expired"))
+    }
+
+    @Test("flags that depend on an overridden flag through flag_value() follow it, and explain shows why")
+    func dependentsFollow() throws {
+        let daemon = try startDaemon()
+        func shown() throws -> JSONValue? { try daemon.request(#"{"op":"flag","flag":"banner-shown"}"#)["result"] }
+        #expect(try shown()?["variant"] == "no")
+        #expect(try rulesctl(daemon, ["override", "set", "banner", "b", "--ttl", "1h", "--reason", "r"]).status == 0)
+        #expect(try shown()?["variant"] == "yes")
+        #expect(try shown()?["reason"] == "TARGETING_MATCH")
+        let flags = try daemon.request(#"{"op":"flags"}"#)["result"]?["flags"]
+        #expect(flags?["banner-shown"]?["variant"] == "yes")
+        let trace = try daemon.request(#"{"op":"explain","flag":"banner-shown"}"#)["result"]?["trace"]?["steps"]
+        let prerequisite = trace?.arrayValue?.first { $0["flag"] == "banner" }
+        #expect(prerequisite?["variant"] == "b")
+        #expect(prerequisite?["reason"] == "OVERRIDE")
+        #expect(try rulesctl(daemon, ["override", "clear", "banner"]).status == 0)
+        #expect(try shown()?["variant"] == "no")
     }
 
     @Test("an override survives a restart")

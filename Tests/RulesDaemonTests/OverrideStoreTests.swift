@@ -300,16 +300,19 @@ struct OverrideStoreTests {
 
     @Test("a worker's view answers overridden flags with reason OVERRIDE, and only while the override lasts")
     func workerView() throws {
-        let serving = try generation()
+        let (ruleSet, evaluator) = try RuleCompiler.compile([RuleSource(path: "a.lua", content: Array(Self.rules.utf8))]
+        )
+        let serving = ServingGeneration(
+            number: 1, ruleSet: ruleSet, origin: .rulesDirectory, loadedAt: 0, stateMemory: 0, evaluators: [])
         let board = OverrideBoard()
         var view = WorkerOverrides()
-        let activeBefore = view.active(board, serving)
-        #expect(!activeBefore)
+        view.sync(board, serving, evaluator)
+        #expect(!view.isActive)
         let entry = FlagOverride(
             flag: "checkout", variant: "on", reason: "incident 7", setBy: alice, setAt: 100, expiresAt: 200)
         board.publish(OverrideTable(version: 1, entries: ["checkout": entry]))
-        let activeNow = view.active(board, serving)
-        #expect(activeNow)
+        view.sync(board, serving, evaluator)
+        #expect(view.isActive)
         let index = serving.ruleSet.flagIndex(forKey: "checkout")
         let answer = try JSONParser().parse(try #require(view.override(at: index, now: 150)).flagAnswer)
         #expect(answer["key"]?.stringValue == "checkout")
@@ -330,8 +333,37 @@ struct OverrideStoreTests {
                     "checkout": FlagOverride(
                         flag: "checkout", variant: "maybe", reason: "", setBy: alice, setAt: 0, expiresAt: 200)
                 ]))
-        let activeForOtherVariant = view.active(board, serving)
-        #expect(!activeForOtherVariant)
+        view.sync(board, serving, evaluator)
+        #expect(!view.isActive)
+    }
+
+    @Test("flags that ask flag_value() for an overridden flag get its forced variant, until the override ends")
+    func prerequisitesFollowOverrides() throws {
+        let rules = """
+            flag "kill" { variants = { on = true, off = false }, default = "off" }
+            flag "feature" { variants = { on = true, off = false }, default = "on",
+              rule = function(ctx) if flag_value("kill", ctx) == "on" then return "off" end return "on" end }
+            """
+        let (ruleSet, evaluator) = try RuleCompiler.compile([RuleSource(path: "a.lua", content: Array(rules.utf8))])
+        let serving = ServingGeneration(
+            number: 1, ruleSet: ruleSet, origin: .rulesDirectory, loadedAt: 0, stateMemory: 0, evaluators: [])
+        let feature = try #require(ruleSet.flagIndex(forKey: "feature"))
+        func featureVariant() -> String {
+            let decision = evaluator.evaluateFlag(
+                at: feature, context: UnsafeRawBufferPointer(start: nil, count: 0), now: 0)
+            return ruleSet.flags[feature].variants[decision.variantIndex].name
+        }
+        let board = OverrideBoard()
+        var view = WorkerOverrides()
+        view.sync(board, serving, evaluator)
+        #expect(featureVariant() == "on")
+        let kill = FlagOverride(flag: "kill", variant: "on", reason: "incident", setBy: alice, setAt: 0, expiresAt: 10)
+        board.publish(OverrideTable(version: 1, entries: ["kill": kill]))
+        view.sync(board, serving, evaluator)
+        #expect(featureVariant() == "off")
+        board.publish(OverrideTable(version: 2, entries: [:]))
+        view.sync(board, serving, evaluator)
+        #expect(featureVariant() == "on")
     }
 
     @Test("flags with an override answer the others exactly as without one")
@@ -356,8 +388,8 @@ struct OverrideStoreTests {
                         flag: "banner", variant: "b", reason: "r", setBy: alice, setAt: 0, expiresAt: 10)
                 ]))
         var view = WorkerOverrides()
-        let active = view.active(board, serving)
-        #expect(active)
+        view.sync(board, serving, evaluator)
+        #expect(view.isActive)
         var overridden: [UInt8] = []
         _ = context.withUnsafeBytes {
             view.answerFlags(
