@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import RuleModel
 import RulesProtocol
+import Synchronization
 import SystemClock
 import SystemdSupport
 
@@ -135,6 +136,9 @@ public final class AuditLog: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let loop: any EventLoop
     private let writer: NIOLoopBoundBox<AuditWriter>
+    /// Set by ``close()``: a late event (an answer finishing during shutdown) is dropped rather than sent to a
+    /// stopped thread.
+    private let closed = Atomic<Bool>(false)
 
     /// - Parameters:
     ///   - directory: where the files go (`state_dir/audit`); created when missing.
@@ -152,6 +156,7 @@ public final class AuditLog: Sendable {
 
     /// Records an event (never blocks: written on the log's thread).
     public func record(_ event: AuditEvent) {
+        guard !closed.load(ordering: .relaxed) else { return }
         let at = SystemClock.epochSeconds()
         let writer = self.writer
         loop.execute { writer.value.write(event, at: at) }
@@ -163,6 +168,7 @@ public final class AuditLog: Sendable {
     ///   - peer: who asked.
     ///   - held: the roles the peer holds.
     public func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles) {
+        guard !closed.load(ordering: .relaxed) else { return }
         let at = SystemClock.epochSeconds()
         let writer = self.writer
         let loop = self.loop
@@ -177,6 +183,7 @@ public final class AuditLog: Sendable {
 
     /// Writes what is pending (the counts of open refusal windows) and stops the log's thread.
     public func close() async {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
         let writer = self.writer
         try? await loop.submit { writer.value.endAllWindows() }.get()
         try? await group.shutdownGracefully()
