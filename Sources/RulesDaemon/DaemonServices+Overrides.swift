@@ -5,8 +5,9 @@ import SystemClock
 import SystemdSupport
 
 extension DaemonServices {
-    /// Answers `override_set`, `override_list` and `override_clear`. Setting and clearing change what serves, so
-    /// they are allowed to whoever may reload, and no one else; listing is allowed to everyone connected.
+    /// Answers `override_set`, `override_list` and `override_clear`. The connection has checked the peer's role
+    /// already (`operate` to set and clear, `observe` to list); setting and clearing are recorded in the audit log
+    /// as operations, with their outcome.
     func answerOverride(
         _ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
     ) {
@@ -28,10 +29,10 @@ extension DaemonServices {
             ]
             success(id: id, generation: generation, result: Array(JSONWriter.string(result).utf8), into: &buffer)
         case .overrideSet:
-            if refuseReload(peer) != nil {
-                failure(id: id, error: forbidden(.overrideSet), into: &buffer)
-                return
-            }
+            let arguments: JSONValue = [
+                "flag": .string(request.flagDecoded ?? ""), "variant": .string(request.variant ?? ""),
+                "ttl": .string(request.ttl ?? ""), "reason": .string(request.reason ?? ""),
+            ]
             do throws(OverrideRefusal) {
                 let (entry, replaced, problem) = try overrides.set(
                     flag: request.flagDecoded ?? "", variant: request.variant ?? "", ttl: request.ttl ?? "",
@@ -41,31 +42,32 @@ extension DaemonServices {
                     "state_dir_error": problem.map { .string($0) } ?? .null,
                 ]
                 success(id: id, generation: generation, result: Array(JSONWriter.string(result).utf8), into: &buffer)
+                audit?.record(
+                    .operation(
+                        "override_set", arguments: arguments, peer: AuditPeer(peer), outcome: "ok",
+                        detail: "\(entry.flag) forced to \(entry.variant) until \(Timestamp.iso8601(entry.expiresAt))"))
             } catch {
                 failure(id: id, error: error.error, into: &buffer)
+                recordOperation(.overrideSet, arguments: arguments, peer: peer, error: error.error)
             }
         case .overrideClear:
-            if refuseReload(peer) != nil {
-                failure(id: id, error: forbidden(.overrideClear), into: &buffer)
-                return
-            }
             let (cleared, problem) = overrides.clear(flag: request.flagDecoded ?? "", by: Self.setter(peer), now: now)
             let result: JSONValue = [
                 "flag": .string(request.flagDecoded ?? ""), "cleared": cleared?.json ?? .null,
                 "state_dir_error": problem.map { .string($0) } ?? .null,
             ]
             success(id: id, generation: generation, result: Array(JSONWriter.string(result).utf8), into: &buffer)
+            audit?.record(
+                .operation(
+                    "override_clear", arguments: ["flag": .string(request.flagDecoded ?? "")], peer: AuditPeer(peer),
+                    outcome: "ok", detail: cleared.map { "\($0.flag) no longer forced to \($0.variant)" } ?? "none set")
+            )
         default:
             failure(
                 id: id,
                 error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not an override one"),
                 into: &buffer)
         }
-    }
-
-    private func forbidden(_ operation: RequestOperation) -> ProtocolError {
-        ProtocolError(
-            .forbidden, "\(operation.rawValue) is allowed to root, rulesd's user and the socket's group only")
     }
 
     /// Who is asking, as overrides record it.

@@ -38,6 +38,8 @@ final class OverrideStore: Sendable {
     let path: String
     let maxTTL: Duration
     private let announce: @Sendable ([UInt8]) -> Void
+    /// Where every override set, cleared, expired or dropped is recorded.
+    private let audit: AuditLog?
     private let logger: Logger
     private let loop: any EventLoop
     private let state = Mutex(State())
@@ -45,10 +47,12 @@ final class OverrideStore: Sendable {
     /// - Parameters:
     ///   - announce: sends an event line to every `watch` connection.
     ///   - loop: where the expiry timer runs.
+    ///   - audit: the audit log, if any.
     init(
         board: OverrideBoard, stateDirectory: String, maxTTL: Duration, loop: any EventLoop, logger: Logger,
-        announce: @escaping @Sendable ([UInt8]) -> Void
+        audit: AuditLog? = nil, announce: @escaping @Sendable ([UInt8]) -> Void
     ) {
+        self.audit = audit
         self.board = board
         self.path = stateDirectory + "/overrides.json"
         self.maxTTL = maxTTL
@@ -89,6 +93,7 @@ final class OverrideStore: Sendable {
         }
         for entry in expired {
             logger.info("override expired while rulesd was stopped", metadata: Self.metadata(entry))
+            record("expired", entry, extra: [("while_stopped", true)])
         }
         return nil
     }
@@ -148,6 +153,7 @@ final class OverrideStore: Sendable {
         if let replaced { metadata["override.replaced_variant"] = "\(replaced.variant)" }
         logger.notice("override set", metadata: metadata)
         announce(Self.event("override_set", entry, at: now, extra: replaced.map { [("replaced", $0.json)] } ?? []))
+        record("set", entry, extra: replaced.map { [("replaced", $0.json)] } ?? [])
         return (entry, replaced, problem)
     }
 
@@ -168,6 +174,7 @@ final class OverrideStore: Sendable {
         metadata["override.cleared_by"] = "\(setter)"
         logger.notice("override cleared", metadata: metadata)
         announce(Self.event("override_cleared", cleared, at: now, extra: [("cleared_by", setter.json)]))
+        record("cleared", cleared, extra: [("cleared_by", setter.json)])
         return (cleared, problem)
     }
 
@@ -189,6 +196,7 @@ final class OverrideStore: Sendable {
         for entry in expired {
             logger.notice("override expired", metadata: Self.metadata(entry))
             announce(Self.event("override_expired", entry, at: now))
+            record("expired", entry)
         }
     }
 
@@ -228,6 +236,9 @@ final class OverrideStore: Sendable {
                 Self.event(
                     "override_dropped", entry, at: now,
                     extra: [("why", .string(why)), ("revision", .string(generation.ruleSet.revision.hex))]))
+            record(
+                "dropped", entry,
+                extra: [("why", .string(why)), ("revision", .string(generation.ruleSet.revision.hex))])
         }
     }
 
@@ -361,6 +372,17 @@ final class OverrideStore: Sendable {
     }
 
     /// `{"event":NAME,"flag","variant","reason","set_by","set_at","expires_at",…,"at"}`.
+    /// Records an override's change in the audit log: `action` is set, cleared, expired or dropped.
+    private func record(_ action: String, _ entry: FlagOverride, extra: [(String, JSONValue)] = []) {
+        guard let audit else { return }
+        audit.record(
+            AuditEvent(
+                kind: .override,
+                members: [("action", .string(action)), ("override", entry.json)] + extra,
+                message: "override \(action): \(entry.flag) -> \(entry.variant) (set by \(entry.setBy))",
+                isFailure: action == "dropped"))
+    }
+
     static func event(_ name: String, _ entry: FlagOverride, at now: Double, extra: [(String, JSONValue)] = [])
         -> [UInt8]
     {

@@ -102,6 +102,8 @@ public final class ReloadCoordinator: Sendable {
     let notifier: LifecycleNotifier
     let reloadMetrics: ReloadMetrics
     let logger: Logger
+    /// Where reloads that change what serves, and failed ones, are recorded.
+    let audit: AuditLog?
     private let state = Mutex(State())
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
@@ -110,8 +112,10 @@ public final class ReloadCoordinator: Sendable {
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool,
-        watchHub: WatchHub, notifier: LifecycleNotifier, reloadMetrics: ReloadMetrics, logger: Logger
+        watchHub: WatchHub, notifier: LifecycleNotifier, reloadMetrics: ReloadMetrics, logger: Logger,
+        audit: AuditLog? = nil
     ) {
+        self.audit = audit
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -413,6 +417,10 @@ public final class ReloadCoordinator: Sendable {
                     trigger: trigger, revision: revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: trigger)
+            audit?.record(
+                .reload(
+                    trigger: trigger, previous: serving, sources: snapshot.sources, revision: revision,
+                    generation: generation, failure: nil, rulesDirectory: settings.rulesDirectory))
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: trigger,
@@ -441,6 +449,10 @@ public final class ReloadCoordinator: Sendable {
             for diagnostic in failure.diagnostics {
                 logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
             }
+            audit?.record(
+                .reload(
+                    trigger: trigger, previous: serving, sources: snapshot.sources, revision: revision,
+                    generation: nil, failure: failure, rulesDirectory: settings.rulesDirectory))
             watchHub.publish(WatchEvents.reloadFailed(failure, candidate: revision, serving: serving, trigger: trigger))
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: revision, serving: serving)
@@ -513,6 +525,10 @@ public final class ReloadCoordinator: Sendable {
             logger.error(
                 "rollback failed; the previous rules keep serving",
                 metadata: ["rules.candidate": "\(entry.revision.short)", "error": "\(WatchEvents.summary(failure))"])
+            audit?.record(
+                .reload(
+                    trigger: .rollback, previous: serving, sources: sources, revision: entry.revision,
+                    generation: nil, failure: failure, rulesDirectory: nil))
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: entry.revision, serving: serving)
         case .success(let built):
@@ -528,6 +544,10 @@ public final class ReloadCoordinator: Sendable {
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: .rollback)
             logger.notice("\(pin.message)", metadata: ["rules.revision": "\(entry.revision.short)"])
+            audit?.record(
+                .reload(
+                    trigger: .rollback, previous: serving, sources: sources, revision: entry.revision,
+                    generation: generation, failure: nil, rulesDirectory: nil))
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: .rollback,

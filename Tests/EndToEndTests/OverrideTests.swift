@@ -243,17 +243,24 @@ struct ForbiddenOverrideTests {
         let set = try asUser(["override", "set", "checkout", "on", "--ttl", "1m", "--reason", "r"])
         #expect(set.status == 1, "\(set)")
         #expect(set.stderr.contains("FORBIDDEN"), "\(set)")
-        #expect(set.stderr.contains("override_set is allowed to root"), "\(set)")
+        #expect(set.stderr.contains("override_set needs the operate role"), "\(set)")
         #expect(try daemon.request(#"{"op":"flag","flag":"checkout"}"#)["result"]?["reason"] == "DEFAULT")
 
         #expect(
             try runRulesctl(socket + ["override", "set", "checkout", "on", "--ttl", "1m", "--reason", "r"]).status == 0)
         let clear = try asUser(["override", "clear", "checkout"])
         #expect(clear.status == 1, "\(clear)")
-        #expect(clear.stderr.contains("FORBIDDEN"), "\(clear)")
+        #expect(clear.stderr.contains("override_clear needs the operate role"), "\(clear)")
         let list = try asUser(["override", "list"])
         #expect(list.status == 0, "\(list)")
         #expect(list.stdout.contains("checkout"), "\(list)")
         #expect(try daemon.request(#"{"op":"flag","flag":"checkout"}"#)["result"]?["reason"] == "OVERRIDE")
+
+        // The audit log holds the refusals, the set that went through with its peer, and the override itself.
+        let audit = try runRulesctl(["audit", "--state-dir", daemon.stateDirectory, "--json"])
+        #expect(audit.status == 0, "\(audit)")
+        #expect(audit.stdout.contains(#""operation":"override_set""#), "\(audit.stdout)")
+        #expect(audit.stdout.contains(#""action":"set""#), "\(audit.stdout)")
+        #expect(audit.stdout.contains(#""event":"refused","operation":"override_clear""#), "\(audit.stdout)")
     }
 }
