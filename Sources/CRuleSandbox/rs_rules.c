@@ -289,6 +289,17 @@ static int api_flag_value(lua_State *L) {
     }
     if (S->flag_depth >= RS_MAX_FLAG_DEPTH)
         return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
+    if (f->override_variant > 0) { /* an override decides for the flags that depend on this one too */
+        int forced = f->override_variant - 1;
+        if (S->trace)
+            rs_trace_close_outcome(L, rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0), f->variants[forced].name,
+                                   "OVERRIDE");
+        lua_pushstring(L, f->variants[forced].name);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
+        lua_rawgeti(L, -1, forced + 1);
+        lua_remove(L, -2);
+        return 2;
+    }
     int variant = f->default_variant;
     if (f->enabled && f->invalid != NULL) return luaL_error(L, "flag_value('%s'): %s", f->key, f->invalid);
     const char *reason = !f->enabled ? "DISABLED" : f->rule_ref == LUA_NOREF ? "STATIC" : "DEFAULT";
@@ -1119,6 +1130,12 @@ rs_flag_info rs_flag_at(const rs_state *S, size_t index) {
     info.metadata_json = f->metadata_json;
     info.metadata_json_len = f->metadata_json_len;
     return info;
+}
+
+void rs_set_override(rs_state *S, size_t flag, int32_t variant) {
+    if (!S->usable || flag >= S->flag_count) return;
+    rs_flag_entry *f = &S->flags[flag];
+    f->override_variant = variant >= 0 && variant < f->variant_count ? variant + 1 : 0;
 }
 
 rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant) {

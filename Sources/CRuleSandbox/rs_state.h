@@ -64,6 +64,7 @@ typedef struct rs_flag_entry {
     char *metadata_json; /* `metadata`, as canonical JSON text; NULL when absent */
     char *invalid;       /* `invalid`: why the definition cannot be evaluated (PARSE_ERROR); NULL normally */
     size_t metadata_json_len;
+    int32_t override_variant; /* 1-based: the variant an override forces for flag_value(); 0 when none */
 } rs_flag_entry;
 
 /* The variants of every boolean flag ("off" false, "on" true): shared, never freed. */

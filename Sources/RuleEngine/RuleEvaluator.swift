@@ -27,6 +27,12 @@ public final class RuleEvaluator {
     /// Bytes the Lua state holds.
     public var memoryInUse: Int { Int(rs_memory_in_use(state)) }
 
+    /// Makes `flag_value()` in rules answer `variant` (an index into the flag's variants) for the flag at `index`,
+    /// as an override forces it; nil gives the decision back to the flag's rule.
+    public func setOverride(flag index: Int, variant: Int?) {
+        rs_set_override(state, index, Int32(variant ?? -1))
+    }
+
     /// Evaluates the flag at `index` (into `ruleSet.flags`) for a context given as JSON text.
     /// - Parameters:
     ///   - index: the flag's index in ``RuleSet/flags``.

@@ -196,6 +196,8 @@ rs_diagnostic rs_diagnostic_at(const rs_state *S, size_t index);
 size_t rs_flag_count(const rs_state *S);
 rs_flag_info rs_flag_at(const rs_state *S, size_t index);
 rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant);
+/** Makes flag_value() answer `variant` (an index) for `flag`, as an override does; -1 ends that. */
+void rs_set_override(rs_state *S, size_t flag, int32_t variant);
 size_t rs_route_count(const rs_state *S);
 rs_route_info rs_route_at(const rs_state *S, size_t index);
 size_t rs_config_count(const rs_state *S);
