@@ -93,6 +93,10 @@ final class QueryConnection: EventPollSource {
     private let limits: ConnectionLimits
     private let admission: Admission
     private let peer: PeerCredentials?
+    /// The peer's roles, asked of the backend at the first request; looked up again with the account database
+    /// once, when a request needs a role the quick answer lacks.
+    private var roles: AccessRoles?
+    private var rolesLookedUp = false
     private let onClose: (ServingEventLoop) -> Void
     private var decoder: RequestDecoder
     private var framer: LineFrameDecoder
@@ -379,6 +383,13 @@ final class QueryConnection: EventPollSource {
             ResponseWriter.writeFailure(
                 id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
             responder.recordUndecodable()
+        case .success(let request) where !permits(request.operation):
+            let held = roles ?? []
+            ResponseWriter.writeFailure(
+                id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) },
+                error: .forbidden(request.operation, held: held), into: &output)
+            backend.refused(request.operation, peer: peer, held: held)
+            if admission == .reserve { transition(to: .closing(linger: false)) }
         case .success(let request) where admission == .reserve:
             answerInReserve(request, line: line)
         case .success(let request):
@@ -389,11 +400,26 @@ final class QueryConnection: EventPollSource {
                 startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })
             case .status, .metrics, .reload:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
-            case .history, .show, .rollback, .resume, .capture:
+            case .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList, .overrideClear:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
             }
         }
         if output.readableBytes >= Self.outputHighWater { flushOutput() }
+    }
+
+    /// Whether the peer's roles allow `operation`.
+    private func permits(_ operation: RequestOperation) -> Bool {
+        if let roles, roles.permits(operation) { return true }
+        if roles == nil {
+            let quick = backend.roles(for: peer, lookingUpGroups: false)
+            roles = quick
+            if quick.permits(operation) { return true }
+        }
+        guard !rolesLookedUp else { return false }
+        rolesLookedUp = true
+        let full = backend.roles(for: peer, lookingUpGroups: true)
+        roles = full
+        return full.permits(operation)
     }
 
     /// A reserve connection answers one `ping` or `status`, then closes; anything else is refused.
