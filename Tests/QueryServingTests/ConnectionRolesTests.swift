@@ -62,7 +62,7 @@ struct ConnectionRolesTests {
             let connection = QueryConnection(
                 descriptor: served, loop: loop, responder: backend.responder(on: loop), backend: backend,
                 limits: ConnectionHarness.limits(), peer: PeerCredentials(pid: 1, uid: 4242, gid: 4242),
-                onClose: {})
+                onClose: { _ in })
             _ = connection.start()
         }.get()
         return (LineClient(descriptor: pair[1], timeout: 20), loop)
