@@ -67,9 +67,11 @@ enum OFREPAnswers {
     /// context could not be used. A flag whose rule failed is an entry `{key, errorCode, errorDetails}`.
     static func evaluateAll<Observer: EvaluationObserver>(
         context: [UInt8], ifNoneMatch: String?, generation: ServingGeneration, evaluator: RuleEvaluator, now: Double,
-        observer: Observer
+        observer: Observer, overrides: OverrideTable = .empty
     ) -> OFREPResponse {
-        let tag = entityTag(revision: generation.ruleSet.revision, context: context)
+        var tag = entityTag(revision: generation.ruleSet.revision, context: context)
+        // Setting or clearing an override changes the answers of the same rules and context.
+        if !overrides.fingerprint.isEmpty { tag = String(tag.dropLast()) + "-" + overrides.fingerprint + "\"" }
         if let ifNoneMatch, matches(ifNoneMatch, tag: tag) {
             return OFREPResponse(status: .notModified, body: [], etag: tag)
         }
@@ -83,8 +85,12 @@ enum OFREPAnswers {
         }
         var body: [UInt8] = Array(#"{"flags":["#.utf8)
         for (index, decision) in decisions.enumerated() {
-            observer.flagEvaluated(index: index, decision: decision)
             if index > 0 { body.append(UInt8(ascii: ",")) }
+            if !overrides.entries.isEmpty, let (entry, variant) = overrides.resolve(ruleSet.flags[index], now: now) {
+                appendOverride(ruleSet.flags[index], entry, variant: variant, generation: generation, to: &body)
+                continue
+            }
+            observer.flagEvaluated(index: index, decision: decision)
             if let failure = decision.failure {
                 body.append(contentsOf: OFREPFailure(key: ruleSet.flags[index].key, failure).json)
             } else {

@@ -133,6 +133,12 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.captureRedactMode), help: .setting(.captureRedactMode)) var captureRedactMode: String?
     @Option(name: .setting(.captureRedactKey), help: .setting(.captureRedactKey)) var captureRedactKey: String?
     @Option(name: .setting(.ofrepListen), help: .setting(.ofrepListen)) var ofrepListen: String?
+    @Option(name: .setting(.overrideMaxTTL), help: .setting(.overrideMaxTTL)) var overrideMaxTTL: String?
+    @Option(name: .setting(.roleQuery), help: .setting(.roleQuery)) var roleQuery: String?
+    @Option(name: .setting(.roleObserve), help: .setting(.roleObserve)) var roleObserve: String?
+    @Option(name: .setting(.roleOperate), help: .setting(.roleOperate)) var roleOperate: String?
+    @Option(name: .setting(.roleAdmin), help: .setting(.roleAdmin)) var roleAdmin: String?
+    @Option(name: .setting(.auditMaxBytes), help: .setting(.auditMaxBytes)) var auditMaxBytes: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -177,6 +183,12 @@ struct SettingOptions: ParsableArguments {
         case .captureRedactMode: captureRedactMode
         case .captureRedactKey: captureRedactKey
         case .ofrepListen: ofrepListen
+        case .overrideMaxTTL: overrideMaxTTL
+        case .roleQuery: roleQuery
+        case .roleObserve: roleObserve
+        case .roleOperate: roleOperate
+        case .roleAdmin: roleAdmin
+        case .auditMaxBytes: auditMaxBytes
         }
     }
 }
