@@ -73,15 +73,16 @@ clean:
 # --- Benchmarks ---------------------------------------------------------------------------------------------
 # Figures, not assertions: medians of interleaved runs, and ratios to the C ceilings measured in the same run
 # when their sources are found (../shared/perf). The release build is needed for meaningful figures.
+# `measures` runs the engine, socket and scale benchmarks and ends with the performance table; `growth` and
+# `reload` print the growth curves. About 10 minutes on a 2-core machine.
 CEILINGS ?= ../shared/perf
 
 bench: deps
 	$(SWIFT) build -c release --product rulesd
 	$(SWIFT) build -c release --product rulesbench
-	.build/release/rulesbench engine --ceiling $(CEILINGS)/lua_ceiling.c --ceiling-rules $(CEILINGS)/rules.lua
-	.build/release/rulesbench socket --ceilings $(CEILINGS) --workers default,1
+	.build/release/rulesbench measures --ceilings $(CEILINGS)
+	.build/release/rulesbench growth
 	.build/release/rulesbench reload
-	.build/release/rulesbench scale
 	.build/release/rulesbench replay
 
 # --- Installation and packaging (deploy/) --------------------------------------------------------------------

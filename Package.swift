@@ -159,6 +159,7 @@ let package = Package(
         .executableTarget(
             name: "rulesbench",
             dependencies: [
+                "CLua",
                 "RuleEngine",
                 "RuleReplay",
                 "RuleModel",
@@ -226,7 +227,8 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "rulesd", "rulesctl", "RuleModel", "SystemdSupport", "RulesTestSupport", "FlagdEvaluationAPI",
+                "rulesd", "rulesctl", "rulesbench", "RuleModel", "SystemdSupport", "RulesTestSupport",
+                "FlagdEvaluationAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -289,6 +289,17 @@ static int api_flag_value(lua_State *L) {
     }
     if (S->flag_depth >= RS_MAX_FLAG_DEPTH)
         return luaL_error(L, "flag_value: prerequisites nested deeper than %d flags", RS_MAX_FLAG_DEPTH);
+    if (f->override_variant > 0) { /* an override decides for the flags that depend on this one too */
+        int forced = f->override_variant - 1;
+        if (S->trace)
+            rs_trace_close_outcome(L, rs_trace_open(L, RS_TRACE_FLAG, f->key, NULL, 0), f->variants[forced].name,
+                                   "OVERRIDE");
+        lua_pushstring(L, f->variants[forced].name);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, f->values_ref);
+        lua_rawgeti(L, -1, forced + 1);
+        lua_remove(L, -2);
+        return 2;
+    }
     int variant = f->default_variant;
     if (f->enabled && f->invalid != NULL) return luaL_error(L, "flag_value('%s'): %s", f->key, f->invalid);
     const char *reason = !f->enabled ? "DISABLED" : f->rule_ref == LUA_NOREF ? "STATIC" : "DEFAULT";
@@ -418,6 +429,7 @@ int rs_load_file(rs_state *S, const char *relative_path, const char *source, siz
         return 1;
     }
     load_args a = {S, relative_path, source, length, 0};
+    rs_dispatch_keep_source(S, relative_path, source, length);
     lua_settop(L, 0);
     lua_pushcfunction(L, load_tx);
     lua_pushlightuserdata(L, &a);
@@ -642,22 +654,26 @@ done:
     return ok;
 }
 
-/* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). */
-static void use_boolean_variants(lua_State *L, int vmap, int values, rs_flag_entry *f) {
-    static const char *const names[] = {"off", "on"};
-    f->variants = calloc(2, sizeof *f->variants);
-    if (f->variants == NULL) abort();
-    for (int i = 0; i < 2; i++) {
-        f->variants[i].name = rs_strdup(names[i]);
-        f->variants[i].json = rs_strdup(i ? "true" : "false");
-        f->variants[i].json_len = strlen(f->variants[i].json);
-        lua_pushboolean(L, i);
-        lua_rawseti(L, values, i + 1);
-        lua_pushstring(L, names[i]);
-        lua_pushinteger(L, i + 1);
-        lua_rawset(L, vmap);
-    }
+/* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). Every boolean flag shares one
+ * variant array (C) and one name map and value list (Lua): a rule set of 10,000 such flags would otherwise hold
+ * 10,000 copies of each, about 500 bytes a flag. */
+rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", (char *)"false", 5}, {(char *)"on", (char *)"true", 4}};
+
+static void use_boolean_variants(lua_State *L, rs_state *S, rs_flag_entry *f) {
+    f->variants = rs_boolean_variants;
     f->variant_count = 2;
+    if (S->boolean_variants_ref != LUA_NOREF) return;
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, 2, 0);
+    for (int i = 0; i < 2; i++) {
+        lua_pushboolean(L, i);
+        lua_rawseti(L, -2, i + 1);
+        lua_pushstring(L, rs_boolean_variants[i].name);
+        lua_pushinteger(L, i + 1);
+        lua_rawset(L, -4);
+    }
+    S->boolean_values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->boolean_variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* Phase 3: the default variant's index, from the name at `deflt` (0: none given). A missing default is only
@@ -689,11 +705,16 @@ static bool resolve_default(lua_State *L, rs_state *S, decl_view *d, int deflt, 
 }
 
 /* Phase 4: keeps what evaluation needs in the registry: the name -> index map, the values, the rule. */
-static void keep_flag_references(lua_State *L, int vmap, int values, int rule, rs_flag_entry *f) {
-    lua_pushvalue(L, vmap);
-    f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, values);
-    f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+static void keep_flag_references(lua_State *L, rs_state *S, int vmap, int values, int rule, rs_flag_entry *f) {
+    if (f->variants == rs_boolean_variants) {
+        f->variants_ref = S->boolean_variants_ref;
+        f->values_ref = S->boolean_values_ref;
+    } else {
+        lua_pushvalue(L, vmap);
+        f->variants_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pushvalue(L, values);
+        f->values_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     if (rule) {
         lua_pushvalue(L, rule);
         f->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -720,9 +741,15 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
         f->metadata_json = json_or_diag(L, S, d, metadata, "metadata", &f->metadata_json_len);
         if (f->metadata_json == NULL) ok = false;
     }
-    lua_newtable(L);
-    int vmap = lua_gettop(L);
-    lua_newtable(L);
+    if (variants) {
+        lua_newtable(L);
+        lua_newtable(L);
+    } else {
+        use_boolean_variants(L, S, f);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->boolean_variants_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->boolean_values_ref);
+    }
+    int vmap = lua_gettop(L) - 1;
     int values = lua_gettop(L);
     if (variants) {
         if (!read_variants(L, S, d, variants, vmap, values, f)) ok = false;
@@ -730,11 +757,9 @@ static void validate_flag(lua_State *L, rs_state *S, decl_view *d, int def, rs_f
             rs_add_diag(S, d->file, d->line, "flag '%s': 'default' is required when 'variants' are given", d->key);
             ok = false;
         }
-    } else {
-        use_boolean_variants(L, vmap, values, f);
     }
     if (!resolve_default(L, S, d, deflt, variants != 0, vmap, ok, f)) ok = false;
-    if (ok) keep_flag_references(L, vmap, values, rule, f);
+    if (ok) keep_flag_references(L, S, vmap, values, rule, f);
     lua_settop(L, top);
 }
 
@@ -1043,6 +1068,7 @@ static int finish_tx(lua_State *L) {
     build_entries(L, S, decls, views, n);
     freeze_rule_data(L, S, decls);
     drop_load_bookkeeping(L);
+    rs_dispatch_compile(S, L);
     return 0;
 }
 
@@ -1104,6 +1130,12 @@ rs_flag_info rs_flag_at(const rs_state *S, size_t index) {
     info.metadata_json = f->metadata_json;
     info.metadata_json_len = f->metadata_json_len;
     return info;
+}
+
+void rs_set_override(rs_state *S, size_t flag, int32_t variant) {
+    if (!S->usable || flag >= S->flag_count) return;
+    rs_flag_entry *f = &S->flags[flag];
+    f->override_variant = variant >= 0 && variant < f->variant_count ? variant + 1 : 0;
 }
 
 rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant) {
@@ -1286,6 +1318,7 @@ static void reset_outcome(rs_outcome *o) { memset(o, 0, sizeof *o); }
 void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t context_length, double now,
                   rs_outcome *outcome) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(outcome);
     S->text_len = 0;
     if (!S->usable || flag >= S->flag_count) {
@@ -1351,6 +1384,7 @@ static int eval_all_tx(lua_State *L) {
 int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_length, double now,
                           rs_outcome *outcomes, rs_outcome *context_error) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(context_error);
     S->text_len = 0;
     if (!S->usable) {
@@ -1400,13 +1434,33 @@ static int eval_route_tx(lua_State *L) {
     /* One budget for the whole routing decision, however many routes it tries. */
     rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
     S->log_lines_this_eval = 0;
+    /* Compiled matches read the request's storage table directly; an explain calls every match function, so
+     * that its trace shows their lines. */
+    bool compiled = S->trace == NULL && rs_dispatch_usable(S);
+    int storage = 0;
+    if (compiled) {
+        rs_push_storage(L, req);
+        storage = lua_gettop(L);
+        rs_dispatch_begin(S);
+    }
+    uint32_t decided_count = 0;
     for (size_t i = 0; i < S->route_count; i++) {
         rs_route_entry *r = &S->routes[i];
+        bool decided = compiled && r->match_pred >= 0;
+        if (decided) {
+            /* A compiled match costs one instruction of the budget, charged 64 at a time, so that the deadline
+             * still bounds a decision over a great many routes. */
+            if ((++decided_count & 63) == 0) {
+                a->route = (int)i;
+                rs_charge(L, 64);
+            }
+            if (!rs_dispatch_match(S, L, storage, r->match_pred)) continue;
+        }
         S->current_key = r->name;
         S->current_key_len = r->name_len;
         a->route = (int)i;
         ptrdiff_t traced = S->trace ? rs_trace_open(L, RS_TRACE_ROUTE, r->name, r->file, r->line) : -1;
-        if (r->match_ref != LUA_NOREF) {
+        if (r->match_ref != LUA_NOREF && !decided) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, r->match_ref);
             lua_pushvalue(L, req);
             lua_call(L, 1, 1);
@@ -1451,6 +1505,7 @@ static int eval_route_tx(lua_State *L) {
 
 void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome) {
     lua_State *L = S->L;
+    S->nested_proxies_used = 0;
     reset_outcome(outcome);
     S->text_len = 0;
     if (!S->usable) {

@@ -413,6 +413,7 @@ rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
         return NULL;
     }
     if (limits) S->limits = *limits;
+    S->boolean_variants_ref = S->boolean_values_ref = LUA_NOREF;
     rs_limits *l = &S->limits;
     if (!l->memory_limit) l->memory_limit = DEFAULT_MEMORY_LIMIT;
     if (!l->load_instruction_limit) l->load_instruction_limit = DEFAULT_LOAD_INSTRUCTIONS;
@@ -477,11 +478,13 @@ void rs_state_free(rs_state *S) {
         free(f->metadata_json);
         free(f->invalid);
         free(f->file);
-        for (int32_t v = 0; v < f->variant_count; v++) {
-            free(f->variants[v].name);
-            free(f->variants[v].json);
+        if (f->variants != rs_boolean_variants) {
+            for (int32_t v = 0; v < f->variant_count; v++) {
+                free(f->variants[v].name);
+                free(f->variants[v].json);
+            }
+            free(f->variants);
         }
-        free(f->variants);
     }
     free(S->flags);
     for (size_t i = 0; i < S->route_count; i++) {
@@ -504,6 +507,7 @@ void rs_state_free(rs_state *S) {
     }
     free(S->configs);
     rs_data_state_free(S);
+    rs_dispatch_free(S);
     rs_log_clear(S);
     free(S->logs);
     free(S->text);

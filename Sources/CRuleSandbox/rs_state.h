@@ -64,7 +64,11 @@ typedef struct rs_flag_entry {
     char *metadata_json; /* `metadata`, as canonical JSON text; NULL when absent */
     char *invalid;       /* `invalid`: why the definition cannot be evaluated (PARSE_ERROR); NULL normally */
     size_t metadata_json_len;
+    int32_t override_variant; /* 1-based: the variant an override forces for flag_value(); 0 when none */
 } rs_flag_entry;
+
+/* The variants of every boolean flag ("off" false, "on" true): shared, never freed. */
+extern rs_variant_entry rs_boolean_variants[2];
 
 typedef struct rs_route_entry {
     char *name;
@@ -76,6 +80,7 @@ typedef struct rs_route_entry {
     int64_t priority;
     int match_ref;     /* LUA_NOREF: matches everything */
     int target_ref;    /* function target, LUA_NOREF when static */
+    int32_t match_pred; /* the match compiled to a predicate (rs_dispatch.c), -1 when Lua decides */
     char *static_target;
 } rs_route_entry;
 
@@ -151,6 +156,14 @@ struct rs_state {
     uint32_t log_lines_this_eval;
     uint32_t log_lines_dropped;
 
+    /* Registry references of the variant name map and value list that every boolean flag shares, LUA_NOREF until
+     * the first boolean flag. */
+    int boolean_variants_ref, boolean_values_ref;
+
+    /* Pooled proxies of nested context objects handed out since the last evaluation began (rs_env.c): an
+     * evaluation entry point resets it, so a proxy is reused only once the evaluation that had it is over. */
+    uint32_t nested_proxies_used;
+
     /* Loading. */
     int32_t next_seq;
     bool finished;
@@ -176,6 +189,8 @@ struct rs_state {
     rs_trace *trace;
     /* Data files offered to `data "name"` and the data sets built from them (rs_data.c); NULL when none. */
     struct rs_data_table *data;
+    /* Route files' texts while loading, then the compiled match predicates (rs_dispatch.c); NULL when none. */
+    struct rs_dispatch *dispatch;
 
     /* Texts that outcomes point into. */
     char *text;
@@ -225,7 +240,8 @@ void rs_rawget_any(lua_State *L, int idx);
 
 /* Freezing (rs_freeze.c): turns the table at idx into a read-only proxy in place. */
 void rs_freeze_table(lua_State *L, int idx);
-/* Wraps a fresh table at the top as read-only (contexts): replaces it by its proxy. */
+/* Wraps a fresh table at the top as read-only (nested objects of contexts): replaces it by its proxy, one of a pool
+ * that each evaluation reuses (see nested_proxies_used). */
 void rs_make_readonly(lua_State *L);
 /* Like rs_make_readonly for the top-level context object, but reuses one proxy and metatable per state:
  * nothing can hold on to the proxy from one evaluation to the next (every place a rule could store it is
@@ -286,5 +302,17 @@ int rs_api_data(lua_State *L);
 bool rs_is_data_object(lua_State *L, int idx);
 void rs_data_drop_sources(rs_state *S);
 void rs_data_state_free(rs_state *S);
+
+/* Compiled routing (rs_dispatch.c). While loading, route files' texts are kept; once the rule set is frozen,
+ * rs_dispatch_compile turns the match functions of common shapes into predicates and drops the texts. During a
+ * routing decision, rs_dispatch_begin starts a request and rs_dispatch_match evaluates a route's predicate
+ * against the request's storage table at `storage`. */
+typedef struct rs_dispatch rs_dispatch;
+void rs_dispatch_keep_source(rs_state *S, const char *path, const char *text, size_t len);
+void rs_dispatch_compile(rs_state *S, lua_State *L);
+bool rs_dispatch_usable(const rs_state *S);
+void rs_dispatch_begin(rs_state *S);
+bool rs_dispatch_match(rs_state *S, lua_State *L, int storage, int32_t pred);
+void rs_dispatch_free(rs_state *S);
 
 #endif

@@ -26,9 +26,21 @@ public protocol QueryBackend: Sendable {
 
     /// Ends a subscription made by ``watch(_:on:deliver:)``.
     func unwatch(_ key: ObjectIdentifier)
+
+    /// The roles a connection's peer holds; asked once per connection without group lookups, and once more with
+    /// them when a request needs a role the first answer lacks. Called on the connection's loop.
+    func roles(for peer: PeerCredentials?, lookingUpGroups: Bool) -> AccessRoles
+
+    /// A request was answered `FORBIDDEN` (for the audit log). Called on the connection's loop: must not block.
+    func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles)
 }
 
 extension QueryBackend {
+    /// A backend without an access policy serves every operation to everyone who can connect.
+    public func roles(for peer: PeerCredentials?, lookingUpGroups: Bool) -> AccessRoles { .all }
+
+    public func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles) {}
+
     public func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
         await answerWaiting(request.operation, id: id, peer: peer)
     }

@@ -1,6 +1,7 @@
 import CEventPoll
 import NIOCore
 import RulesProtocol
+import Synchronization
 import SystemdSupport
 
 #if canImport(Glibc)
@@ -68,6 +69,10 @@ enum ConnectionState: Equatable, Sendable {
 /// client only ever costs its own connection a bounded amount of memory. A client that vanishes mid-answer
 /// (EPIPE, ECONNRESET) costs only its own connection. Everything here runs on the connection's loop; the
 /// only ways in from elsewhere are the loop's tasks.
+///
+/// A connection with nothing in flight can move to another loop (see ``LoopBalancer``): it stops being polled
+/// on its loop and resumes on the other with everything it holds, so its requests stay in order. What other
+/// threads send it goes through its ``ConnectionHome``, which always names the loop it lives on.
 final class QueryConnection: EventPollSource {
     /// Unsent answer bytes beyond which reading pauses (the client is not reading its answers).
     static let outputHighWater = 64 << 10
@@ -80,13 +85,19 @@ final class QueryConnection: EventPollSource {
 
     private(set) var state = ConnectionState.open
     private let descriptor: Int32
-    private let loop: ServingEventLoop
-    private let responder: QueryResponder
+    private(set) var loop: ServingEventLoop
+    private var responder: QueryResponder
+    /// Where other threads reach this connection.
+    let home: ConnectionHome
     private let backend: QueryBackend
     private let limits: ConnectionLimits
     private let admission: Admission
     private let peer: PeerCredentials?
-    private let onClose: () -> Void
+    /// The peer's roles, asked of the backend at the first request; looked up again with the account database
+    /// once, when a request needs a role the quick answer lacks.
+    private var roles: AccessRoles?
+    private var rolesLookedUp = false
+    private let onClose: (ServingEventLoop) -> Void
     private var decoder: RequestDecoder
     private var framer: LineFrameDecoder
     /// Input after the last complete line, waiting for the rest of its line.
@@ -101,13 +112,17 @@ final class QueryConnection: EventPollSource {
     private var requestsSinceIdleCheck = 0
     private var quietIdleChecks = 0
     private var idleCheck: Scheduled<Void>?
+    /// When the pending idle check is due: a connection that moves keeps it, so moving never extends the timeout.
+    private var idleCheckDue = NIODeadline.uptimeNanoseconds(0)
     private var lingerTimer: Scheduled<Void>?
+    /// Calls to `send` that wrote something: the answers to the lines of one read go out in one.
+    private(set) var writes = 0
 
-    /// - Parameter onClose: runs once, on the loop, when the connection is closed.
+    /// - Parameter onClose: runs once, on the loop the connection is on then, when the connection is closed.
     init(
         descriptor: Int32, loop: ServingEventLoop, responder: QueryResponder, backend: QueryBackend,
         limits: ConnectionLimits, admission: Admission = .ordinary, peer: PeerCredentials?,
-        onClose: @escaping () -> Void
+        onClose: @escaping (ServingEventLoop) -> Void
     ) {
         self.descriptor = descriptor
         self.loop = loop
@@ -120,6 +135,8 @@ final class QueryConnection: EventPollSource {
         self.decoder = RequestDecoder(maxDepth: max(limits.maxContextDepth + 2, RequestDecoder.defaultMaxDepth))
         self.framer = LineFrameDecoder(maxLineBytes: limits.maxRequestBytes)
         self.output = ByteBufferAllocator().buffer(capacity: 4096)
+        self.home = ConnectionHome(loop: loop)
+        home.connection = self
     }
 
     /// Starts serving; false (and the descriptor closed) when the loop cannot poll it.
@@ -128,7 +145,7 @@ final class QueryConnection: EventPollSource {
         guard loop.register(descriptor, interest: interest, source: self) else {
             state = .closed
             Glibc.close(descriptor)
-            onClose()
+            onClose(loop)
             return false
         }
         scheduleIdleCheck()
@@ -167,7 +184,7 @@ final class QueryConnection: EventPollSource {
             loop.deregister(descriptor)
             // Counted out before the descriptor closes, so a client that saw the end of its connection never
             // finds it still counted against the limit.
-            onClose()
+            onClose(loop)
             Glibc.close(descriptor)
         }
     }
@@ -335,6 +352,7 @@ final class QueryConnection: EventPollSource {
     /// One complete request line as read: answered now, or queued behind an operation that waits.
     private func accept(_ line: UnsafeRawBufferPointer) {
         requestsSinceIdleCheck &+= 1
+        loop.countRequests(1)
         if state.isAwaitingAnswer {
             // A copy, not a slice: a slice would pin the loop's whole 64 KiB read buffer per queued line.
             var copy = ByteBufferAllocator().buffer(capacity: line.count)
@@ -365,6 +383,13 @@ final class QueryConnection: EventPollSource {
             ResponseWriter.writeFailure(
                 id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
             responder.recordUndecodable()
+        case .success(let request) where !permits(request.operation):
+            let held = roles ?? []
+            ResponseWriter.writeFailure(
+                id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) },
+                error: .forbidden(request.operation, held: held), into: &output)
+            backend.refused(request.operation, peer: peer, held: held)
+            if admission == .reserve { transition(to: .closing(linger: false)) }
         case .success(let request) where admission == .reserve:
             answerInReserve(request, line: line)
         case .success(let request):
@@ -375,11 +400,26 @@ final class QueryConnection: EventPollSource {
                 startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })
             case .status, .metrics, .reload:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
-            case .history, .show, .rollback, .resume, .capture:
+            case .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList, .overrideClear:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
             }
         }
         if output.readableBytes >= Self.outputHighWater { flushOutput() }
+    }
+
+    /// Whether the peer's roles allow `operation`.
+    private func permits(_ operation: RequestOperation) -> Bool {
+        if let roles, roles.permits(operation) { return true }
+        if roles == nil {
+            let quick = backend.roles(for: peer, lookingUpGroups: false)
+            roles = quick
+            if quick.permits(operation) { return true }
+        }
+        guard !rolesLookedUp else { return false }
+        rolesLookedUp = true
+        let full = backend.roles(for: peer, lookingUpGroups: true)
+        roles = full
+        return full.permits(operation)
     }
 
     /// A reserve connection answers one `ping` or `status`, then closes; anything else is refused.
@@ -481,6 +521,46 @@ final class QueryConnection: EventPollSource {
         }
     }
 
+    // MARK: - moving between loops
+
+    /// Whether everything the connection holds moves with the object: nothing in flight (whose answer would
+    /// arrive on this loop), queued, unsent or subscribed, and no timer but the idle check.
+    var isMovable: Bool {
+        state == .open && queue.isEmpty && !watching && output.readableBytes == 0 && interest == RULESD_EPOLLIN
+    }
+
+    /// Moves the connection to `target`, on its current loop: it is no longer polled here, and is polled there
+    /// from the first task `target` runs after this call. False (and nothing changed) when `target` no longer
+    /// takes work.
+    func move(to target: ServingEventLoop) -> Bool {
+        precondition(isMovable, "only a connection with nothing in flight can move")
+        guard target !== loop else { return false }
+        // Everything this loop holds of the connection is let go before the hand-over: from then on the
+        // connection is `target`'s, which may already be running it.
+        loop.deregister(descriptor)
+        idleCheck?.cancel()
+        idleCheck = nil
+        let handOver = MovingConnection(connection: self)
+        guard home.move(to: target, { handOver.connection.arrive(on: target) }) else {
+            _ = loop.register(descriptor, interest: interest, source: self)
+            scheduleIdleCheck(at: idleCheckDue)
+            return false
+        }
+        return true
+    }
+
+    /// Resumes serving on `target`, the loop this runs on.
+    private func arrive(on target: ServingEventLoop) {
+        loop = target
+        responder = backend.responder(on: target)
+        guard state != .closed else { return }
+        guard target.register(descriptor, interest: interest, source: self) else {
+            transition(to: .closed)
+            return
+        }
+        scheduleIdleCheck(at: idleCheckDue)
+    }
+
     // MARK: - writing
 
     /// Writes the pending answers now, unless a blocked write is already waiting for the socket.
@@ -495,6 +575,7 @@ final class QueryConnection: EventPollSource {
                 send(descriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
             }
             if written > 0 {
+                writes &+= 1
                 output.moveReaderIndex(forwardBy: written)
                 continue
             }
@@ -528,11 +609,13 @@ final class QueryConnection: EventPollSource {
     /// request: an idle connection closes between one and one and a quarter timeouts after its last request.
     /// Watchers are quiet by design, and a connection waiting for an answer (or with answers queued) is not
     /// idle.
-    private func scheduleIdleCheck() {
+    /// - Parameter due: when the look happens; by default one look's interval from now.
+    private func scheduleIdleCheck(at due: NIODeadline? = nil) {
         let looks = 4
         let timeout = admission == .reserve ? min(limits.idleTimeout, limits.reserveIdleTimeout) : limits.idleTimeout
         let interval = TimeAmount.nanoseconds(timeout.nanoseconds / Int64(looks))
-        idleCheck = loop.assumeIsolated().scheduleTask(in: interval) { [self] in
+        idleCheckDue = due ?? .now() + interval
+        idleCheck = loop.assumeIsolated().scheduleTask(deadline: idleCheckDue) { [self] in
             guard state.answers else { return }
             if requestsSinceIdleCheck > 0 || watching || state.isAwaitingAnswer || !queue.isEmpty {
                 quietIdleChecks = 0
@@ -547,4 +630,50 @@ final class QueryConnection: EventPollSource {
             }
         }
     }
+}
+
+/// Where a connection lives, for what other threads send it (the shutdown's drain): tasks go to the loop it is
+/// on, and follow it when it moved after they were sent.
+final class ConnectionHome: Sendable {
+    private let current: Mutex<ServingEventLoop>
+    /// The connection; touched only on the thread of the loop `current` names, which ``run(_:)`` checks.
+    private nonisolated(unsafe) weak var _connection: QueryConnection?
+
+    init(loop: ServingEventLoop) {
+        current = Mutex(loop)
+    }
+
+    /// The loop the connection lives on now.
+    var loop: ServingEventLoop { current.withLock { $0 } }
+
+    fileprivate var connection: QueryConnection? {
+        get { _connection }
+        set { _connection = newValue }
+    }
+
+    /// Runs `body` with the connection on the loop it lives on (not at all once it has closed).
+    func run(_ body: @escaping @Sendable (QueryConnection) -> Void) {
+        let loop = current.withLock { $0 }
+        loop.execute { [self] in
+            // It may have moved after the task was sent: follow it.
+            guard current.withLock({ $0 }) === loop else { return run(body) }
+            if let connection = _connection { body(connection) }
+        }
+    }
+
+    /// Names `target` as the connection's loop and queues `arrival` there, as one step: a task sent after
+    /// this reads `target` and queues behind the arrival.
+    fileprivate func move(to target: ServingEventLoop, _ arrival: @escaping @Sendable () -> Void) -> Bool {
+        current.withLock { loop in
+            guard target.executeIfOpen(arrival) else { return false }
+            loop = target
+            return true
+        }
+    }
+}
+
+/// A connection on its way between loops: the loop it leaves no longer touches it once it is handed over, and
+/// the loop it goes to touches it only from the arrival on.
+private struct MovingConnection: @unchecked Sendable {
+    let connection: QueryConnection
 }

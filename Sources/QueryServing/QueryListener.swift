@@ -9,11 +9,11 @@ import SystemdSupport
 #endif
 
 /// The listening socket, polled by the first loop: accepts connections, admits them through the
-/// ``ConnectionRegistry`` (refusing those over the limit with an answer that says so), and deals the others
-/// out to the loops in turn.
+/// ``ConnectionRegistry`` (refusing those over the limit with an answer that says so), and hands the others
+/// to the loop the ``LoopBalancer`` chooses.
 final class QueryListener: EventPollSource, @unchecked Sendable {
     private let descriptor: Int32
-    private let loops: [ServingEventLoop]
+    private let balancer: LoopBalancer
     private let backend: QueryBackend
     private let limits: ConnectionLimits
     private let connections: ConnectionRegistry
@@ -22,22 +22,21 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
     /// Completed when the listener is closed.
     let closed: EventLoopPromise<Void>
     // Owned by `loop`: `@unchecked Sendable` only so that tasks can carry the reference there.
-    private var nextLoop = 0
     private var isClosed = false
     private var pausedUntilDescriptorsFree = false
 
     init(
-        descriptor: Int32, loops: [ServingEventLoop], backend: QueryBackend, limits: ConnectionLimits,
+        descriptor: Int32, balancer: LoopBalancer, backend: QueryBackend, limits: ConnectionLimits,
         connections: ConnectionRegistry, logger: Logger
     ) {
         self.descriptor = descriptor
-        self.loops = loops
+        self.balancer = balancer
         self.backend = backend
         self.limits = limits
         self.connections = connections
         self.logger = logger
-        self.loop = loops[0]
-        self.closed = loops[0].makePromise(of: Void.self)
+        self.loop = balancer.loops[0]
+        self.closed = balancer.loops[0].makePromise(of: Void.self)
     }
 
     /// Starts polling the socket; on the first loop.
@@ -102,18 +101,22 @@ final class QueryListener: EventPollSource, @unchecked Sendable {
             peer.supplementaryGroups = peerGroups(fd: client)
             return peer
         }
-        let target = loops[nextLoop % loops.count]
-        nextLoop &+= 1
+        let target = balancer.place()
         let backend = self.backend
         let limits = self.limits
         let connections = self.connections
+        let balancer = self.balancer
         target.execute {
             let connection = QueryConnection(
                 descriptor: client, loop: target, responder: backend.responder(on: target), backend: backend,
-                limits: limits, admission: admission, peer: peer, onClose: { connections.remove(key.id) })
+                limits: limits, admission: admission, peer: peer,
+                onClose: { loop in
+                    balancer.closed(on: loop)
+                    connections.remove(key.id)
+                })
+            let home = connection.home
             guard connection.start() else { return }
-            let bound = NIOLoopBound(connection, eventLoop: target)
-            connections.setDrain(key.id) { target.execute { bound.value.drain() } }
+            connections.setDrain(key.id) { home.run { $0.drain() } }
         }
     }
 

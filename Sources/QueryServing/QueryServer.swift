@@ -38,6 +38,8 @@ public final class QueryServer: Sendable {
     private let backend: QueryBackend
     private let logger: Logger
     private let listener = Mutex<QueryListener?>(nil)
+    /// Which loops take connections, and where each one lives.
+    let balancer: LoopBalancer
     /// The open connections; their one owner.
     public let connections: ConnectionRegistry
 
@@ -51,6 +53,7 @@ public final class QueryServer: Sendable {
         self.loops = loops
         self.backend = backend
         self.logger = logger
+        self.balancer = LoopBalancer(loops: loops)
     }
 
     /// Whether this process created the socket file (and so removes it at exit).
@@ -76,7 +79,7 @@ public final class QueryServer: Sendable {
                 ])
         }
         let listener = QueryListener(
-            descriptor: descriptor, loops: loops, backend: backend, limits: configuration.limits,
+            descriptor: descriptor, balancer: balancer, backend: backend, limits: configuration.limits,
             connections: connections, logger: logger)
         do {
             try await loops[0].submit { try listener.start() }.get()
@@ -86,6 +89,7 @@ public final class QueryServer: Sendable {
             throw error
         }
         self.listener.withLock { $0 = listener }
+        balancer.start()
     }
 
     /// Waits until the listener is closed.

@@ -60,6 +60,12 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     let epoll: Int32
     /// Writes to the eventfd so far: one per batch of tasks handed in from other threads.
     let wakeUps = Atomic<Int>(0)
+    /// Request lines read by the connections of this loop so far (written only on the loop, read anywhere).
+    let requestsAnswered = Atomic<Int>(0)
+    /// The longest the loop polls before blocking, in nanoseconds (see ``SpinPolicy``); 0: it never polls.
+    let spinLimit = Atomic<UInt64>(0)
+    /// Waits that ended while polling, without blocking.
+    let spunWaits = Atomic<Int>(0)
     private let wakeDescriptor: Int32
     private let thread: DedicatedThread.Handle
     private let shared = Mutex(Shared())
@@ -73,6 +79,10 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private var nextTimerSequence: UInt64 = 0
     /// Reused by every connection of this loop for its reads.
     var readBuffer = ByteBufferAllocator().buffer(capacity: 64 << 10)
+    /// Descriptors registered, the loop's own eventfd not counted.
+    private(set) var registeredCount = 0
+    private var loadWindow: LoadWindow?
+    private var spin = SpinPolicy()
 
     private static let wakeToken = UInt64.max
 
@@ -236,6 +246,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         }
         let index = Int(descriptor)
         if index >= sources.count { sources.append(contentsOf: repeatElement(nil, count: index + 1 - sources.count)) }
+        if sources[index] == nil { registeredCount += 1 }
         sources[index] = source
         return true
     }
@@ -248,7 +259,54 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     public func deregister(_ descriptor: Int32) {
         _ = rulesd_epoll_control(epoll, RULESD_EPOLL_CTL_DEL, descriptor, 0, 0)
         let index = Int(descriptor)
-        if index < sources.count { sources[index] = nil }
+        if index < sources.count, sources[index] != nil {
+            sources[index] = nil
+            registeredCount -= 1
+        }
+    }
+
+    /// Counts `count` request lines read on this loop; on the loop (its one writer, so no atomic add is needed).
+    @inline(__always)
+    func countRequests(_ count: Int) {
+        requestsAnswered.store(requestsAnswered.load(ordering: .relaxed) &+ count, ordering: .relaxed)
+    }
+
+    /// Queues `task` unless the loop is closed; false when it was refused.
+    func executeIfOpen(_ task: @escaping @Sendable () -> Void) -> Bool {
+        enqueue(task)
+    }
+
+    /// The sources registered now, in descriptor order.
+    func registeredSources() -> [EventPollSource] { sources.compactMap { $0 } }
+
+    /// Tells `observer`, on the loop, how busy the loop was over each stretch of at least `window`: the
+    /// measurement costs one clock reading per blocking wait, and a thread CPU clock reading per window.
+    /// A loop that blocks reports nothing until it wakes up again (then one long, mostly idle window).
+    public func observeLoad(every window: TimeAmount, _ observer: @escaping (LoopLoad) -> Void) {
+        preconditionInEventLoop()
+        loadWindow = LoadWindow(
+            length: UInt64(max(1, window.nanoseconds)), observer: observer, start: NIODeadline.now().uptimeNanoseconds,
+            cpuStart: Self.threadCPUNanoseconds())
+    }
+
+    static func threadCPUNanoseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+
+    /// Closes the load window if it has run its length.
+    private func endLoadWindow(now: UInt64) {
+        guard var window = loadWindow, now &- window.start >= window.length else { return }
+        let cpu = Self.threadCPUNanoseconds()
+        let load = LoopLoad(
+            wallNanoseconds: now &- window.start, blockedNanoseconds: window.blocked,
+            cpuNanoseconds: cpu &- window.cpuStart)
+        window.start = now
+        window.cpuStart = cpu
+        window.blocked = 0
+        loadWindow = window
+        window.observer(load)
     }
 
     // MARK: - the loop
@@ -267,11 +325,12 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
             let moreQueued = runQueuedTasks()
             let now = NIODeadline.now()
             runDueTimers(now: now)
+            if loadWindow != nil { endLoadWindow(now: now.uptimeNanoseconds) }
             if shared.withLock({ $0.lifecycle }) != .open { break }
             let timeout: Int32 = moreQueued ? 0 : timers.millisecondsUntilNext(now: now)
             let count = tokens.withUnsafeMutableBufferPointer { tokens in
                 masks.withUnsafeMutableBufferPointer { masks in
-                    rulesd_epoll_wait(epoll, tokens.baseAddress, masks.baseAddress, 64, timeout)
+                    wait(tokens: tokens.baseAddress!, masks: masks.baseAddress!, timeout: timeout)
                 }
             }
             if count < 0 {
@@ -320,6 +379,34 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         if let reason { onFailure?(reason) }
     }
 
+    /// Waits for events; with nothing to do (`timeout` not 0), polls first when ``SpinPolicy`` says it pays.
+    /// The time until the next event counts as blocked in the load window, polling included.
+    private func wait(tokens: UnsafeMutablePointer<UInt64>, masks: UnsafeMutablePointer<UInt32>, timeout: Int32)
+        -> Int32
+    {
+        if timeout == 0 { return rulesd_epoll_wait(epoll, tokens, masks, 64, 0) }
+        let start = NIODeadline.now().uptimeNanoseconds
+        var count: Int32 = 0
+        let budget = spin.budget(limit: spinLimit.load(ordering: .relaxed))
+        if budget > 0 {
+            while true {
+                count = rulesd_epoll_wait(epoll, tokens, masks, 64, 0)
+                if count != 0 {
+                    if count > 0 { spunWaits.add(1, ordering: .relaxed) }
+                    break
+                }
+                if NIODeadline.now().uptimeNanoseconds &- start >= budget { break }
+                // Gives the core to anything else runnable on it (a client sharing the core, for one).
+                sched_yield()
+            }
+        }
+        if count == 0 { count = rulesd_epoll_wait(epoll, tokens, masks, 64, timeout) }
+        let waited = NIODeadline.now().uptimeNanoseconds &- start
+        if count > 0 { spin.record(wait: waited) }
+        loadWindow?.blocked &+= waited
+        return count
+    }
+
     /// Runs the tasks queued so far; true when more were queued meanwhile.
     private func runQueuedTasks() -> Bool {
         let tasks = shared.withLock { shared -> [@Sendable () -> Void] in
@@ -337,6 +424,38 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
             timer.run()
         }
     }
+}
+
+/// How busy a loop was over one window of its load observation (see ``ServingEventLoop/observeLoad(every:_:)``).
+public struct LoopLoad: Sendable, Equatable {
+    /// The window's length.
+    public var wallNanoseconds: UInt64
+    /// Time spent blocked waiting for something to do.
+    public var blockedNanoseconds: UInt64
+    /// CPU time the loop's thread used: less than the time not blocked when the thread waited for a core.
+    public var cpuNanoseconds: UInt64
+
+    public init(wallNanoseconds: UInt64, blockedNanoseconds: UInt64, cpuNanoseconds: UInt64) {
+        self.wallNanoseconds = wallNanoseconds
+        self.blockedNanoseconds = blockedNanoseconds
+        self.cpuNanoseconds = cpuNanoseconds
+    }
+
+    /// The share of the window the thread ran on a core, 0...1.
+    public var cpuShare: Double { min(1, Double(cpuNanoseconds) / Double(max(1, wallNanoseconds))) }
+
+    /// The share of the window the loop was not blocked (it ran, or waited for a core to run on), 0...1.
+    public var busyShare: Double {
+        Double(wallNanoseconds &- min(blockedNanoseconds, wallNanoseconds)) / Double(max(1, wallNanoseconds))
+    }
+}
+
+private struct LoadWindow {
+    let length: UInt64
+    let observer: (LoopLoad) -> Void
+    var start: UInt64
+    var cpuStart: UInt64
+    var blocked: UInt64 = 0
 }
 
 /// A serving loop stopped because a system call it cannot do without failed.

@@ -27,6 +27,12 @@ public final class RuleEvaluator {
     /// Bytes the Lua state holds.
     public var memoryInUse: Int { Int(rs_memory_in_use(state)) }
 
+    /// Makes `flag_value()` in rules answer `variant` (an index into the flag's variants) for the flag at `index`,
+    /// as an override forces it; nil gives the decision back to the flag's rule.
+    public func setOverride(flag index: Int, variant: Int?) {
+        rs_set_override(state, index, Int32(variant ?? -1))
+    }
+
     /// Evaluates the flag at `index` (into `ruleSet.flags`) for a context given as JSON text.
     /// - Parameters:
     ///   - index: the flag's index in ``RuleSet/flags``.
@@ -81,6 +87,21 @@ public final class RuleEvaluator {
         var outcome = rs_outcome()
         rs_eval_route(state, request.baseAddress?.assumingMemoryBound(to: CChar.self), request.count, now, &outcome)
         return routeDecision(outcome)
+    }
+
+    /// Whether routing decides the route at `index` (into ``RuleSet/routes``) without calling its `match`
+    /// function: the function only tests the request's top-level fields against constants, and was compiled when
+    /// the rule set was loaded. Answers are the same either way.
+    public func routeMatchIsCompiled(at index: Int) -> Bool {
+        rs_route_match_compiled(state, index) != 0
+    }
+
+    /// Routes a request calling every `match` function, compiled or not: the reference that compiled matches are
+    /// tested against.
+    func routeCallingEveryMatch(request: UnsafeRawBufferPointer, now: Double) -> RouteDecision {
+        rs_set_compiled_routing(state, 0)
+        defer { rs_set_compiled_routing(state, 1) }
+        return route(request: request, now: now)
     }
 
     func routeDecision(_ outcome: rs_outcome) -> RouteDecision {

@@ -23,6 +23,8 @@ public struct FlagReason: RawRepresentable, Sendable, Hashable, CustomStringConv
     public static let disabled = FlagReason(rawValue: "DISABLED")
     /// The rule failed: the default variant, with ``FlagAnswer/ruleError``.
     public static let error = FlagReason(rawValue: "ERROR")
+    /// An override forces the variant until it expires (docs/PROTOCOL.md, `override_set`).
+    public static let override = FlagReason(rawValue: "OVERRIDE")
 
     public var description: String { rawValue }
 }
@@ -47,6 +49,9 @@ public struct FlagAnswer: Sendable, Hashable {
     public var source: String?
     /// Set when ``reason`` is ``FlagReason/error``.
     public var ruleError: RuleFailure?
+    /// Set when ``reason`` is ``FlagReason/override``: the override's `reason`, `set_by` (`uid`, `user`, `pid`),
+    /// `set_at` and `expires_at` (docs/PROTOCOL.md, `flag`).
+    public var override: JSONObject?
     /// The rule set that answered.
     public var servedBy: ServedBy
 
@@ -62,6 +67,7 @@ public struct FlagAnswer: Sendable, Hashable {
         if let code = object["error_code"]?.stringValue {
             ruleError = RuleFailure(code: code, message: object["error_message"]?.stringValue ?? "")
         }
+        self.override = object["override"]?.objectValue
         self.servedBy = servedBy
     }
 }

@@ -7,6 +7,7 @@ import RuleModel
 import RuleWatcher
 import ServiceLifecycle
 import Synchronization
+import SystemClock
 import SystemdSupport
 import UnixSignals
 
@@ -126,16 +127,22 @@ public struct DaemonService: Service {
         }
         let loader = NIOThreadPool(numberOfThreads: 1)
         loader.start()
+        // Under systemd, audit events also go to the journal's native socket, with their MESSAGE_IDs.
+        let audit = AuditLog(
+            directory: settings.stateDirectory + "/audit", maxBytes: settings.auditMaxBytes,
+            journal: JournalStream.isConnected() ? JournalSender() : nil, logger: logger)
         var outcome: Error?
         do {
             try await serve(
-                store: store, pool: pool, loader: loader, hangups: hangups, shutdownRequests: shutdownRequests.stream)
+                store: store, pool: pool, loader: loader, audit: audit, hangups: hangups,
+                shutdownRequests: shutdownRequests.stream)
         } catch {
             outcome = error
         }
         // The one clean-up, for every way out.
         await pool.shutdown()
         try? await loader.shutdownGracefully()
+        await audit.close()
         if let outcome { throw outcome }
         if let failure = loopFailure.withLock({ $0 }) {
             throw DaemonStartupFailure("a serving loop stopped: \(failure)")
@@ -143,14 +150,28 @@ public struct DaemonService: Service {
     }
 
     private func serve(
-        store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool, hangups: UnixSignalsSequence,
-        shutdownRequests: AsyncStream<Void>
+        store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool, audit: AuditLog,
+        hangups: UnixSignalsSequence, shutdownRequests: AsyncStream<Void>
     ) async throws {
+        let access: ResolvedAccessPolicy
+        do {
+            access = try settings.accessPolicy.resolved()
+        } catch {
+            throw DaemonStartupFailure("\(error.message); not starting")
+        }
         let watchHub = WatchHub()
         let metrics = DaemonMetrics()
         let reloads = ReloadCoordinator(
             settings: settings, store: store, pool: pool, loader: loader, watchHub: watchHub, notifier: notifier,
-            reloadMetrics: metrics, logger: logger)
+            reloadMetrics: metrics, logger: logger, audit: audit)
+        let overrides = OverrideStore(
+            board: store.overrides, stateDirectory: settings.stateDirectory, maxTTL: settings.overrideMaxTTL,
+            loop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger, audit: audit,
+            announce: watchHub.publish)
+        defer { overrides.stop() }
+        overrides.loadSaved(now: SystemClock.epochSeconds())
+        // A reload that removes an overridden flag or its variant drops the override, and says so.
+        reloads.observePublications { overrides.reconcile(with: $0, now: SystemClock.epochSeconds()) }
         logger.info(
             "starting",
             metadata: [
@@ -173,10 +194,11 @@ public struct DaemonService: Service {
 
         let services = DaemonServices(
             settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
-            socketMode: reloadAccess.mode, reloadGroup: reloadAccess.group, logger: logger)
+            access: access, audit: audit, logger: logger, overrides: overrides)
+        let socketGroup = try socketGroupID()
         let server = QueryServer(
             configuration: QueryServerConfiguration(
-                socketPath: settings.socketPath, socketMode: settings.socketMode, socketGroup: try socketGroupID(),
+                socketPath: settings.socketPath, socketMode: settings.socketMode, socketGroup: socketGroup,
                 activatedSocket: activatedSocket, limits: services.connectionLimits),
             loops: pool.loops, backend: services, connections: services.connections, logger: logger)
         do {
@@ -197,7 +219,7 @@ public struct DaemonService: Service {
             configuration: ServiceGroupConfiguration(
                 services: parts(
                     reloads: reloads, hangups: hangups, watcher: watcher, pool: pool, services: services,
-                    server: server),
+                    server: server, socketGroup: socketGroup),
                 gracefulShutdownSignals: [], logger: logger))
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -224,7 +246,7 @@ public struct DaemonService: Service {
     /// last).
     private func parts(
         reloads: ReloadCoordinator, hangups: UnixSignalsSequence, watcher: RuleDirectoryWatcher?, pool: WorkerPool,
-        services: DaemonServices, server: QueryServer
+        services: DaemonServices, server: QueryServer, socketGroup: gid_t?
     ) -> [ServiceGroupConfiguration.ServiceConfiguration] {
         var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: ReloadService(coordinator: reloads)),
@@ -261,7 +283,7 @@ public struct DaemonService: Service {
                 .init(
                     service: FlagdGRPCService(
                         socketPath: settings.flagdSocket, listenAddress: settings.flagdListen, services: services,
-                        logger: logger)))
+                        logger: logger, socketGroup: socketGroup)))
         }
         parts.append(
             .init(
@@ -292,21 +314,6 @@ public struct DaemonService: Service {
                 diagnostics: error.diagnostics,
                 metadata: ["rules.dir": "\(settings.rulesDirectory)", "state.dir": "\(settings.stateDirectory)"])
         }
-    }
-
-    /// Who may reload depends on who can reach the socket: its mode and group are the unit's when systemd
-    /// created it.
-    private var reloadAccess: (mode: mode_t, group: gid_t?) {
-        var mode = settings.socketMode
-        var group = try? socketGroupID()
-        if let activatedSocket, let path = SocketActivation.boundPath(of: activatedSocket), !path.hasPrefix("@") {
-            var st = stat()
-            if stat(path, &st) == 0 {
-                mode = st.st_mode & 0o777
-                group = st.st_gid
-            }
-        }
-        return (mode, group)
     }
 
     /// The socket's group, by name or number.

@@ -20,18 +20,10 @@ extension DaemonServices {
     /// Answers `capture`: every worker's rings, copied on its own thread and merged, as
     /// `{"entries":N,"requests":[{"flag":"KEY","context":{...},"at":T} | {"route":{...},"at":T}, ...]}`.
     ///
-    /// Captured contexts are what users sent, so the export is allowed to whoever may reload, and no one else.
+    /// The export needs the `observe` role, checked by the connection like every role.
     func answerCapture(
         _ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
     ) async {
-        if refuseReload(peer) != nil {
-            failure(
-                id: id,
-                error: ProtocolError(
-                    .forbidden, "capture is allowed to root, rulesd's user and the socket's group only"),
-                into: &buffer)
-            return
-        }
         guard settings.capture.enabled else {
             failure(
                 id: id,

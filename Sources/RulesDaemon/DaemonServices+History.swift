@@ -5,8 +5,8 @@ import RulesProtocol
 import SystemdSupport
 
 extension DaemonServices {
-    /// Answers `history`, `show`, `rollback` and `resume`. The last two change what serves, so they are allowed
-    /// to whoever may reload, and no one else.
+    /// Answers `history`, `show`, `rollback` and `resume` (the last two need the `operate` role, checked by the
+    /// connection like every role).
     func answerHistory(
         _ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
     ) async {
@@ -47,37 +47,30 @@ extension DaemonServices {
             }
             success(id: id, generation: store.generation, result: Array(JSONWriter.string(result).utf8), into: &buffer)
         case .rollback:
-            if let refusal = refuse(.rollback, peer) {
-                failure(id: id, error: refusal, into: &buffer)
-                return
-            }
+            let arguments: JSONValue = ["revision": .string(request.revision ?? "")]
             let entry: HistoryEntry
             do throws(HistoryError) {
                 entry = try history.entry(named: request.revision ?? "")
             } catch {
-                failure(id: id, error: ProtocolError(.revisionNotFound, error.message), into: &buffer)
-                return
-            }
-            let previous = store.generation
-            answerChange(await reloads.rollback(to: entry.revision.hex), previous: previous, id: id, into: &buffer)
-        case .resume:
-            if let refusal = refuse(.resume, peer) {
+                let refusal = ProtocolError(.revisionNotFound, error.message)
+                recordOperation(.rollback, arguments: arguments, peer: peer, error: refusal)
                 failure(id: id, error: refusal, into: &buffer)
                 return
             }
             let previous = store.generation
-            answerChange(await reloads.reload(.resume), previous: previous, id: id, into: &buffer)
+            let outcome = await reloads.rollback(to: entry.revision.hex)
+            recordOperation(.rollback, arguments: arguments, peer: peer, outcome: outcome, previous: previous)
+            answerChange(outcome, previous: previous, id: id, into: &buffer)
+        case .resume:
+            let previous = store.generation
+            let outcome = await reloads.reload(.resume)
+            recordOperation(.resume, peer: peer, outcome: outcome, previous: previous)
+            answerChange(outcome, previous: previous, id: id, into: &buffer)
         default:
             failure(
                 id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not a history one"),
                 into: &buffer)
         }
-    }
-
-    private func refuse(_ operation: RequestOperation, _ peer: PeerCredentials?) -> ProtocolError? {
-        guard refuseReload(peer) != nil else { return nil }
-        return ProtocolError(
-            .forbidden, "\(operation.rawValue) is allowed to root, rulesd's user and the socket's group only")
     }
 
     private func answerChange(

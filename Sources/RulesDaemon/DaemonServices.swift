@@ -30,23 +30,27 @@ final class DaemonServices: QueryBackend {
     let startedAt = SystemClock.epochSeconds()
     private let startedMonotonic = SystemClock.monotonicSeconds()
     private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
-    /// The group allowed to ask for reloads (besides root and rulesd's own user), when known.
-    let reloadGroup: gid_t?
-    /// The socket file's mode: when only its owner and group can connect, everyone connected may reload.
-    let socketMode: mode_t
+    /// Who holds which role.
+    let access: ResolvedAccessPolicy
+    /// Where operations and refusals are recorded.
+    let audit: AuditLog?
+    /// The overrides (kill switches with an expiry).
+    let overrides: OverrideStore
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, reloads: ReloadCoordinator,
-        watchHub: WatchHub, metrics: DaemonMetrics, socketMode: mode_t, reloadGroup: gid_t?, logger: Logger
+        watchHub: WatchHub, metrics: DaemonMetrics, access: ResolvedAccessPolicy, audit: AuditLog?, logger: Logger,
+        overrides: OverrideStore
     ) {
-        self.socketMode = socketMode
+        self.access = access
+        self.audit = audit
+        self.overrides = overrides
         self.settings = settings
         self.store = store
         self.pool = pool
         self.reloads = reloads
         self.watchHub = watchHub
         self.metrics = metrics
-        self.reloadGroup = reloadGroup
         self.logger = logger
     }
 
@@ -73,6 +77,7 @@ final class DaemonServices: QueryBackend {
         switch request.operation {
         case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
         case .capture: await answerCapture(request, id: id, peer: peer, into: &buffer)
+        case .overrideSet, .overrideList, .overrideClear: answerOverride(request, id: id, peer: peer, into: &buffer)
         default: await answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
         }
         return buffer
@@ -110,11 +115,9 @@ final class DaemonServices: QueryBackend {
             result.append(UInt8(ascii: "}"))
             success(id: id, generation: generation, result: result, into: &buffer)
         case .reload:
-            if let refusal = refuseReload(peer) {
-                failure(id: id, error: refusal, into: &buffer)
-                return
-            }
-            switch await reloads.reload(.request) {
+            let outcome = await reloads.reload(.request)
+            recordOperation(.reload, peer: peer, outcome: outcome, previous: generation)
+            switch outcome {
             case .reloaded(let next, let duration):
                 let result: JSONValue = [
                     "outcome": "reloaded", "revision": .string(next.ruleSet.revision.hex),
@@ -141,20 +144,6 @@ final class DaemonServices: QueryBackend {
             failure(
                 id: id, error: ProtocolError(.internal, "operation \(operation.rawValue) does not wait"), into: &buffer)
         }
-    }
-
-    /// Only root, rulesd's own user and members of the socket's group may reload: with a socket open to
-    /// everyone (containers), anyone could otherwise make the daemon do a reload's work at will.
-    func refuseReload(_ peer: PeerCredentials?) -> ProtocolError? {
-        guard let peer else { return nil }
-        if peer.uid == 0 || peer.uid == geteuid() { return nil }
-        if socketMode & 0o007 == 0 { return nil }  // only owner and group can connect at all
-        if let group = reloadGroup,
-            GroupMembership.isPrivileged(peer: peer, supplementaryGroups: peer.supplementaryGroups, group: group)
-        {
-            return nil
-        }
-        return ProtocolError(.forbidden, "reload is allowed to root, rulesd's user and the socket's group only")
     }
 
     func success(id: [UInt8]?, generation: ServingGeneration?, result: [UInt8], into buffer: inout ByteBuffer) {
@@ -219,6 +208,7 @@ final class DaemonServices: QueryBackend {
         object.append(("rules_dir", .string(settings.rulesDirectory)))
         object.append(("state_dir", .string(settings.stateDirectory)))
         object.append(("pinned", reloads.pin?.json ?? .null))
+        object.append(("overrides", .integer(Int64(overrides.list(now: SystemClock.epochSeconds()).count))))
         let saved = reloads.savedCopy
         object.append(
             (

@@ -1,6 +1,7 @@
 import Logging
 import RuleEngine
 import RuleWatcher
+import RulesProtocol
 import SystemdSupport
 
 #if canImport(Glibc)
@@ -49,6 +50,12 @@ public struct DaemonSettings: Sendable, Equatable {
     public var ofrepListen: String?
     public var flagdSocket: String?
     public var flagdListen: String?
+    /// The longest an override (`rulesctl override set --ttl`) may last.
+    public var overrideMaxTTL: Duration = .seconds(24 * 3600)
+    /// Who holds which role (`role_query`, `role_observe`, `role_operate`, `role_admin`).
+    public var accessPolicy = AccessPolicy()
+    /// The size at which the audit log is rotated.
+    public var auditMaxBytes = 4 << 20
 
     public init() {}
 
@@ -265,6 +272,12 @@ extension DaemonSettings {
         case ofrepListen = "ofrep_listen"
         case flagdSocket = "flagd_socket"
         case flagdListen = "flagd_listen"
+        case overrideMaxTTL = "override_max_ttl"
+        case roleQuery = "role_query"
+        case roleObserve = "role_observe"
+        case roleOperate = "role_operate"
+        case roleAdmin = "role_admin"
+        case auditMaxBytes = "audit_max_bytes"
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -306,7 +319,7 @@ extension DaemonSettings {
             }),
         SettingDescriptor(
             key: .socketGroup, valueName: "group",
-            summary: "group of that socket, by name or number; its members may `reload`",
+            summary: "group of that socket, by name or number; its members may connect",
             defaultNote: "none", example: "rulesd",
             parse: { settings, text throws(SettingsError) in
                 settings.socketGroup = try parseGroup(text)
@@ -314,7 +327,8 @@ extension DaemonSettings {
             render: { $0.socketGroup?.description ?? "" }),
         .integer(
             .workers, \.workers, 1...256,
-            summary: "worker threads; each polls its share of the connections and has its own Lua state per rule set",
+            summary:
+                "worker threads: the most that serve connections at once (how many do follows the load); each has its own Lua state per rule set",
             defaultNote: "number of cores", example: "4"),
         .integer(.maxConnections, \.maxConnections, 1...1_000_000, summary: "connections served at once"),
         .duration(
@@ -414,6 +428,22 @@ extension DaemonSettings {
                 settings.flagdListen = try parseListenAddress(text)
             },
             render: { $0.flagdListen ?? "off" }),
+        .duration(
+            .overrideMaxTTL, \.overrideMaxTTL, .seconds(1)...(.seconds(366 * 86400)),
+            summary: "the longest `--ttl` an override may have (`rulesctl override set`)"),
+        .role(
+            .roleQuery, .query, summary: "who may `ping`, `flag`, `flags`, `route`, `config`, `explain` and `watch`"),
+        .role(
+            .roleObserve, .observe,
+            summary: "who may read `status`, `metrics`, `history`, `show`, `capture` and `override_list`"),
+        .role(
+            .roleOperate, .operate,
+            summary: "who may `reload`, `rollback`, `resume`, `override_set` and `override_clear`",
+            defaultNote: "root and rulesd's user only"),
+        .role(.roleAdmin, .admin, summary: "who holds every role", defaultNote: "root and rulesd's user only"),
+        .size(
+            .auditMaxBytes, \.auditMaxBytes, (64 << 10)...(1 << 30),
+            summary: "size at which `state_dir/audit/audit.jsonl` is rotated; 3 older files are kept"),
     ]
 }
 
@@ -478,6 +508,21 @@ public struct SettingDescriptor: Sendable {
                 settings[keyPath: path] = text
             },
             render: { $0[keyPath: path] })
+    }
+
+    /// A `role_*` setting: principals separated by spaces (`group:ops user:alice uid:1001`, `*` for everyone who
+    /// can connect), empty for nobody but root and rulesd's user.
+    static func role(
+        _ key: DaemonSettings.Key, _ role: AccessRole, summary: String, defaultNote: String? = nil
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: key, valueName: "principals",
+            summary: summary + ": `*`, `user:NAME`, `uid:N`, `group:NAME`, `gid:N`, separated by spaces",
+            defaultNote: defaultNote, example: defaultNote == nil ? nil : "group:ops",
+            parse: { settings, text throws(SettingsError) in
+                settings.accessPolicy[role] = try AccessPolicy.parsePrincipals(text)
+            },
+            render: { AccessPolicy.render($0.accessPolicy[role]) })
     }
 
     static func integer(

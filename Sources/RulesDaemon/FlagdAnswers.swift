@@ -127,6 +127,30 @@ enum FlagdAnswers {
                 value: variant.value, reason: decision.reason.rawValue, variant: variant.name, metadata: metadata))
     }
 
+    /// The answer to one `Resolve…` call for a flag an override forces (reason `OVERRIDE`): the forced variant,
+    /// type-checked like any other, with who set the override, why and until when in `metadata`.
+    static func overridden(
+        _ flag: FlagDefinition, _ entry: FlagOverride, variant index: Int, as type: FlagdValueType?,
+        generation: ServingGeneration
+    ) -> Result<FlagdResolution, RPCError> {
+        let variant = flag.variants[index]
+        if let type, !type.accepts(variant.value) {
+            return .failure(
+                RPCError(
+                    code: .invalidArgument,
+                    message:
+                        "TYPE_MISMATCH: flag '\(flag.key)' has \(typeName(variant.value)) variant '\(variant.name)', "
+                        + "not \(type.rawValue)"))
+        }
+        var metadata = metadata(flag, generation: generation)
+        metadata.fields["override_set_by"] = Google_Protobuf_Value(stringValue: entry.setBy.description)
+        metadata.fields["override_reason"] = Google_Protobuf_Value(stringValue: entry.reason)
+        metadata.fields["override_expires_at"] = Google_Protobuf_Value(
+            stringValue: Timestamp.iso8601(entry.expiresAt))
+        return .success(
+            FlagdResolution(value: variant.value, reason: "OVERRIDE", variant: variant.name, metadata: metadata))
+    }
+
     /// The status of an unknown flag.
     static func flagNotFound(_ key: String) -> RPCError {
         RPCError(code: .notFound, message: "FLAG_NOT_FOUND: " + RuleAnswers.flagNotFound(key).message)

@@ -25,6 +25,8 @@ struct FlagdGRPCService: Service {
     let logger: Logger
     /// How often an idle event stream gets a `keep_alive` event (flagd: every 20 seconds).
     var keepAliveInterval: Duration = .seconds(20)
+    /// The group given the socket file (`socket_group`), like the line protocol's socket.
+    var socketGroup: gid_t? = nil
 
     func run() async throws {
         let streams = FlagdEventStreams(store: services.store)
@@ -67,7 +69,7 @@ struct FlagdGRPCService: Service {
         let listeners = servers
         let logger = self.logger
         let socketMode = services.settings.socketMode
-        let socketGroup = services.reloadGroup
+        let socketGroup = self.socketGroup
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for (name, server) in listeners {
@@ -140,6 +142,15 @@ struct FlagdEvaluation: Sendable {
                 guard let index = ruleSet.flagIndex(forKey: key) else {
                     return (.failure(FlagdAnswers.flagNotFound(key)), false)
                 }
+                // An override (a kill switch with an expiry) answers before the rules, as on the line protocol.
+                let overrides = services.store.overrides.current
+                if !overrides.entries.isEmpty, let (entry, variant) = overrides.resolve(ruleSet.flags[index], now: now)
+                {
+                    let result = FlagdAnswers.overridden(
+                        ruleSet.flags[index], entry, variant: variant, as: type, generation: generation)
+                    if case .success = result { return (result, true) }
+                    return (result, false)
+                }
                 let decision = contextBytes.withUnsafeBytes { evaluator.evaluateFlag(at: index, context: $0, now: now) }
                 metrics.flagEvaluated(index: index, decision: decision)
                 let result = FlagdAnswers.resolve(ruleSet.flags[index], decision, as: type, generation: generation)
@@ -166,10 +177,18 @@ struct FlagdEvaluation: Sendable {
                 case .failure(let problem):
                     return (.failure(RPCError(code: .invalidArgument, message: "context: \(problem.message)")), false)
                 case .success(let decisions):
+                    let overrides = services.store.overrides.current
                     var flags: [(key: String, resolution: FlagdResolution)] = []
                     for (index, decision) in decisions.enumerated() {
-                        metrics.flagEvaluated(index: index, decision: decision)
                         let flag = ruleSet.flags[index]
+                        if !overrides.entries.isEmpty, let (entry, variant) = overrides.resolve(flag, now: now),
+                            case .success(let resolution) = FlagdAnswers.overridden(
+                                flag, entry, variant: variant, as: nil, generation: generation)
+                        {
+                            flags.append((flag.key, resolution))
+                            continue
+                        }
+                        metrics.flagEvaluated(index: index, decision: decision)
                         guard decision.failure == nil, decision.variantIndex >= 0 else { continue }
                         let variant = flag.variants[decision.variantIndex]
                         flags.append(

@@ -67,9 +67,11 @@ enum OFREPAnswers {
     /// context could not be used. A flag whose rule failed is an entry `{key, errorCode, errorDetails}`.
     static func evaluateAll<Observer: EvaluationObserver>(
         context: [UInt8], ifNoneMatch: String?, generation: ServingGeneration, evaluator: RuleEvaluator, now: Double,
-        observer: Observer
+        observer: Observer, overrides: OverrideTable = .empty
     ) -> OFREPResponse {
-        let tag = entityTag(revision: generation.ruleSet.revision, context: context)
+        var tag = entityTag(revision: generation.ruleSet.revision, context: context)
+        // Setting or clearing an override changes the answers of the same rules and context.
+        if !overrides.fingerprint.isEmpty { tag = String(tag.dropLast()) + "-" + overrides.fingerprint + "\"" }
         if let ifNoneMatch, matches(ifNoneMatch, tag: tag) {
             return OFREPResponse(status: .notModified, body: [], etag: tag)
         }
@@ -83,8 +85,12 @@ enum OFREPAnswers {
         }
         var body: [UInt8] = Array(#"{"flags":["#.utf8)
         for (index, decision) in decisions.enumerated() {
-            observer.flagEvaluated(index: index, decision: decision)
             if index > 0 { body.append(UInt8(ascii: ",")) }
+            if !overrides.entries.isEmpty, let (entry, variant) = overrides.resolve(ruleSet.flags[index], now: now) {
+                appendOverride(ruleSet.flags[index], entry, variant: variant, generation: generation, to: &body)
+                continue
+            }
+            observer.flagEvaluated(index: index, decision: decision)
             if let failure = decision.failure {
                 body.append(contentsOf: OFREPFailure(key: ruleSet.flags[index].key, failure).json)
             } else {
@@ -112,10 +118,21 @@ enum OFREPAnswers {
         }
     }
 
-    /// `{"key","value","reason","variant","metadata":{"revision","generation","source"}}`.
+    /// `{"key","value","reason","variant","metadata":{"revision","generation","source"}}`. A flag without a
+    /// default variant whose rule chose none has no value to give: OFREP's code-default answer,
+    /// `{"key","reason","metadata"}` without `value` and `variant`, tells the provider to use the code's default.
     private static func appendSuccess(
         _ flag: FlagDefinition, _ decision: FlagDecision, generation: ServingGeneration, to out: inout [UInt8]
     ) {
+        guard decision.variantIndex >= 0, decision.variantIndex < flag.variants.count else {
+            out.append(contentsOf: #"{"key":"#.utf8)
+            JSONWriter.appendEscapedString(flag.key, to: &out)
+            out.append(contentsOf: #","reason":""#.utf8)
+            out.append(contentsOf: decision.reason.rawValue.utf8)
+            out.append(UInt8(ascii: "\""))
+            appendMetadata(flag, generation: generation, to: &out)
+            return
+        }
         let variant = flag.variants[decision.variantIndex]
         out.append(contentsOf: #"{"key":"#.utf8)
         JSONWriter.appendEscapedString(flag.key, to: &out)
@@ -125,6 +142,11 @@ enum OFREPAnswers {
         out.append(contentsOf: decision.reason.rawValue.utf8)
         out.append(contentsOf: #"","variant":"#.utf8)
         JSONWriter.appendEscapedString(variant.name, to: &out)
+        appendMetadata(flag, generation: generation, to: &out)
+    }
+
+    /// `,"metadata":{"revision","generation","source"}}`: the end of a success answer.
+    private static func appendMetadata(_ flag: FlagDefinition, generation: ServingGeneration, to out: inout [UInt8]) {
         out.append(contentsOf: #","metadata":{"revision":""#.utf8)
         out.append(contentsOf: generation.shortRevision.utf8)
         out.append(contentsOf: #"","generation":"#.utf8)

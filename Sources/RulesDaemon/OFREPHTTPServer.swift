@@ -87,10 +87,16 @@ extension DaemonServices {
         case .failure(let failure):
             return loop.makeSucceededFuture(OFREPResponse(status: .badRequest, body: failure.json))
         }
+        let overrides = store.overrides
         let answer = pool.onNextWorker { worker -> OFREPResponse? in
             switch route {
             case .flag(let key):
                 worker.evaluate(.flag) { generation, evaluator, metrics, now in
+                    if let response = OFREPAnswers.overridden(
+                        key: key, table: overrides.current, generation: generation, now: now)
+                    {
+                        return (response, true)
+                    }
                     let response = OFREPAnswers.evaluate(
                         key: key, context: context, generation: generation, evaluator: evaluator, now: now,
                         observer: metrics)
@@ -100,7 +106,7 @@ extension DaemonServices {
                 worker.evaluate(.flags) { generation, evaluator, metrics, now in
                     let response = OFREPAnswers.evaluateAll(
                         context: context, ifNoneMatch: ifNoneMatch, generation: generation, evaluator: evaluator,
-                        now: now, observer: metrics)
+                        now: now, observer: metrics, overrides: overrides.current)
                     return (response, response.status == .ok || response.status == .notModified)
                 }
             }

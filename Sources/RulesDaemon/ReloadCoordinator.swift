@@ -102,14 +102,20 @@ public final class ReloadCoordinator: Sendable {
     let notifier: LifecycleNotifier
     let reloadMetrics: ReloadMetrics
     let logger: Logger
+    /// Where reloads that change what serves, and failed ones, are recorded.
+    let audit: AuditLog?
     private let state = Mutex(State())
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
+    /// Told of every generation that goes live, right after it does.
+    private let publicationObservers = Mutex<[@Sendable (ServingGeneration) -> Void]>([])
 
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool,
-        watchHub: WatchHub, notifier: LifecycleNotifier, reloadMetrics: ReloadMetrics, logger: Logger
+        watchHub: WatchHub, notifier: LifecycleNotifier, reloadMetrics: ReloadMetrics, logger: Logger,
+        audit: AuditLog? = nil
     ) {
+        self.audit = audit
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -121,6 +127,11 @@ public final class ReloadCoordinator: Sendable {
         self.reloadMetrics = reloadMetrics
         self.logger = logger
         (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Calls `observer` with every generation that goes live from now on (reloads, rollbacks, the first rules).
+    func observePublications(_ observer: @escaping @Sendable (ServingGeneration) -> Void) {
+        publicationObservers.withLock { $0.append(observer) }
     }
 
     /// The last reload attempt.
@@ -406,6 +417,10 @@ public final class ReloadCoordinator: Sendable {
                     trigger: trigger, revision: revision, failure: nil))
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: trigger)
+            audit?.record(
+                .reload(
+                    trigger: trigger, previous: serving, sources: snapshot.sources, revision: revision,
+                    generation: generation, failure: nil, rulesDirectory: settings.rulesDirectory))
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: trigger,
@@ -434,6 +449,10 @@ public final class ReloadCoordinator: Sendable {
             for diagnostic in failure.diagnostics {
                 logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
             }
+            audit?.record(
+                .reload(
+                    trigger: trigger, previous: serving, sources: snapshot.sources, revision: revision,
+                    generation: nil, failure: failure, rulesDirectory: settings.rulesDirectory))
             watchHub.publish(WatchEvents.reloadFailed(failure, candidate: revision, serving: serving, trigger: trigger))
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: revision, serving: serving)
@@ -506,6 +525,10 @@ public final class ReloadCoordinator: Sendable {
             logger.error(
                 "rollback failed; the previous rules keep serving",
                 metadata: ["rules.candidate": "\(entry.revision.short)", "error": "\(WatchEvents.summary(failure))"])
+            audit?.record(
+                .reload(
+                    trigger: .rollback, previous: serving, sources: sources, revision: entry.revision,
+                    generation: nil, failure: failure, rulesDirectory: nil))
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: entry.revision, serving: serving)
         case .success(let built):
@@ -521,6 +544,10 @@ public final class ReloadCoordinator: Sendable {
             reloadMetrics.recordReload(ok: true, seconds: duration / 1000)
             logLoaded(generation, duration: duration, trigger: .rollback)
             logger.notice("\(pin.message)", metadata: ["rules.revision": "\(entry.revision.short)"])
+            audit?.record(
+                .reload(
+                    trigger: .rollback, previous: serving, sources: sources, revision: entry.revision,
+                    generation: generation, failure: nil, rulesDirectory: nil))
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: .rollback,
@@ -651,6 +678,7 @@ public final class ReloadCoordinator: Sendable {
         }
         guard let generation = published else { return nil }
         reloadMetrics.recordGeneration(generation)
+        for observer in publicationObservers.withLock({ $0 }) { observer(generation) }
         // Idle workers switch now, so the previous generation's Lua states are closed promptly.
         pool.refreshAll()
         return generation

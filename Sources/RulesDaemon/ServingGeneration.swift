@@ -62,6 +62,8 @@ public final class ServingGeneration: Sendable, AtomicReference {
 public final class GenerationStore: Sendable {
     private let current = ManagedAtomic<ServingGeneration?>(nil)
     private let number = ManagedAtomic<UInt64>(0)
+    /// The overrides in force, published beside the generation and read the same lock-free way.
+    let overrides = OverrideBoard()
 
     public init() {}
 

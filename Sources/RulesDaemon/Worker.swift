@@ -37,6 +37,8 @@ final class Worker: QueryResponder {
     private var ruleLogBudget = RateLimiter(perSecond: 20)
     /// Recent distinct requests, when `capture = on`.
     let capture: CaptureRecorder?
+    /// The overrides in force, resolved against the generation served.
+    private var overrides = WorkerOverrides()
 
     init(
         index: Int, store: GenerationStore, counters: WorkerCounters, metrics: WorkerMetrics, logger: Logger,
@@ -65,14 +67,17 @@ final class Worker: QueryResponder {
         capture?.beginGeneration(flagCount: latest.ruleSet.flags.count)
     }
 
-    /// The generation and evaluator to answer with: one atomic load when nothing changed.
+    /// The generation and evaluator to answer with (the overrides brought up to date): two atomic loads when
+    /// nothing changed.
     @inline(__always)
     private func current() -> (ServingGeneration, RuleEvaluator)? {
         if let generation, let evaluator, generation.number == store.publishedNumber {
+            overrides.sync(store.overrides, generation, evaluator)
             return (generation, evaluator)
         }
         refresh()
         guard let generation, let evaluator else { return nil }
+        overrides.sync(store.overrides, generation, evaluator)
         return (generation, evaluator)
     }
 
@@ -121,6 +126,14 @@ final class Worker: QueryResponder {
         case .ping:
             question = .ping
         case .flag:
+            if overrides.isActive,
+                let entry = overrides.override(
+                    at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) }, now: batchNow)
+            {
+                result.append(contentsOf: entry.flagAnswer)
+                finish(request, id: id, generation: generation, evaluator: evaluator, failure: nil, into: &out)
+                return
+            }
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = request.withFlagBytes(in: line) { key in
                 let failure = EvaluationAnswers.answer(
@@ -136,8 +149,12 @@ final class Worker: QueryResponder {
             return
         case .flags:
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
-            let failure = EvaluationAnswers.answer(
-                .flags(context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+            let failure =
+                overrides.isActive
+                ? overrides.answerFlags(
+                    evaluator: evaluator, context: context, now: now, clock: batchNow, observer: metrics, into: &result)
+                : EvaluationAnswers.answer(
+                    .flags(context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
             if let capture, failure == nil {
                 let flags = generation.ruleSet.flags
                 capture.recordAllFlags(
@@ -169,10 +186,18 @@ final class Worker: QueryResponder {
                         .explainFlag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics,
                         into: &result)
                 }
+                if failure == nil, overrides.isActive,
+                    let entry = overrides.override(
+                        at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) },
+                        now: batchNow)
+                {
+                    WorkerOverrides.explainOverridden(entry, explained: &result)
+                }
             }
             finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
-        case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume, .capture:
+        case .status, .watch, .reload, .metrics, .history, .show, .rollback, .resume, .capture, .overrideSet,
+            .overrideList, .overrideClear:
             ResponseWriter.writeFailure(
                 id: id, error: ProtocolError(.internal, "operation \(request.operation.rawValue) is not synchronous"),
                 into: &out)

@@ -97,6 +97,9 @@ final class WorkerMetrics: EvaluationObserver {
         case .resume: return 12
         case .explain: return 13
         case .capture: return 14
+        case .overrideSet: return 15
+        case .overrideList: return 16
+        case .overrideClear: return 17
         }
     }
 

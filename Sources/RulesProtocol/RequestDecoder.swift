@@ -9,6 +9,8 @@ public enum RequestOperation: String, Sendable, Hashable, CaseIterable {
     case explain
     /// The captured requests (`capture = on`), optionally of one `flag` or of the routes only (`"route":true`).
     case capture
+    /// Overrides (kill switches with an expiry): force a flag's `variant` for `ttl`, list them, clear one.
+    case overrideSet = "override_set", overrideList = "override_list", overrideClear = "override_clear"
 }
 
 /// A request line, decoded. Ranges point into the line it was decoded from.
@@ -36,6 +38,12 @@ public struct DecodedRequest: Sendable, Hashable {
     public var path: String?
     /// `route` (op capture): only the routed requests.
     public var routesOnly = false
+    /// `variant`, `ttl` (a duration such as `15m`, or a number of seconds, as text), `reason` and `namespace`
+    /// (op override_set; `namespace` also override_list and override_clear).
+    public var variant: String?
+    public var ttl: String?
+    public var reason: String?
+    public var namespace: String?
 
     public init(operation: RequestOperation) {
         self.operation = operation
@@ -69,6 +77,8 @@ public struct RequestDecodingFailure: Error, Sendable, Hashable {
 /// empty context.
 public struct RequestDecoder {
     private var members: [JSONMember] = []
+    /// What each of `members` is, classified once per line.
+    private var fields: [Field] = []
     private let scanner: JSONObjectScanner
 
     /// The deepest nesting read in a line by default, the line's own object included.
@@ -85,10 +95,12 @@ public struct RequestDecoder {
         // the readers of `at` and of contexts refuse values beyond a double with their own codes.
         scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
         members.reserveCapacity(8)
+        fields.reserveCapacity(8)
     }
 
     private enum Field {
         case id, op, flag, key, prefix, at, context, request, revision, path, route, unknown
+        case variant, ttl, reason, namespace
     }
 
     private static func field(_ member: JSONMember, _ line: UnsafeRawBufferPointer) -> Field {
@@ -105,6 +117,10 @@ public struct RequestDecoder {
             case "revision": return .revision
             case "path": return .path
             case "route": return .route
+            case "variant": return .variant
+            case "ttl": return .ttl
+            case "reason": return .reason
+            case "namespace": return .namespace
             default: return .unknown
             }
         }
@@ -114,16 +130,22 @@ public struct RequestDecoder {
             if JSONObjectScanner.key(key, equals: "id") { return .id }
             if JSONObjectScanner.key(key, equals: "op") { return .op }
             if JSONObjectScanner.key(key, equals: "at") { return .at }
-        case 3: if JSONObjectScanner.key(key, equals: "key") { return .key }
         case 4:
             if JSONObjectScanner.key(key, equals: "flag") { return .flag }
             if JSONObjectScanner.key(key, equals: "path") { return .path }
+        case 3:
+            if JSONObjectScanner.key(key, equals: "key") { return .key }
+            if JSONObjectScanner.key(key, equals: "ttl") { return .ttl }
         case 5: if JSONObjectScanner.key(key, equals: "route") { return .route }
-        case 6: if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
+        case 6:
+            if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
+            if JSONObjectScanner.key(key, equals: "reason") { return .reason }
         case 7:
             if JSONObjectScanner.key(key, equals: "context") { return .context }
             if JSONObjectScanner.key(key, equals: "request") { return .request }
+            if JSONObjectScanner.key(key, equals: "variant") { return .variant }
         case 8: if JSONObjectScanner.key(key, equals: "revision") { return .revision }
+        case 9: if JSONObjectScanner.key(key, equals: "namespace") { return .namespace }
         default: break
         }
         return .unknown
@@ -140,8 +162,11 @@ public struct RequestDecoder {
         var id: Range<Int>?
         var operation: RequestOperation?
         var opMember: JSONMember?
+        fields.removeAll(keepingCapacity: true)
         for member in members {
-            switch Self.field(member, line) {
+            let field = Self.field(member, line)
+            fields.append(field)
+            switch field {
             case .id: id = member.valueRange
             case .op: opMember = member
             default: break
@@ -158,8 +183,7 @@ public struct RequestDecoder {
         guard let operation else { return .failure(invalid("missing 'op'", id)) }
         var request = DecodedRequest(operation: operation)
         request.id = id
-        for member in members {
-            let field = Self.field(member, line)
+        for (member, field) in zip(members, fields) {
             if field == .id || field == .op { continue }
             guard Self.allowed(field, for: operation) else {
                 let name = member.keyString(in: line)
@@ -169,8 +193,9 @@ public struct RequestDecoder {
             case .flag:
                 guard member.kind == .string else { return .failure(invalid("'flag' must be a string", id)) }
                 let content = member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1
-                // A capture request outlives its line (it waits), so its key is always decoded.
-                if operation == .capture || UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\"))
+                // A capture or override request outlives its line (it waits), so its key is always decoded.
+                if operation == .capture || operation == .overrideSet || operation == .overrideClear
+                    || UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\"))
                 {
                     request.flagDecoded = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 } else {
@@ -186,6 +211,25 @@ public struct RequestDecoder {
                     let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 else { return .failure(invalid("'\(field == .path ? "path" : "revision")' must be a string", id)) }
                 if field == .path { request.path = value } else { request.revision = value }
+            case .variant, .reason, .namespace:
+                let name = field == .variant ? "variant" : field == .reason ? "reason" : "namespace"
+                guard member.kind == .string,
+                    let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                else { return .failure(invalid("'\(name)' must be a string", id)) }
+                if field == .variant { request.variant = value }
+                if field == .reason { request.reason = value }
+                if field == .namespace { request.namespace = value }
+            case .ttl:
+                if member.kind == .number, let seconds = Self.number(line, member.valueRange), seconds.isFinite {
+                    request.ttl = String(
+                        decoding: UnsafeRawBufferPointer(rebasing: line[member.valueRange]), as: UTF8.self)
+                } else if member.kind == .string,
+                    let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                {
+                    request.ttl = value
+                } else {
+                    return .failure(invalid("'ttl' must be a duration such as \"15m\" or a number of seconds", id))
+                }
             case .context, .request:
                 if member.kind == .null { continue }
                 let name = field == .context ? "context" : "request"
@@ -224,6 +268,11 @@ public struct RequestDecoder {
             return .failure(invalid("op 'capture' takes 'flag' or 'route', not both", id))
         case .show where request.revision == nil, .rollback where request.revision == nil:
             return .failure(invalid("op '\(operation.rawValue)' needs 'revision'", id))
+        case .overrideSet
+        where request.flagDecoded == nil || request.variant == nil || request.ttl == nil || request.reason == nil:
+            return .failure(invalid("op 'override_set' needs 'flag', 'variant', 'ttl' and 'reason'", id))
+        case .overrideClear where request.flagDecoded == nil:
+            return .failure(invalid("op 'override_clear' needs 'flag'", id))
         default:
             return .success(request)
         }
@@ -253,6 +302,9 @@ public struct RequestDecoder {
                 if JSONObjectScanner.key(content, equals: "capture") { return .capture }
                 if JSONObjectScanner.key(content, equals: "history") { return .history }
             case 8: if JSONObjectScanner.key(content, equals: "rollback") { return .rollback }
+            case 12: if JSONObjectScanner.key(content, equals: "override_set") { return .overrideSet }
+            case 13: if JSONObjectScanner.key(content, equals: "override_list") { return .overrideList }
+            case 14: if JSONObjectScanner.key(content, equals: "override_clear") { return .overrideClear }
             default: break
             }
             return nil
@@ -274,6 +326,10 @@ public struct RequestDecoder {
         case .show: return field == .revision || field == .path
         case .rollback: return field == .revision
         case .capture: return field == .flag || field == .route
+        case .overrideSet:
+            return field == .flag || field == .variant || field == .ttl || field == .reason || field == .namespace
+        case .overrideClear: return field == .flag || field == .namespace
+        case .overrideList: return field == .namespace
         case .ping, .status, .watch, .reload, .metrics, .history, .resume: return false
         }
     }

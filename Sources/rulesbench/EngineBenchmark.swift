@@ -23,10 +23,20 @@ struct EngineBenchmark: ParsableCommand {
     var ceiling = "../shared/perf/lua_ceiling.c"
     @Option(help: "Rule file for the C ceiling.")
     var ceilingRules = "../shared/perf/rules.lua"
+    @Option(help: "Seconds per phase of the C ceiling (at least 0.05).")
+    var ceilingSeconds = 0.5
     @Option(help: "Run only the cases whose name contains this text (for profiling).")
     var only: String?
 
-    func run() throws {
+    /// Medians by case name, and the C ceiling's figures from the same run.
+    struct Report {
+        var medians: [String: Double]
+        var ceiling: CeilingRunner.LuaCeiling?
+    }
+
+    func run() throws { _ = try measure() }
+
+    func measure() throws -> Report {
         let (ruleSet, evaluator) = try RuleCompiler.compile(BenchmarkRules.sources)
         let contexts = BenchmarkRules.contexts(count: 4096)
         let requests = BenchmarkRules.routeRequests(count: 4096)
@@ -84,7 +94,7 @@ struct EngineBenchmark: ParsableCommand {
                 }
             ),
             (
-                "full request: decode+split flag+encode",
+                Self.fullRequest,
                 { i in
                     lines[i & 4095].withUnsafeBytes { bytes in
                         guard case .success(let request) = decoder.decode(bytes), let range = request.context,
@@ -110,7 +120,8 @@ struct EngineBenchmark: ParsableCommand {
                 samples[index].append(Timing.nanosecondsPerCall(budgetMilliseconds: milliseconds, body))
             }
         }
-        print("engine: ns per evaluation, median of \(rounds) rounds (min-max), context conversion included")
+        print(
+            "engine: ns of CPU per evaluation, median of \(rounds) rounds (min-max), context conversion included")
         var medians: [String: Double] = [:]
         for (index, (name, _)) in cases.enumerated() where !samples[index].isEmpty {
             let sorted = samples[index].sorted()
@@ -122,32 +133,44 @@ struct EngineBenchmark: ParsableCommand {
         print(
             "  Lua state: \(evaluator.memoryInUse / 1024) KiB; \(ruleSet.flags.count) flags, \(ruleSet.routes.count) routes"
         )
-        if only == nil, let ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules) {
-            print("C ceiling (\(ceiling)): parse+build+call+encode of new-checkout (targeting+rollout)")
-            for (label, ns) in ceilingResults.sorted(by: { $0.key < $1.key }) {
-                print("  \(label.padding(40)) \(Timing.format(ns)) ns")
-            }
-            if let ours = medians["full request: decode+split flag+encode"],
-                let native = ceilingResults["C, native hash"]
-            {
-                print("  ratio rulesd full request / C native hash: \(Timing.format(ours / native, digits: 2))x")
-            }
-            if let ours = medians["full request: decode+split flag+encode"], let lua = ceilingResults["C, hash in Lua"]
-            {
-                print("  ratio rulesd full request / C hash in Lua: \(Timing.format(ours / lua, digits: 2))x")
+        var ceilingResults: CeilingRunner.LuaCeiling?
+        if only == nil {
+            ceilingResults = CeilingRunner.runLuaCeiling(source: ceiling, rules: ceilingRules, seconds: ceilingSeconds)
+        }
+        if let ceilingResults {
+            print("C ceiling (\(ceiling)), same run: ns per request, median of its 10 ms slices")
+            let rows: [(String, String, String, String, String?)] = [
+                ("parse+build+call, new-checkout, native hash", "native", "flag1", "call", "targeting+split flag"),
+                ("whole request, new-checkout, native hash", "native", "flag1", "encode", Self.fullRequest),
+                ("whole request, new-checkout, hash in Lua", "lua", "flag1", "encode", Self.fullRequest),
+                ("parse+build+call, 11 table routes", "native", "route", "call", "route over 50 routes"),
+            ]
+            for (label, hash, test, phase, ours) in rows {
+                guard let theirs = ceilingResults[hash, test, phase] else { continue }
+                var line = "  \(label.padding(48)) \(Timing.format(theirs).padding(6)) ns"
+                if let ours, let mine = medians[ours] {
+                    line += "  rulesd's \(ours) / this: \(Timing.format(mine / theirs, digits: 2))x"
+                }
+                print(line)
             }
         } else if only == nil {
             print("C ceiling: \(ceiling) not found; skipped")
         }
         if sink == 42 { print("") }
+        return Report(medians: medians, ceiling: ceilingResults)
     }
+
+    static let fullRequest = "full request: decode+split flag+encode"
 }
 
 enum Timing {
-    /// Calls `body` repeatedly for about `budgetMilliseconds` and returns the mean ns per call.
+    /// Calls `body` repeatedly for about `budgetMilliseconds` and returns the mean ns of this thread's CPU time
+    /// per call: on a shared machine the time the work took, not the time others held the core (the C ceiling
+    /// reports its thread's CPU time too).
     static func nanosecondsPerCall(budgetMilliseconds: Int, _ body: (Int) -> Void) -> Double {
         var iterations = 0
         let start = monotonic()
+        let cpuStart = ReplayBenchmark.threadCPUNanoseconds()
         let deadline = start + UInt64(budgetMilliseconds) * 1_000_000
         var now = start
         while now < deadline {
@@ -157,12 +180,17 @@ enum Timing {
             }
             now = monotonic()
         }
-        return Double(now - start) / Double(iterations)
+        return Double(ReplayBenchmark.threadCPUNanoseconds() - cpuStart) / Double(iterations)
     }
 
     static func monotonic() -> UInt64 { SystemClock.monotonicNanoseconds() }
 
     static func format(_ value: Double, digits: Int = 0) -> String {
+        guard value.isFinite else { return "-" }
+        // A difference of two noisy medians can be negative.
+        if value < 0 && (value * pow(10.0, Double(digits))).rounded() != 0 {
+            return "-" + format(-value, digits: digits)
+        }
         if digits == 0 { return String(Int(value.rounded())) }
         let scale = pow(10.0, Double(digits))
         let scaled = Int((value * scale).rounded())

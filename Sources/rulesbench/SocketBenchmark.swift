@@ -32,13 +32,48 @@ struct SocketBenchmark: ParsableCommand {
     @Option(help: "Directory holding the C ceilings' sources (echo_server.c, lua_ceiling.c, rules.lua).")
     var ceilings = "../shared/perf"
 
-    func run() throws {
+    /// What one run measured: samples per server and configuration, and each server's memory at the end.
+    struct Report {
+        /// The servers in the order they were measured; `rulesd` ones first.
+        var servers: [String]
+        /// The rulesd started with the daemon's default workers, when one was.
+        var defaultDaemon: String?
+        var samples: [String: [Sample]]
+        var residentKiB: [String: Int]
+        var runs: Int
+
+        func samples(_ server: String, _ connections: Int, _ depth: Int) -> [Sample] {
+            samples["\(server) c=\(connections),P=\(depth)"] ?? []
+        }
+
+        /// The median over runs of ours / theirs, each run's pair measured back to back.
+        func ratio(
+            _ ours: String, _ theirs: String, _ connections: Int, _ depth: Int, _ figure: (Sample) -> Double
+        ) -> Double? {
+            let pairs = zip(samples(ours, connections, depth), samples(theirs, connections, depth))
+            let ratios = pairs.map { figure($0) / figure($1) }.sorted()
+            return ratios.isEmpty ? nil : ratios[ratios.count / 2]
+        }
+    }
+
+    func run() throws { _ = try measure() }
+
+    func measure() throws -> Report {
         let work = NSTemporaryDirectory() + "rulesbench-\(getpid())"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
         var servers: [(name: String, socket: String, pid: Int32?, requests: [[UInt8]])] = []
+        var defaultDaemon: String?
         var children: [Process] = []
-        defer { for child in children where child.isRunning { child.terminate(); child.waitUntilExit() } }
+        defer {
+            for child in children where child.isRunning {
+                child.terminate()
+                // A server that does not stop on SIGTERM within 5 s is killed.
+                for _ in 0..<500 where child.isRunning { usleep(10_000) }
+                if child.isRunning { kill(child.processIdentifier, SIGKILL) }
+                child.waitUntilExit()
+            }
+        }
 
         let contexts = BenchmarkRules.contexts(count: 4096)
         let ours = contexts.enumerated().map { index, context in
@@ -72,6 +107,7 @@ struct SocketBenchmark: ParsableCommand {
                 children.append(process)
                 try waitForSocket(socket)
                 servers.append((name, socket, process.processIdentifier, ours))
+                if count == "default" { defaultDaemon = name }
             }
         }
         if let echo = CeilingRunner.build(ceilings + "/echo_server.c", name: "echo_server", extra: []),
@@ -112,18 +148,23 @@ struct SocketBenchmark: ParsableCommand {
             for (connections, depth) in parsed {
                 for server in servers {
                     var cpuBefore = 0.0
+                    var switchesBefore = 0
                     let client = LoadClient(
                         socketPath: server.socket, connections: connections, depth: depth, requests: server.requests)
                     let result = try client.run(duration: duration, warmup: warmup) {
                         cpuBefore = server.pid.map(processCPUSeconds) ?? 0
+                        switchesBefore = server.pid.map(contextSwitches) ?? 0
                     }
                     let cpuAfter = server.pid.map(processCPUSeconds) ?? 0
+                    let switchesAfter = server.pid.map(contextSwitches) ?? 0
                     let sample = Sample(
                         rps: result.requestsPerSecond, p50: result.percentile(0.5), p99: result.percentile(0.99),
                         p999: result.percentile(0.999),
                         serverMicrosecondsPerRequest: server.pid == nil
                             ? nil : (cpuAfter - cpuBefore) * 1e6 / Double(max(1, result.requests)),
-                        clientMicrosecondsPerRequest: result.clientCPUSeconds * 1e6 / Double(max(1, result.requests)))
+                        clientMicrosecondsPerRequest: result.clientCPUSeconds * 1e6 / Double(max(1, result.requests)),
+                        switchesPerRequest: server.pid == nil
+                            ? nil : Double(switchesAfter - switchesBefore) / Double(max(1, result.requests)))
                     results["\(server.name) c=\(connections),P=\(depth)", default: []].append(sample)
                     if run == 1 && connections == parsed[0].0 && depth == parsed[0].1 {
                         print("  first answer from \(server.name): \(result.firstReply)")
@@ -131,7 +172,9 @@ struct SocketBenchmark: ParsableCommand {
                 }
             }
         }
-        print("socket: medians of \(runs) runs of \(duration) s (server CPU over the measured window only)")
+        print(
+            "socket: medians of \(runs) runs of \(duration) s (server CPU and context switches over the measured "
+                + "window only; switches: the server's voluntary + involuntary, all its threads, per request)")
         for (connections, depth) in parsed {
             print("c=\(connections),P=\(depth)")
             let key = { (name: String) in "\(name) c=\(connections),P=\(depth)" }
@@ -144,6 +187,9 @@ struct SocketBenchmark: ParsableCommand {
                 line += "  p999 \(Timing.format(median.p999, digits: 1)) us"
                 if let cpu = median.serverMicrosecondsPerRequest {
                     line += "  server CPU \(Timing.format(cpu, digits: 2)) us/req"
+                }
+                if let switches = median.switchesPerRequest {
+                    line += "  switches \(Timing.format(switches, digits: 3))/req"
                 }
                 line += "  client CPU \(Timing.format(median.clientMicrosecondsPerRequest, digits: 2)) us/req"
                 print(line)
@@ -162,12 +208,17 @@ struct SocketBenchmark: ParsableCommand {
                 }
             }
         }
-        for daemon in servers where daemon.name.hasPrefix("rulesd") {
-            guard let pid = daemon.pid else { continue }
+        var resident: [String: Int] = [:]
+        for server in servers {
+            guard let pid = server.pid else { continue }
+            resident[server.name] = residentKiB(pid)
             print(
-                "\(daemon.name) resident memory: \(residentKiB(pid) / 1024) MiB (VmRSS), "
-                    + "peak \(peakKiB(pid) / 1024) MiB (VmHWM)")
+                "\(server.name) resident memory: \(Timing.format(Double(residentKiB(pid)) / 1024, digits: 1)) MiB "
+                    + "(VmRSS), peak \(Timing.format(Double(peakKiB(pid)) / 1024, digits: 1)) MiB (VmHWM)")
         }
+        return Report(
+            servers: servers.map(\.name), defaultDaemon: defaultDaemon, samples: results, residentKiB: resident,
+            runs: runs)
     }
 
     private func waitForSocket(_ path: String) throws {
@@ -189,6 +240,7 @@ struct Sample {
     var p999: Double
     var serverMicrosecondsPerRequest: Double?
     var clientMicrosecondsPerRequest: Double
+    var switchesPerRequest: Double? = nil
 
     static func median(_ samples: [Sample]) -> Sample {
         func mid(_ values: [Double]) -> Double {
@@ -196,10 +248,12 @@ struct Sample {
             return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
         }
         let server = samples.compactMap(\.serverMicrosecondsPerRequest)
+        let switches = samples.compactMap(\.switchesPerRequest)
         return Sample(
             rps: mid(samples.map(\.rps)), p50: mid(samples.map(\.p50)), p99: mid(samples.map(\.p99)),
             p999: mid(samples.map(\.p999)), serverMicrosecondsPerRequest: server.isEmpty ? nil : mid(server),
-            clientMicrosecondsPerRequest: mid(samples.map(\.clientMicrosecondsPerRequest)))
+            clientMicrosecondsPerRequest: mid(samples.map(\.clientMicrosecondsPerRequest)),
+            switchesPerRequest: switches.isEmpty ? nil : mid(switches))
     }
 }
 
@@ -211,6 +265,23 @@ func processCPUSeconds(_ pid: Int32) -> Double {
     let fields = text[text.index(after: close)...].split(separator: " ")
     guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
     return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// Voluntary and involuntary context switches of all of a process's threads, from /proc (each thread's
+/// status counts its own; the process's status only the main thread's).
+func contextSwitches(_ pid: Int32) -> Int {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    var total = 0
+    for task in tasks {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else {
+            continue
+        }
+        for line in text.split(separator: "\n")
+        where line.hasPrefix("voluntary_ctxt_switches:") || line.hasPrefix("nonvoluntary_ctxt_switches:") {
+            total += Int(line.split(separator: "\t").last?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0
+        }
+    }
+    return total
 }
 
 func residentKiB(_ pid: Int32) -> Int { statusField(pid, "VmRSS:") }

@@ -72,7 +72,7 @@ struct TextStyle: Sendable {
     func reason(_ reason: String) -> String {
         switch reason {
         case EvaluationReason.targetingMatch.rawValue: return green(reason)
-        case EvaluationReason.disabled.rawValue: return yellow(reason)
+        case EvaluationReason.disabled.rawValue, "OVERRIDE": return yellow(reason)
         case EvaluationReason.error.rawValue: return red(reason)
         default: return reason
         }
@@ -210,6 +210,7 @@ struct AnswerPrinter: Sendable {
             if !allJSON {
                 switch name {
                 case "reason": text = style.reason(text)
+                case "override": text = OverrideCommand.summary(value)
                 case "error_code", "error_message", "rule_error_code": text = style.red(text)
                 default: break
                 }

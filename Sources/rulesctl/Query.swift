@@ -245,6 +245,9 @@ struct StatusPrinter {
         }
         lines.append(("serving", serving))
         if let pinned = status["pinned"]?["message"]?.stringValue { lines.append(("pinned", style.yellow(pinned))) }
+        if let count = status["overrides"]?.int64Value, count > 0 {
+            lines.append(("overrides", style.yellow("\(count) in force (rulesctl override list)")))
+        }
         lines.append(("revision", revision))
         lines.append(("loaded at", status["loaded_at"]?.stringValue ?? "-"))
         if let counts = status["counts"] {
@@ -328,6 +331,8 @@ struct WatchPrinter {
                 text += "  " + ProblemText.line(problem) + "\n"
             }
             return text
+        case let name? where name.hasPrefix("override_"):
+            return OverrideCommand.render(event, name: name, style: style)
         default:
             return JSONWriter.string(event) + "\n"
         }

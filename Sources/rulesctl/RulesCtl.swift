@@ -25,7 +25,7 @@ struct RulesCtl: AsyncParsableCommand {
             Query.Ping.self, Query.Status.self, Query.Watch.self, Query.Reload.self, Query.FlagQuery.self,
             Query.FlagsQuery.self, Query.RouteQuery.self, Query.ConfigQuery.self, Query.Metrics.self,
             History.List.self, History.Show.self, History.Diff.self, History.Rollback.self, History.Resume.self,
-            CaptureCommand.self,
+            CaptureCommand.self, OverrideCommand.self, AuditCommand.self,
             Check.self, Eval.self, TestCommand.self, Import.self,
             Explain.self,
             InitCommand.self,

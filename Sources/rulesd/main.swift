@@ -135,6 +135,12 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.ofrepListen), help: .setting(.ofrepListen)) var ofrepListen: String?
     @Option(name: .setting(.flagdSocket), help: .setting(.flagdSocket)) var flagdSocket: String?
     @Option(name: .setting(.flagdListen), help: .setting(.flagdListen)) var flagdListen: String?
+    @Option(name: .setting(.overrideMaxTTL), help: .setting(.overrideMaxTTL)) var overrideMaxTTL: String?
+    @Option(name: .setting(.roleQuery), help: .setting(.roleQuery)) var roleQuery: String?
+    @Option(name: .setting(.roleObserve), help: .setting(.roleObserve)) var roleObserve: String?
+    @Option(name: .setting(.roleOperate), help: .setting(.roleOperate)) var roleOperate: String?
+    @Option(name: .setting(.roleAdmin), help: .setting(.roleAdmin)) var roleAdmin: String?
+    @Option(name: .setting(.auditMaxBytes), help: .setting(.auditMaxBytes)) var auditMaxBytes: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -181,6 +187,12 @@ struct SettingOptions: ParsableArguments {
         case .ofrepListen: ofrepListen
         case .flagdSocket: flagdSocket
         case .flagdListen: flagdListen
+        case .overrideMaxTTL: overrideMaxTTL
+        case .roleQuery: roleQuery
+        case .roleObserve: roleObserve
+        case .roleOperate: roleOperate
+        case .roleAdmin: roleAdmin
+        case .auditMaxBytes: auditMaxBytes
         }
     }
 }

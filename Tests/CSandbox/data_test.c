@@ -1,4 +1,4 @@
-// sources: rs_data.c rs_env.c rs_freeze.c rs_helpers.c rs_json.c rs_pattern.c rs_rules.c rs_state.c rs_tests.c rs_thread.c rs_trace.c
+// sources: rs_data.c rs_dispatch.c rs_env.c rs_freeze.c rs_helpers.c rs_json.c rs_pattern.c rs_rules.c rs_state.c rs_tests.c rs_thread.c rs_trace.c
 /*
  * data_test.c - tests of data files (rs_data.c): parsing lists and JSON into sets and maps, the file:line of
  * malformed files, and data objects inside a real sandboxed state (lookups, read-only, shared between states).

@@ -1,4 +1,4 @@
-// sources: rs_data.c rs_env.c rs_freeze.c rs_helpers.c rs_json.c rs_pattern.c rs_rules.c rs_state.c rs_tests.c rs_thread.c rs_trace.c
+// sources: rs_data.c rs_dispatch.c rs_env.c rs_freeze.c rs_helpers.c rs_json.c rs_pattern.c rs_rules.c rs_state.c rs_tests.c rs_thread.c rs_trace.c
 /*
  * explain_test.c - the explain trace through the sandbox's public API, under AddressSanitizer: records of a flag
  * with a loop, helpers, a prerequisite and context reads, of routing, and of a trace cut at its cap; the line hook

@@ -65,7 +65,9 @@ private let nonDefaultValues: [String: String] = [
     "metrics_listen": "127.0.0.1:9999", "ofrep_listen": "127.0.0.1:8999",
     "flagd_socket": "/tmp/flagd-other.sock", "flagd_listen": "127.0.0.1:8998",
     "capture": "on", "capture_size": "20", "capture_memory": "2MiB", "capture_redact": "email,ip",
-    "capture_redact_mode": "drop", "capture_redact_key": "k3y",
+    "capture_redact_mode": "drop", "capture_redact_key": "k3y", "override_max_ttl": "2h",
+    "role_query": "group:adm uid:1000", "role_observe": "gid:4", "role_operate": "user:root", "role_admin": "uid:0",
+    "audit_max_bytes": "8MiB",
 ]
 
 @Suite("Settings of the real binary")

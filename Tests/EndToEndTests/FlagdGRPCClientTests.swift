@@ -71,6 +71,32 @@ struct FlagdGRPCClientTests {
         }
     }
 
+    @Test("an override forces the variant over gRPC too, with reason OVERRIDE and who set it in metadata")
+    func overridden() async throws {
+        let flagd = try await offPool { try FlagdGRPCDaemon() }
+        let set = try await offPool {
+            try flagd.daemon.request(
+                #"{"op":"override_set","flag":"layout","variant":"classic","ttl":"10m","reason":"incident 7"}"#)
+        }
+        #expect(set["ok"] == true, "\(set)")
+        try await withFlagdClient(flagd.grpcSocket) { client in
+            var request = Flagd_Evaluation_V2_ResolveObjectRequest()
+            request.flagKey = "layout"
+            request.context = context(["plan": Google_Protobuf_Value(stringValue: "pro")])
+            let answer = try await Flagd_Evaluation_V2_Service.Client(wrapping: client).resolveObject(request)
+            #expect(answer.reason == "OVERRIDE")
+            #expect(answer.variant == "classic")
+            #expect(answer.value.fields["columns"]?.numberValue == 1)
+            #expect(answer.metadata.fields["override_reason"]?.stringValue == "incident 7")
+            #expect(answer.metadata.fields["override_set_by"] != nil)
+
+            let all = try await Flagd_Evaluation_V1_Service.Client(wrapping: client).resolveAll(
+                Flagd_Evaluation_V1_ResolveAllRequest())
+            #expect(all.flags["layout"]?.reason == "OVERRIDE")
+            #expect(all.flags["layout"]?.variant == "classic")
+        }
+    }
+
     @Test("v1 ResolveAll answers every flag that has a value, leaving out the failed rule")
     func resolveAll() async throws {
         let flagd = try await offPool { try FlagdGRPCDaemon() }

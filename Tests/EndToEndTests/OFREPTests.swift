@@ -110,6 +110,32 @@ struct OFREPHTTPTests {
         #expect(response.json?["errorDetails"] == "no flag named 'no-such-flag'")
     }
 
+    @Test("a flag with no default variant that no rule decided is OFREP's code-default answer, one or in bulk")
+    func codeDefault() throws {
+        let rules = [
+            "10-optional.lua": """
+            flag "optional" {
+              variants = { a = "A" }, default = false,
+              rule = function(ctx) if ctx.pick then return "a" end end,
+            }
+            """
+        ]
+        let daemon = try OFREPDaemon(rules: rules)
+        let unset = try daemon.flag("optional")
+        #expect(unset.status == 200, "\(String(decoding: unset.body, as: UTF8.self))")
+        #expect(unset.json?["key"] == "optional", "\(String(decoding: unset.body, as: UTF8.self))")
+        #expect(unset.json?["reason"] == "DEFAULT")
+        #expect(unset.json?["value"] == nil && unset.json?["variant"] == nil)
+        #expect(unset.json?["metadata"]?["revision"] != nil)
+        let bulk = try daemon.flags(#"{"context":{}}"#)
+        #expect(bulk.status == 200)
+        #expect(bulk.json?["flags"]?[0]?["key"] == "optional")
+        #expect(bulk.json?["flags"]?[0]?["value"] == nil)
+        // The daemon is still there, and a rule that picks a variant answers it.
+        let picked = try daemon.flag("optional", #"{"context":{"pick":true}}"#)
+        #expect(picked.json?["value"] == "A" && picked.json?["variant"] == "a")
+    }
+
     @Test("a failed rule is 400 GENERAL with rulesd's code and message in the details")
     func failedRule() throws {
         let response = try ofrep.flag("boom")

@@ -115,7 +115,7 @@ final class ConnectionHarness: Sendable {
             let connection = QueryConnection(
                 descriptor: served, loop: loop, responder: backend.responder(on: loop), backend: backend,
                 limits: limits, admission: admission, peer: nil,
-                onClose: { closed.set() })
+                onClose: { _ in closed.set() })
             _ = connection.start()
             return NIOLoopBound(connection, eventLoop: loop)
         }.get()
@@ -144,6 +144,12 @@ final class ConnectionHarness: Sendable {
     func state() async throws -> ConnectionState {
         let connection = self.connection
         return try await loop.submit { connection.value.state }.get()
+    }
+
+    /// Calls to `send` that wrote answer bytes so far, read on the loop.
+    func writes() async throws -> Int {
+        let connection = self.connection
+        return try await loop.submit { connection.value.writes }.get()
     }
 
     /// Asks the connection to drain, as the daemon's shutdown does.

@@ -83,6 +83,24 @@ struct RulesClientAnswerTests {
         await client.shutdown()
     }
 
+    @Test("an overridden flag answers reason override with the override's details, in flag and flags")
+    func overriddenFlag() async throws {
+        let set = try daemon.request(
+            #"{"op":"override_set","flag":"checkout.kill-switch","variant":"on","ttl":"1h","reason":"incident 7"}"#)
+        #expect(set["ok"] == true, "\(set)")
+        let client = makeClient(daemon)
+        let one = try await client.flag("checkout.kill-switch")
+        #expect(one.reason == .override)
+        #expect(one.variant == "on")
+        #expect(one.override?["reason"] == "incident 7")
+        #expect(one.override?["expires_at"]?.stringValue != nil)
+        let all = try await client.flags()
+        #expect(all["checkout.kill-switch"]?.reason == .override)
+        #expect(all["checkout.kill-switch"]?.override?["reason"] == "incident 7")
+        #expect(all["checkout.new-flow"]?.override == nil)
+        await client.shutdown()
+    }
+
     @Test("errors carry the protocol's codes")
     func errorCodes() async throws {
         let client = makeClient(daemon)

@@ -43,6 +43,8 @@ struct RequestDecoderTests {
         if operation == .flag || operation == .explain { line += #","flag":"x""# }
         if operation == .config { line += #","key":"x""# }
         if operation == .show || operation == .rollback { line += #","revision":"ab12""# }
+        if operation == .overrideSet { line += #","flag":"x","variant":"off","ttl":"15m","reason":"incident""# }
+        if operation == .overrideClear { line += #","flag":"x""# }
         #expect(try decode(line + "}").0.get().operation == operation)
     }
 
@@ -79,6 +81,33 @@ struct RequestDecoderTests {
         #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"rollback"}"#).0.get() }
         #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"rollback","path":"x"}"#).0.get() }
         #expect(throws: RequestDecodingFailure.self) { try decode(#"{"op":"flag","flag":"x","revision":"a"}"#).0.get() }
+    }
+
+    @Test("override_set carries flag, variant, ttl (text or seconds), reason and namespace; the others less")
+    func overrideMembers() throws {
+        let set = try decode(
+            #"{"op":"override_set","flag":"checkout","variant":"off","ttl":"15m","reason":"incident 7","namespace":"default"}"#
+        ).0.get()
+        #expect(set.flagDecoded == "checkout")
+        #expect(set.variant == "off")
+        #expect(set.ttl == "15m")
+        #expect(set.reason == "incident 7")
+        #expect(set.namespace == "default")
+        let seconds = try decode(#"{"op":"override_set","flag":"x","variant":"v","ttl":90,"reason":"r"}"#).0.get()
+        #expect(seconds.ttl == "90")
+        let clear = try decode(#"{"op":"override_clear","flag":"checkout"}"#).0.get()
+        #expect(clear.flagDecoded == "checkout")
+        #expect(try decode(#"{"op":"override_list"}"#).0.get().operation == .overrideList)
+        for line in [
+            #"{"op":"override_set","flag":"x","variant":"v","ttl":"1m"}"#,
+            #"{"op":"override_set","flag":"x","ttl":"1m","reason":"r"}"#,
+            #"{"op":"override_set","flag":"x","variant":"v","ttl":true,"reason":"r"}"#,
+            #"{"op":"override_set","flag":"x","variant":1,"ttl":"1m","reason":"r"}"#,
+            #"{"op":"override_clear"}"#, #"{"op":"override_list","flag":"x"}"#,
+            #"{"op":"flag","flag":"x","variant":"v"}"#,
+        ] {
+            #expect(failure(line)?.code == .invalidRequest, "\(line)")
+        }
     }
 
     @Test("capture takes an optional flag (decoded, since the request outlives its line) or route filter")

@@ -4,7 +4,8 @@
 # The package under a real systemd: boots a throwaway container with systemd as PID 1 (the project's
 # systemd-container.sh, never systemd on this machine itself), installs the .deb there and checks what an
 # administrator relies on: the package enables nothing and starts with an empty, valid rules directory; socket
-# activation; live edits and a synchronous `systemctl reload` (also refusing broken rules); who may connect;
+# activation; live edits and a synchronous `systemctl reload` (also refusing broken rules); who may connect,
+# query and reload, and the audit log;
 # a watchdog restart of a stopped daemon; the exposure docs/OPERATIONS.md promises; a journal without
 # warnings; purge.
 #
@@ -130,7 +131,15 @@ check "two users, one in group rulesd" sh -c \
     'useradd -M -s /usr/sbin/nologin outsider && useradd -M -s /usr/sbin/nologin -G rulesd insider'
 refuse "a user outside group rulesd cannot connect" runuser -u outsider -- rulesctl ping
 check "a member of group rulesd can query" runuser -u insider -- rulesctl config http.retries
-check "a member of group rulesd can reload" runuser -u insider -- rulesctl reload
+check "a member of group rulesd is refused reload by default" sh -c \
+    'runuser -u insider -- rulesctl reload 2>&1 | grep -q "FORBIDDEN: reload needs the operate role"'
+eventually "the refusal is in the audit log" "rulesctl audit --event refused | grep -q 'reload needs operate'"
+refuse "the audit log is not readable by the member" runuser -u insider -- rulesctl audit
+check "role_operate = group:rulesd in the config file" sh -c \
+    'echo "role_operate = group:rulesd" >>/etc/rulesd/rulesd.conf && systemctl restart rulesd.service'
+check "then a member of group rulesd can reload" runuser -u insider -- rulesctl reload
+check "and the reload is in the audit log with its outcome" sh -c \
+    'rulesctl audit --event operation --json | grep "\"operation\":\"reload\"" | grep -q "\"outcome\":\"ok\""'
 
 echo "== journal and exposure"
 # Everything so far is normal operation: not one warning. One line is the container's, not the unit's:

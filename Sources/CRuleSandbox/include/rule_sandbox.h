@@ -196,6 +196,8 @@ rs_diagnostic rs_diagnostic_at(const rs_state *S, size_t index);
 size_t rs_flag_count(const rs_state *S);
 rs_flag_info rs_flag_at(const rs_state *S, size_t index);
 rs_variant_info rs_flag_variant_at(const rs_state *S, size_t flag, size_t variant);
+/** Makes flag_value() answer `variant` (an index) for `flag`, as an override does; -1 ends that. */
+void rs_set_override(rs_state *S, size_t flag, int32_t variant);
 size_t rs_route_count(const rs_state *S);
 rs_route_info rs_route_at(const rs_state *S, size_t index);
 size_t rs_config_count(const rs_state *S);
@@ -244,6 +246,17 @@ int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_
 
 /** Routes one request given as JSON text (an object). */
 void rs_eval_route(rs_state *S, const char *request_json, size_t request_length, double now, rs_outcome *outcome);
+
+/**
+ * Whether routing decides the route at `index` without calling its match function: the function is a test of the
+ * request's top-level fields against constants (==, ~=, starts_with, ends_with, and, or, not), compiled when the
+ * rule set was finished. The answers are the same either way; only the cost differs.
+ */
+int rs_route_match_compiled(const rs_state *S, size_t index);
+
+/** Turns compiled matches off (0) or on again (1, the default): with them off, routing calls every match function,
+ * as the reference the compiled ones are tested against. */
+void rs_set_compiled_routing(rs_state *S, int enabled);
 
 /** What one record of an explained evaluation is. */
 typedef enum rs_trace_kind {
