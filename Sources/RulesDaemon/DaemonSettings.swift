@@ -56,6 +56,10 @@ public struct DaemonSettings: Sendable, Equatable {
     public var accessPolicy = AccessPolicy()
     /// The size at which the audit log is rotated.
     public var auditMaxBytes = 4 << 20
+    /// How the default namespace's rules run (`isolation`).
+    public var isolation: NamespaceSettings.Isolation = .thread
+    /// The namespaces declared besides `default` (`[namespace NAME]` sections of the config file), in order.
+    public var namespaces: [NamespaceSettings] = []
 
     public init() {}
 
