@@ -8,8 +8,33 @@ import Testing
 
 @testable import RulesDaemon
 
+/// The daemon's log messages, each with the namespace it names (`-` for none).
+private final class LogRecord: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+    func contains(_ line: String) -> Bool { lines.withLock { $0.contains(line) } }
+
+    struct Handler: LogHandler {
+        let record: LogRecord
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .info
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let namespace = (event.metadata?["namespace"] ?? metadata["namespace"]).map { "\($0)" } ?? "-"
+            record.append("\(namespace): \(event.message)")
+        }
+    }
+}
+
 /// The daemon in this process, serving the default namespace and `payments`, on a temporary socket.
 private final class TwoNamespaceDaemon: Sendable {
+    let logs = LogRecord()
     let root: String
     let socketPath: String
     let settings: DaemonSettings
@@ -40,7 +65,7 @@ private final class TwoNamespaceDaemon: Sendable {
         let (ready, readiness) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let service = DaemonService(
             settings: settings, notifier: NoLifecycleNotifier(), activatedSocket: nil, watchdog: nil,
-            logger: Logger(label: "rulesd-test") { _ in SwiftLogNoOpLogHandler() },
+            logger: Logger(label: "rulesd-test") { [logs] _ in LogRecord.Handler(record: logs) },
             onReady: { _ in readiness.yield() })
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: [service], logger: Logger(label: "rulesd-test")))
@@ -171,6 +196,39 @@ struct NamespaceServingTests {
         #expect(marker["result"]?["value"] == "default-2")
         // payments keeps serving its previous rules.
         #expect(paymentsMarker["result"]?["value"] == "payments")
+    }
+
+    @Test func aNamespaceStillLoadingDoesNotHoldUpAnothersReload() async throws {
+        let daemon = try await TwoNamespaceDaemon(defaultFiles: defaultFiles, paymentsFiles: paymentsFiles) {
+            // payments' next load runs until the daemon stops (loads are abandoned between Lua steps).
+            $0.namespaces[0].limits.loadInstructionLimit = Int.max
+            $0.namespaces[0].limits.loadTimeout = .seconds(3600)
+        }
+        try FileSystemEdit.writeFiles(["main.lua": "while true do end\n"], in: daemon.paymentsRules)
+        try FileSystemEdit.writeFiles(
+            ["main.lua": "config \"marker\" (\"default-2\")\nflag \"secret\" { default = \"on\" }\n"],
+            in: daemon.defaultRules)
+        let paymentsAnswered = Mutex(false)
+        let path = daemon.socketPath
+        let payments = try await offThePool { try LineClient(path: path, timeout: 3600) }
+        try payments.send(#"{"op":"reload","namespace":"payments"}"# + "\n")
+        let pending = Task {
+            let answer = try? await offThePool { try payments.readJSON() }
+            paymentsAnswered.withLock { $0 = true }
+            return answer
+        }
+        for _ in 0..<1500 where !daemon.logs.contains("payments: loading rules") {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let loading = daemon.logs.contains("payments: loading rules")
+        let reloaded = try await daemon.request(#"{"op":"reload"}"#)
+        let stillLoading = !paymentsAnswered.withLock { $0 }
+        await daemon.stop()
+        let abandoned = await pending.value
+        #expect(loading)
+        #expect(reloaded["result"]?["outcome"] == "reloaded")
+        #expect(stillLoading)
+        #expect(abandoned?["error"]?["code"] == "RELOAD_FAILED")
     }
 
     @Test func aNamespaceThatFailsAtStartAnswersUnavailableUntilItsRulesLoad() async throws {
