@@ -332,7 +332,8 @@ struct WatchPrinter {
     var style: TextStyle
 
     func render(_ event: JSONValue) -> String {
-        let at = event["at"]?.stringValue ?? ""
+        // A daemon serving several namespaces names each event's: shown right after the time.
+        let at = (event["at"]?.stringValue ?? "") + (event["namespace"]?.stringValue.map { " [\($0)]" } ?? "")
         switch event["event"]?.stringValue {
         case "reloaded":
             let revision = String((event["revision"]?.stringValue ?? "").prefix(16))
