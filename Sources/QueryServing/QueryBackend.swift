@@ -29,6 +29,10 @@ public protocol QueryBackend: Sendable {
         _ key: ObjectIdentifier, namespace: String?, on loop: ServingEventLoop,
         deliver: @escaping @Sendable ([UInt8]) -> Void)
 
+    /// Why a `watch` may not follow `namespace` (it is not served), or nil when it may. Called on the
+    /// connection's loop.
+    func watchRefusal(namespace: String) -> ProtocolError?
+
     /// Ends a subscription made by ``watch(_:on:deliver:)``.
     func unwatch(_ key: ObjectIdentifier)
 
@@ -55,6 +59,9 @@ extension QueryBackend {
     public func roles(for peer: PeerCredentials?, namespace: String, lookingUpGroups: Bool) -> AccessRoles {
         roles(for: peer, lookingUpGroups: lookingUpGroups)
     }
+
+    /// A backend of one namespace lets a watch name any.
+    public func watchRefusal(namespace: String) -> ProtocolError? { nil }
 
     /// A backend of one namespace delivers every event.
     public func watch(

@@ -454,6 +454,10 @@ final class QueryConnection: EventPollSource {
     }
 
     private func startWatching(id: UnsafeRawBufferPointer?, namespace: String?) {
+        if let namespace, let refusal = backend.watchRefusal(namespace: namespace) {
+            ResponseWriter.writeFailure(id: id, error: refusal, into: &output)
+            return
+        }
         responder.acknowledgeWatch(id: id, into: &output)
         guard !watching else { return }
         watching = true

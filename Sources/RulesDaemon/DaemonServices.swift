@@ -171,6 +171,10 @@ final class DaemonServices: QueryBackend {
         watchHub.subscribe(key, eventLoop: loop, deliver: deliver)
     }
 
+    func watchRefusal(namespace: String) -> ProtocolError? {
+        view(namespace) == nil ? Worker.unknownNamespace(namespace, among: views.map(\.namespace)) : nil
+    }
+
     func watch(
         _ key: ObjectIdentifier, namespace: String?, on loop: ServingEventLoop,
         deliver: @escaping @Sendable ([UInt8]) -> Void

@@ -159,11 +159,13 @@ struct NamespaceServingTests {
         let flag = try await daemon.request(#"{"op":"flag","flag":"secret","namespace":"search"}"#)
         let status = try await daemon.request(#"{"op":"status","namespace":"search"}"#)
         let escaped = try await daemon.request(#"{"op":"config","key":"marker","namespace":"pay\u006dents"}"#)
+        let watch = try await daemon.request(#"{"op":"watch","namespace":"search"}"#)
         await daemon.stop()
         #expect(flag["ok"] == false)
         #expect(flag["error"]?["code"] == "NAMESPACE_NOT_FOUND")
         #expect(flag["error"]?["message"]?.stringValue?.contains("'payments'") == true)
         #expect(status["error"]?["code"] == "NAMESPACE_NOT_FOUND")
+        #expect(watch["error"]?["code"] == "NAMESPACE_NOT_FOUND")
         #expect(escaped["result"]?["value"] == "payments")
     }
 
