@@ -87,6 +87,15 @@ public protocol QueryResponder: AnyObject {
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer)
     /// Counts a line that could not be decoded (its failure answer is written by the connection).
     func recordUndecodable()
+    /// Acknowledges a `watch` of one namespace into `out`, with that namespace's revision and generation.
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer)
+}
+
+extension QueryResponder {
+    /// A responder of one namespace acknowledges every watch alike.
+    public func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer) {
+        acknowledgeWatch(id: id, into: &out)
+    }
 }
 
 /// The limits every connection is held to.

@@ -458,7 +458,11 @@ final class QueryConnection: EventPollSource {
             ResponseWriter.writeFailure(id: id, error: refusal, into: &output)
             return
         }
-        responder.acknowledgeWatch(id: id, into: &output)
+        if let namespace {
+            responder.acknowledgeWatch(id: id, namespace: namespace, into: &output)
+        } else {
+            responder.acknowledgeWatch(id: id, into: &output)
+        }
         guard !watching else { return }
         watching = true
         let loopBound = NIOLoopBound(self, eventLoop: loop)

@@ -316,6 +316,13 @@ final class Worker: QueryResponder {
             "no namespace '\(clipped)'; rulesd serves " + namespaces.map { "'\($0)'" }.joined(separator: ", "))
     }
 
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace name: String, into out: inout ByteBuffer) {
+        let generation = namespaces.first { $0.name == name }.flatMap { current($0)?.0 }
+        ResponseWriter.writeSuccess(
+            id: id, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
+            result: Array(#"{"watching":true}"#.utf8), into: &out)
+    }
+
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {
         let generation = servingGeneration
         ResponseWriter.writeSuccess(

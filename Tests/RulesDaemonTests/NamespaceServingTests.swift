@@ -322,6 +322,7 @@ struct NamespaceServingTests {
         let path = daemon.socketPath
         let watcher = try await offThePool { try LineClient(path: path) }
         let acknowledged = try await offThePool { try watcher.request(#"{"op":"watch","namespace":"payments"}"#) }
+        let paymentsRevision = try await daemon.request(#"{"op":"config","key":"marker","namespace":"payments"}"#)
         try FileSystemEdit.writeFiles(
             ["main.lua": "config \"marker\" (\"d2\")\nflag \"secret\" { default = \"on\" }\n"], in: daemon.defaultRules)
         try FileSystemEdit.writeFiles(["main.lua": "config \"marker\" (\"p2\")\n"], in: daemon.paymentsRules)
@@ -330,6 +331,7 @@ struct NamespaceServingTests {
         let event = try await offThePool { try watcher.readJSON() }
         await daemon.stop()
         #expect(acknowledged["ok"] == true)
+        #expect(acknowledged["revision"] == paymentsRevision["revision"])
         // The default namespace's reload came first; the first event this watcher sees is payments'.
         #expect(event["event"] == "reloaded")
         #expect(event["namespace"] == "payments")
