@@ -233,6 +233,24 @@ struct NamespaceServingTests {
         #expect(abandoned?["error"]?["code"] == "RELOAD_FAILED")
     }
 
+    @Test func eachNamespaceFollowsItsOwnRulesDirectory() async throws {
+        let daemon = try await TwoNamespaceDaemon(defaultFiles: defaultFiles, paymentsFiles: paymentsFiles) {
+            $0.watchMode = .inotify
+            $0.watch.quietWindow = .milliseconds(50)
+            $0.watch.pollInterval = .milliseconds(100)
+        }
+        try FileSystemEdit.writeFiles(["main.lua": "config \"marker\" (\"p2\")\n"], in: daemon.paymentsRules)
+        try FileSystemEdit.writeFiles(
+            ["main.lua": "config \"marker\" (\"d2\")\nflag \"secret\" { default = \"on\" }\n"], in: daemon.defaultRules)
+        let payments = try await daemon.request(#"{"op":"config","key":"marker","namespace":"payments"}"#) {
+            $0["result"]?["value"] == "p2"
+        }
+        let plain = try await daemon.request(#"{"op":"config","key":"marker"}"#) { $0["result"]?["value"] == "d2" }
+        await daemon.stop()
+        #expect(payments["result"]?["value"] == "p2")
+        #expect(plain["result"]?["value"] == "d2")
+    }
+
     @Test func aNamespaceThatFailsAtStartAnswersUnavailableUntilItsRulesLoad() async throws {
         let daemon = try await TwoNamespaceDaemon(
             defaultFiles: defaultFiles, paymentsFiles: ["main.lua": "flag {"])
