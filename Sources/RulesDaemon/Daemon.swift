@@ -169,11 +169,17 @@ public struct DaemonService: Service {
         var namespaceAccess: [String: ResolvedAccessPolicy] = [:]
         do {
             access = try settings.accessPolicy.resolved()
-            for namespace in settings.namespaces {
-                namespaceAccess[namespace.name] = try namespace.accessPolicy.additions.resolved()
-            }
         } catch {
             throw DaemonStartupFailure("\(error.message); not starting")
+        }
+        for namespace in settings.namespaces {
+            // A section's role_* settings are grants added to the daemon-wide ones (a section that sets none
+            // grants nothing more).
+            do {
+                namespaceAccess[namespace.name] = try namespace.accessPolicy.resolved()
+            } catch {
+                throw DaemonStartupFailure("namespace '\(namespace.name)': \(error.message); not starting")
+            }
         }
         for runtime in runtimes { runtime.overrides.loadSaved(now: SystemClock.epochSeconds()) }
         logger.info(

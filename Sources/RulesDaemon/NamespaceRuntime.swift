@@ -94,17 +94,3 @@ extension DaemonSettings {
         return settings
     }
 }
-
-extension AccessPolicy {
-    /// A namespace's policy as grants to add to the daemon-wide ones: a role whose grant is still the default one
-    /// (`*` for query and observe, nobody for operate and admin) was not set in the namespace's section, and adds
-    /// nothing, so that it cannot widen a daemon-wide policy that restricts that role.
-    var additions: AccessPolicy {
-        let defaults = AccessPolicy()
-        var additions = AccessPolicy()
-        for role in AccessRole.allCases {
-            additions[role] = self[role] == defaults[role] ? [] : self[role]
-        }
-        return additions
-    }
-}

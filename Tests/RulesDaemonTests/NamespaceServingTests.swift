@@ -378,4 +378,34 @@ struct NamespaceServingTests {
         #expect(events.contains { $0["event"] == "reload" && $0["namespace"] == "payments" })
         #expect(events.contains { $0["event"] == "operation" && $0["namespace"] == "payments" })
     }
+
+    @Test(
+        "a namespace's own roles let a second user operate in it only",
+        .enabled(if: ThrowawayUser.isUsable, Comment(rawValue: ThrowawayUser.skipReason ?? "")))
+    func namespaceRolesAddToTheDaemonWideOnes() async throws {
+        let user = try ThrowawayUser()
+        let daemon = try await TwoNamespaceDaemon(defaultFiles: defaultFiles, paymentsFiles: paymentsFiles) {
+            $0.socketMode = 0o666
+            $0.namespaces[0].accessPolicy[.operate] = [.uid(user.uid)]
+        }
+        // mkdtemp makes the directory 0700: let the other user reach the socket inside it.
+        #expect(chmod(daemon.root, 0o755) == 0)
+        let socket = daemon.socketPath
+        @Sendable func reload(_ extra: [String]) throws -> Int32 {
+            let process = Process()
+            let command = user.runAs() + [DaemonHarness.binary("rulesctl"), "reload", "--socket", socket] + extra
+            process.executableURL = URL(fileURLWithPath: command[0])
+            process.arguments = Array(command.dropFirst())
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        let inPayments = try await offThePool { try reload(["--namespace", "payments"]) }
+        let inDefault = try await offThePool { try reload([]) }
+        await daemon.stop()
+        #expect(inPayments == 0)
+        #expect(inDefault == 1)
+    }
 }
