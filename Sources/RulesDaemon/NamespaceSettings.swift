@@ -25,12 +25,13 @@ public struct NamespaceSettings: Sendable, Equatable {
     /// Rule sets kept in this namespace's history.
     public var historySize: Int
     public var isolation: Isolation
-    /// Roles granted in this namespace only, on top of the daemon-wide ones (`role_*` in a section).
+    /// Roles granted in this namespace only, on top of the daemon-wide ones (`role_*` in a section); none by
+    /// default, so that a namespace grants exactly what the daemon-wide policy does.
     public var accessPolicy: AccessPolicy
 
     public init(
         name: String, rulesDirectory: String, limits: RuleEngineLimits = RuleEngineLimits(), historySize: Int = 20,
-        isolation: Isolation = .thread, accessPolicy: AccessPolicy = AccessPolicy()
+        isolation: Isolation = .thread, accessPolicy: AccessPolicy = .noGrants
     ) {
         self.name = name
         self.rulesDirectory = rulesDirectory
@@ -63,7 +64,7 @@ extension DaemonSettings {
     public var defaultNamespace: NamespaceSettings {
         NamespaceSettings(
             name: NamespaceSettings.defaultName, rulesDirectory: rulesDirectory, limits: limits,
-            historySize: historySize, isolation: isolation, accessPolicy: AccessPolicy())
+            historySize: historySize, isolation: isolation, accessPolicy: .noGrants)
     }
 
     /// Every namespace served: `default` first, then the declared ones in the config file's order.
