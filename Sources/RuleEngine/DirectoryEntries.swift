@@ -1,3 +1,4 @@
+import CFileSystemInfo
 import Glibc
 
 /// Directory reading over `opendir`/`readdir`, shared by the rule scanner, the watcher and the daemon's saved
@@ -34,5 +35,16 @@ public enum DirectoryEntries {
         } else {
             unlink(path)
         }
+    }
+}
+
+extension DirectoryEntries {
+    /// Makes everything written to the file system holding `path` durable, with one `syncfs(2)`.
+    /// - Returns: whether it succeeded (`errno` says why not).
+    public static func syncFileSystem(containing path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return rulesd_sync_file_system(fd) == 0
     }
 }

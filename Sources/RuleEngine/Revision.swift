@@ -17,8 +17,11 @@ public struct RuleRevision: Sendable, Hashable, CustomStringConvertible {
     /// Computes the revision of a set of rule files.
     public init(sources: [RuleSource]) {
         var hasher = SHA256()
-        let sorted = sources.sorted { Array($0.path.utf8).lexicographicallyPrecedes(Array($1.path.utf8)) }
-        for source in sorted {
+        // Each path's bytes once, not two arrays per comparison: 10,000 files made 260,000 of them.
+        let sorted = sources.map { (key: Array($0.path.utf8), source: $0) }.sorted {
+            $0.key.lexicographicallyPrecedes($1.key)
+        }
+        for (_, source) in sorted {
             hasher.update(data: Array(source.path.utf8))
             hasher.update(data: [0])
             var length = UInt64(source.content.count).bigEndian

@@ -5,39 +5,51 @@ import RuleModel
 /// Keeps a copy of the last rule set that loaded, so that a restart while the rules directory is broken
 /// still serves good rules.
 ///
-/// Layout under the state directory: `last-good/<revision>/` holds the files and a `REVISION` file;
-/// `last-good/current` is a symlink to it, replaced by `rename(2)`, so a crash at any moment leaves either
-/// the old or the new copy complete. Files and directories are fsync'ed before the switch.
+/// Layout under the state directory: `last-good/<revision>.json` is a manifest (the revision, then each file's
+/// path, size and content digest, in the order the rules directory was read); the contents are objects of the
+/// store the history uses (``RuleObjectStore``, `history/objects/`), so a reload writes only the files whose
+/// content is new, and a manifest. `last-good/current` is a symlink to the manifest, replaced by `rename(2)`
+/// once the objects and the manifest are durable, so a crash at any moment leaves either the old or the new
+/// copy complete.
+///
+/// Older versions kept a full copy, `last-good/<revision>/` with a `REVISION` file, `current` linking to the
+/// directory: such a copy still loads, and is removed once a manifest replaces it.
 struct LastKnownGoodStore: Sendable {
     let stateDirectory: String
 
     var root: String { stateDirectory + "/last-good" }
+    private var objects: RuleObjectStore {
+        RuleObjectStore(directory: RuleHistoryStore.objectsDirectory(under: stateDirectory))
+    }
+
+    private static let manifestSuffix = ".json"
 
     /// Saves `sources` as the last known good rule set (does nothing if that revision is already current).
     func save(_ sources: [RuleSource], revision: RuleRevision) throws(LastKnownGoodError) {
         try makeDirectories(root)
-        let name = revision.hex
+        let name = revision.hex + Self.manifestSuffix
         let current = root + "/current"
         if readLink(current) == name { return }
-        let final = root + "/" + name
-        let staging = root + "/.staging-\(name.prefix(16))-\(getpid())"
-        DirectoryEntries.removeTree(staging)
-        try makeDirectories(staging)
-        for source in sources {
-            let path = staging + "/" + source.path
-            if let slash = path.lastIndex(of: "/") { try makeDirectories(String(path[..<slash])) }
-            try writeFile(path, source.content)
+        let files: [HistoryEntry.File]
+        do throws(HistoryError) {
+            files = try objects.store(sources)
+            let manifest: JSONValue = [
+                "revision": .string(revision.hex),
+                "files": .array(
+                    files.map {
+                        ["path": .string($0.path), "sha256": .string($0.sha256), "bytes": .integer(Int64($0.bytes))]
+                    }),
+            ]
+            try StateFiles.writeAtomically(root + "/" + name, Array((JSONWriter.string(manifest) + "\n").utf8))
+        } catch {
+            throw LastKnownGoodError(message: error.message)
         }
-        try writeFile(staging + "/REVISION", Array((revision.hex + "\n").utf8))
-        try syncDirectory(staging)
-        DirectoryEntries.removeTree(final)
-        guard rename(staging, final) == 0 else { throw error("cannot move \(staging) to \(final)") }
         let link = root + "/.current-\(getpid())"
         unlink(link)
         guard symlink(name, link) == 0 else { throw error("cannot create \(link)") }
         guard rename(link, current) == 0 else { throw error("cannot replace \(current)") }
         try syncDirectory(root)
-        // Older copies are no longer needed once `current` points at the new one.
+        // Older manifests (and copies in the older layout) are no longer needed once `current` names the new one.
         for entryName in DirectoryEntries.names(of: root) ?? [] where entryName != "current" && entryName != name {
             DirectoryEntries.removeTree(root + "/" + entryName)
         }
@@ -53,7 +65,18 @@ struct LastKnownGoodStore: Sendable {
     }
 
     /// The name (revision) `current` points at, when there is one.
-    func currentName() -> String? { readLink(root + "/current") }
+    func currentName() -> String? {
+        guard let target = readLink(root + "/current") else { return nil }
+        return target.hasSuffix(Self.manifestSuffix) ? String(target.dropLast(Self.manifestSuffix.count)) : target
+    }
+
+    /// The digests of the objects the current copy uses: empty when there is no copy or it is in the older
+    /// layout (which holds its own files); nil when its manifest cannot be read.
+    func objectDigests() -> Set<String>? {
+        guard let target = readLink(root + "/current"), target.hasSuffix(Self.manifestSuffix) else { return [] }
+        guard case .success(let manifest) = readManifest(target) else { return nil }
+        return Set(manifest.files.map(\.sha256))
+    }
 
     /// The last known good rule files, checked against the revision they were saved under.
     func load(maxFileBytes: Int, maxDataBytes: Int = RuleEngineLimits().maxDataBytes) -> SavedCopy {
@@ -65,6 +88,9 @@ struct LastKnownGoodStore: Sendable {
         }
         guard !name.contains("/"), !name.isEmpty else {
             return .corrupt(reason: "\(current) points outside \(root) (to \(name))")
+        }
+        if name.hasSuffix(Self.manifestSuffix) {
+            return loadManifest(name, maxFileBytes: maxFileBytes, maxDataBytes: maxDataBytes)
         }
         let directory = root + "/" + name
         var st = stat()
@@ -85,6 +111,62 @@ struct LastKnownGoodStore: Sendable {
         return .intact(sources: snapshot.sources, revision: revision)
     }
 
+    private struct Manifest {
+        var revision: String
+        var files: [HistoryEntry.File]
+    }
+
+    private func readManifest(_ name: String) -> Result<Manifest, LastKnownGoodError> {
+        let path = root + "/" + name
+        guard let bytes = StateFiles.read(path) else {
+            return .failure(LastKnownGoodError(message: "\(root)/current points at \(name), which is missing"))
+        }
+        guard let json = try? JSONParser().parse(bytes), let revision = json["revision"]?.stringValue,
+            let entries = json["files"]?.arrayValue
+        else { return .failure(LastKnownGoodError(message: "the manifest \(path) cannot be read")) }
+        var files: [HistoryEntry.File] = []
+        files.reserveCapacity(entries.count)
+        for entry in entries {
+            guard let file = entry["path"]?.stringValue, let digest = entry["sha256"]?.stringValue,
+                let size = entry["bytes"]?.intValue
+            else { return .failure(LastKnownGoodError(message: "the manifest \(path) cannot be read")) }
+            files.append(HistoryEntry.File(path: file, sha256: digest, bytes: size))
+        }
+        return .success(Manifest(revision: revision, files: files))
+    }
+
+    private func loadManifest(_ name: String, maxFileBytes: Int, maxDataBytes: Int) -> SavedCopy {
+        let manifest: Manifest
+        switch readManifest(name) {
+        case .success(let read): manifest = read
+        case .failure(let problem): return .corrupt(reason: problem.message)
+        }
+        let saved = String(name.dropLast(Self.manifestSuffix.count))
+        guard manifest.revision == saved else {
+            return .corrupt(reason: "the manifest \(root)/\(name) names another revision (\(manifest.revision))")
+        }
+        var sources: [RuleSource] = []
+        sources.reserveCapacity(manifest.files.count)
+        for file in manifest.files {
+            let limit = RuleDataSet.isDataFilePath(file.path) ? maxDataBytes : maxFileBytes
+            guard file.bytes <= limit else {
+                return .corrupt(reason: "the saved \(file.path) is larger than the limit (\(limit) bytes)")
+            }
+            guard let content = objects.read(file.sha256) else {
+                return .corrupt(reason: "the saved content of \(file.path) (\(file.sha256)) is missing")
+            }
+            sources.append(RuleSource(path: file.path, content: content))
+        }
+        let revision = RuleRevision(sources: sources)
+        // The manifest is named after the revision; a mismatch means a stored file was damaged.
+        guard revision.hex == saved else {
+            return .corrupt(
+                reason: "the files of \(root)/\(name) do not match the revision they were saved under "
+                    + "(their revision is \(revision.short)): a stored file was changed or lost")
+        }
+        return .intact(sources: sources, revision: revision)
+    }
+
     private func error(_ message: String) -> LastKnownGoodError {
         LastKnownGoodError(message: "\(message): \(String(cString: strerror(errno)))")
     }
@@ -95,22 +177,6 @@ struct LastKnownGoodStore: Sendable {
             prefix += "/" + component
             if mkdir(prefix, 0o750) != 0 && errno != EEXIST { throw error("cannot create \(prefix)") }
         }
-    }
-
-    private func writeFile(_ path: String, _ bytes: [UInt8]) throws(LastKnownGoodError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw error("cannot write \(path)") }
-        defer { close(fd) }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw error("cannot write \(path)")
-            }
-            offset += n
-        }
-        guard fsync(fd) == 0 else { throw error("cannot sync \(path)") }
     }
 
     private func syncDirectory(_ path: String) throws(LastKnownGoodError) {

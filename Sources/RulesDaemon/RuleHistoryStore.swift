@@ -1,6 +1,7 @@
 import Glibc
 import RuleEngine
 import RuleModel
+import Synchronization
 
 /// One rule set that went live, as the history lists it.
 public struct HistoryEntry: Sendable, Equatable {
@@ -107,18 +108,30 @@ public struct RulePin: Sendable, Equatable {
 /// The last rule sets that went live, kept in the state directory across restarts.
 ///
 /// Layout under the state directory: `history/objects/<sha256>` holds each file's bytes once, whatever number of
-/// revisions contain it; `history/revisions/<revision>.json` is one small manifest per revision (generation, time,
-/// trigger, files, what changed since the entry before); `history/pin` names the revision a rollback pinned.
-/// Every file is written to a temporary name, synced and renamed, so a crash leaves whole files only. A revision
-/// that goes live again moves to the top rather than being stored twice.
+/// revisions contain it (the last known good copy uses the same objects, see ``RuleObjectStore``);
+/// `history/revisions/<revision>.json` is one small manifest per revision (generation, time, trigger, files, what
+/// changed since the entry before); `history/pin` names the revision a rollback pinned. Every file is written to
+/// a temporary name, synced and renamed, so a crash leaves whole files only. A revision that goes live again
+/// moves to the top rather than being stored twice.
 struct RuleHistoryStore: Sendable {
     let stateDirectory: String
     /// Entries kept; older ones, and the objects only they used, are removed.
     let capacity: Int
+    /// The entries as this store last read or wrote them: recording one does not parse every manifest again
+    /// (with 10,000 files, 20 manifests are 20 MB of JSON).
+    private let cache = EntryCache()
+
+    init(stateDirectory: String, capacity: Int) {
+        self.stateDirectory = stateDirectory
+        self.capacity = capacity
+    }
 
     var root: String { stateDirectory + "/history" }
-    private var objects: String { root + "/objects" }
+    private var objects: RuleObjectStore { RuleObjectStore(directory: Self.objectsDirectory(under: stateDirectory)) }
     private var revisions: String { root + "/revisions" }
+
+    /// Where the file contents of the history and of the last known good copy are stored.
+    static func objectsDirectory(under stateDirectory: String) -> String { stateDirectory + "/history/objects" }
 
     /// Records `sources` as the newest entry and prunes the history to its capacity.
     @discardableResult
@@ -126,17 +139,10 @@ struct RuleHistoryStore: Sendable {
         _ sources: [RuleSource], revision: RuleRevision, generation: UInt64, at: Double, trigger: String,
         flags: Int, routes: Int, configs: Int
     ) throws(HistoryError) -> HistoryEntry {
-        try StateFiles.makeDirectories(objects)
         try StateFiles.makeDirectories(revisions)
         let existing = entries()
         let previous = existing.first { $0.revision != revision }
-        var files: [HistoryEntry.File] = []
-        for source in sources {
-            let digest = RuleRevision.digest(of: source.content)
-            let object = objects + "/" + digest
-            if access(object, F_OK) != 0 { try StateFiles.writeAtomically(object, source.content) }
-            files.append(HistoryEntry.File(path: source.path, sha256: digest, bytes: source.content.count))
-        }
+        let files = try objects.store(sources)
         let before = Dictionary(
             (previous?.files ?? []).map { ($0.path, $0.sha256) }, uniquingKeysWith: { first, _ in first })
         let paths = Set(files.map(\.path))
@@ -147,16 +153,27 @@ struct RuleHistoryStore: Sendable {
             changed: files.filter { before[$0.path] != nil && before[$0.path] != $0.sha256 }.map(\.path),
             removed: (previous?.files ?? []).map(\.path).filter { !paths.contains($0) }, flags: flags,
             routes: routes, configs: configs)
-        try StateFiles.writeAtomically(
-            revisions + "/" + revision.hex + ".json", Array((JSONWriter.string(entry.json) + "\n").utf8))
-        try StateFiles.syncDirectory(objects)
-        try StateFiles.syncDirectory(revisions)
-        prune(keeping: [entry] + existing.filter { $0.revision != revision })
+        do throws(HistoryError) {
+            try StateFiles.writeAtomically(
+                revisions + "/" + revision.hex + ".json", Array((JSONWriter.string(entry.json) + "\n").utf8))
+            try StateFiles.syncDirectory(revisions)
+        } catch {
+            cache.forget()
+            throw error
+        }
+        cache.set(prune(keeping: [entry] + existing.filter { $0.revision != revision }))
         return entry
     }
 
     /// Every entry, newest first. Unreadable manifests are skipped.
     func entries() -> [HistoryEntry] {
+        if let cached = cache.entries { return cached }
+        let read = readEntries()
+        cache.set(read)
+        return read
+    }
+
+    private func readEntries() -> [HistoryEntry] {
         var result: [HistoryEntry] = []
         for name in DirectoryEntries.names(of: revisions) ?? [] where name.hasSuffix(".json") {
             guard let bytes = StateFiles.read(revisions + "/" + name),
@@ -183,7 +200,7 @@ struct RuleHistoryStore: Sendable {
     func sources(of entry: HistoryEntry) throws(HistoryError) -> [RuleSource] {
         var sources: [RuleSource] = []
         for file in entry.files {
-            guard let bytes = StateFiles.read(objects + "/" + file.sha256) else {
+            guard let bytes = objects.read(file.sha256) else {
                 throw HistoryError("the stored copy of \(file.path) in revision \(entry.revision.short) is missing")
             }
             sources.append(RuleSource(path: file.path, content: bytes))
@@ -219,16 +236,35 @@ struct RuleHistoryStore: Sendable {
         try StateFiles.syncDirectory(root)
     }
 
-    private func prune(keeping entries: [HistoryEntry]) {
-        let kept = entries.prefix(max(capacity, 1))
+    /// Removes the entries beyond the capacity, then every object that neither a kept entry nor the last known
+    /// good copy uses.
+    /// - Returns: the kept entries.
+    private func prune(keeping entries: [HistoryEntry]) -> [HistoryEntry] {
+        let kept = Array(entries.prefix(max(capacity, 1)))
         for entry in entries.dropFirst(kept.count) {
             unlink(revisions + "/" + entry.revision.hex + ".json")
         }
-        let used = Set(kept.flatMap { $0.files.map(\.sha256) })
-        for name in DirectoryEntries.names(of: objects) ?? [] where !used.contains(name) {
-            unlink(objects + "/" + name)
+        var used = Set(kept.flatMap { $0.files.map(\.sha256) })
+        // The copy is almost always the newest entry: its manifest is read only when it is not in the history.
+        let lastKnownGood = LastKnownGoodStore(stateDirectory: stateDirectory)
+        if let saved = lastKnownGood.currentName(), !kept.contains(where: { $0.revision.hex == saved }) {
+            // A copy whose manifest cannot be read: collect nothing rather than what it might need.
+            guard let digests = lastKnownGood.objectDigests() else { return kept }
+            used.formUnion(digests)
         }
+        objects.collectGarbage(keeping: used)
+        return kept
     }
+}
+
+/// The history's entries in memory, shared by every copy of one ``RuleHistoryStore``.
+private final class EntryCache: Sendable {
+    private let stored = Mutex<[HistoryEntry]?>(nil)
+
+    var entries: [HistoryEntry]? { stored.withLock { $0 } }
+    func set(_ entries: [HistoryEntry]) { stored.withLock { $0 = entries } }
+    /// After a write that may have half happened: the next read goes to the disk.
+    func forget() { stored.withLock { $0 = nil } }
 }
 
 struct HistoryError: Error, Sendable, CustomStringConvertible {
@@ -254,27 +290,34 @@ enum StateFiles {
     /// Writes `bytes` to a temporary name beside `path`, syncs it and renames it over `path`.
     static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(HistoryError) {
         let temporary = path + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw .system("cannot write \(temporary)") }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let failure = HistoryError.system("cannot write \(temporary)")
-                close(fd)
-                unlink(temporary)
-                throw failure
-            }
-            offset += n
+        do throws(HistoryError) {
+            try write(temporary, bytes, sync: true)
+        } catch {
+            unlink(temporary)
+            throw error
         }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard synced, rename(temporary, path) == 0 else {
+        guard rename(temporary, path) == 0 else {
             let failure = HistoryError.system("cannot store \(path)")
             unlink(temporary)
             throw failure
         }
+    }
+
+    /// Writes `bytes` to `path` (created or truncated), and syncs it when `sync` is set.
+    static func write(_ path: String, _ bytes: [UInt8], sync: Bool) throws(HistoryError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw .system("cannot write \(path)") }
+        defer { close(fd) }
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .system("cannot write \(path)")
+            }
+            offset += n
+        }
+        if sync, fsync(fd) != 0 { throw .system("cannot sync \(path)") }
     }
 
     static func syncDirectory(_ path: String) throws(HistoryError) {

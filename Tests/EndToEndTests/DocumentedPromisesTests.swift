@@ -242,54 +242,91 @@ struct SignalPromiseTests {
 
 @Suite("State directory promises")
 struct StateDirectoryPromiseTests {
-    /// The rule files below `directory`, as relative path => content.
-    func files(in directory: String) -> [String: String] {
+    /// The files a saved copy's manifest names, as relative path => content read from the stored objects.
+    func files(savedAs revision: String, in daemon: DaemonHarness) -> [String: String] {
+        let manifest = daemon.stateDirectory + "/last-good/" + revision + ".json"
+        guard let bytes = FileManager.default.contents(atPath: manifest),
+            let json = try? JSONParser().parse(Array(bytes)), json["revision"]?.stringValue == revision
+        else { return [:] }
         var found: [String: String] = [:]
-        let enumerator = FileManager.default.enumerator(atPath: directory)
-        while let relative = enumerator?.nextObject() as? String {
-            var isDirectory: ObjCBool = false
-            let full = directory + "/" + relative
-            if relative.hasSuffix(".lua"), FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory),
-                !isDirectory.boolValue
-            {
-                found[relative] = try? String(contentsOfFile: full, encoding: .utf8)
-            }
+        for file in json["files"]?.arrayValue ?? [] {
+            guard let path = file["path"]?.stringValue, let digest = file["sha256"]?.stringValue else { continue }
+            found[path] = try? String(
+                contentsOfFile: daemon.stateDirectory + "/history/objects/" + digest, encoding: .utf8)
         }
         return found
     }
 
-    /// What `last-good/current` designates: the revision directory it leads to.
+    /// The revision `last-good/current` designates: the manifest it links to, named after the revision.
     func current(_ daemon: DaemonHarness) -> String? {
         let path = daemon.stateDirectory + "/last-good/current"
-        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
-            return (target as NSString).lastPathComponent
-        }
-        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return nil }
+        let name = (target as NSString).lastPathComponent
+        return name.hasSuffix(".json") ? String(name.dropLast(5)) : name
     }
 
-    @Test("every rule set that goes live is kept in last-good/<revision>/, and current designates it")
+    @Test("every rule set that goes live is kept as last-good/<revision>.json naming its stored files")
     func lastGoodLayout() throws {
         let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1"), "team/b.lua": "flag \"b\" {}\n"])
         try daemon.start(arguments: ["--watch", "off"])
         let first = try #require(try daemon.servedRevision())
         // The copy is saved after the rules go live, off the serving path.
         #expect(eventually { current(daemon) == first })
-        #expect(
-            files(in: daemon.stateDirectory + "/last-good/" + first)
-                == ["a.lua": markedRules("v1"), "team/b.lua": "flag \"b\" {}\n"])
+        #expect(files(savedAs: first, in: daemon) == ["a.lua": markedRules("v1"), "team/b.lua": "flag \"b\" {}\n"])
 
         try daemon.writeRule("a.lua", markedRules("v2"))
         #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
         let second = try #require(try daemon.servedRevision())
         #expect(eventually { current(daemon) == second })
-        #expect(
-            files(in: daemon.stateDirectory + "/last-good/" + second)
-                == ["a.lua": markedRules("v2"), "team/b.lua": "flag \"b\" {}\n"])
+        #expect(files(savedAs: second, in: daemon) == ["a.lua": markedRules("v2"), "team/b.lua": "flag \"b\" {}\n"])
 
         // A rule set that fails is never kept.
         try daemon.writeRule("a.lua", "config \"marker\" (")
         #expect(try daemon.request(#"{"op":"reload"}"#)["error"]?["code"] == "RELOAD_FAILED")
         #expect(current(daemon) == second)
+    }
+
+    @Test("a state directory in the older layout (last-good/<revision>/ with the files) still starts and rolls back")
+    func olderStateLayout() throws {
+        let daemon = try DaemonHarness(rules: ["a.lua": markedRules("v1")])
+        try daemon.start(arguments: ["--watch", "off"])
+        let first = try #require(try daemon.servedRevision())
+        try daemon.writeRule("a.lua", markedRules("v2"))
+        #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
+        let second = try #require(try daemon.servedRevision())
+        #expect(eventually { current(daemon) == second })
+        #expect(
+            try eventually {
+                try daemon.request(#"{"op":"history"}"#)["result"]?["revisions"]?.arrayValue?.count == 2
+            })
+        try daemon.stop()
+
+        // The layout older versions wrote: a full copy of the files, `current` linking to its directory. The
+        // history's layout (objects and revision manifests) is unchanged.
+        let lastGood = daemon.stateDirectory + "/last-good"
+        try FileManager.default.removeItem(atPath: lastGood)
+        try FileManager.default.createDirectory(atPath: lastGood + "/" + second, withIntermediateDirectories: true)
+        try Data(markedRules("v2").utf8).write(to: URL(fileURLWithPath: lastGood + "/" + second + "/a.lua"))
+        try Data((second + "\n").utf8).write(to: URL(fileURLWithPath: lastGood + "/" + second + "/REVISION"))
+        try FileManager.default.createSymbolicLink(atPath: lastGood + "/current", withDestinationPath: second)
+
+        try daemon.writeRule("a.lua", "config \"marker\" (")
+        try daemon.start(arguments: ["--watch", "off"])
+        let status = try daemon.request(#"{"op":"status"}"#)["result"]
+        #expect(status?["origin"] == "last_known_good")
+        #expect(try daemon.servedRevision() == second)
+        let revisions = try daemon.request(#"{"op":"history"}"#)["result"]?["revisions"]?.arrayValue ?? []
+        #expect(revisions.compactMap { $0["revision"]?.stringValue } == [second, first])
+        #expect(try daemon.request(#"{"op":"rollback","revision":"\#(first)"}"#)["result"]?["outcome"] == "rolled_back")
+        #expect(try daemon.servedRevision() == first)
+
+        // Once the rules directory loads again, its copy replaces the older layout's.
+        try daemon.writeRule("a.lua", markedRules("v3"))
+        #expect(try daemon.request(#"{"op":"reload"}"#)["result"]?["outcome"] == "reloaded")
+        let third = try #require(try daemon.servedRevision())
+        #expect(eventually { current(daemon) == third })
+        #expect(files(savedAs: third, in: daemon) == ["a.lua": markedRules("v3")])
+        #expect(!FileManager.default.fileExists(atPath: lastGood + "/" + second))
     }
 
     @Test("serving the last known good copy shows in rulesd_rules_info{origin=\"last_known_good\"}")

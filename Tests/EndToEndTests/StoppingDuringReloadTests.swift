@@ -149,7 +149,10 @@ struct HonestReloadFailureTests {
         let status = try waitForStatus(daemon) { $0?["saved_copy"]?["current"] == true }
         let revision = try #require(status?["saved_copy"]?["revision"]?.stringValue)
         try daemon.stop()
-        let savedFile = daemon.stateDirectory + "/last-good/" + revision + "/r.lua"
+        let manifest = try #require(
+            FileManager.default.contents(atPath: daemon.stateDirectory + "/last-good/\(revision).json"))
+        let digest = try #require(try JSONParser().parse(Array(manifest))["files"]?[0]?["sha256"]?.stringValue)
+        let savedFile = daemon.stateDirectory + "/history/objects/" + digest
         try Data(agreeingRules("b").utf8).write(to: URL(fileURLWithPath: savedFile))
         try daemon.writeRule("r.lua", "flag (\n")
         try daemon.start(arguments: ["--watch", "off"], waitForSocket: false)
