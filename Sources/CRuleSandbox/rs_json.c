@@ -479,7 +479,10 @@ static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj) {
         memcpy(&w, p, n);
         h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
     }
-    h ^= h >> 29;
+    /* The multiplications only carry upwards; the probe uses the low bits: mix the high ones down. */
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
     return (uint32_t)h;
 }
 
