@@ -785,7 +785,7 @@ static const rs_field_value *field(rs_dispatch *D, lua_State *L, int storage, ui
     v->generation = D->generation;
     lua_rawgeti(L, LUA_REGISTRYINDEX, D->field_keys_ref);
     lua_rawgeti(L, -1, (lua_Integer)f + 1);
-    v->type = lua_rawget(L, storage);
+    v->type = rs_context_rawget(L, storage);
     v->s = NULL;
     v->len = 0;
     v->boolean = 0;

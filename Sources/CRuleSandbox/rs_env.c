@@ -32,6 +32,7 @@ void rs_push_storage(lua_State *L, int idx) {
     lua_pushliteral(L, "__rs_storage");
     lua_rawget(L, -2);
     lua_remove(L, -2);
+    rs_complete_context(L, -1); /* a context read lazily is whole before anything walks it */
 }
 
 void rs_rawget_any(lua_State *L, int idx) {

@@ -16,13 +16,30 @@
 
 /* ---- JSON text -> read-only Lua tables --------------------------------------------------- */
 
+typedef struct jctx jctx;
+
+/* One walk over JSON text. Building, it pushes Lua values; checking (build false), it pushes nothing, and records
+ * every object key in `z`, to find duplicates and, for the top-level object, the members to convert on first read.
+ * Both walks raise the same errors at the same bytes, so checking a context first and converting parts of it later
+ * answers exactly as converting all of it at once. */
 typedef struct jp {
     lua_State *L;
     const unsigned char *s, *p, *end;
     uint32_t max_depth;
     uint32_t max_values;
     uint32_t values_left;
+    bool build;
+    bool trusted; /* building text already checked: no duplicate keys to look for */
+    jctx *z;      /* checking: where keys go */
+    int zidx;     /* checking: stack index of z's userdata (its buffers grow through it) */
 } jp;
+
+static void jz_key(jp *j, uint32_t obj, bool in_arena, uint32_t off, uint32_t len);
+static void jz_arena_add(jp *j, const void *bytes, size_t n);
+static uint32_t jz_arena_mark(const jp *j);
+static uint32_t jz_next_object(jp *j);
+static void jz_set_value(jp *j);
+static void jz_drop_if_null(jp *j);
 
 static int jp_fail(jp *j, const char *what) {
     return luaL_error(j->L, "invalid JSON at byte %d: %s", (int)(j->p - j->s), what);
@@ -51,7 +68,12 @@ static unsigned jp_hex4(jp *j) {
     return v;
 }
 
-static void add_utf8(luaL_Buffer *b, unsigned cp) {
+static void jp_out(jp *j, luaL_Buffer *b, bool key, const void *bytes, size_t n) {
+    if (j->build) luaL_addlstring(b, bytes, n);
+    else if (key) jz_arena_add(j, bytes, n);
+}
+
+static void add_utf8(jp *j, luaL_Buffer *b, bool key, unsigned cp) {
     char u[4];
     int n;
     if (cp < 0x80) u[0] = (char)cp, n = 1;
@@ -62,7 +84,7 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
     else
         u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
         u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
-    luaL_addlstring(b, u, (size_t)n);
+    jp_out(j, b, key, u, (size_t)n);
 }
 
 /* Validates one UTF-8 sequence at p; returns its length or 0. */
@@ -84,15 +106,40 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
     return n;
 }
 
-/* Pushes the string starting after the opening quote. */
-static void jp_string(jp *j) {
+/* Bytes that need no attention inside a string: ASCII from 0x20 up, except '"' and '\\'. */
+static const unsigned char plain_ascii[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* The string starting after the opening quote: pushed when building; when checking, only a key is kept (in z). */
+static void jp_string(jp *j, bool key, uint32_t obj) {
     const unsigned char *start = j->p;
     /* Fast path: no escapes, so the bytes can be pushed as they are. */
     while (j->p < j->end) {
+        /* Plain ASCII goes by a table lookup per byte: strings are most of a context's bytes. */
+        while (j->p < j->end && plain_ascii[*j->p]) j->p++;
+        if (j->p >= j->end) break;
         unsigned char c = *j->p;
         if (c == '"') {
-            lua_pushlstring(j->L, (const char *)start, (size_t)(j->p - start));
-            j->p++;
+            size_t n = (size_t)(j->p - start);
+            j->p++; /* a duplicate key is reported after its closing quote */
+            if (j->build) lua_pushlstring(j->L, (const char *)start, n);
+            else if (key) jz_key(j, obj, false, (uint32_t)(start - j->s), (uint32_t)n);
             return;
         }
         if (c == '\\') break;
@@ -106,28 +153,32 @@ static void jp_string(jp *j) {
     }
     if (j->p >= j->end) jp_fail(j, "unterminated string");
     luaL_Buffer b;
-    luaL_buffinit(j->L, &b);
-    luaL_addlstring(&b, (const char *)start, (size_t)(j->p - start));
+    uint32_t mark = 0;
+    if (j->build) luaL_buffinit(j->L, &b);
+    else if (key) mark = jz_arena_mark(j);
+    jp_out(j, &b, key, start, (size_t)(j->p - start));
     while (j->p < j->end) {
         unsigned char c = *j->p;
         if (c == '"') {
             j->p++;
-            luaL_pushresult(&b);
+            if (j->build) luaL_pushresult(&b);
+            else if (key) jz_key(j, obj, true, mark, jz_arena_mark(j) - mark);
             return;
         }
         if (c == '\\') {
             if (j->end - j->p < 2) break;
             unsigned char e = j->p[1];
             j->p += 2;
+            char out;
             switch (e) {
-            case '"': luaL_addchar(&b, '"'); break;
-            case '\\': luaL_addchar(&b, '\\'); break;
-            case '/': luaL_addchar(&b, '/'); break;
-            case 'b': luaL_addchar(&b, '\b'); break;
-            case 'f': luaL_addchar(&b, '\f'); break;
-            case 'n': luaL_addchar(&b, '\n'); break;
-            case 'r': luaL_addchar(&b, '\r'); break;
-            case 't': luaL_addchar(&b, '\t'); break;
+            case '"': out = '"'; break;
+            case '\\': out = '\\'; break;
+            case '/': out = '/'; break;
+            case 'b': out = '\b'; break;
+            case 'f': out = '\f'; break;
+            case 'n': out = '\n'; break;
+            case 'r': out = '\r'; break;
+            case 't': out = '\t'; break;
             case 'u': {
                 unsigned cp = jp_hex4(j);
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
@@ -139,21 +190,22 @@ static void jp_string(jp *j) {
                 } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                     jp_fail(j, "lone surrogate escape");
                 }
-                add_utf8(&b, cp);
-                break;
+                add_utf8(j, &b, key, cp);
+                continue;
             }
-            default: j->p -= 2; jp_fail(j, "invalid escape");
+            default: j->p -= 2; jp_fail(j, "invalid escape"); return;
             }
+            jp_out(j, &b, key, &out, 1);
             continue;
         }
         if (c < 0x20) jp_fail(j, "control character in string");
         if (c < 0x80) {
-            luaL_addchar(&b, (char)c);
+            jp_out(j, &b, key, &c, 1);
             j->p++;
         } else {
             size_t n = utf8_len(j->p, j->end);
             if (n == 0) jp_fail(j, "invalid UTF-8 in string");
-            luaL_addlstring(&b, (const char *)j->p, n);
+            jp_out(j, &b, key, j->p, n);
             j->p += n;
         }
     }
@@ -190,7 +242,7 @@ static void jp_number(jp *j) {
         double d = strtod(lua_tostring(j->L, -1), NULL);
         lua_pop(j->L, 1);
         if (!isfinite(d)) jp_fail(j, "number out of range");
-        lua_pushnumber(j->L, d);
+        if (j->build) lua_pushnumber(j->L, d);
         return;
     }
     memcpy(buf, start, len);
@@ -199,13 +251,13 @@ static void jp_number(jp *j) {
         errno = 0;
         long long v = strtoll(buf, NULL, 10);
         if (errno == 0) {
-            lua_pushinteger(j->L, (lua_Integer)v);
+            if (j->build) lua_pushinteger(j->L, (lua_Integer)v);
             return;
         }
     }
     double d = strtod(buf, NULL);
     if (!isfinite(d)) jp_fail(j, "number out of range");
-    lua_pushnumber(j->L, d);
+    if (j->build) lua_pushnumber(j->L, d);
 }
 
 static bool jp_literal(jp *j, const char *lit, size_t n) {
@@ -214,7 +266,34 @@ static bool jp_literal(jp *j, const char *lit, size_t n) {
     return true;
 }
 
-/* Pushes one value; JSON null pushes nil. */
+/* The first keys set in an object being built, to find a duplicate without a table lookup: a key's bytes stay put
+ * while the table holds it. (Keys whose value is null are not set, and a later same key is no duplicate.) */
+#define JP_SEEN_KEYS 8
+
+typedef struct jp_seen {
+    uint32_t count; /* above JP_SEEN_KEYS: more keys than kept, so the table is asked */
+    const char *key[JP_SEEN_KEYS];
+    size_t len[JP_SEEN_KEYS];
+} jp_seen;
+
+/* Raises the duplicate-key error if the key on top is already set in the table at t. */
+static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
+    if (seen->count > JP_SEEN_KEYS) {
+        lua_pushvalue(j->L, -1);
+        lua_rawget(j->L, t);
+        if (!lua_isnil(j->L, -1)) jp_fail(j, "duplicate key");
+        lua_pop(j->L, 1);
+        return;
+    }
+    size_t len;
+    const char *key = lua_tolstring(j->L, -1, &len);
+    for (uint32_t i = 0; i < seen->count; i++) {
+        if (seen->len[i] == len && (seen->key[i] == key || memcmp(seen->key[i], key, len) == 0))
+            jp_fail(j, "duplicate key");
+    }
+}
+
+/* Pushes one value when building (JSON null pushes nil); checks it otherwise. */
 static void jp_value(jp *j, uint32_t depth) {
     jp_ws(j);
     if (j->p >= j->end) jp_fail(j, "unexpected end of input");
@@ -230,34 +309,54 @@ static void jp_value(jp *j, uint32_t depth) {
         luaL_checkstack(j->L, 8, "JSON nesting");
         j->p++;
         bool object = c == '{';
-        lua_createtable(j->L, object ? 0 : 4, object ? 4 : 0);
-        int t = lua_gettop(j->L);
+        int t = 0;
+        uint32_t obj = 0; /* checking: which object the keys belong to (0: the top-level one) */
+        if (j->build) {
+            lua_createtable(j->L, object ? 0 : 4, object ? 4 : 0);
+            t = lua_gettop(j->L);
+        } else if (object && depth > 0) {
+            obj = jz_next_object(j);
+        }
         jp_ws(j);
         if (j->p < j->end && *j->p == (object ? '}' : ']')) {
             j->p++;
-            if (depth == 0) rs_make_readonly_context(j->L); else rs_make_readonly(j->L);
+            if (j->build) {
+                if (depth == 0) rs_make_readonly_context(j->L);
+                else rs_make_readonly(j->L);
+            }
             return;
         }
         lua_Integer index = 0;
+        jp_seen seen;
+        seen.count = 0;
         for (;;) {
             if (object) {
                 jp_ws(j);
                 if (j->p >= j->end || *j->p != '"') jp_fail(j, "expected a string key");
                 j->p++;
-                jp_string(j);
-                lua_pushvalue(j->L, -1);
-                lua_rawget(j->L, t);
-                if (!lua_isnil(j->L, -1)) jp_fail(j, "duplicate key");
-                lua_pop(j->L, 1);
+                jp_string(j, true, obj);
+                if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
                 jp_ws(j);
                 if (j->p >= j->end || *j->p != ':') jp_fail(j, "expected ':'");
                 j->p++;
+                if (!j->build) jz_set_value(j);
                 jp_value(j, depth + 1);
-                if (lua_isnil(j->L, -1)) lua_pop(j->L, 2); /* null: the key is absent */
-                else lua_rawset(j->L, t);
+                if (!j->build) {
+                    jz_drop_if_null(j);
+                } else if (lua_isnil(j->L, -1)) {
+                    lua_pop(j->L, 2); /* null: the key is absent */
+                } else {
+                    if (!j->trusted && seen.count < JP_SEEN_KEYS) {
+                        seen.key[seen.count] = lua_tolstring(j->L, -2, &seen.len[seen.count]);
+                        seen.count++;
+                    } else {
+                        seen.count = JP_SEEN_KEYS + 1; /* from here on, the table answers */
+                    }
+                    lua_rawset(j->L, t);
+                }
             } else {
                 jp_value(j, depth + 1);
-                lua_rawseti(j->L, t, ++index);
+                if (j->build) lua_rawseti(j->L, t, ++index);
             }
             jp_ws(j);
             if (j->p >= j->end) jp_fail(j, "unexpected end of input");
@@ -271,27 +370,34 @@ static void jp_value(jp *j, uint32_t depth) {
             }
             jp_fail(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
         }
-        if (depth == 0) rs_make_readonly_context(j->L); else rs_make_readonly(j->L);
+        if (j->build) {
+            if (depth == 0) rs_make_readonly_context(j->L);
+            else rs_make_readonly(j->L);
+        }
         return;
     }
     if (c == '"') {
         j->p++;
-        jp_string(j);
+        jp_string(j, false, 0);
         return;
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
         jp_number(j);
         return;
     }
-    if (jp_literal(j, "true", 4)) lua_pushboolean(j->L, 1);
-    else if (jp_literal(j, "false", 5)) lua_pushboolean(j->L, 0);
-    else if (jp_literal(j, "null", 4)) lua_pushnil(j->L);
-    else jp_fail(j, "unexpected character");
+    bool truth = jp_literal(j, "true", 4);
+    if (truth || jp_literal(j, "false", 5)) {
+        if (j->build) lua_pushboolean(j->L, truth);
+    } else if (jp_literal(j, "null", 4)) {
+        if (j->build) lua_pushnil(j->L);
+    } else {
+        jp_fail(j, "unexpected character");
+    }
 }
 
 void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values) {
     jp j = {L, (const unsigned char *)json, (const unsigned char *)json, (const unsigned char *)json + len, max_depth,
-            max_values, max_values};
+            max_values, max_values, true, false, NULL, 0};
     jp_ws(&j);
     if (j.p >= j.end) {
         /* An absent context is an empty one. */
@@ -303,6 +409,367 @@ void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t ma
     jp_value(&j, 0);
     jp_ws(&j);
     if (j.p != j.end) jp_fail(&j, "trailing data after the object");
+}
+
+/* ---- contexts converted on first read ---------------------------------------------------- */
+
+/*
+ * Converting a whole context into Lua tables was most of a flag evaluation's cost (table and string allocation,
+ * key interning and the garbage they leave), though rules read a few fields of it. A context is therefore checked
+ * in one pass over its text without building anything, which raises every error the full conversion would, at the
+ * same byte, and indexes the top-level members; the storage behind the read-only view starts empty, and a member
+ * becomes a Lua value (nested objects whole) the first time a rule reads it. Whatever walks the storage itself
+ * (pairs, next, rawget, #, explain, canonical JSON) goes through rs_push_storage, which completes it first, so
+ * every observable behaviour is that of the full conversion.
+ */
+
+/* One object key seen while checking. */
+typedef struct jkey {
+    uint32_t obj;   /* the object it belongs to: 0 for the top-level object */
+    uint32_t hash;  /* of the key's bytes, mixed with obj */
+    uint32_t off;   /* the decoded key: bytes in the text, or in the arena when it had escapes */
+    uint32_t len;
+    uint32_t value; /* offset of the member's value in the text */
+    uint8_t in_arena;
+    uint8_t converted; /* top-level members: already read into the storage */
+} jkey;
+
+/* The per-state checker and index, a userdata in the registry. Its buffers are userdata in its user values, so
+ * that the Lua allocator accounts for them and an error while checking leaks nothing. */
+struct jctx {
+    const unsigned char *json; /* the context being read lazily; NULL outside the evaluation it belongs to */
+    size_t json_len;
+    uint32_t max_depth;
+    int mode;  /* RS_CONTEXTS_* (rule_sandbox.h) */
+    const void *storage; /* the storage being filled (kept alive as a user value), to recognise it */
+    jkey *keys;
+    uint32_t nkeys, keys_cap;
+    uint32_t *slots; /* open addressing: index + 1 into keys, 0 when empty */
+    uint32_t mask, slots_cap;
+    unsigned char *arena;
+    uint32_t arena_len, arena_cap;
+    uint32_t next_obj;
+    uint32_t last_slot; /* where the last key recorded went */
+};
+
+enum { UV_KEYS = 1, UV_SLOTS, UV_ARENA, UV_STORAGE, UV_COUNT = UV_STORAGE };
+
+static const char key_jctx = 0;
+static const char key_lazy_meta = 0;
+
+#define JZ_MIN_SLOTS 16u
+
+/* Below this size a context is converted whole. Checking first and converting a member on its first read costs
+ * some 100 ns per member read more than converting it with the rest (a C call through __index), while a member not
+ * read costs some 110 ns converted and 15 ns checked: with three members read, reading lazily pays from five or six
+ * members, about 90 bytes of context. */
+#define RS_LAZY_CONTEXT_BYTES 96
+
+/* A hash of a key's bytes, eight at a time (keys are short, and hashing is most of checking one). */
+static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj) {
+    uint64_t h = ((uint64_t)n << 32 | obj) * 0x9E3779B97F4A7C15ull;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+        h ^= h >> 32;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
+    }
+    /* The multiplications only carry upwards; the probe uses the low bits: mix the high ones down. */
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
+    return (uint32_t)h;
+}
+
+/* Replaces buffer `uv` of z by a larger one holding the same first `used` bytes; returns it. */
+static void *jz_grow(lua_State *L, int zidx, int uv, const void *old, size_t used, size_t bytes) {
+    void *grown = lua_newuserdatauv(L, bytes, 0);
+    if (used) memcpy(grown, old, used);
+    lua_setiuservalue(L, zidx, uv);
+    return grown;
+}
+
+static void jz_arena_add(jp *j, const void *bytes, size_t n) {
+    jctx *z = j->z;
+    if (z->arena_len + n > z->arena_cap) {
+        if (z->arena_len + n > UINT32_MAX / 2) luaL_error(j->L, "context too large");
+        uint32_t cap = z->arena_cap * 2 > z->arena_len + n ? z->arena_cap * 2 : (uint32_t)(z->arena_len + n) * 2;
+        z->arena = jz_grow(j->L, j->zidx, UV_ARENA, z->arena, z->arena_len, cap);
+        z->arena_cap = cap;
+    }
+    memcpy(z->arena + z->arena_len, bytes, n);
+    z->arena_len += (uint32_t)n;
+}
+
+static uint32_t jz_arena_mark(const jp *j) { return j->z->arena_len; }
+
+static uint32_t jz_next_object(jp *j) { return ++j->z->next_obj; }
+
+static const unsigned char *jz_key_bytes(const jctx *z, const jkey *k) {
+    return (k->in_arena ? z->arena : z->json) + k->off;
+}
+
+/* The slot of the key (obj, bytes): the one holding it, or the empty one where it would go. */
+static uint32_t jz_probe(const jctx *z, uint32_t obj, uint32_t hash, const unsigned char *bytes, size_t len) {
+    uint32_t i = hash & z->mask;
+    for (; z->slots[i] != 0; i = (i + 1) & z->mask) {
+        const jkey *k = &z->keys[z->slots[i] - 1];
+        if (k->hash == hash && k->obj == obj && k->len == len && memcmp(jz_key_bytes(z, k), bytes, len) == 0) break;
+    }
+    return i;
+}
+
+static void jz_rehash(jp *j) {
+    jctx *z = j->z;
+    uint32_t size = (z->mask + 1) * 2;
+    if (size > z->slots_cap) {
+        z->slots = jz_grow(j->L, j->zidx, UV_SLOTS, NULL, 0, (size_t)size * sizeof *z->slots);
+        z->slots_cap = size;
+    }
+    z->mask = size - 1;
+    memset(z->slots, 0, (size_t)size * sizeof *z->slots);
+    for (uint32_t n = 0; n < z->nkeys; n++) {
+        uint32_t i = z->keys[n].hash & z->mask;
+        while (z->slots[i] != 0) i = (i + 1) & z->mask;
+        z->slots[i] = n + 1;
+    }
+}
+
+/* Records a key of object `obj` (checking); a second one of the same object is the duplicate error. */
+static void jz_key(jp *j, uint32_t obj, bool in_arena, uint32_t off, uint32_t len) {
+    jctx *z = j->z;
+    if ((z->nkeys + 1) * 2 > z->mask + 1) jz_rehash(j);
+    const unsigned char *bytes = (in_arena ? z->arena : z->json) + off;
+    uint32_t hash = jz_hash(bytes, len, obj);
+    uint32_t slot = jz_probe(z, obj, hash, bytes, len);
+    if (z->slots[slot] != 0) jp_fail(j, "duplicate key");
+    if (z->nkeys == z->keys_cap) {
+        uint32_t cap = z->keys_cap * 2;
+        z->keys = jz_grow(j->L, j->zidx, UV_KEYS, z->keys, (size_t)z->nkeys * sizeof *z->keys,
+                          (size_t)cap * sizeof *z->keys);
+        z->keys_cap = cap;
+    }
+    jkey *k = &z->keys[z->nkeys++];
+    k->obj = obj;
+    k->hash = hash;
+    k->off = off;
+    k->len = len;
+    k->value = 0;
+    k->in_arena = in_arena;
+    k->converted = 0;
+    z->slots[slot] = z->nkeys;
+    z->last_slot = slot;
+}
+
+/* A member whose value is null is absent, as if its key had not been there: the same key may follow. The key is
+ * the last one recorded (a null holds no keys), so taking it out of the open addressing breaks no probe chain. */
+static void jz_drop_if_null(jp *j) {
+    jctx *z = j->z;
+    const unsigned char *v = z->json + z->keys[z->nkeys - 1].value;
+    while (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r') v++;
+    if (*v != 'n') return;
+    z->slots[z->last_slot] = 0;
+    z->nkeys--;
+}
+
+/* The value of the key just recorded starts here. */
+static void jz_set_value(jp *j) { j->z->keys[j->z->nkeys - 1].value = (uint32_t)(j->p - j->s); }
+
+static int rs_lazy_index(lua_State *L);
+
+/* Pushes the per-state checker, creating it (and the storage's metatable) on first use. */
+static jctx *jz_push(lua_State *L) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_jctx) == LUA_TUSERDATA) return lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    jctx *z = lua_newuserdatauv(L, sizeof *z, UV_COUNT);
+    memset(z, 0, sizeof *z);
+    int zidx = lua_gettop(L);
+    z->keys_cap = 16;
+    z->keys = jz_grow(L, zidx, UV_KEYS, NULL, 0, z->keys_cap * sizeof *z->keys);
+    z->slots_cap = JZ_MIN_SLOTS;
+    z->slots = jz_grow(L, zidx, UV_SLOTS, NULL, 0, z->slots_cap * sizeof *z->slots);
+    z->arena_cap = 256;
+    z->arena = jz_grow(L, zidx, UV_ARENA, NULL, 0, z->arena_cap);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, zidx);
+    lua_pushcclosure(L, rs_lazy_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_lazy_meta);
+    lua_pushvalue(L, zidx);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_jctx);
+    return z;
+}
+
+/* Pushes top-level member k of the context being read (nil for null), converted whole. The text was checked. */
+static void jz_convert(lua_State *L, jctx *z, jkey *k) {
+    jp j = {L, z->json, z->json + k->value, z->json + z->json_len, z->max_depth, UINT32_MAX, UINT32_MAX, true,
+            true, NULL, 0};
+    jp_value(&j, 1);
+    k->converted = 1;
+}
+
+/* The member named by the string at `key` of the storage at `storage`, if that storage is the one being read and
+ * the member was not read yet: pushes it (and keeps it in the storage) and returns true. */
+static bool jz_fetch(lua_State *L, jctx *z, int storage, int key) {
+    if (z->json == NULL || lua_type(L, key) != LUA_TSTRING) return false;
+    if (lua_topointer(L, storage) != z->storage) return false;
+    size_t len;
+    const char *bytes = lua_tolstring(L, key, &len);
+    uint32_t hash = jz_hash((const unsigned char *)bytes, len, 0);
+    uint32_t slot = jz_probe(z, 0, hash, (const unsigned char *)bytes, len);
+    if (z->slots[slot] == 0) return false;
+    jkey *k = &z->keys[z->slots[slot] - 1];
+    if (k->converted) return false;
+    jz_convert(L, z, k);
+    if (!lua_isnil(L, -1)) {
+        lua_pushvalue(L, key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, storage);
+    }
+    return true;
+}
+
+/* __index of a storage being read lazily. Upvalue: the checker. */
+static int rs_lazy_index(lua_State *L) {
+    jctx *z = lua_touserdata(L, lua_upvalueindex(1));
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    if (!jz_fetch(L, z, 1, 2)) lua_pushnil(L);
+    return 1;
+}
+
+bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values) {
+    jctx *z = jz_push(L);
+    int zidx = lua_gettop(L);
+    const unsigned char *text = (const unsigned char *)json;
+    jp j = {L, text, text, text + len, max_depth, max_values, max_values, false, false, z, zidx};
+    jp_ws(&j);
+    bool whole = z->mode == RS_CONTEXTS_WHOLE || (z->mode == RS_CONTEXTS_BY_SIZE && len < RS_LAZY_CONTEXT_BYTES);
+    if (whole || j.p >= j.end) {
+        lua_pop(L, 1);
+        rs_push_json_object(L, json, len, max_depth, max_values);
+        return false;
+    }
+    /* Nothing is read from the last context any more. Until the storage is made below, no table is recognised as
+     * this context's (z->storage is NULL), so a check that fails leaves nothing that could read the text later. */
+    z->json = NULL;
+    z->storage = NULL;
+    lua_pushnil(L);
+    lua_setiuservalue(L, zidx, UV_STORAGE);
+    if (*j.p != '{') jp_fail(&j, "expected an object");
+    z->nkeys = 0;
+    z->arena_len = 0;
+    z->next_obj = 0;
+    /* Sized for the keys the text can hold at about eight bytes a member, within what earlier contexts grew to. */
+    uint32_t slots = JZ_MIN_SLOTS;
+    while (slots < len / 4 && slots < z->slots_cap) slots *= 2;
+    z->mask = slots - 1;
+    memset(z->slots, 0, slots * sizeof *z->slots);
+    z->json = text; /* keys point into it while checking */
+    z->json_len = len;
+    z->max_depth = max_depth;
+    jp_value(&j, 0);
+    jp_ws(&j);
+    if (j.p != j.end) {
+        z->json = NULL;
+        jp_fail(&j, "trailing data after the object");
+    }
+    uint32_t members = 0;
+    for (uint32_t i = 0; i < z->nkeys; i++) members += z->keys[i].obj == 0;
+    lua_createtable(L, 0, (int)(members < 64 ? members : 64));
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_lazy_meta);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, zidx, UV_STORAGE);
+    z->storage = lua_topointer(L, -1);
+    lua_remove(L, zidx);
+    rs_make_readonly_context(L);
+    return true;
+}
+
+void rs_complete_context(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_lazy_meta);
+    bool lazy = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!lazy) return;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_jctx);
+    jctx *z = lua_touserdata(L, -1);
+    if (z->json != NULL && lua_topointer(L, idx) == z->storage) {
+        luaL_checkstack(L, 12, "completing the context");
+        for (uint32_t i = 0; i < z->nkeys; i++) {
+            jkey *k = &z->keys[i];
+            if (k->obj != 0 || k->converted) continue;
+            jz_convert(L, z, k);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                continue;
+            }
+            lua_pushlstring(L, (const char *)jz_key_bytes(z, k), k->len);
+            lua_insert(L, -2);
+            lua_rawset(L, idx);
+        }
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setmetatable(L, idx);
+}
+
+void rs_push_context_storage(lua_State *L, int idx) {
+    lua_getmetatable(L, idx);
+    lua_pushliteral(L, "__rs_storage");
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+}
+
+int rs_context_rawget(lua_State *L, int storage) {
+    storage = lua_absindex(L, storage);
+    lua_pushvalue(L, -1);
+    int type = lua_rawget(L, storage);
+    if (type != LUA_TNIL || !lua_getmetatable(L, storage)) {
+        lua_remove(L, -2);
+        return type;
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_lazy_meta);
+    bool lazy = lua_rawequal(L, -1, -2);
+    lua_pop(L, 3); /* the metatables and the nil */
+    if (lazy) {
+        int key = lua_gettop(L);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &key_jctx);
+        jctx *z = lua_touserdata(L, -1);
+        if (jz_fetch(L, z, storage, key)) {
+            lua_replace(L, key);
+            lua_settop(L, key);
+            return lua_type(L, -1);
+        }
+        lua_settop(L, key);
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return LUA_TNIL;
+}
+
+void rs_context_end(lua_State *L) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_jctx) == LUA_TUSERDATA) {
+        jctx *z = lua_touserdata(L, -1);
+        z->json = NULL;
+        z->storage = NULL;
+        lua_pushnil(L);
+        lua_setiuservalue(L, -2, UV_STORAGE);
+    }
+    lua_pop(L, 1);
+}
+
+int rs_set_context_mode(lua_State *L) {
+    jctx *z = jz_push(L);
+    z->mode = (int)lua_tointeger(L, 1);
+    return 0;
 }
 
 /* ---- Lua values -> canonical JSON text --------------------------------------------------- */

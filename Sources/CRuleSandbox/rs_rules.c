@@ -1209,6 +1209,7 @@ typedef struct eval_args {
     rs_outcome *outcomes; /* all flags */
     int stage;
     int route;
+    bool lazy_context; /* the context is read lazily: rs_context_end when the evaluation is over */
     char why[300];
 } eval_args;
 
@@ -1280,6 +1281,13 @@ static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcom
     }
 }
 
+/* The evaluation's context: converted on first read, or whole for an explain (whose trace walks all of it). */
+static void push_context(rs_state *S, lua_State *L, eval_args *a) {
+    uint32_t depth = S->limits.max_context_depth, values = S->limits.max_context_values;
+    if (S->trace) rs_push_json_object(L, a->json, a->json_len, depth, values);
+    else a->lazy_context = rs_push_json_context(L, a->json, a->json_len, depth, values);
+}
+
 /* One flag with a rule (the caller handles disabled and static flags). The rule runs unprotected inside
  * this transaction: its errors unwind to the transaction's own protected call, which classifies them by
  * stage, so a single evaluation costs one setjmp instead of two. */
@@ -1288,7 +1296,7 @@ static int eval_flag_tx(lua_State *L) {
     rs_state *S = a->S;
     rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
-    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    push_context(S, L, a);
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_rule(S, f->key, f->key_len);
@@ -1343,6 +1351,7 @@ void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t con
     S->now = now;
     eval_args a;
     a.S = S;
+    a.lazy_context = false;
     a.json = context_json;
     a.json_len = context_length;
     a.flag = flag;
@@ -1363,6 +1372,7 @@ void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t con
         }
     }
     rs_disarm(S);
+    if (a.lazy_context) rs_context_end(L);
     lua_settop(L, 0);
 }
 
@@ -1370,7 +1380,7 @@ static int eval_all_tx(lua_State *L) {
     eval_args *a = lua_touserdata(L, 1);
     rs_state *S = a->S;
     a->stage = STAGE_CONTEXT;
-    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    push_context(S, L, a);
     a->stage = STAGE_RULE;
     int ctx = lua_gettop(L);
     for (size_t i = 0; i < S->flag_count; i++) {
@@ -1394,6 +1404,7 @@ int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_
     S->now = now;
     eval_args a;
     a.S = S;
+    a.lazy_context = false;
     a.json = context_json;
     a.json_len = context_length;
     a.outcomes = outcomes;
@@ -1416,6 +1427,7 @@ int32_t rs_eval_all_flags(rs_state *S, const char *context_json, size_t context_
         result = context_error->status;
     }
     rs_disarm(S);
+    if (a.lazy_context) rs_context_end(L);
     lua_settop(L, 0);
     return result;
 }
@@ -1425,7 +1437,7 @@ static int eval_route_tx(lua_State *L) {
     rs_state *S = a->S;
     rs_outcome *o = a->outcome;
     a->stage = STAGE_CONTEXT;
-    rs_push_json_object(L, a->json, a->json_len, S->limits.max_context_depth, S->limits.max_context_values);
+    push_context(S, L, a);
     int req = lua_gettop(L);
     if (S->trace) rs_trace_context(L, req);
     a->stage = STAGE_RULE;
@@ -1439,7 +1451,7 @@ static int eval_route_tx(lua_State *L) {
     bool compiled = S->trace == NULL && rs_dispatch_usable(S);
     int storage = 0;
     if (compiled) {
-        rs_push_storage(L, req);
+        rs_push_context_storage(L, req);
         storage = lua_gettop(L);
         rs_dispatch_begin(S);
     }
@@ -1541,6 +1553,15 @@ void rs_eval_route(rs_state *S, const char *request_json, size_t request_length,
         outcome->index = a.route;
     }
     rs_disarm(S);
+    if (a.lazy_context) rs_context_end(L);
+    lua_settop(L, 0);
+}
+
+void rs_set_context_conversion(rs_state *S, int mode) {
+    lua_State *L = S->L;
+    lua_pushcfunction(L, rs_set_context_mode);
+    lua_pushinteger(L, mode);
+    lua_pcall(L, 1, 0, 0);
     lua_settop(L, 0);
 }
 

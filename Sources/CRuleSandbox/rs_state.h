@@ -259,6 +259,21 @@ int rs_check_closure(rs_state *S, lua_State *L, int idx);
 /* JSON (rs_json.c). */
 /* Pushes a read-only table built from a JSON object; raises on invalid input. */
 void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values);
+/* Like rs_push_json_object for the context of an evaluation: checks the whole text at once (the same errors), but
+ * converts a top-level member only when it is first read. Returns whether it did so (small contexts are converted
+ * whole): then `json` must stay valid until rs_context_end. */
+bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values);
+/* Converts the members not read yet into the storage table at idx, if it is a context's (a no-op otherwise): for
+ * whatever walks a storage rather than indexing it. rs_push_storage does it. */
+void rs_complete_context(lua_State *L, int idx);
+/* Pushes the storage of the read-only view at idx as it is (members not read yet absent: see rs_context_rawget). */
+void rs_push_context_storage(lua_State *L, int idx);
+/* lua_rawget on a storage table that converts a context's member on first read. */
+int rs_context_rawget(lua_State *L, int storage);
+/* The evaluation whose context text was read lazily is over. Never raises. */
+void rs_context_end(lua_State *L);
+/* A Lua C function: argument 1 is the RS_CONTEXTS_* mode of the state's evaluations. */
+int rs_set_context_mode(lua_State *L);
 /* Serialises the Lua value at idx to canonical JSON into a luaL_Buffer-backed string pushed on the
  * stack; on failure pushes nil and an error message instead. */
 bool rs_to_json(lua_State *L, int idx);

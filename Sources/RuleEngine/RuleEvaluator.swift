@@ -104,6 +104,21 @@ public final class RuleEvaluator {
         return route(request: request, now: now)
     }
 
+    /// How evaluations turn a context's JSON into the table rules read: the answers are the same either way.
+    enum ContextConversion: Int32 {
+        /// Small contexts whole, larger ones member by member on first read (the default).
+        case bySize = 0
+        /// Every member before the rule runs: the reference the lazy conversion is tested against.
+        case whole = 1
+        /// The text checked whole, each top-level member converted on its first read.
+        case lazy = 2
+    }
+
+    /// Sets how this evaluator's evaluations convert their contexts.
+    func setContextConversion(_ conversion: ContextConversion) {
+        rs_set_context_conversion(state, conversion.rawValue)
+    }
+
     func routeDecision(_ outcome: rs_outcome) -> RouteDecision {
         switch Int(outcome.status) {
         case Int(RS_OK.rawValue):

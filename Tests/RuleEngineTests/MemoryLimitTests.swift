@@ -128,7 +128,11 @@ struct MemoryLimitTests {
     func contextTooBigForCap() throws {
         var limits = memoryLimits(1 << 20)
         limits.maxContextValues = 1_000_000
-        let rules = try compileWithCanary(#"flag "hostile" { rule = function(ctx) return nil end }"#, limits: limits)
+        let rules = try compileWithCanary(
+            """
+            flag "hostile" { rule = function(ctx) return ctx.items and nil end }
+            flag "unread" { rule = function(ctx) return ctx.other end }
+            """, limits: limits)
         let big =
             "{\"items\":["
             + Array(repeating: "\"" + String(repeating: "z", count: 200) + "\"", count: 20000)
@@ -136,6 +140,8 @@ struct MemoryLimitTests {
         let answer = try rules.flag("hostile", rawContext: Array(big.utf8))
         #expect(answer.reason == .error)
         #expect(answer.code == .resourceLimit)
+        // A field is built when a rule first reads it: one that never reads the large field does not pay for it.
+        #expect(try rules.flag("unread", rawContext: Array(big.utf8)).reason == .defaultValue)
         try expectCanaryAnswers(rules)
     }
 }

@@ -258,6 +258,15 @@ int rs_route_match_compiled(const rs_state *S, size_t index);
  * as the reference the compiled ones are tested against. */
 void rs_set_compiled_routing(rs_state *S, int enabled);
 
+/** How evaluations turn their context's JSON into what rules read. The answers are the same either way; only the
+ * cost differs, and the whole conversion is the reference the lazy one is tested against. */
+typedef enum rs_context_conversion {
+    RS_CONTEXTS_BY_SIZE = 0, /**< the default: small contexts whole, larger ones lazily */
+    RS_CONTEXTS_WHOLE = 1,   /**< every member converted before the rule runs */
+    RS_CONTEXTS_LAZY = 2,    /**< the text checked whole, each top-level member converted on its first read */
+} rs_context_conversion;
+void rs_set_context_conversion(rs_state *S, int mode);
+
 /** What one record of an explained evaluation is. */
 typedef enum rs_trace_kind {
     /** A rule-file line ran (`count` times when a loop repeated it). */
