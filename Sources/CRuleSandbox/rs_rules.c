@@ -1019,9 +1019,15 @@ static void freeze_rule_data(lua_State *L, rs_state *S, int decls) {
         lua_setfield(L, -2, "line");
         lua_getfield(L, -2, "kind");
         lua_getfield(L, -3, "key");
-        lua_pushfstring(L, "%s '%s'", kind_name((int)lua_tointeger(L, -2)), lua_tostring(L, -1));
+        int kind = (int)lua_tointeger(L, -2);
+        lua_pushfstring(L, "%s '%s'", kind_name(kind), lua_tostring(L, -1));
         lua_setfield(L, -4, "what");
         lua_pop(L, 2);
+        /* A flag's or route's table is only the definition: what it holds is frozen, not the table itself. */
+        if (kind == DECL_FLAG || kind == DECL_ROUTE) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "definition");
+        }
         lua_rawseti(L, roots, ++nroots);
         lua_pop(L, 1);
     }

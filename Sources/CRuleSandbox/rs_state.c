@@ -511,6 +511,7 @@ void rs_state_free(rs_state *S) {
     rs_log_clear(S);
     free(S->logs);
     free(S->text);
+    rs_release_scratch(S);
     free(S);
 }
 

@@ -195,6 +195,11 @@ struct rs_state {
     /* Texts that outcomes point into. */
     char *text;
     size_t text_len, text_cap;
+
+    /* Host memory reused by one step of loading (the compiled code of each closure checked, rs_freeze.c); NULL
+     * between steps. */
+    char *scratch;
+    size_t scratch_len, scratch_cap;
 };
 
 /* Registry keys (addresses of these statics are unique light userdata). */
@@ -250,11 +255,14 @@ void rs_make_readonly_context(lua_State *L);
 /* Creates the reusable context proxy (at setup). */
 void rs_create_context_proxy(lua_State *L);
 /* Freezes everything reachable from the values in the sequence at idx; reports what cannot be
- * frozen as diagnostics against `file`/`line` of each root (parallel sequences). */
+ * frozen as diagnostics against `file`/`line` of each root (parallel sequences). A root whose `definition` is
+ * true holds a definition table that rules never see: its contents are frozen, the table itself is not. */
 void rs_freeze_reachable(rs_state *S, lua_State *L, int roots_idx);
 /* Checks the compiled code of the Lua function at idx (a load-time closure): reports each
  * assignment to a load-time variable. Returns the number of problems reported. */
 int rs_check_closure(rs_state *S, lua_State *L, int idx);
+/* Frees the scratch buffer that checking closures filled. */
+void rs_release_scratch(rs_state *S);
 
 /* JSON (rs_json.c). */
 /* Pushes a read-only table built from a JSON object; raises on invalid input. */
