@@ -64,6 +64,22 @@ struct FlagMemoryTests {
         #expect(try rules.flag("twin", [:]) == FlagAnswer(value: ["nested": true], variant: "b", reason: .staticValue))
     }
 
+    @Test("closing a state of 4 MiB or more hands the freed memory back to the system")
+    func closingALargeStateReturnsMemory() throws {
+        let before = RuleCompiler.freeMemoryReturns
+        do {
+            let rules = try compile([
+                "big.lua": """
+                local blob = string.rep("x", 5 * 1024 * 1024)
+                flag "big" { rule = function(ctx) return #blob > 0 and "on" or "off" end }
+                """
+            ])
+            #expect(rules.evaluator.memoryInUse >= 4 << 20)
+            #expect(try rules.flag("big", [:]).variant == "on")
+        }
+        #expect(RuleCompiler.freeMemoryReturns > before)
+    }
+
     @Test("boolean flags answer on and off, each with its own default")
     func booleanAnswers() throws {
         let rules = try compile([
