@@ -360,6 +360,15 @@ static void origin_report(rs_state *S, lua_State *L, int roots, lua_Integer orig
     lua_getfield(L, -1, "file");
     lua_getfield(L, -2, "line");
     lua_getfield(L, -3, "what");
+    if (lua_isnil(L, -1)) { /* a declaration record: described by its kind and key, only when reported */
+        static const char *const kinds[] = {"a rule", "flag", "route", "config"};
+        lua_getfield(L, -4, "kind");
+        lua_Integer kind = lua_tointeger(L, -1);
+        lua_getfield(L, -5, "key");
+        lua_pushfstring(L, "%s '%s'", kinds[kind >= DECL_FLAG && kind <= DECL_CONFIG ? kind : 0], lua_tostring(L, -1));
+        lua_replace(L, -4);
+        lua_pop(L, 2);
+    }
     rs_add_diag(S, lua_tostring(L, -3), (int32_t)lua_tointeger(L, -2), "%s keeps %s, which cannot be made read-only",
                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "a rule", what);
     lua_pop(L, 4);
@@ -380,8 +389,10 @@ void rs_freeze_reachable(rs_state *S, lua_State *L, int roots) {
         lua_rawgeti(L, roots, i);
         lua_getfield(L, -1, "value");
         int value = lua_gettop(L);
-        lua_getfield(L, -2, "definition");
-        bool definition = lua_toboolean(L, -1) && lua_type(L, value) == LUA_TTABLE && !rs_is_frozen(L, value);
+        lua_getfield(L, -2, "kind");
+        lua_Integer kind = lua_tointeger(L, -1);
+        bool definition = (kind == DECL_FLAG || kind == DECL_ROUTE) && lua_type(L, value) == LUA_TTABLE &&
+                          !rs_is_frozen(L, value);
         lua_pop(L, 1);
         if (definition) {
             /* A declaration's definition table is read once, by validation, and then dropped: rules never see
