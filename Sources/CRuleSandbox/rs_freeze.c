@@ -276,40 +276,43 @@ static int bc_check(rs_state *S, const bc_proto *f, const bool *loadtime, int bu
     return found;
 }
 
-typedef struct dump_buffer {
-    bool started;
-    luaL_Buffer b;
-} dump_buffer;
-
-/* The buffer is opened on the first write, above the function being dumped (lua_dump reads the
- * function from the top of the stack when it starts, and the buffer needs to own the top). */
+/* lua_dump's writer: appends to the state's scratch buffer, which every closure checked reuses (a Lua string per
+ * closure, built through a luaL_Buffer, was a tenth of the build of 10,000 flags). Host memory, freed when the
+ * freeze ends (rs_release_scratch) or with the state. */
 static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
-    dump_buffer *db = ud;
-    if (!db->started) {
-        db->started = true;
-        luaL_buffinit(L, &db->b);
+    (void)L;
+    rs_state *S = ud;
+    if (S->scratch_len + sz > S->scratch_cap) {
+        size_t cap = S->scratch_cap ? S->scratch_cap : 4096;
+        while (cap < S->scratch_len + sz) cap *= 2;
+        char *grown = realloc(S->scratch, cap);
+        if (grown == NULL) return 1;
+        S->scratch = grown;
+        S->scratch_cap = cap;
     }
-    luaL_addlstring(&db->b, p, sz);
+    memcpy(S->scratch + S->scratch_len, p, sz);
+    S->scratch_len += sz;
     return 0;
+}
+
+void rs_release_scratch(rs_state *S) {
+    free(S->scratch);
+    S->scratch = NULL;
+    S->scratch_len = S->scratch_cap = 0;
 }
 
 int rs_check_closure(rs_state *S, lua_State *L, int idx) {
     idx = lua_absindex(L, idx);
-    dump_buffer db;
-    db.started = false;
     lua_pushvalue(L, idx);
-    int rc = lua_dump(L, dump_writer, &db, 0);
-    if (!db.started) luaL_buffinit(L, &db.b);
-    luaL_pushresult(&db.b);
-    lua_remove(L, -2);
+    S->scratch_len = 0;
+    int rc = lua_dump(L, dump_writer, S, 0);
+    lua_pop(L, 1);
     if (rc != 0) {
-        lua_pop(L, 1);
         rs_add_diag(S, "", 0, "cannot inspect a rule function (dump failed)");
         return 1;
     }
-    size_t len;
-    const unsigned char *bytes = (const unsigned char *)lua_tolstring(L, -1, &len);
-    bc_reader r = {bytes, bytes + len, false};
+    const unsigned char *bytes = (const unsigned char *)S->scratch;
+    bc_reader r = {bytes, bytes + S->scratch_len, false};
     static const unsigned char signature[] = "\x1bLua";
     static const unsigned char data[] = "\x19\x93\r\n\x1a\n";
     const unsigned char *sig = bc_block(&r, 4);
@@ -339,7 +342,6 @@ int rs_check_closure(rs_state *S, lua_State *L, int idx) {
         }
         bc_free(&f);
     }
-    lua_pop(L, 1);
     return found;
 }
 
@@ -358,6 +360,15 @@ static void origin_report(rs_state *S, lua_State *L, int roots, lua_Integer orig
     lua_getfield(L, -1, "file");
     lua_getfield(L, -2, "line");
     lua_getfield(L, -3, "what");
+    if (lua_isnil(L, -1)) { /* a declaration record: described by its kind and key, only when reported */
+        static const char *const kinds[] = {"a rule", "flag", "route", "config"};
+        lua_getfield(L, -4, "kind");
+        lua_Integer kind = lua_tointeger(L, -1);
+        lua_getfield(L, -5, "key");
+        lua_pushfstring(L, "%s '%s'", kinds[kind >= DECL_FLAG && kind <= DECL_CONFIG ? kind : 0], lua_tostring(L, -1));
+        lua_replace(L, -4);
+        lua_pop(L, 2);
+    }
     rs_add_diag(S, lua_tostring(L, -3), (int32_t)lua_tointeger(L, -2), "%s keeps %s, which cannot be made read-only",
                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "a rule", what);
     lua_pop(L, 4);
@@ -377,7 +388,30 @@ void rs_freeze_reachable(rs_state *S, lua_State *L, int roots) {
     for (lua_Integer i = 1; i <= nroots; i++) {
         lua_rawgeti(L, roots, i);
         lua_getfield(L, -1, "value");
-        push_work(L, work, &nwork, lua_gettop(L), i);
+        int value = lua_gettop(L);
+        lua_getfield(L, -2, "kind");
+        lua_Integer kind = lua_tointeger(L, -1);
+        bool definition = (kind == DECL_FLAG || kind == DECL_ROUTE) && lua_type(L, value) == LUA_TTABLE &&
+                          !rs_is_frozen(L, value);
+        lua_pop(L, 1);
+        if (definition) {
+            /* A declaration's definition table is read once, by validation, and then dropped: rules never see
+             * it, so what it holds is frozen and it is not (freezing copies a table into three; at 10,000 flags
+             * that was a seventh of the build). It is left unseen: if rules can reach it some other way (a
+             * file-level table given as the definition), it is frozen when reached that way. */
+            lua_pushnil(L);
+            while (lua_next(L, value)) {
+                push_work(L, work, &nwork, -2, i);
+                push_work(L, work, &nwork, -1, i);
+                lua_pop(L, 1);
+            }
+            if (lua_getmetatable(L, value)) {
+                push_work(L, work, &nwork, -1, i);
+                lua_pop(L, 1);
+            }
+        } else {
+            push_work(L, work, &nwork, value, i);
+        }
         lua_pop(L, 2);
     }
     int checked_closures = 0;
@@ -447,6 +481,7 @@ void rs_freeze_reachable(rs_state *S, lua_State *L, int roots) {
         }
         lua_pop(L, 1);
     }
+    rs_release_scratch(S);
     for (lua_Integer i = 1; i <= ntables; i++) {
         lua_rawgeti(L, tables, i);
         rs_freeze_table(L, -1);

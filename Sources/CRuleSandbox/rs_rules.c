@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum decl_kind { DECL_FLAG = 1, DECL_ROUTE = 2, DECL_CONFIG = 3 };
-
 static const char *kind_name(int kind) {
     return kind == DECL_FLAG ? "flag" : kind == DECL_ROUTE ? "route" : "config";
 }
@@ -1010,20 +1008,8 @@ static void freeze_rule_data(lua_State *L, rs_state *S, int decls) {
             lua_pop(L, 1);
             continue;
         }
-        lua_createtable(L, 0, 4);
-        lua_getfield(L, -2, "value");
-        lua_setfield(L, -2, "value");
-        lua_getfield(L, -2, "file");
-        lua_setfield(L, -2, "file");
-        lua_getfield(L, -2, "line");
-        lua_setfield(L, -2, "line");
-        lua_getfield(L, -2, "kind");
-        lua_getfield(L, -3, "key");
-        lua_pushfstring(L, "%s '%s'", kind_name((int)lua_tointeger(L, -2)), lua_tostring(L, -1));
-        lua_setfield(L, -4, "what");
-        lua_pop(L, 2);
+        /* The declaration record is the root as it is (kind, key, value, file, line): no copy per declaration. */
         lua_rawseti(L, roots, ++nroots);
-        lua_pop(L, 1);
     }
     /* Test functions may not change what rules see either (nor keep state from one test to the next). */
     for (size_t i = 0; i < S->test_count; i++) {

@@ -195,6 +195,11 @@ struct rs_state {
     /* Texts that outcomes point into. */
     char *text;
     size_t text_len, text_cap;
+
+    /* Host memory reused by one step of loading (the compiled code of each closure checked, rs_freeze.c); NULL
+     * between steps. */
+    char *scratch;
+    size_t scratch_len, scratch_cap;
 };
 
 /* Registry keys (addresses of these statics are unique light userdata). */
@@ -249,12 +254,19 @@ void rs_make_readonly(lua_State *L);
 void rs_make_readonly_context(lua_State *L);
 /* Creates the reusable context proxy (at setup). */
 void rs_create_context_proxy(lua_State *L);
-/* Freezes everything reachable from the values in the sequence at idx; reports what cannot be
- * frozen as diagnostics against `file`/`line` of each root (parallel sequences). */
+/* The kinds of declaration records (rs_rules.c), which are also roots of rs_freeze_reachable. */
+enum rs_decl_kind { DECL_FLAG = 1, DECL_ROUTE = 2, DECL_CONFIG = 3 };
+
+/* Freezes everything reachable from the `value` of each record in the sequence at idx; reports what cannot be
+ * frozen as diagnostics against the record's `file`/`line`, naming it by `what`, or for a declaration record by
+ * its `kind` and `key`. A flag's or route's value is its definition table, which rules never see: its contents
+ * are frozen, the table itself is not. */
 void rs_freeze_reachable(rs_state *S, lua_State *L, int roots_idx);
 /* Checks the compiled code of the Lua function at idx (a load-time closure): reports each
  * assignment to a load-time variable. Returns the number of problems reported. */
 int rs_check_closure(rs_state *S, lua_State *L, int idx);
+/* Frees the scratch buffer that checking closures filled. */
+void rs_release_scratch(rs_state *S);
 
 /* JSON (rs_json.c). */
 /* Pushes a read-only table built from a JSON object; raises on invalid input. */

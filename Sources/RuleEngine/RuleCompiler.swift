@@ -1,6 +1,10 @@
 import CRuleSandbox
 import RuleModel
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Turns rule files into a validated ``RuleSet`` and the Lua states that evaluate it.
 public enum RuleCompiler {
     /// Loads `sources` into a fresh sandboxed state and validates the whole rule set.
@@ -78,6 +82,17 @@ public enum RuleCompiler {
         }
         return RuleEvaluator(state: state, ruleSet: ruleSet)
     }
+
+    /// Hands the memory that loading freed back to the system. Loading frees megabytes in small pieces between the
+    /// states it keeps (each file's compiled chunk, validation's work tables, the conversions to the Swift model),
+    /// which the allocator would otherwise keep resident: call it once every state of a generation is built.
+    /// Closing a large state does the same by itself (``RuleEvaluator`` releases its state).
+    public static func returnFreeMemory() {
+        rs_return_free_memory()
+    }
+
+    /// How many times free memory was handed back to the system since the process started.
+    public static var freeMemoryReturns: Int { Int(rs_free_memory_returns()) }
 
     /// - Parameter dataSets: the data sets an earlier state of the same rule set built, shared instead of
     ///   parsing the data files again; nil to offer the data files among `sources` to `data "name"`.
@@ -184,17 +199,31 @@ public enum RuleCompiler {
     {
         let parser = JSONParser()
         var flags: [FlagDefinition] = []
+        flags.reserveCapacity(rs_flag_count(state))
+        // Flags whose variants the state shares (every boolean flag's "off" and "on") share one Swift array too:
+        // converted once, instead of one array, two names and two JSON texts per flag (about 330 bytes each).
+        // The state shares an entry array or not at all, so the first variant's name pointer identifies it.
+        var sharedVariants: [UInt: [FlagVariant]] = [:]
+        var files = FileNames()
         for index in 0..<rs_flag_count(state) {
             let info = rs_flag_at(state, index)
-            var variants: [FlagVariant] = []
-            for v in 0..<Int(info.variant_count) {
-                let variant = rs_flag_variant_at(state, index, v)
-                let json = bytes(variant.json, variant.json_len)
-                let value: JSONValue
-                do { value = try parser.parse(json) } catch {
-                    throw RuleLoadFailure("internal: variant value of \(String(cString: info.key)) is not JSON")
+            let identity = info.variant_count > 0 ? UInt(bitPattern: rs_flag_variant_at(state, index, 0).name) : 0
+            var variants: [FlagVariant]
+            if let shared = sharedVariants[identity] {
+                variants = shared
+            } else {
+                variants = []
+                variants.reserveCapacity(Int(info.variant_count))
+                for v in 0..<Int(info.variant_count) {
+                    let variant = rs_flag_variant_at(state, index, v)
+                    let json = bytes(variant.json, variant.json_len)
+                    let value: JSONValue
+                    do { value = try parser.parse(json) } catch {
+                        throw RuleLoadFailure("internal: variant value of \(String(cString: info.key)) is not JSON")
+                    }
+                    variants.append(FlagVariant(name: String(cString: variant.name), value: value, json: json))
                 }
-                variants.append(FlagVariant(name: String(cString: variant.name), value: value, json: json))
+                if identity != 0 { sharedVariants[identity] = variants }
             }
             var metadata: JSONValue?
             if info.metadata_json != nil {
@@ -210,10 +239,11 @@ public enum RuleCompiler {
                     defaultVariant: Int(info.default_variant),
                     enabled: info.enabled != 0,
                     hasRule: info.has_rule != 0,
-                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
+                    location: SourceLocation(file: files.name(info.file), line: Int(info.line)),
                     metadata: metadata))
         }
         var routes: [RouteDefinition] = []
+        routes.reserveCapacity(rs_route_count(state))
         for index in 0..<rs_route_count(state) {
             let info = rs_route_at(state, index)
             routes.append(
@@ -223,9 +253,10 @@ public enum RuleCompiler {
                     priority: info.priority,
                     hasMatch: info.has_match != 0,
                     staticTarget: info.static_target.map { String(cString: $0) },
-                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+                    location: SourceLocation(file: files.name(info.file), line: Int(info.line))))
         }
         var configs: [ConfigEntry] = []
+        configs.reserveCapacity(rs_config_count(state))
         for index in 0..<rs_config_count(state) {
             let info = rs_config_at(state, index)
             let json = bytes(info.json, info.json_len)
@@ -236,7 +267,7 @@ public enum RuleCompiler {
             configs.append(
                 ConfigEntry(
                     key: String(cString: info.key), value: value, json: json,
-                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line))))
+                    location: SourceLocation(file: files.name(info.file), line: Int(info.line))))
         }
         var tests: [RuleTestDefinition] = []
         for index in 0..<rs_test_count(state) {
@@ -250,7 +281,7 @@ public enum RuleCompiler {
             tests.append(
                 RuleTestDefinition(
                     name: String(cString: info.name),
-                    location: SourceLocation(file: String(cString: info.file), line: Int(info.line)),
+                    location: SourceLocation(file: files.name(info.file), line: Int(info.line)),
                     definition: definition, functionIndex: info.is_function != 0 ? index : nil))
         }
         let dataSets = (0..<rs_state_data_count(state)).compactMap { index -> RuleDataSet? in
@@ -261,6 +292,21 @@ public enum RuleCompiler {
         return RuleSet(
             revision: RuleRevision(sources: sources), sources: sources, flags: flags, routes: routes,
             configs: configs, tests: tests, dataSets: dataSets, limits: limits)
+    }
+
+    /// The file names of declarations as Swift strings, one per file rather than one per declaration: a path
+    /// over 15 bytes is a heap allocation each time it is converted, and a file declares hundreds of flags.
+    private struct FileNames {
+        private var last: String = ""
+        private var lastBytes: [CChar] = [0]
+
+        mutating func name(_ file: UnsafePointer<CChar>) -> String {
+            let same = lastBytes.withUnsafeBufferPointer { strcmp($0.baseAddress!, file) == 0 }
+            if same { return last }
+            last = String(cString: file)
+            lastBytes = Array(UnsafeBufferPointer(start: file, count: strlen(file) + 1))
+            return last
+        }
     }
 
     private static func bytes(_ pointer: UnsafePointer<CChar>?, _ count: Int) -> [UInt8] {

@@ -55,7 +55,7 @@ public final class RuleSet: Sendable {
         self.dataSets = dataSets
         self.limits = limits
         self.flagIndexes = UTF8KeyIndex(flags.map(\.key))
-        self.flagFragments = flags.map(FlagAnswerFragments.init)
+        self.flagFragments = FlagAnswerFragments.all(flags)
         var configIndexes: [String: Int] = [:]
         for (index, entry) in configs.enumerated() { configIndexes[entry.key] = index }
         self.configIndexes = configIndexes
@@ -134,17 +134,41 @@ struct FlagAnswerFragments: Sendable {
     let variants: [[UInt8]]
     let tail: [UInt8]
 
-    init(_ flag: FlagDefinition) {
+    /// The fragments of every flag. Flags that share one variants array (every boolean flag does) share its
+    /// encoded variants too: one array of fragments for all of them, not three arrays per flag.
+    static func all(_ flags: [FlagDefinition]) -> [FlagAnswerFragments] {
+        var encoded: [UnsafeRawPointer: [[UInt8]]] = [:]
+        var fragments: [FlagAnswerFragments] = []
+        fragments.reserveCapacity(flags.count)
+        for flag in flags {
+            // The storage's address names the array while `flags` holds it, as it does throughout.
+            let storage = flag.variants.withUnsafeBufferPointer { $0.baseAddress.map(UnsafeRawPointer.init) }
+            let variants: [[UInt8]]
+            if let storage, let shared = encoded[storage] {
+                variants = shared
+            } else {
+                variants = flag.variants.map(encodedVariant)
+                if let storage { encoded[storage] = variants }
+            }
+            fragments.append(FlagAnswerFragments(flag, variants: variants))
+        }
+        return fragments
+    }
+
+    /// `"value":V,"variant":"N"`.
+    static func encodedVariant(_ variant: FlagVariant) -> [UInt8] {
+        var bytes = Array(#""value":"#.utf8)
+        bytes.append(contentsOf: variant.json)
+        bytes.append(contentsOf: #","variant":"#.utf8)
+        JSONWriter.appendEscapedString(variant.name, to: &bytes)
+        return bytes
+    }
+
+    init(_ flag: FlagDefinition, variants: [[UInt8]]? = nil) {
         var head = Array(#"{"key":"#.utf8)
         JSONWriter.appendEscapedString(flag.key, to: &head)
         self.head = head
-        variants = flag.variants.map { variant in
-            var bytes = Array(#""value":"#.utf8)
-            bytes.append(contentsOf: variant.json)
-            bytes.append(contentsOf: #","variant":"#.utf8)
-            JSONWriter.appendEscapedString(variant.name, to: &bytes)
-            return bytes
-        }
+        self.variants = variants ?? flag.variants.map(Self.encodedVariant)
         var tail: [UInt8] = []
         if let metadata = flag.metadata {
             tail.append(contentsOf: #","metadata":"#.utf8)

@@ -300,6 +300,10 @@ private struct Walk {
         }
         defer { close(fd) }
         var bytes: [UInt8] = []
+        // Sized from the start: grown by appending, the buffer held the rule set's text with up to twice the
+        // room for as long as the rule set served.
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_size > 0 { bytes.reserveCapacity(min(Int(st.st_size), maxBytes) + 1) }
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {

@@ -659,6 +659,7 @@ public final class ReloadCoordinator: Sendable {
                     boxes.append(
                         NIOLoopBoundBox.makeBoxSendingValue(evaluator, as: RuleEvaluator?.self, eventLoop: loop))
                 }
+                RuleCompiler.returnFreeMemory()
                 return BuiltGeneration(ruleSet: ruleSet, evaluators: boxes, stateMemory: memory)
             }
             return .success(built)

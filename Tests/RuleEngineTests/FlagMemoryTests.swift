@@ -1,6 +1,7 @@
-import RuleEngine
 import RuleModel
 import Testing
+
+@testable import RuleEngine
 
 /// What each flag costs a Lua state: a rule set of many flags is held once per worker.
 @Suite("Flag memory")
@@ -23,6 +24,60 @@ struct FlagMemoryTests {
         let large = try compile(["flags.lua": Self.booleanFlags(1_100)])
         let perThousand = large.evaluator.memoryInUse - small.evaluator.memoryInUse
         #expect(perThousand < 450 * 1024)
+    }
+
+    /// The address of an array's storage: two arrays that share it hold one copy of their elements.
+    static func storage<Element>(_ array: [Element]) -> UnsafeRawPointer? {
+        array.withUnsafeBufferPointer { $0.baseAddress.map(UnsafeRawPointer.init) }
+    }
+
+    @Test("boolean flags share one variants array, and its encoded answers, in the rule set's model")
+    func booleanFlagsShareTheModelsVariants() throws {
+        let rules = try compile([
+            "flags.lua": Self.booleanFlags(3) + """
+
+                flag "own" { variants = { a = 1, b = { nested = true } }, default = "a" }
+                flag "twin" { variants = { a = 1, b = { nested = true } }, default = "b" }
+                """
+        ])
+        let flags = rules.ruleSet.flags
+        let boolean = flags.indices.filter { flags[$0].key.hasPrefix("feature-") }
+        let own = try #require(flags.firstIndex { $0.key == "own" })
+        let twin = try #require(flags.firstIndex { $0.key == "twin" })
+        #expect(boolean.count == 3)
+        #expect(Set(boolean.map { Self.storage(flags[$0].variants) }).count == 1)
+        #expect(Set(boolean.map { Self.storage(rules.ruleSet.flagFragments[$0].variants) }).count == 1)
+        // Flags with variants of their own keep their own, even when equal to another flag's.
+        #expect(Self.storage(flags[own].variants) != Self.storage(flags[boolean[0]].variants))
+        #expect(Self.storage(flags[own].variants) != Self.storage(flags[twin].variants))
+        #expect(flags[own].variants.map(\.name) == ["a", "b"])
+        #expect(flags[own].variants.map(\.json) == [Array("1".utf8), Array(#"{"nested":true}"#.utf8)])
+        #expect(flags[boolean[0]].variants.map(\.json) == [Array("false".utf8), Array("true".utf8)])
+        // The shared pieces encode exactly what each flag's own would.
+        for index in flags.indices {
+            let fragments = rules.ruleSet.flagFragments[index]
+            let alone = FlagAnswerFragments(flags[index])
+            #expect(fragments.head == alone.head)
+            #expect(fragments.variants == alone.variants)
+            #expect(fragments.tail == alone.tail)
+        }
+        #expect(try rules.flag("twin", [:]) == FlagAnswer(value: ["nested": true], variant: "b", reason: .staticValue))
+    }
+
+    @Test("closing a state of 4 MiB or more hands the freed memory back to the system")
+    func closingALargeStateReturnsMemory() throws {
+        let before = RuleCompiler.freeMemoryReturns
+        do {
+            let rules = try compile([
+                "big.lua": """
+                local blob = string.rep("x", 5 * 1024 * 1024)
+                flag "big" { rule = function(ctx) return #blob > 0 and "on" or "off" end }
+                """
+            ])
+            #expect(rules.evaluator.memoryInUse >= 4 << 20)
+            #expect(try rules.flag("big", [:]).variant == "on")
+        }
+        #expect(RuleCompiler.freeMemoryReturns > before)
     }
 
     @Test("boolean flags answer on and off, each with its own default")

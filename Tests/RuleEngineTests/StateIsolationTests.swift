@@ -70,6 +70,35 @@ private let runtimeLeakAttempts: [String: String] = [
       return previous
     end }
     """,
+    "the flag's own definition table, kept in a file-level local": """
+    local definition = { variants = { alice = 1, bob = 2, none = 0 }, default = "none" }
+    definition.rule = function(ctx)
+      local key = "la" .. "st"
+      local previous = definition[key]
+      definition[key] = ctx.user
+      return previous
+    end
+    flag "hostile" (definition)
+    """,
+    "a route's definition table, kept in a file-level local": """
+    local spec = { target = "backend" }
+    route "r" (spec)
+    flag "hostile" { variants = { alice = 1, bob = 2, none = 0 }, default = "none", rule = function(ctx)
+      local key = "la" .. "st"
+      local previous = spec[key]
+      spec[key] = ctx.user
+      return previous
+    end }
+    """,
+    "a table inside a definition, reached through flag_value": """
+    flag "store" { variants = { box = { user = "none" } }, default = "box" }
+    flag "hostile" { variants = { alice = 1, bob = 2, none = 0 }, default = "none", rule = function(ctx)
+      local _, box = flag_value("store", ctx)
+      local previous = box.user
+      box["us" .. "er"] = ctx.user
+      return previous
+    end }
+    """,
     "rawset on the metatable of a file-level table": """
     local mt = { __index = {} }
     local box = setmetatable({}, mt)

@@ -173,8 +173,23 @@ void rs_cancel_free(rs_cancel *C);
 /** Makes loading into `S` stop when `C` is requested (NULL: never); `C` must outlive its use by `S`. */
 void rs_state_set_cancel(rs_state *S, const rs_cancel *C);
 
-/** Closes the Lua state and frees everything it owns. */
+/**
+ * Closes the Lua state and frees everything it owns. Closing a state of RS_RETURN_MEMORY_BYTES or more also hands
+ * the allocator's free pages back to the system (rs_return_free_memory).
+ */
 void rs_state_free(rs_state *S);
+
+/** A state holding at least this many bytes returns the freed memory to the system when it closes. */
+#define RS_RETURN_MEMORY_BYTES (4u << 20)
+
+/**
+ * Hands the process allocator's free pages back to the system (malloc_trim): loading and closing states free
+ * megabytes in small pieces between live ones, which the allocator keeps otherwise.
+ */
+void rs_return_free_memory(void);
+
+/** How many times free memory was handed back since the process started. */
+uint64_t rs_free_memory_returns(void);
 
 /**
  * Compiles (text mode only) and runs one rule file's chunk in its own environment.
