@@ -109,7 +109,11 @@ public struct DaemonService: Service {
     public func run() async throws {
         // SIGHUP is trapped before anything can be asked of the daemon: its default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let store = GenerationStore()
+        let store = GenerationStore(
+            isolated: settings.isolation == .process
+                ? IsolatedRuleProcess(namespace: NamespaceSettings.defaultName, limits: settings.limits, logger: logger)
+                : nil)
+        defer { store.isolated?.stop() }
         let loopFailure = Mutex<Error?>(nil)
         let shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let pool: WorkerPool
@@ -172,6 +176,7 @@ public struct DaemonService: Service {
         overrides.loadSaved(now: SystemClock.epochSeconds())
         // A reload that removes an overridden flag or its variant drops the override, and says so.
         reloads.observePublications { overrides.reconcile(with: $0, now: SystemClock.epochSeconds()) }
+        if let isolated = store.isolated { reloads.observePublications { isolated.publish($0) } }
         logger.info(
             "starting",
             metadata: [

@@ -245,6 +245,40 @@ final class Worker: QueryResponder {
         return result
     }
 
+    /// With `isolation = process`, the requests that run rules go to the rule process; nil for the others (and
+    /// while overrides are in force, which this worker's evaluator applies).
+    func answerLater(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
+    ) -> EventLoopFuture<ByteBuffer>? {
+        guard let isolated = store.isolated else { return nil }
+        switch request.operation {
+        case .flag, .flags, .route, .explain: break
+        default: return nil
+        }
+        guard current() != nil, !overrides.isActive else { return nil }
+        beginBatch()
+        defer { endBatch() }
+        batchRequests += 1
+        let operation = request.operation
+        let id = request.id.map { Array(line[$0]) }
+        let now = batchNow
+        return isolated.submit(line: line, now: now, on: loop).assumeIsolated().map {
+            [self] (reply: RuleProcessReply) -> ByteBuffer in
+            switch reply {
+            case .answered(let ok, let bytes):
+                metrics.recordRequest(operation, ok: ok)
+                var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
+                buffer.writeBytes(bytes)
+                return buffer
+            case .unavailable(let error):
+                metrics.recordRequest(operation, ok: false)
+                var buffer = ByteBufferAllocator().buffer(capacity: 128)
+                id.withUnsafeOptionalBytes { ResponseWriter.writeFailure(id: $0, error: error, into: &buffer) }
+                return buffer
+            }
+        }.nonisolated()
+    }
+
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {
         let generation = servingGeneration
         ResponseWriter.writeSuccess(

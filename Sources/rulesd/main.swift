@@ -32,7 +32,16 @@ struct RulesdCommand: AsyncParsableCommand {
     @OptionGroup(title: "Settings")
     var settingOptions: SettingOptions
 
+    /// Set when rulesd starts itself as the rule process of a rule set with `isolation = process`.
+    @Option(name: .customLong(RuleProcessWorker.modeOption), help: .hidden)
+    var ruleProcessChannel: Int32?
+    @Option(name: .customLong(RuleProcessWorker.memoryOption), help: .hidden)
+    var ruleProcessMemory: Int?
+
     func run() async throws {
+        if let channel = ruleProcessChannel {
+            RuleProcessWorker.run(channel: channel, memoryLimit: ruleProcessMemory)
+        }
         let journal = JournalStream.isConnected()
         let settings: DaemonSettings
         do {
@@ -141,6 +150,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.roleOperate), help: .setting(.roleOperate)) var roleOperate: String?
     @Option(name: .setting(.roleAdmin), help: .setting(.roleAdmin)) var roleAdmin: String?
     @Option(name: .setting(.auditMaxBytes), help: .setting(.auditMaxBytes)) var auditMaxBytes: String?
+    @Option(name: .setting(.isolation), help: .setting(.isolation)) var isolation: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -193,6 +203,7 @@ struct SettingOptions: ParsableArguments {
         case .roleOperate: roleOperate
         case .roleAdmin: roleAdmin
         case .auditMaxBytes: auditMaxBytes
+        case .isolation: isolation
         }
     }
 }
