@@ -6,6 +6,8 @@ DESTDIR ?=
 RULES ?= config/rules.d
 RUN_DIR ?= $(CURDIR)/.run
 SOCKET ?= $(RUN_DIR)/rulesd.sock
+# `make run`'s settings: the example rules as the default namespace, and the payments namespace beside them.
+RUN_CONFIG ?= config/rulesd-run.conf
 
 # Debian packages the build and the tests need.
 # systemd: systemd-analyze for the unit checks, systemd-socket-activate for the socket-activation tests.
@@ -29,7 +31,7 @@ build: deps
 
 run: build
 	@mkdir -p $(RUN_DIR)
-	$(SWIFT) run rulesd --rules $(RULES) --socket $(SOCKET) --state-dir $(RUN_DIR)/state
+	$(SWIFT) run rulesd --config $(RUN_CONFIG) --rules $(RULES) --socket $(SOCKET) --state-dir $(RUN_DIR)/state
 
 # Every part, whatever the earlier ones gave, then one summary: each part's outcome, every skip with its reason,
 # and a last line "N passed, N failed"; non-zero when anything failed (.ci/test-all.sh says how it counts).

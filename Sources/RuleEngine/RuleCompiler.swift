@@ -31,7 +31,14 @@ public enum RuleCompiler {
                     message: "file is larger than \(cap) bytes" + (isData ? " (max_data_bytes)" : "")))
         }
         if !oversized.isEmpty { throw RuleLoadFailure(diagnostics: oversized) }
+        try RuleQuotas.checkFiles(sorted, limits: limits)
         let state = try loadState(sorted, limits: limits, cancellation: cancellation, dataSets: nil)
+        do {
+            try RuleQuotas.checkFlags(rs_flag_count(state), limits: limits)
+        } catch {
+            rs_state_free(state)
+            throw error
+        }
         let ruleSet: RuleSet
         do {
             ruleSet = try extractModel(state, sources: sorted, limits: limits)

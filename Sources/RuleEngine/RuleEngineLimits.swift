@@ -27,6 +27,12 @@ public struct RuleEngineLimits: Sendable, Hashable {
     public var logLineBytes: Int = 512
     /// Wall-clock budget of all rule tests of one load together; a suite over it fails the load.
     public var testBudget: Duration = .seconds(2)
+    /// Quota: most files (rule and data files together) one rule set may have; `Int.max` for none.
+    public var maxFiles: Int = .max
+    /// Quota: most flags one rule set may declare; `Int.max` for none.
+    public var maxFlags: Int = .max
+    /// Quota: most bytes of all files (rule and data files) of one rule set together; `Int.max` for none.
+    public var maxRulesBytes: Int = .max
 
     public init() {}
 

@@ -85,18 +85,33 @@ public struct DaemonSettings: Sendable, Equatable {
         commandLine: [(Key, String)], environment: [String: String], configFile: String?,
         defaultConfigFile: String = DaemonSettings.defaultConfigFile
     ) throws(SettingsError) -> DaemonSettings {
+        try resolveReadingFile(
+            commandLine: commandLine, environment: environment, configFile: configFile,
+            defaultConfigFile: defaultConfigFile
+        ).settings
+    }
+
+    /// ``resolve(commandLine:environment:configFile:defaultConfigFile:)``, with the config file as read.
+    static func resolveReadingFile(
+        commandLine: [(Key, String)], environment: [String: String], configFile: String?,
+        defaultConfigFile: String
+    ) throws(SettingsError) -> (settings: DaemonSettings, file: ConfigFile?) {
         var settings = DaemonSettings()
+        var file: ConfigFile?
         if let path = configFile ?? environment[configFileVariable] {
-            try settings.apply(configFile: path)
+            file = try readConfigFile(path)
         } else if access(defaultConfigFile, F_OK) == 0 {
             // An existing default file is read, and an unreadable one is an error rather than silently skipped.
-            try settings.apply(configFile: defaultConfigFile)
+            file = try readConfigFile(defaultConfigFile)
         }
+        if let file { try settings.apply(topLevelOf: file) }
         try settings.apply(environment: environment)
         for (key, value) in commandLine {
             try settings.apply(key, value: value, from: .commandLine)
         }
-        return settings
+        // A namespace inherits the top-level values in effect after every source, so sections are read last.
+        if let file { try settings.declareNamespaces(of: file) }
+        return (settings, file)
     }
 
     /// Applies one setting given as text.
@@ -109,13 +124,29 @@ public struct DaemonSettings: Sendable, Equatable {
         }
     }
 
-    /// Applies a config file: `name = value` lines, `#` comments, values optionally in double quotes.
+    /// Applies a config file: `name = value` lines, `#` comments, values optionally in double quotes, and
+    /// `[namespace NAME]` sections, which declare ``namespaces``.
     /// - Throws: ``SettingsError`` when the file cannot be read, or naming the line of the first unknown setting,
     ///   malformed line or bad value.
     public mutating func apply(configFile path: String) throws(SettingsError) {
+        let file = try Self.readConfigFile(path)
+        try apply(topLevelOf: file)
+        try declareNamespaces(of: file)
+    }
+
+    /// Applies the settings above the first section of a config file.
+    mutating func apply(topLevelOf file: ConfigFile) throws(SettingsError) {
+        for line in file.topLevel {
+            try apply(line.key, value: line.value, from: .configFile(path: file.path, line: line.number))
+        }
+    }
+
+    /// Reads a config file's lines and sections, checking every name; values are checked when applied.
+    static func readConfigFile(_ path: String) throws(SettingsError) -> ConfigFile {
         guard let text = Self.readFile(path) else {
             throw SettingsError("cannot read config file \(path): \(String(cString: strerror(errno)))")
         }
+        var file = ConfigFile(path: path)
         var lineNumber = 0
         // "\r\n" is one Character in Swift, so it is a line break of its own.
         for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
@@ -124,6 +155,10 @@ public struct DaemonSettings: Sendable, Equatable {
             if let hash = Self.commentStart(line) { line = line[..<hash] }
             let trimmed = line.trimmingCharacters(in: " \t\r")
             if trimmed.isEmpty { continue }
+            if trimmed.hasPrefix("[") {
+                try file.beginSection(trimmed, line: lineNumber)
+                continue
+            }
             guard let equals = trimmed.firstIndex(of: "=") else {
                 throw SettingsError("\(path):\(lineNumber): expected 'name = value'")
             }
@@ -132,11 +167,16 @@ public struct DaemonSettings: Sendable, Equatable {
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
                 value = String(value.dropFirst().dropLast())
             }
+            if !file.sections.isEmpty {
+                try file.addToSection(name: name, value: value, line: lineNumber)
+                continue
+            }
             guard let key = Key(rawValue: name) else {
                 throw SettingsError("\(path):\(lineNumber): unknown setting '\(name)'")
             }
-            try apply(key, value: value, from: .configFile(path: path, line: lineNumber))
+            file.topLevel.append(ConfigFile.Setting(key: key, value: value, number: lineNumber))
         }
+        return file
     }
 
     /// Applies every `RULESD_*` variable except `RULESD_CONFIG` (the config file's path, read first).
@@ -152,13 +192,14 @@ public struct DaemonSettings: Sendable, Equatable {
         }
     }
 
-    /// Every setting as a `name = value` line, in the order of ``descriptors``: a config file that reproduces
-    /// these settings.
+    /// Every setting as a `name = value` line, in the order of ``descriptors``, then a `[namespace NAME]` section
+    /// for each of ``namespaces``: a config file that reproduces these settings.
     public var configurationText: String {
         Self.descriptors.map { "\($0.key.rawValue) = \(Self.quotedIfNeeded($0.render(self)))\n" }.joined()
+            + namespaces.map { "\n" + sectionText($0) }.joined()
     }
 
-    private static func quotedIfNeeded(_ value: String) -> String {
+    static func quotedIfNeeded(_ value: String) -> String {
         let needsQuotes =
             value.isEmpty || value.contains("#") || value.first == " " || value.last == " " || value.first == "\""
         return needsQuotes ? "\"\(value)\"" : value
@@ -266,6 +307,9 @@ extension DaemonSettings {
         case maxFileBytes = "max_file_bytes"
         case maxDataBytes = "max_data_bytes"
         case testBudget = "test_budget"
+        case maxFiles = "max_files"
+        case maxFlags = "max_flags"
+        case maxRulesBytes = "max_rules_bytes"
         case metricsListen = "metrics_listen"
         case capture
         case captureSize = "capture_size"
@@ -380,6 +424,20 @@ extension DaemonSettings {
         .duration(
             .testBudget, \.limits.testBudget, .milliseconds(1)...(.seconds(600)),
             summary: "wall-clock budget of all rule tests of one reload"),
+        .quota(
+            .integer(
+                .maxFiles, \.limits.maxFiles, 1...100_000,
+                summary: "quota: most files (rule and data files together) in the rules directory, or `unlimited`"),
+            \.limits.maxFiles),
+        .quota(
+            .integer(
+                .maxFlags, \.limits.maxFlags, 1...1_000_000, summary: "quota: most flags declared, or `unlimited`"),
+            \.limits.maxFlags),
+        .quota(
+            .size(
+                .maxRulesBytes, \.limits.maxRulesBytes, (1 << 10)...(512 << 20),
+                summary: "quota: most bytes of all files of the rules directory together, or `unlimited`"),
+            \.limits.maxRulesBytes),
         SettingDescriptor(
             key: .metricsListen, valueName: "host:port",
             summary: "`HOST:PORT` for the `/metrics` HTTP listener, or `off`", example: "127.0.0.1:9464",
@@ -549,6 +607,26 @@ public struct SettingDescriptor: Sendable {
                 settings[keyPath: path] = n
             },
             render: { String($0[keyPath: path]) })
+    }
+
+    /// A quota: the values of `plain` (a setting of `path`), or `unlimited`, kept as `Int.max`.
+    static func quota(
+        _ plain: SettingDescriptor, _ path: WritableKeyPath<DaemonSettings, Int> & Sendable
+    ) -> SettingDescriptor {
+        SettingDescriptor(
+            key: plain.key, valueName: plain.valueName, summary: plain.summary,
+            parse: { settings, text throws(SettingsError) in
+                if text == "unlimited" {
+                    settings[keyPath: path] = .max
+                    return
+                }
+                do throws(SettingsError) {
+                    try plain.parse(&settings, text)
+                } catch {
+                    throw SettingsError("expected unlimited or " + error.message.dropFirst("expected ".count))
+                }
+            },
+            render: { $0[keyPath: path] == .max ? "unlimited" : plain.render($0) })
     }
 
     static func choice<Choice: RawRepresentable<String> & CaseIterable & Sendable>(

@@ -74,8 +74,10 @@ struct OpenFeatureBenchmark: ParsableCommand {
         let grpcContexts = try contexts.map { try Self.protobufStruct(JSONParser().parse($0)) }
 
         for count in [1, clients] {
-            report("line protocol", count, try threads(count) { try Self.lineClient(socket, lineRequests, requests) })
-            report("OFREP (HTTP)", count, try threads(count) { try Self.ofrepClient(port, ofrepRequests, requests) })
+            report(
+                "line protocol", count, try Self.threads(count) { try Self.lineClient(socket, lineRequests, requests) })
+            report(
+                "OFREP (HTTP)", count, try Self.threads(count) { try Self.ofrepClient(port, ofrepRequests, requests) })
             report(
                 "flagd gRPC (v2)", count,
                 try blocking { try await grpc(count, socket: grpcSocket, contexts: grpcContexts) })
@@ -103,7 +105,7 @@ struct OpenFeatureBenchmark: ParsableCommand {
         var seconds: Double
     }
 
-    private func report(_ name: String, _ clients: Int, _ measurement: Measurement) {
+    func report(_ name: String, _ clients: Int, _ measurement: Measurement) {
         let sorted = measurement.latencies.sorted()
         func percentile(_ p: Double) -> Double {
             Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000
@@ -115,7 +117,7 @@ struct OpenFeatureBenchmark: ParsableCommand {
     }
 
     /// Runs `count` blocking clients on threads of their own, all at once.
-    private func threads(_ count: Int, _ body: @escaping @Sendable () throws -> [UInt64]) throws -> Measurement {
+    static func threads(_ count: Int, _ body: @escaping @Sendable () throws -> [UInt64]) throws -> Measurement {
         let results = Mutex<[Result<[UInt64], any Error>]>([])
         let started = SystemClock.monotonicNanoseconds()
         let group = DispatchGroup()
@@ -220,7 +222,7 @@ struct OpenFeatureBenchmark: ParsableCommand {
         return text.utf8.distance(from: text.utf8.startIndex, to: end.upperBound) + length
     }
 
-    private static func send(_ fd: Int32, _ bytes: [UInt8]) throws {
+    static func send(_ fd: Int32, _ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -229,7 +231,7 @@ struct OpenFeatureBenchmark: ParsableCommand {
         }
     }
 
-    private static func connectUnix(_ path: String) throws -> Int32 {
+    static func connectUnix(_ path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -287,7 +289,7 @@ struct OpenFeatureBenchmark: ParsableCommand {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    private static func waitFor(_ condition: () -> Bool) throws {
+    static func waitFor(_ condition: () -> Bool) throws {
         for _ in 0..<3000 {
             if condition() { return }
             usleep(10_000)

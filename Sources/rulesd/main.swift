@@ -29,6 +29,13 @@ struct RulesdCommand: AsyncParsableCommand {
     @Flag(help: "Print the settings in effect as a config file, and exit.")
     var printSettings = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Check the settings (config file, environment and options, as a start reads them), that every "
+                + "namespace's rules directory exists and every user and group the roles name exists; print "
+                + "'PATH: ok' and the namespaces, or every problem, and exit 0 or 2 without starting."))
+    var checkConfig = false
+
     @OptionGroup(title: "Settings")
     var settingOptions: SettingOptions
 
@@ -42,6 +49,7 @@ struct RulesdCommand: AsyncParsableCommand {
         if let channel = ruleProcessChannel {
             RuleProcessWorker.run(channel: channel, memoryLimit: ruleProcessMemory)
         }
+        if checkConfig { throw ExitCode(checkConfiguration()) }
         let journal = JournalStream.isConnected()
         let settings: DaemonSettings
         do {
@@ -91,6 +99,26 @@ struct RulesdCommand: AsyncParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 
+    /// `--check-config`: the verdict on standard output, the problems on standard error.
+    private func checkConfiguration() -> Int32 {
+        let check = DaemonSettings.checkConfiguration(
+            commandLine: settingOptions.given, environment: Self.environment(), configFile: config)
+        let name = check.configFile ?? "(no config file)"
+        guard check.problems.isEmpty, let settings = check.settings else {
+            let count = check.problems.count
+            var text = (check.problems + ["\(name): \(count) problem\(count == 1 ? "" : "s")"]).joined(separator: "\n")
+            text += "\n"
+            text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            return 2
+        }
+        print("\(name): ok")
+        for namespace in settings.allNamespaces {
+            let isolation = namespace.isolation.rawValue
+            print("namespace \(namespace.name): rules \(namespace.rulesDirectory), isolation \(isolation)")
+        }
+        return 0
+    }
+
     private static func environment() -> [String: String] {
         var result: [String: String] = [:]
         var pointer = environ
@@ -134,6 +162,9 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.maxFileBytes), help: .setting(.maxFileBytes)) var maxFileBytes: String?
     @Option(name: .setting(.maxDataBytes), help: .setting(.maxDataBytes)) var maxDataBytes: String?
     @Option(name: .setting(.testBudget), help: .setting(.testBudget)) var testBudget: String?
+    @Option(name: .setting(.maxFiles), help: .setting(.maxFiles)) var maxFiles: String?
+    @Option(name: .setting(.maxFlags), help: .setting(.maxFlags)) var maxFlags: String?
+    @Option(name: .setting(.maxRulesBytes), help: .setting(.maxRulesBytes)) var maxRulesBytes: String?
     @Option(name: .setting(.metricsListen), help: .setting(.metricsListen)) var metricsListen: String?
     @Option(name: .setting(.capture), help: .setting(.capture)) var capture: String?
     @Option(name: .setting(.captureSize), help: .setting(.captureSize)) var captureSize: String?
@@ -187,6 +218,9 @@ struct SettingOptions: ParsableArguments {
         case .maxFileBytes: maxFileBytes
         case .maxDataBytes: maxDataBytes
         case .testBudget: testBudget
+        case .maxFiles: maxFiles
+        case .maxFlags: maxFlags
+        case .maxRulesBytes: maxRulesBytes
         case .metricsListen: metricsListen
         case .capture: capture
         case .captureSize: captureSize

@@ -14,7 +14,7 @@ private struct RulesdRun {
     var standardOutput: String
     var standardError: String
 
-    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    init(_ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("rulesd-run-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: scratch) }
@@ -25,6 +25,7 @@ private struct RulesdRun {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: DaemonHarness.binary("rulesd"))
         process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         // No setting may leak in from the environment the tests run in, nor the machine's default config file.
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("RULESD_") }
         env["RULESD_CONFIG"] = "/dev/null"
@@ -62,6 +63,7 @@ private let nonDefaultValues: [String: String] = [
     "watch": "poll", "quiet_window": "150ms", "max_delay": "4s", "safety_rescan": "2m", "poll_interval": "900ms",
     "memory_limit": "32MiB", "eval_timeout": "20ms", "eval_instructions": "123456", "load_timeout": "3s",
     "load_instructions": "7654321", "max_file_bytes": "4MiB", "max_data_bytes": "32MiB", "test_budget": "5s",
+    "max_files": "500", "max_flags": "600", "max_rules_bytes": "16MiB",
     "metrics_listen": "127.0.0.1:9999", "ofrep_listen": "127.0.0.1:8999",
     "flagd_socket": "/tmp/flagd-other.sock", "flagd_listen": "127.0.0.1:8998",
     "capture": "on", "capture_size": "20", "capture_memory": "2MiB", "capture_redact": "email,ip",
@@ -96,7 +98,7 @@ struct DaemonSettingsEndToEndTests {
                 return String(trimmed.prefix { $0 != " " && $0 != "," })
             })
         let settings = try Self.sampleSettingNames().map { "--" + $0.replacingOccurrences(of: "_", with: "-") }
-        #expect(options == Set(settings + ["--config", "--print-settings", "--help", "--version"]))
+        #expect(options == Set(settings + ["--config", "--print-settings", "--check-config", "--help", "--version"]))
         // An option's help follows its name, on the same line or, after a long value name, on the next.
         let lines = run.standardOutput.split(separator: "\n").map(String.init)
         for option in settings {
@@ -239,5 +241,137 @@ struct DaemonSettingsEndToEndTests {
         try daemon.start(arguments: ["--quiet-window", "60s", "--max-delay", "300ms"])
         try daemon.writeRule("a.lua", markedRules("v2"))
         #expect(daemon.waitForMarker("v2", timeout: 30))
+    }
+}
+
+@Suite("rulesd --check-config and namespaces in the real binary")
+struct CheckConfigEndToEndTests {
+    @Test("a good file prints 'PATH: ok' and one line per namespace, and exits 0 without starting")
+    func good() throws {
+        let harness = try DaemonHarness()
+        let payments = harness.directory + "/payments"
+        try FileManager.default.createDirectory(atPath: payments, withIntermediateDirectories: true)
+        let file = harness.directory + "/rulesd.conf"
+        try Data(
+            """
+            rules = \(harness.rulesDirectory)
+            socket = \(harness.socketPath)
+
+            [namespace payments]
+            rules = \(payments)
+            isolation = process
+            max_flags = 100
+
+            """.utf8
+        ).write(to: URL(fileURLWithPath: file))
+        let run = try RulesdRun(["--check-config", "--config", file])
+        #expect(run.status == 0, "\(run.standardError)")
+        #expect(
+            run.standardOutput == """
+                \(file): ok
+                namespace default: rules \(harness.rulesDirectory), isolation thread
+                namespace payments: rules \(payments), isolation process
+
+                """)
+        #expect(run.standardError == "")
+        #expect(access(harness.socketPath, F_OK) != 0, "--check-config bound the socket")
+    }
+
+    @Test("every problem is printed with its file:line, then a count; exit 2")
+    func problems() throws {
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/rulesd.conf"
+        try Data(
+            """
+            rules = \(harness.rulesDirectory)
+            [namespace payments]
+            rules = \(harness.directory)/no-such-dir
+            role_operate = user:no-such-user-rdc
+
+            """.utf8
+        ).write(to: URL(fileURLWithPath: file))
+        let run = try RulesdRun(["--check-config", "--config", file])
+        #expect(run.status == 2)
+        #expect(run.standardOutput == "")
+        #expect(
+            run.standardError == """
+                \(file):3: rules: the rules directory \(harness.directory)/no-such-dir of namespace 'payments' does not exist
+                \(file):4: role_operate: no user named 'no-such-user-rdc'
+                \(file): 2 problems
+
+                """)
+    }
+
+    @Test("a mistake in a section stops --check-config, and a start, naming the file and line")
+    func sectionMistake() throws {
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/rulesd.conf"
+        try Data("workers = 2\n[namespace payments]\nrules = /srv/p\nsocket = /tmp/x.sock\n".utf8).write(
+            to: URL(fileURLWithPath: file))
+        let check = try RulesdRun(["--check-config", "--config", file])
+        #expect(check.status == 2)
+        #expect(check.standardError.hasPrefix("\(file):4: 'socket' is a daemon-wide setting"), "\(check.standardError)")
+        let start = try RulesdRun(["--config", file])
+        #expect(start.status == 64)
+        #expect(start.standardError.contains("\(file):4: 'socket' is a daemon-wide setting"))
+    }
+
+    @Test("the environment and the options are checked as a start would read them")
+    func environmentAndOptions() throws {
+        let run = try RulesdRun(
+            ["--check-config", "--rules", "/nonexistent/rules.d"],
+            environment: ["RULESD_ROLE_ADMIN": "group:no-such-group-rdc"])
+        #expect(run.status == 2)
+        #expect(
+            run.standardError == """
+                option --rules: the rules directory /nonexistent/rules.d of namespace 'default' does not exist
+                environment variable RULESD_ROLE_ADMIN: no group named 'no-such-group-rdc'
+                /dev/null: 2 problems
+
+                """)
+    }
+
+    @Test("the example configuration of `make run` checks ok from the repository root")
+    func runConfiguration() throws {
+        let root = RulesctlProcess.repositoryRoot.path
+        let run = try RulesdRun(["--check-config", "--config", "config/rulesd-run.conf"], directory: root)
+        #expect(run.status == 0, "\(run.standardError)")
+        #expect(run.standardOutput.contains("namespace payments: rules config/namespaces/payments, isolation thread"))
+    }
+
+    @Test("the payments example's rule tests pass")
+    func paymentsExample() throws {
+        let run = try RulesctlProcess.run(["test", "config/namespaces/payments"])
+        #expect(run.status == 0, "\(run.standardOutput)\(run.standardError)")
+        #expect(run.standardOutput.hasSuffix("10 passed, 0 failed\n"), "\(run.standardOutput)")
+    }
+
+    @Test("--print-settings prints the sections after the top level, and its output reads back the same")
+    func printSettingsRoundTrip() throws {
+        let harness = try DaemonHarness()
+        let file = harness.directory + "/rulesd.conf"
+        try Data(
+            """
+            [namespace payments]
+            rules = /srv/rules/payments
+            max_files = 40
+            role_query = group:payments
+            [namespace search]
+            rules = /srv/rules/search
+
+            """.utf8
+        ).write(to: URL(fileURLWithPath: file))
+        let first = try RulesdRun(["--print-settings", "--config", file, "--eval-timeout", "25ms"])
+        #expect(first.status == 0, "\(first.standardError)")
+        let sections = first.standardOutput.components(separatedBy: "\n\n")
+        #expect(sections.count == 3)
+        #expect(sections.dropFirst().first?.hasPrefix("[namespace payments]\nrules = /srv/rules/payments\n") == true)
+        // The section inherited the option's budget, and says so explicitly.
+        #expect(sections.dropFirst().first?.contains("\neval_timeout = 25ms\n") == true)
+        #expect(sections.dropFirst().first?.hasSuffix("\nrole_query = group:payments") == true)
+        let printed = harness.directory + "/printed.conf"
+        try Data(first.standardOutput.utf8).write(to: URL(fileURLWithPath: printed))
+        let second = try RulesdRun(["--print-settings", "--config", printed])
+        #expect(second.standardOutput == first.standardOutput)
     }
 }
