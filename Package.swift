@@ -222,6 +222,8 @@ let package = Package(
                 "FlagdEvaluationAPI",
                 "RuleEngine",
                 "RuleModel",
+                "RulesTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

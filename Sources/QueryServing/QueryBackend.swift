@@ -24,12 +24,26 @@ public protocol QueryBackend: Sendable {
     /// Delivers every later event line (without its newline) to `deliver`, on `loop`, until ``unwatch(_:)``.
     func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void)
 
+    /// Like ``watch(_:on:deliver:)``, for the events of one namespace only when `namespace` is set.
+    func watch(
+        _ key: ObjectIdentifier, namespace: String?, on loop: ServingEventLoop,
+        deliver: @escaping @Sendable ([UInt8]) -> Void)
+
+    /// Why a `watch` may not follow `namespace` (it is not served), or nil when it may. Called on the
+    /// connection's loop.
+    func watchRefusal(namespace: String) -> ProtocolError?
+
     /// Ends a subscription made by ``watch(_:on:deliver:)``.
     func unwatch(_ key: ObjectIdentifier)
 
     /// The roles a connection's peer holds; asked once per connection without group lookups, and once more with
     /// them when a request needs a role the first answer lacks. Called on the connection's loop.
     func roles(for peer: PeerCredentials?, lookingUpGroups: Bool) -> AccessRoles
+
+    /// The roles a connection's peer holds for requests in `namespace`: the daemon-wide ones and what that
+    /// namespace's own policy grants. Asked only when the daemon-wide roles do not permit a request that names a
+    /// namespace. Called on the connection's loop.
+    func roles(for peer: PeerCredentials?, namespace: String, lookingUpGroups: Bool) -> AccessRoles
 
     /// A request was answered `FORBIDDEN` (for the audit log). Called on the connection's loop: must not block.
     func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles)
@@ -40,6 +54,22 @@ extension QueryBackend {
     public func roles(for peer: PeerCredentials?, lookingUpGroups: Bool) -> AccessRoles { .all }
 
     public func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles) {}
+
+    /// A backend without namespaces' policies grants the same roles in every namespace.
+    public func roles(for peer: PeerCredentials?, namespace: String, lookingUpGroups: Bool) -> AccessRoles {
+        roles(for: peer, lookingUpGroups: lookingUpGroups)
+    }
+
+    /// A backend of one namespace lets a watch name any.
+    public func watchRefusal(namespace: String) -> ProtocolError? { nil }
+
+    /// A backend of one namespace delivers every event.
+    public func watch(
+        _ key: ObjectIdentifier, namespace: String?, on loop: ServingEventLoop,
+        deliver: @escaping @Sendable ([UInt8]) -> Void
+    ) {
+        watch(key, on: loop, deliver: deliver)
+    }
 
     public func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
         await answerWaiting(request.operation, id: id, peer: peer)
@@ -63,12 +93,19 @@ public protocol QueryResponder: AnyObject {
     func answerLater(
         _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
     ) -> EventLoopFuture<ByteBuffer>?
+    /// Acknowledges a `watch` of one namespace into `out`, with that namespace's revision and generation.
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer)
 }
 
 extension QueryResponder {
     public func answerLater(
         _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
     ) -> EventLoopFuture<ByteBuffer>? { nil }
+
+    /// A responder of one namespace acknowledges every watch alike.
+    public func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer) {
+        acknowledgeWatch(id: id, into: &out)
+    }
 }
 
 /// The limits every connection is held to.

@@ -383,7 +383,7 @@ final class QueryConnection: EventPollSource {
             ResponseWriter.writeFailure(
                 id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
             responder.recordUndecodable()
-        case .success(let request) where !permits(request.operation):
+        case .success(let request) where !permits(request.operation) && !permitsInNamespace(request, line: line):
             let held = roles ?? []
             ResponseWriter.writeFailure(
                 id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) },
@@ -401,10 +401,12 @@ final class QueryConnection: EventPollSource {
                     responder.answer(request, line: line, into: &output)
                 }
             case .watch:
-                startWatching(id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) })
-            case .status, .metrics, .reload:
+                startWatching(
+                    id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, namespace: request.namespace)
+            case .metrics:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
-            case .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList, .overrideClear:
+            case .status, .reload, .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList,
+                .overrideClear:
                 startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
             }
         }
@@ -426,6 +428,14 @@ final class QueryConnection: EventPollSource {
         return full.permits(operation)
     }
 
+    /// Whether a request that names a namespace is permitted by what that namespace's policy adds to the
+    /// daemon-wide roles (asked only when those alone refuse it).
+    private func permitsInNamespace(_ request: DecodedRequest, line: UnsafeRawBufferPointer) -> Bool {
+        guard request.namesNamespace else { return false }
+        let namespace = request.withNamespaceBytes(in: line) { String(decoding: $0, as: UTF8.self) }
+        return backend.roles(for: peer, namespace: namespace, lookingUpGroups: true).permits(request.operation)
+    }
+
     /// A reserve connection answers one `ping` or `status`, then closes; anything else is refused.
     private func answerInReserve(_ request: DecodedRequest, line: UnsafeRawBufferPointer) {
         switch request.operation {
@@ -433,7 +443,7 @@ final class QueryConnection: EventPollSource {
             responder.answer(request, line: line, into: &output)
             transition(to: .closing(linger: false))
         case .status:
-            startAwaiting(.status, id: request.id.map { Array(line[$0]) })
+            startAwaiting(.status, id: request.id.map { Array(line[$0]) }, request: request)
             transition(to: .inputEndedAwaitingAnswer)
         default:
             ResponseWriter.writeFailure(
@@ -447,12 +457,20 @@ final class QueryConnection: EventPollSource {
         }
     }
 
-    private func startWatching(id: UnsafeRawBufferPointer?) {
-        responder.acknowledgeWatch(id: id, into: &output)
+    private func startWatching(id: UnsafeRawBufferPointer?, namespace: String?) {
+        if let namespace, let refusal = backend.watchRefusal(namespace: namespace) {
+            ResponseWriter.writeFailure(id: id, error: refusal, into: &output)
+            return
+        }
+        if let namespace {
+            responder.acknowledgeWatch(id: id, namespace: namespace, into: &output)
+        } else {
+            responder.acknowledgeWatch(id: id, into: &output)
+        }
         guard !watching else { return }
         watching = true
         let loopBound = NIOLoopBound(self, eventLoop: loop)
-        backend.watch(ObjectIdentifier(self), on: loop) { event in
+        backend.watch(ObjectIdentifier(self), namespace: namespace, on: loop) { event in
             loopBound.value.push(event)
         }
     }

@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOCore
 import NIOPosix
@@ -137,8 +138,10 @@ public final class AuditLog: Sendable {
     private let loop: any EventLoop
     private let writer: NIOLoopBoundBox<AuditWriter>
     /// Set by ``close()``: a late event (an answer finishing during shutdown) is dropped rather than sent to a
-    /// stopped thread.
-    private let closed = Atomic<Bool>(false)
+    /// stopped thread. Shared with the namespaces' views of the log.
+    private let closed: ManagedAtomic<Bool>
+    /// The namespace this view's reload, operation and override lines name (see ``namespaced(_:)``).
+    public let namespace: String?
 
     /// - Parameters:
     ///   - directory: where the files go (`state_dir/audit`); created when missing.
@@ -152,11 +155,29 @@ public final class AuditLog: Sendable {
         writer = NIOLoopBoundBox.makeBoxSendingValue(
             AuditWriter(directory: directory, maxBytes: maxBytes, journal: journal, logger: logger),
             as: AuditWriter.self, eventLoop: loop)
+        closed = ManagedAtomic(false)
+        namespace = nil
+    }
+
+    private init(sharing log: AuditLog, namespace: String) {
+        directory = log.directory
+        group = log.group
+        loop = log.loop
+        writer = log.writer
+        closed = log.closed
+        self.namespace = namespace
+    }
+
+    /// The same log, whose reload, operation and override lines carry `"namespace":NAME` first.
+    public func namespaced(_ namespace: String) -> AuditLog {
+        AuditLog(sharing: self, namespace: namespace)
     }
 
     /// Records an event (never blocks: written on the log's thread).
     public func record(_ event: AuditEvent) {
         guard !closed.load(ordering: .relaxed) else { return }
+        var event = event
+        if let namespace, event.kind != .refused { event.members.insert(("namespace", .string(namespace)), at: 0) }
         let at = SystemClock.epochSeconds()
         let writer = self.writer
         loop.execute { writer.value.write(event, at: at) }
@@ -183,7 +204,8 @@ public final class AuditLog: Sendable {
 
     /// Writes what is pending (the counts of open refusal windows) and stops the log's thread.
     public func close() async {
-        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        // Only the log itself stops the thread; its namespaces' views share it.
+        guard namespace == nil, !closed.exchange(true, ordering: .relaxed) else { return }
         let writer = self.writer
         try? await loop.submit { writer.value.endAllWindows() }.get()
         try? await group.shutdownGracefully()

@@ -109,17 +109,22 @@ public struct DaemonService: Service {
     public func run() async throws {
         // SIGHUP is trapped before anything can be asked of the daemon: its default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let store = GenerationStore(
-            isolated: settings.isolation == .process
-                ? IsolatedRuleProcess(namespace: NamespaceSettings.defaultName, limits: settings.limits, logger: logger)
-                : nil)
-        defer { store.isolated?.stop() }
+        let namespaces = settings.allNamespaces
+        // A namespace with `isolation = process` has its rules evaluated in a rule process of its own.
+        let stores = namespaces.map { namespace in
+            GenerationStore(
+                isolated: namespace.isolation == .process
+                    ? IsolatedRuleProcess(namespace: namespace.name, limits: namespace.limits, logger: logger) : nil)
+        }
+        defer { for store in stores { store.isolated?.stop() } }
         let loopFailure = Mutex<Error?>(nil)
         let shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let pool: WorkerPool
         do {
             pool = try await WorkerPool.start(
-                count: settings.workers, store: store, logger: logger, capture: settings.capture
+                count: settings.workers, store: stores[0],
+                namespaces: zip(namespaces, stores).dropFirst().map { (name: $0.0.name, store: $0.1) }, logger: logger,
+                capture: settings.capture
             ) {
                 [logger] error in
                 logger.critical("a serving loop stopped", metadata: ["error": "\(error)"])
@@ -129,23 +134,32 @@ public struct DaemonService: Service {
         } catch {
             throw DaemonStartupFailure("cannot start the worker threads: \(error)")
         }
-        let loader = NIOThreadPool(numberOfThreads: 1)
-        loader.start()
         // Under systemd, audit events also go to the journal's native socket, with their MESSAGE_IDs.
         let audit = AuditLog(
             directory: settings.stateDirectory + "/audit", maxBytes: settings.auditMaxBytes,
             journal: JournalStream.isConnected() ? JournalSender() : nil, logger: logger)
+        let several = namespaces.count > 1
+        let watchHub = WatchHub(namesNamespaces: several)
+        let metrics = DaemonMetrics(labelsNamespaces: several)
+        let runtimes = zip(namespaces, stores).map { namespace, store in
+            let isDefault = namespace.name == NamespaceSettings.defaultName
+            return NamespaceRuntime(
+                namespace: namespace, daemon: settings, store: store, pool: pool, watchHub: watchHub,
+                notifier: isDefault ? notifier : NoLifecycleNotifier(),
+                metrics: isDefault ? metrics.defaultRuleSet : metrics.ruleSetMetrics(namespace: namespace.name),
+                audit: several ? audit.namespaced(namespace.name) : audit, logger: logger)
+        }
         var outcome: Error?
         do {
             try await serve(
-                store: store, pool: pool, loader: loader, audit: audit, hangups: hangups,
+                runtimes: runtimes, pool: pool, audit: audit, watchHub: watchHub, metrics: metrics, hangups: hangups,
                 shutdownRequests: shutdownRequests.stream)
         } catch {
             outcome = error
         }
         // The one clean-up, for every way out.
         await pool.shutdown()
-        try? await loader.shutdownGracefully()
+        for runtime in runtimes { await runtime.shutdown() }
         await audit.close()
         if let outcome { throw outcome }
         if let failure = loopFailure.withLock({ $0 }) {
@@ -154,42 +168,41 @@ public struct DaemonService: Service {
     }
 
     private func serve(
-        store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool, audit: AuditLog,
+        runtimes: [NamespaceRuntime], pool: WorkerPool, audit: AuditLog, watchHub: WatchHub, metrics: DaemonMetrics,
         hangups: UnixSignalsSequence, shutdownRequests: AsyncStream<Void>
     ) async throws {
         let access: ResolvedAccessPolicy
+        var namespaceAccess: [String: ResolvedAccessPolicy] = [:]
         do {
             access = try settings.accessPolicy.resolved()
         } catch {
             throw DaemonStartupFailure("\(error.message); not starting")
         }
-        let watchHub = WatchHub()
-        let metrics = DaemonMetrics()
-        let reloads = ReloadCoordinator(
-            settings: settings, store: store, pool: pool, loader: loader, watchHub: watchHub, notifier: notifier,
-            reloadMetrics: metrics, logger: logger, audit: audit)
-        let overrides = OverrideStore(
-            board: store.overrides, stateDirectory: settings.stateDirectory, maxTTL: settings.overrideMaxTTL,
-            loop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger, audit: audit,
-            announce: watchHub.publish)
-        defer { overrides.stop() }
-        overrides.loadSaved(now: SystemClock.epochSeconds())
-        // A reload that removes an overridden flag or its variant drops the override, and says so.
-        reloads.observePublications { overrides.reconcile(with: $0, now: SystemClock.epochSeconds()) }
-        if let isolated = store.isolated { reloads.observePublications { isolated.publish($0) } }
+        for namespace in settings.namespaces {
+            // A section's role_* settings are grants added to the daemon-wide ones (a section that sets none
+            // grants nothing more).
+            do {
+                namespaceAccess[namespace.name] = try namespace.accessPolicy.resolved()
+            } catch {
+                throw DaemonStartupFailure("namespace '\(namespace.name)': \(error.message); not starting")
+            }
+        }
+        for runtime in runtimes { runtime.overrides.loadSaved(now: SystemClock.epochSeconds()) }
         logger.info(
             "starting",
             metadata: [
                 "rules.dir": "\(settings.rulesDirectory)", "workers": "\(settings.workers)",
                 "version": "\(DaemonServices.version)",
-            ])
+            ].merging(
+                runtimes.count > 1 ? ["namespaces": "\(runtimes.map(\.name).joined(separator: ","))"] : [:]
+            ) { first, _ in first })
         // A stop during the first load abandons it (loading is cancellable between files and Lua steps).
-        let initial: ServingGeneration
+        let initial: [ServingGeneration?]
         do {
             initial = try await withGracefulShutdownHandler {
-                try await loadInitialRules(reloads)
+                try await loadInitialRules(runtimes)
             } onGracefulShutdown: {
-                reloads.abandonLoading()
+                for runtime in runtimes { runtime.reloads.abandonLoading() }
             }
         } catch  where Task.isShuttingDownGracefully {
             logger.info("stopped while loading the first rules")
@@ -198,8 +211,8 @@ public struct DaemonService: Service {
         if Task.isShuttingDownGracefully { return }
 
         let services = DaemonServices(
-            settings: settings, store: store, pool: pool, reloads: reloads, watchHub: watchHub, metrics: metrics,
-            access: access, audit: audit, logger: logger, overrides: overrides)
+            settings: settings, runtimes: runtimes, pool: pool, watchHub: watchHub, metrics: metrics, access: access,
+            namespaceAccess: namespaceAccess, audit: audit, logger: logger)
         let socketGroup = try socketGroupID()
         let server = QueryServer(
             configuration: QueryServerConfiguration(
@@ -211,20 +224,22 @@ public struct DaemonService: Service {
         } catch {
             throw DaemonStartupFailure("\(error)")
         }
-        notifier.ready(status: reloads.statusLine(initial, failure: reloads.lastReload?.failure))
-        onReady?(initial)
+        // systemd's STATUS= speaks of the default namespace, or of the first that serves when it cannot.
+        let first = zip(runtimes, initial).first { $0.1 != nil } ?? (runtimes[0], nil)
+        var status = first.0.reloads.statusLine(first.1, failure: first.0.reloads.lastReload?.failure)
+        if runtimes.count > 1 {
+            status += "; \(initial.compactMap { $0 }.count) of \(runtimes.count) namespaces serving"
+        }
+        notifier.ready(status: status)
+        if let generation = first.1 { onReady?(generation) }
 
-        let watcher =
-            settings.watchMode == .off
-            ? nil : RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
-        services.attach(watcher: watcher)
-        defer { watcher?.stop() }
+        for (runtime, view) in zip(runtimes, services.views) { view.attach(watcher: runtime.startWatching()) }
 
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: parts(
-                    reloads: reloads, hangups: hangups, watcher: watcher, pool: pool, services: services,
-                    server: server, socketGroup: socketGroup),
+                    runtimes: runtimes, hangups: hangups, pool: pool, services: services, server: server,
+                    socketGroup: socketGroup),
                 gracefulShutdownSignals: [], logger: logger))
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -233,7 +248,7 @@ public struct DaemonService: Service {
                 // cancelled, so the first task to finish is always the group, after its graceful shutdown.
                 tasks.addTask {
                     for await _ in shutdownRequests {
-                        reloads.abandonLoading()
+                        for runtime in runtimes { runtime.reloads.abandonLoading() }
                         await group.triggerGracefulShutdown()
                     }
                 }
@@ -242,7 +257,7 @@ public struct DaemonService: Service {
             }
         } onGracefulShutdown: {
             // Before anything logs `stopping`: a reload in progress is abandoned and nothing goes live after.
-            reloads.abandonLoading()
+            for runtime in runtimes { runtime.reloads.abandonLoading() }
             Task { await group.triggerGracefulShutdown() }
         }
     }
@@ -250,20 +265,21 @@ public struct DaemonService: Service {
     /// The daemon's parts, in start order (stopped in reverse: the server stops accepting first, reloads stop
     /// last).
     private func parts(
-        reloads: ReloadCoordinator, hangups: UnixSignalsSequence, watcher: RuleDirectoryWatcher?, pool: WorkerPool,
-        services: DaemonServices, server: QueryServer, socketGroup: gid_t?
+        runtimes: [NamespaceRuntime], hangups: UnixSignalsSequence, pool: WorkerPool, services: DaemonServices,
+        server: QueryServer, socketGroup: gid_t?
     ) -> [ServiceGroupConfiguration.ServiceConfiguration] {
-        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: ReloadService(coordinator: reloads)),
-            .init(service: SignalReloadService(signals: hangups, coordinator: reloads)),
-        ]
-        if let watcher {
+        var parts: [ServiceGroupConfiguration.ServiceConfiguration] = runtimes.map {
+            .init(service: ReloadService(coordinator: $0.reloads))
+        }
+        parts.append(.init(service: SignalReloadService(signals: hangups, coordinators: runtimes.map(\.reloads))))
+        for runtime in runtimes {
+            guard let watcher = runtime.watcher else { continue }
             // The watcher ending on its own is logged by it; the daemon goes on (the safety rescans of
             // `reload` and SIGHUP still work), so its end does not stop the group.
             parts.append(
                 .init(
-                    service: WatcherService(watcher: watcher, coordinator: reloads), successTerminationBehavior: .ignore
-                ))
+                    service: WatcherService(watcher: watcher, coordinator: runtime.reloads),
+                    successTerminationBehavior: .ignore))
         }
         if let watchdog, let systemd = notifier as? SystemdLifecycleNotifier {
             parts.append(
@@ -297,8 +313,10 @@ public struct DaemonService: Service {
         return parts
     }
 
-    /// The first rules: the rules directory, or the last known good copy when it does not load.
-    private func loadInitialRules(_ reloads: ReloadCoordinator) async throws -> ServingGeneration {
+    /// Every namespace's first rules (loaded at once, each on its own loader thread): the rules directory, or
+    /// the last known good copy when it does not load; nil for a namespace that has neither.
+    /// - Throws: when no namespace can serve; with only the default namespace, when it cannot.
+    private func loadInitialRules(_ runtimes: [NamespaceRuntime]) async throws -> [ServingGeneration?] {
         // A long first load (many rule files on a slow machine) asks systemd for more time, so that the start
         // job does not time out while rules are still compiling.
         let extender = Task {
@@ -308,17 +326,59 @@ public struct DaemonService: Service {
             }
         }
         defer { extender.cancel() }
-        do {
-            return try await reloads.loadInitial()
-        } catch {
-            let fallback =
-                reloads.savedCopyProblem.map { "the last known good copy is corrupt: \($0)" }
-                ?? "there is no last known good copy in \(settings.stateDirectory)"
-            throw DaemonStartupFailure(
-                "cannot load the rules in \(settings.rulesDirectory), and \(fallback); not starting",
-                diagnostics: error.diagnostics,
-                metadata: ["rules.dir": "\(settings.rulesDirectory)", "state.dir": "\(settings.stateDirectory)"])
+        let outcomes = await withTaskGroup(of: (Int, Result<ServingGeneration, RuleLoadFailure>).self) { group in
+            for (index, runtime) in runtimes.enumerated() {
+                group.addTask {
+                    do throws(RuleLoadFailure) {
+                        return (index, .success(try await runtime.reloads.loadInitial()))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            var outcomes = [Result<ServingGeneration, RuleLoadFailure>?](repeating: nil, count: runtimes.count)
+            for await (index, outcome) in group { outcomes[index] = outcome }
+            return outcomes.map { $0! }
         }
+        var failures: [DaemonStartupFailure] = []
+        var generations: [ServingGeneration?] = []
+        for (runtime, outcome) in zip(runtimes, outcomes) {
+            switch outcome {
+            case .success(let generation):
+                generations.append(generation)
+            case .failure(let error):
+                generations.append(nil)
+                failures.append(startupFailure(runtime, error))
+            }
+        }
+        if generations.allSatisfy({ $0 == nil }) {
+            for failure in failures.dropLast() { failure.log(to: logger) }
+            var last = failures[failures.count - 1]
+            last.message = (runtimes.count > 1 ? "no namespace can serve; " : "") + last.message + "; not starting"
+            throw last
+        }
+        // The others serve; these answer NAMESPACE_UNAVAILABLE until a reload of theirs succeeds.
+        for (failure, runtime) in zip(failures, zip(runtimes, generations).filter { $0.1 == nil }.map(\.0)) {
+            for diagnostic in failure.diagnostics {
+                runtime.logger.error("rule problem", metadata: ["rules.problem": "\(diagnostic)"])
+            }
+            runtime.logger.error(
+                "the namespace does not serve until its rules load; the other namespaces serve",
+                metadata: failure.metadata.merging(["error": "\(failure.message)"]) { first, _ in first })
+        }
+        return generations
+    }
+
+    private func startupFailure(_ runtime: NamespaceRuntime, _ error: RuleLoadFailure) -> DaemonStartupFailure {
+        let settings = runtime.settings
+        let fallback =
+            runtime.reloads.savedCopyProblem.map { "the last known good copy is corrupt: \($0)" }
+            ?? "there is no last known good copy in \(settings.stateDirectory)"
+        let subject = self.settings.namespaces.isEmpty ? "" : "namespace '\(runtime.name)': "
+        return DaemonStartupFailure(
+            "\(subject)cannot load the rules in \(settings.rulesDirectory), and \(fallback)",
+            diagnostics: error.diagnostics,
+            metadata: ["rules.dir": "\(settings.rulesDirectory)", "state.dir": "\(settings.stateDirectory)"])
     }
 
     /// The socket's group, by name or number.
@@ -345,11 +405,12 @@ struct ReloadService: Service {
 /// SIGHUP asks for a reload (asynchronously; `rulesctl reload` waits for the outcome).
 struct SignalReloadService: Service {
     let signals: UnixSignalsSequence
-    let coordinator: ReloadCoordinator
+    /// Every namespace's: SIGHUP reloads them all.
+    let coordinators: [ReloadCoordinator]
 
     func run() async throws {
         for await _ in signals.cancelOnGracefulShutdown() {
-            coordinator.requestReload(.signal)
+            for coordinator in coordinators { coordinator.requestReload(.signal) }
         }
     }
 }

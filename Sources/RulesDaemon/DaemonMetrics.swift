@@ -24,20 +24,11 @@ protocol ReloadMetrics: Sendable {
 final class DaemonMetrics: ReloadMetrics, Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: MetricsFactory
-    private let reloadsOK: CoreMetrics.Counter
-    private let reloadsFailed: CoreMetrics.Counter
-    private let reloadDuration: CoreMetrics.Timer
-    private let generationGauge: CoreMetrics.Gauge
-    private let files: CoreMetrics.Gauge
-    private let flags: CoreMetrics.Gauge
-    private let routes: CoreMetrics.Gauge
-    private let configs: CoreMetrics.Gauge
-    private let luaMemory: CoreMetrics.Gauge
+    /// The default namespace's rule-set and reload series.
+    let defaultRuleSet: RuleSetMetrics
     private let connections: CoreMetrics.Gauge
     private let watchers: CoreMetrics.Gauge
     private let startTime: CoreMetrics.Gauge
-    private let savedCopyStale: CoreMetrics.Gauge
-    private let saveFailures: CoreMetrics.Counter
     private let captureEntries: CoreMetrics.Gauge
     private let captureBytes: CoreMetrics.Gauge
 
@@ -46,13 +37,14 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         var evaluations: [String: Int] = [:]
         var ruleErrors: [String: Int] = [:]
         var counters: [String: CoreMetrics.Counter] = [:]
-        var info: (revision: String, gauge: Prometheus.Gauge)?
         var modes: [String: CoreMetrics.Gauge] = [:]
     }
 
     private let merged = Mutex(Merged())
 
-    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// - Parameter labelsNamespaces: whether the rule-set and reload series carry a `namespace` label (when the
+    ///   daemon serves namespaces besides `default`).
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), labelsNamespaces: Bool = false) {
         self.registry = registry
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets["rulesd_reload_duration_seconds"] = [
@@ -60,24 +52,12 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
         ]
         self.factory = factory
-        reloadsOK = CoreMetrics.Counter(
-            label: "rulesd_reloads_total", dimensions: [("outcome", "ok")], factory: factory)
-        reloadsFailed = CoreMetrics.Counter(
-            label: "rulesd_reloads_total", dimensions: [("outcome", "failed")], factory: factory)
-        reloadDuration = CoreMetrics.Timer(label: "rulesd_reload_duration_seconds", factory: factory)
-        generationGauge = CoreMetrics.Gauge(label: "rulesd_generation", factory: factory)
-        files = CoreMetrics.Gauge(label: "rulesd_rule_files", factory: factory)
-        flags = CoreMetrics.Gauge(label: "rulesd_flags", factory: factory)
-        routes = CoreMetrics.Gauge(label: "rulesd_routes", factory: factory)
-        configs = CoreMetrics.Gauge(label: "rulesd_configs", factory: factory)
-        luaMemory = CoreMetrics.Gauge(label: "rulesd_lua_state_bytes", factory: factory)
+        defaultRuleSet = RuleSetMetrics(
+            namespace: labelsNamespaces ? NamespaceSettings.defaultName : nil, registry: registry, factory: factory)
         connections = CoreMetrics.Gauge(label: "rulesd_open_connections", factory: factory)
         watchers = CoreMetrics.Gauge(label: "rulesd_watch_subscribers", factory: factory)
         startTime = CoreMetrics.Gauge(label: "rulesd_start_time_seconds", factory: factory)
         startTime.record(SystemClock.epochSeconds())
-        savedCopyStale = CoreMetrics.Gauge(label: "rulesd_state_dir_save_failing", factory: factory)
-        savedCopyStale.record(0)
-        saveFailures = CoreMetrics.Counter(label: "rulesd_state_dir_save_failures_total", factory: factory)
         captureEntries = CoreMetrics.Gauge(label: "rulesd_capture_entries", factory: factory)
         captureEntries.record(0)
         captureBytes = CoreMetrics.Gauge(label: "rulesd_capture_bytes", factory: factory)
@@ -90,41 +70,22 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
         captureBytes.record(bytes)
     }
 
-    func recordSave(ok: Bool) {
-        // 1 from a failed save until the next one succeeds: the saved copy is then older than what serves.
-        savedCopyStale.record(ok ? 0 : 1)
-        if !ok { saveFailures.increment() }
+    /// The rule-set and reload series of a declared namespace (labelled with its name).
+    func ruleSetMetrics(namespace: String) -> RuleSetMetrics {
+        RuleSetMetrics(namespace: namespace, registry: registry, factory: factory)
     }
 
-    func recordReload(ok: Bool, seconds: Double) {
-        (ok ? reloadsOK : reloadsFailed).increment()
-        reloadDuration.recordNanoseconds(Int64(seconds * 1e9))
-    }
+    func recordSave(ok: Bool) { defaultRuleSet.recordSave(ok: ok) }
 
-    func recordGeneration(_ generation: ServingGeneration) {
-        generationGauge.record(Int64(generation.number))
-        let ruleSet = generation.ruleSet
-        files.record(ruleSet.files.count)
-        flags.record(ruleSet.flags.count)
-        routes.record(ruleSet.routes.count)
-        configs.record(ruleSet.configs.count)
-        luaMemory.record(generation.stateMemory)
-        // An info metric: one series whose labels carry the revision; the previous one is removed.
-        merged.withLock { state in
-            if let previous = state.info { registry.unregisterGauge(previous.gauge) }
-            let gauge = registry.makeGauge(
-                descriptor: MetricNameDescriptor(
-                    metricName: "rulesd_rules", unitName: "info",
-                    helpText: "The serving rule set: its revision and where it was loaded from"),
-                labels: [("revision", ruleSet.revision.short), ("origin", generation.origin.rawValue)])
-            gauge.set(Int64(1))
-            state.info = (ruleSet.revision.short, gauge)
-        }
-    }
+    func recordReload(ok: Bool, seconds: Double) { defaultRuleSet.recordReload(ok: ok, seconds: seconds) }
+
+    func recordGeneration(_ generation: ServingGeneration) { defaultRuleSet.recordGeneration(generation) }
 
     /// Brings the counters up to date and renders every metric in Prometheus text format.
+    /// - Parameter namespaceWorkers: each declared namespace's flag evaluations and rule errors, by worker.
     func render(
-        workers: [WorkerMetricsSnapshot], openConnections: Int, watchSubscribers: Int, watcherMode: WatcherMode?
+        workers: [WorkerMetricsSnapshot], openConnections: Int, watchSubscribers: Int, watcherMode: WatcherMode?,
+        namespaceWorkers: [String: [WorkerMetricsSnapshot]] = [:]
     ) -> [UInt8] {
         connections.record(openConnections)
         watchers.record(watchSubscribers)
@@ -140,7 +101,7 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             }
             for (key, counts) in worker.evaluations {
                 for (reason, count) in counts.enumerated() where count > 0 {
-                    evaluations["\(key)\u{0}\(EvaluationReason.allCases[reason].rawValue)", default: 0] += count
+                    evaluations["\(key)\u{0}\(EvaluationReason.allCases[reason].rawValue)\u{0}", default: 0] += count
                 }
             }
             for (index, count) in worker.ruleErrors.enumerated() where count > 0 {
@@ -149,6 +110,20 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             for (index, count) in worker.latencyCounts.enumerated() { latency[index] += count }
             latencySum += worker.latencySumNanoseconds
         }
+        for (namespace, snapshots) in namespaceWorkers {
+            for worker in snapshots {
+                for (key, counts) in worker.evaluations {
+                    for (reason, count) in counts.enumerated() where count > 0 {
+                        let reasonName = EvaluationReason.allCases[reason].rawValue
+                        evaluations["\(key)\u{0}\(reasonName)\u{0}\(namespace)", default: 0] += count
+                    }
+                }
+                for (index, count) in worker.ruleErrors.enumerated() where count > 0 {
+                    ruleErrors[RuleErrorCode.allCases[index].rawValue, default: 0] += count
+                }
+            }
+        }
+        let defaultNamespace = defaultRuleSet.namespace
         merged.withLock { state in
             advance(&state.counters, &state.requests, requests, label: "rulesd_requests_total") { key in
                 let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false)
@@ -156,7 +131,11 @@ final class DaemonMetrics: ReloadMetrics, Sendable {
             }
             advance(&state.counters, &state.evaluations, evaluations, label: "rulesd_flag_evaluations_total") { key in
                 let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false)
-                return [("flag", String(parts[0])), ("reason", String(parts[1]))]
+                // Declared namespaces' series name theirs; the default's does when namespaces are declared.
+                let namespace = parts[2].isEmpty ? defaultNamespace : String(parts[2])
+                return (namespace.map { [("namespace", $0)] } ?? []) + [
+                    ("flag", String(parts[0])), ("reason", String(parts[1])),
+                ]
             }
             advance(&state.counters, &state.ruleErrors, ruleErrors, label: "rulesd_rule_errors_total") { key in
                 [("code", key)]

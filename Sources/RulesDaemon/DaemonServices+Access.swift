@@ -7,6 +7,12 @@ extension DaemonServices {
         access.roles(for: peer, lookingUpGroups: lookingUpGroups)
     }
 
+    func roles(for peer: PeerCredentials?, namespace: String, lookingUpGroups: Bool) -> AccessRoles {
+        let daemonWide = access.roles(for: peer, lookingUpGroups: lookingUpGroups)
+        guard let granted = namespaceAccess[namespace] else { return daemonWide }
+        return daemonWide.union(granted.roles(for: peer, lookingUpGroups: lookingUpGroups))
+    }
+
     func refused(_ operation: RequestOperation, peer: PeerCredentials?, held: AccessRoles) {
         audit?.refused(operation, peer: peer, held: held)
     }

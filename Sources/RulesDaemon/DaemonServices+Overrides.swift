@@ -11,14 +11,6 @@ extension DaemonServices {
     func answerOverride(
         _ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
     ) {
-        if let namespace = request.namespace, namespace != "default" {
-            failure(
-                id: id,
-                error: ProtocolError(
-                    .invalidRequest, "no namespace '\(namespace)': rulesd serves the 'default' namespace only"),
-                into: &buffer)
-            return
-        }
         let now = SystemClock.epochSeconds()
         let generation = store.generation
         switch request.operation {

@@ -15,6 +15,10 @@ import SystemdSupport
 #endif
 
 /// What every connection shares: settings, the generation store, reloads, watchers, status and metrics.
+///
+/// The daemon's instance answers for the default namespace; each declared namespace has a view of its own (see
+/// ``views``), sharing everything daemon-wide and holding that namespace's settings, store, reloads and
+/// overrides, so that every answer of a waiting operation is written the same way whichever namespace it is in.
 final class DaemonServices: QueryBackend {
     static let version = "0.1.0"
 
@@ -26,32 +30,85 @@ final class DaemonServices: QueryBackend {
     let metrics: DaemonMetrics
     let logger: Logger
     /// The query socket's open connections (their one owner; the server admits and removes them).
-    let connections = ConnectionRegistry()
-    let startedAt = SystemClock.epochSeconds()
-    private let startedMonotonic = SystemClock.monotonicSeconds()
+    let connections: ConnectionRegistry
+    let startedAt: Double
+    private let startedMonotonic: Double
+    /// The namespace this instance answers for.
+    let namespace: String
+    /// The views of the declared namespaces (empty in a view).
+    private let others: [DaemonServices]
     private let watcher = Mutex<RuleDirectoryWatcher?>(nil)
     /// Who holds which role.
     let access: ResolvedAccessPolicy
+    /// What each declared namespace's own policy grants on top of `access`, for requests in it.
+    let namespaceAccess: [String: ResolvedAccessPolicy]
     /// Where operations and refusals are recorded.
     let audit: AuditLog?
     /// The overrides (kill switches with an expiry).
     let overrides: OverrideStore
 
+    /// - Parameter runtimes: every namespace served, `default` first.
     init(
-        settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, reloads: ReloadCoordinator,
-        watchHub: WatchHub, metrics: DaemonMetrics, access: ResolvedAccessPolicy, audit: AuditLog?, logger: Logger,
-        overrides: OverrideStore
+        settings: DaemonSettings, runtimes: [NamespaceRuntime], pool: WorkerPool, watchHub: WatchHub,
+        metrics: DaemonMetrics, access: ResolvedAccessPolicy, namespaceAccess: [String: ResolvedAccessPolicy] = [:],
+        audit: AuditLog?, logger: Logger
     ) {
+        let connections = ConnectionRegistry()
+        let startedAt = SystemClock.epochSeconds()
+        let startedMonotonic = SystemClock.monotonicSeconds()
+        self.others = runtimes.dropFirst().map { runtime in
+            DaemonServices(
+                view: runtime, pool: pool, watchHub: watchHub, metrics: metrics, access: access,
+                connections: connections, startedAt: startedAt, startedMonotonic: startedMonotonic)
+        }
+        let runtime = runtimes[0]
+        self.namespace = runtime.name
         self.access = access
-        self.audit = audit
-        self.overrides = overrides
+        self.namespaceAccess = namespaceAccess
+        self.audit = runtime.audit ?? audit
+        self.overrides = runtime.overrides
         self.settings = settings
-        self.store = store
+        self.store = runtime.store
         self.pool = pool
-        self.reloads = reloads
+        self.reloads = runtime.reloads
         self.watchHub = watchHub
         self.metrics = metrics
         self.logger = logger
+        self.connections = connections
+        self.startedAt = startedAt
+        self.startedMonotonic = startedMonotonic
+    }
+
+    /// A declared namespace's view.
+    private init(
+        view runtime: NamespaceRuntime, pool: WorkerPool, watchHub: WatchHub, metrics: DaemonMetrics,
+        access: ResolvedAccessPolicy, connections: ConnectionRegistry, startedAt: Double, startedMonotonic: Double
+    ) {
+        self.others = []
+        self.namespace = runtime.name
+        self.access = access
+        self.namespaceAccess = [:]
+        self.audit = runtime.audit
+        self.overrides = runtime.overrides
+        self.settings = runtime.settings
+        self.store = runtime.store
+        self.pool = pool
+        self.reloads = runtime.reloads
+        self.watchHub = watchHub
+        self.metrics = metrics
+        self.logger = runtime.logger
+        self.connections = connections
+        self.startedAt = startedAt
+        self.startedMonotonic = startedMonotonic
+    }
+
+    /// Every namespace's instance: this one (`default`) first, then the declared namespaces' views.
+    var views: [DaemonServices] { [self] + others }
+
+    /// The instance answering for `name` (nil: the default namespace); nil when no such namespace is served.
+    func view(_ name: String?) -> DaemonServices? {
+        guard let name, name != namespace else { return self }
+        return others.first { $0.namespace == name }
     }
 
     func attach(watcher: RuleDirectoryWatcher?) {
@@ -74,6 +131,16 @@ final class DaemonServices: QueryBackend {
 
     func answerWaiting(_ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 512)
+        guard let view = view(request.namespace) else {
+            failure(
+                id: id, error: Worker.unknownNamespace(request.namespace ?? "", among: views.map(\.namespace)),
+                into: &buffer)
+            return buffer
+        }
+        if view !== self {
+            await view.answerInNamespace(request, id: id, peer: peer, into: &buffer)
+            return buffer
+        }
         switch request.operation {
         case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
         case .capture: await answerCapture(request, id: id, peer: peer, into: &buffer)
@@ -83,8 +150,36 @@ final class DaemonServices: QueryBackend {
         return buffer
     }
 
+    /// Answers a waiting request in this (declared) namespace's view.
+    private func answerInNamespace(
+        _ request: DecodedRequest, id: [UInt8]?, peer: PeerCredentials?, into buffer: inout ByteBuffer
+    ) async {
+        switch request.operation {
+        case .history, .show, .rollback, .resume: await answerHistory(request, id: id, peer: peer, into: &buffer)
+        case .overrideSet, .overrideList, .overrideClear: answerOverride(request, id: id, peer: peer, into: &buffer)
+        case .capture:
+            failure(
+                id: id,
+                error: ProtocolError(
+                    .invalidRequest, "the capture records the default namespace only, not '\(namespace)'"),
+                into: &buffer)
+        default: await answerWaiting(request.operation, id: id, peer: peer, into: &buffer)
+        }
+    }
+
     func watch(_ key: ObjectIdentifier, on loop: ServingEventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void) {
         watchHub.subscribe(key, eventLoop: loop, deliver: deliver)
+    }
+
+    func watchRefusal(namespace: String) -> ProtocolError? {
+        view(namespace) == nil ? Worker.unknownNamespace(namespace, among: views.map(\.namespace)) : nil
+    }
+
+    func watch(
+        _ key: ObjectIdentifier, namespace: String?, on loop: ServingEventLoop,
+        deliver: @escaping @Sendable ([UInt8]) -> Void
+    ) {
+        watchHub.subscribe(key, eventLoop: loop, namespace: namespace, deliver: deliver)
     }
 
     func unwatch(_ key: ObjectIdentifier) {
@@ -106,7 +201,12 @@ final class DaemonServices: QueryBackend {
         let generation = store.generation
         switch operation {
         case .status:
-            success(id: id, generation: generation, result: Array(JSONWriter.string(status()).utf8), into: &buffer)
+            var result = status()
+            if case .object(var members) = result {
+                if watchHub.namesNamespaces { members["namespace"] = .string(namespace) }
+                result = .object(members)
+            }
+            success(id: id, generation: generation, result: Array(JSONWriter.string(result).utf8), into: &buffer)
         case .metrics:
             let text = await metricsText()
             var result: [UInt8] = []
@@ -165,8 +265,9 @@ final class DaemonServices: QueryBackend {
         metrics.recordCapture(entries: capture.entries, bytes: capture.bytes)
         var text = metrics.render(
             workers: snapshots, openConnections: connections.count,
-            watchSubscribers: watchHub.count, watcherMode: watcherMode)
-        if let isolated = store.isolated { text.append(contentsOf: isolated.metricsText.utf8) }
+            watchSubscribers: watchHub.count, watcherMode: watcherMode,
+            namespaceWorkers: others.isEmpty ? [:] : await pool.namespaceMetricsSnapshots())
+        text.append(contentsOf: IsolatedRuleProcess.metricsText(views.compactMap(\.store.isolated)).utf8)
         return text
     }
 
@@ -254,6 +355,30 @@ final class DaemonServices: QueryBackend {
         object.append(("isolation", store.isolated?.status ?? ["mode": "thread"]))
         object.append(("pid", .integer(Int64(getpid()))))
         object.append(("version", .string(Self.version)))
+        if !others.isEmpty { object.append(("namespaces", .array(views.map(\.namespaceSummary)))) }
+        return .object(JSONObject(object))
+    }
+
+    /// One namespace in the `namespaces` list of `status`.
+    var namespaceSummary: JSONValue {
+        let generation = store.generation
+        var object: [(String, JSONValue)] = [
+            ("name", .string(namespace)), ("serving", .bool(generation != nil)),
+            ("revision", generation.map { .string($0.ruleSet.revision.hex) } ?? .null),
+            ("generation", .integer(Int64(generation?.number ?? 0))),
+            ("origin", generation.map { .string($0.origin.rawValue) } ?? .null),
+            ("flags", .integer(Int64(generation?.ruleSet.flags.count ?? 0))),
+            ("rules_dir", .string(settings.rulesDirectory)),
+            ("isolation", .string(settings.isolation.rawValue)),
+        ]
+        if let record = reloads.lastReload {
+            object.append(("last_reload_ok", .bool(record.ok)))
+            object.append(
+                ("error", record.failure.map { ResponseWriter.errorValue(WatchEvents.reloadFailure($0)) } ?? .null))
+        } else {
+            object.append(("last_reload_ok", .null))
+            object.append(("error", .null))
+        }
         return .object(JSONObject(object))
     }
 }

@@ -228,31 +228,46 @@ public final class IsolatedRuleProcess: Sendable {
         }
     }
 
-    /// Prometheus text of the process's figures.
-    var metricsText: String {
-        let label = "namespace=\"\(namespace)\""
-        return state.withLock { state in
-            var pid: pid_t = 0
-            if case .running(let running, _) = state.phase { pid = running }
-            var text = """
-                # HELP rulesd_rule_process_up Whether the rule process of a process-isolated rule set is running
-                # TYPE rulesd_rule_process_up gauge
-                rulesd_rule_process_up{\(label)} \(pid == 0 ? 0 : 1)
-                # HELP rulesd_rule_process_pid The rule process's id (0 while none runs)
-                # TYPE rulesd_rule_process_pid gauge
-                rulesd_rule_process_pid{\(label)} \(pid)
-                # HELP rulesd_rule_process_restarts_total Rule processes started again after one ended
-                # TYPE rulesd_rule_process_restarts_total counter
-                rulesd_rule_process_restarts_total{\(label)} \(state.restarts)
-                # HELP rulesd_rule_process_exits_total Rule processes that ended, by reason
-                # TYPE rulesd_rule_process_exits_total counter
-
-                """
-            for (reason, count) in state.exits.sorted(by: { $0.key < $1.key }) {
-                text += "rulesd_rule_process_exits_total{\(label),reason=\"\(reason)\"} \(count)\n"
+    /// Prometheus text of the figures of `processes` (one per process-isolated namespace), each family described
+    /// once and its samples labelled with their namespace.
+    static func metricsText(_ processes: [IsolatedRuleProcess]) -> String {
+        guard !processes.isEmpty else { return "" }
+        let figures = processes.map { process in
+            process.state.withLock { state -> (label: String, pid: pid_t, restarts: Int, exits: [String: Int]) in
+                var pid: pid_t = 0
+                if case .running(let running, _) = state.phase { pid = running }
+                return ("namespace=\"\(process.namespace)\"", pid, state.restarts, state.exits)
             }
-            return text
         }
+        var text = """
+            # HELP rulesd_rule_process_up Whether the rule process of a process-isolated rule set is running
+            # TYPE rulesd_rule_process_up gauge
+
+            """
+        for figure in figures { text += "rulesd_rule_process_up{\(figure.label)} \(figure.pid == 0 ? 0 : 1)\n" }
+        text += """
+            # HELP rulesd_rule_process_pid The rule process's id (0 while none runs)
+            # TYPE rulesd_rule_process_pid gauge
+
+            """
+        for figure in figures { text += "rulesd_rule_process_pid{\(figure.label)} \(figure.pid)\n" }
+        text += """
+            # HELP rulesd_rule_process_restarts_total Rule processes started again after one ended
+            # TYPE rulesd_rule_process_restarts_total counter
+
+            """
+        for figure in figures { text += "rulesd_rule_process_restarts_total{\(figure.label)} \(figure.restarts)\n" }
+        text += """
+            # HELP rulesd_rule_process_exits_total Rule processes that ended, by reason
+            # TYPE rulesd_rule_process_exits_total counter
+
+            """
+        for figure in figures {
+            for (reason, count) in figure.exits.sorted(by: { $0.key < $1.key }) {
+                text += "rulesd_rule_process_exits_total{\(figure.label),reason=\"\(reason)\"} \(count)\n"
+            }
+        }
+        return text
     }
 
     // MARK: - the supervising thread

@@ -93,6 +93,8 @@ public final class ReloadCoordinator: Sendable {
     }
 
     let settings: DaemonSettings
+    /// The namespace whose rules these are (its events name it).
+    let namespace: String
     let store: GenerationStore
     let pool: WorkerPool
     let loader: NIOThreadPool
@@ -113,9 +115,10 @@ public final class ReloadCoordinator: Sendable {
     init(
         settings: DaemonSettings, store: GenerationStore, pool: WorkerPool, loader: NIOThreadPool,
         watchHub: WatchHub, notifier: LifecycleNotifier, reloadMetrics: ReloadMetrics, logger: Logger,
-        audit: AuditLog? = nil
+        audit: AuditLog? = nil, namespace: String = NamespaceSettings.defaultName
     ) {
         self.audit = audit
+        self.namespace = namespace
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -424,7 +427,7 @@ public final class ReloadCoordinator: Sendable {
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: trigger,
-                    stateDirectoryError: savedCopy.error))
+                    stateDirectoryError: savedCopy.error), namespace: namespace)
             notifier.ready(status: statusLine(generation))
             persist(snapshot.sources, revision: revision, generation: generation, trigger: trigger)
             return .reloaded(generation, durationMilliseconds: duration)
@@ -453,7 +456,9 @@ public final class ReloadCoordinator: Sendable {
                 .reload(
                     trigger: trigger, previous: serving, sources: snapshot.sources, revision: revision,
                     generation: nil, failure: failure, rulesDirectory: settings.rulesDirectory))
-            watchHub.publish(WatchEvents.reloadFailed(failure, candidate: revision, serving: serving, trigger: trigger))
+            watchHub.publish(
+                WatchEvents.reloadFailed(failure, candidate: revision, serving: serving, trigger: trigger),
+                namespace: namespace)
             notifier.ready(status: statusLine(serving, failure: failure))
             return .failed(failure, candidate: revision, serving: serving)
         }
@@ -468,7 +473,8 @@ public final class ReloadCoordinator: Sendable {
             "the rules directory is back to the serving revision: the failed reload is over",
             metadata: ["rules.revision": "\(serving.shortRevision)", "reload.trigger": "\(trigger.rawValue)"])
         watchHub.publish(
-            WatchEvents.reloaded(serving, previous: serving, duration: duration, trigger: trigger, recovered: true))
+            WatchEvents.reloaded(serving, previous: serving, duration: duration, trigger: trigger, recovered: true),
+            namespace: namespace)
         notifier.ready(status: statusLine(serving))
     }
 
@@ -551,7 +557,7 @@ public final class ReloadCoordinator: Sendable {
             watchHub.publish(
                 WatchEvents.reloaded(
                     generation, previous: serving, duration: duration, trigger: .rollback,
-                    stateDirectoryError: savedCopy.error, pin: pin))
+                    stateDirectoryError: savedCopy.error, pin: pin), namespace: namespace)
             notifier.ready(status: statusLine(generation))
             savePin(pin)
             persist(sources, revision: entry.revision, generation: nil, trigger: .rollback)

@@ -7,14 +7,28 @@ import Synchronization
 final class WatchHub: Sendable {
     private struct Subscriber: Sendable {
         var eventLoop: any EventLoop
+        /// Only this namespace's events, when the `watch` request named one.
+        var namespace: String?
         var deliver: @Sendable ([UInt8]) -> Void
     }
 
     private let subscribers = Mutex<[ObjectIdentifier: Subscriber]>([:])
 
+    /// Whether events name their namespace: only when the daemon serves more than the default one, so that a
+    /// single-namespace daemon's events stay as they always were.
+    let namesNamespaces: Bool
+
+    init(namesNamespaces: Bool = false) {
+        self.namesNamespaces = namesNamespaces
+    }
+
     /// Registers a connection; `deliver` runs on `eventLoop`.
-    func subscribe(_ id: ObjectIdentifier, eventLoop: any EventLoop, deliver: @escaping @Sendable ([UInt8]) -> Void) {
-        subscribers.withLock { $0[id] = Subscriber(eventLoop: eventLoop, deliver: deliver) }
+    /// - Parameter namespace: deliver only the events of this namespace; nil for all.
+    func subscribe(
+        _ id: ObjectIdentifier, eventLoop: any EventLoop, namespace: String? = nil,
+        deliver: @escaping @Sendable ([UInt8]) -> Void
+    ) {
+        subscribers.withLock { $0[id] = Subscriber(eventLoop: eventLoop, namespace: namespace, deliver: deliver) }
     }
 
     func unsubscribe(_ id: ObjectIdentifier) {
@@ -25,9 +39,31 @@ final class WatchHub: Sendable {
 
     /// Sends one event line (without its newline) to every watcher.
     func publish(_ event: [UInt8]) {
-        let targets = subscribers.withLock { Array($0.values) }
-        for target in targets {
-            target.eventLoop.execute { target.deliver(event) }
+        publish(event, namespace: nil)
+    }
+
+    /// Sends one event line of `namespace` to every watcher of it (and to those of all namespaces); the line
+    /// gains a leading `"namespace"` member when the daemon serves several.
+    func publish(_ event: [UInt8], namespace: String?) {
+        let line = namesNamespaces ? Self.naming(namespace, in: event) : event
+        let targets = subscribers.withLock { subscribers in
+            subscribers.values.filter { $0.namespace == nil || namespace == nil || $0.namespace == namespace }
         }
+        for target in targets {
+            target.eventLoop.execute { target.deliver(line) }
+        }
+    }
+
+    /// `{"namespace":"NAME",…}` from `{…}`. Names are `[a-z0-9_-]`, so they need no escaping.
+    static func naming(_ namespace: String?, in event: [UInt8]) -> [UInt8] {
+        guard let namespace, event.first == UInt8(ascii: "{") else { return event }
+        var line: [UInt8] = []
+        line.reserveCapacity(event.count + namespace.utf8.count + 16)
+        line.append(contentsOf: #"{"namespace":""#.utf8)
+        line.append(contentsOf: namespace.utf8)
+        line.append(UInt8(ascii: "\""))
+        if event.count > 2 { line.append(UInt8(ascii: ",")) }
+        line.append(contentsOf: event.dropFirst())
+        return line
     }
 }

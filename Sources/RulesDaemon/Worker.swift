@@ -16,7 +16,28 @@ final class WorkerCounters: Sendable {
     let captureBytes = ManagedAtomic<Int>(0)
 }
 
-/// One event-loop thread's share of the daemon: its Lua states for the serving generation, and the
+/// One namespace as one worker serves it: the namespace's serving generation, this worker's Lua state of it,
+/// and the overrides resolved against it. Owned by the worker's event loop, like the worker.
+final class WorkerNamespace {
+    let name: String
+    /// The name's UTF-8 bytes, compared against a request's `namespace` without making a string.
+    let nameBytes: [UInt8]
+    let store: GenerationStore
+    /// Counts this namespace's flag evaluations: flag indexes mean something only within its own rule set.
+    let metrics: WorkerMetrics
+    var generation: ServingGeneration?
+    var evaluator: RuleEvaluator?
+    var overrides = WorkerOverrides()
+
+    init(name: String, store: GenerationStore, metrics: WorkerMetrics) {
+        self.name = name
+        self.nameBytes = Array(name.utf8)
+        self.store = store
+        self.metrics = metrics
+    }
+}
+
+/// One event-loop thread's share of the daemon: its Lua states for each namespace's serving generation, and the
 /// evaluation of every synchronous request of the connections on that loop.
 ///
 /// Owned by its event loop: created there and only ever used there (see ``WorkerPool``).
@@ -26,8 +47,8 @@ final class Worker: QueryResponder {
     let counters: WorkerCounters
     let metrics: WorkerMetrics
     private let logger: Logger
-    private var generation: ServingGeneration?
-    private var evaluator: RuleEvaluator?
+    /// `default` first (the namespace of requests that name none), then the declared ones in order.
+    let namespaces: [WorkerNamespace]
     private var result: [UInt8] = []
     private var batchStarted: UInt64 = 0
     private var batchRequests = 0
@@ -37,12 +58,12 @@ final class Worker: QueryResponder {
     private var ruleLogBudget = RateLimiter(perSecond: 20)
     /// Recent distinct requests, when `capture = on`.
     let capture: CaptureRecorder?
-    /// The overrides in force, resolved against the generation served.
-    private var overrides = WorkerOverrides()
 
+    /// - Parameter namespaces: the declared namespaces besides `default` (whose store is `store`), each with
+    ///   its own generation store.
     init(
         index: Int, store: GenerationStore, counters: WorkerCounters, metrics: WorkerMetrics, logger: Logger,
-        capture: CaptureRecorder? = nil
+        capture: CaptureRecorder? = nil, namespaces: [(name: String, store: GenerationStore)] = []
     ) {
         self.index = index
         self.capture = capture
@@ -50,35 +71,58 @@ final class Worker: QueryResponder {
         self.counters = counters
         self.metrics = metrics
         self.logger = logger
+        self.namespaces =
+            [WorkerNamespace(name: NamespaceSettings.defaultName, store: store, metrics: metrics)]
+            + namespaces.map { WorkerNamespace(name: $0.name, store: $0.store, metrics: WorkerMetrics()) }
         result.reserveCapacity(1024)
     }
 
-    /// Switches to the newest published generation if there is one; the previous Lua state is closed here,
-    /// on its own thread, once nothing uses it.
+    /// Switches every namespace to its newest published generation; the previous Lua states are closed here,
+    /// on their own thread, once nothing uses them.
     func refresh() {
-        guard let latest = store.generation, latest.number != generation?.number else { return }
-        guard let next = latest.takeEvaluator(worker: index) else {
-            logger.error("generation has no Lua state for this worker", metadata: ["worker": "\(index)"])
-            return
-        }
-        evaluator = next
-        generation = latest
-        metrics.beginGeneration(flagKeys: latest.ruleSet.flags.map(\.key))
-        capture?.beginGeneration(flagCount: latest.ruleSet.flags.count)
+        for namespace in namespaces { refresh(namespace) }
     }
 
-    /// The generation and evaluator to answer with (the overrides brought up to date): two atomic loads when
-    /// nothing changed.
+    private func refresh(_ namespace: WorkerNamespace) {
+        guard let latest = namespace.store.generation, latest.number != namespace.generation?.number else { return }
+        guard let next = latest.takeEvaluator(worker: index) else {
+            logger.error(
+                "generation has no Lua state for this worker",
+                metadata: ["worker": "\(index)", "namespace": "\(namespace.name)"])
+            return
+        }
+        namespace.evaluator = next
+        namespace.generation = latest
+        namespace.metrics.beginGeneration(flagKeys: latest.ruleSet.flags.map(\.key))
+        if namespace === namespaces[0] { capture?.beginGeneration(flagCount: latest.ruleSet.flags.count) }
+    }
+
+    /// The generation and evaluator to answer with in `namespace` (the overrides brought up to date): two
+    /// atomic loads when nothing changed.
     @inline(__always)
-    private func current() -> (ServingGeneration, RuleEvaluator)? {
-        if let generation, let evaluator, generation.number == store.publishedNumber {
-            overrides.sync(store.overrides, generation, evaluator)
+    private func current(_ namespace: WorkerNamespace) -> (ServingGeneration, RuleEvaluator)? {
+        if let generation = namespace.generation, let evaluator = namespace.evaluator,
+            generation.number == namespace.store.publishedNumber
+        {
+            namespace.overrides.sync(namespace.store.overrides, generation, evaluator)
             return (generation, evaluator)
         }
-        refresh()
-        guard let generation, let evaluator else { return nil }
-        overrides.sync(store.overrides, generation, evaluator)
+        refresh(namespace)
+        guard let generation = namespace.generation, let evaluator = namespace.evaluator else { return nil }
+        namespace.overrides.sync(namespace.store.overrides, generation, evaluator)
         return (generation, evaluator)
+    }
+
+    @inline(__always)
+    private func current() -> (ServingGeneration, RuleEvaluator)? { current(namespaces[0]) }
+
+    /// The namespace a request names, by its bytes; nil when no namespace of that name is served.
+    @inline(__always)
+    private func namespace(of request: DecodedRequest, in line: UnsafeRawBufferPointer) -> WorkerNamespace? {
+        guard request.namesNamespace else { return namespaces[0] }
+        return request.withNamespaceBytes(in: line) { bytes in
+            namespaces.first { $0.nameBytes.elementsEqual(bytes) }
+        }
     }
 
     /// The serving generation as this worker sees it (for answers that only need the model).
@@ -114,10 +158,27 @@ final class Worker: QueryResponder {
         }
         batchRequests += 1
         let id = request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
-        guard let (generation, evaluator) = current() else {
-            ResponseWriter.writeFailure(id: id, error: ProtocolError(.internal, "no rule set is loaded"), into: &out)
+        guard let namespace = namespace(of: request, in: line) else {
+            metrics.recordRequest(request.operation, ok: false)
+            let name = request.withNamespaceBytes(in: line) { String(decoding: $0, as: UTF8.self) }
+            ResponseWriter.writeFailure(
+                id: id, error: Self.unknownNamespace(name, among: namespaces.map(\.name)), into: &out)
             return
         }
+        guard let (generation, evaluator) = current(namespace) else {
+            let error =
+                namespaces.count == 1
+                ? ProtocolError(.internal, "no rule set is loaded")
+                : ProtocolError(
+                    .namespaceUnavailable,
+                    "namespace '\(namespace.name)' has no rules loaded (they did not load at start); "
+                        + "its status names the problems", details: ["namespace": namespace.name])
+            ResponseWriter.writeFailure(id: id, error: error, into: &out)
+            return
+        }
+        // The capture records the default namespace only; each namespace counts its own flags' evaluations.
+        let capture = namespace === namespaces[0] ? self.capture : nil
+        let observer = namespace.metrics
         result.removeAll(keepingCapacity: true)
         let now = request.at ?? batchNow
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -126,8 +187,8 @@ final class Worker: QueryResponder {
         case .ping:
             question = .ping
         case .flag:
-            if overrides.isActive,
-                let entry = overrides.override(
+            if namespace.overrides.isActive,
+                let entry = namespace.overrides.override(
                     at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) }, now: batchNow)
             {
                 result.append(contentsOf: entry.flagAnswer)
@@ -137,7 +198,8 @@ final class Worker: QueryResponder {
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = request.withFlagBytes(in: line) { key in
                 let failure = EvaluationAnswers.answer(
-                    .flag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+                    .flag(key: key, context: context), evaluator: evaluator, now: now, observer: observer, into: &result
+                )
                 if let capture, failure == nil, let index = generation.ruleSet.flagIndex(forUTF8: key) {
                     capture.recordFlag(
                         index: index, key: { generation.ruleSet.flags[index].key }, context: context, at: now,
@@ -150,11 +212,12 @@ final class Worker: QueryResponder {
         case .flags:
             let context = request.context.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure =
-                overrides.isActive
-                ? overrides.answerFlags(
-                    evaluator: evaluator, context: context, now: now, clock: batchNow, observer: metrics, into: &result)
+                namespace.overrides.isActive
+                ? namespace.overrides.answerFlags(
+                    evaluator: evaluator, context: context, now: now, clock: batchNow, observer: observer, into: &result
+                )
                 : EvaluationAnswers.answer(
-                    .flags(context: context), evaluator: evaluator, now: now, observer: metrics, into: &result)
+                    .flags(context: context), evaluator: evaluator, now: now, observer: observer, into: &result)
             if let capture, failure == nil {
                 let flags = generation.ruleSet.flags
                 capture.recordAllFlags(
@@ -165,7 +228,7 @@ final class Worker: QueryResponder {
         case .route:
             let routed = request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = EvaluationAnswers.answer(
-                .route(request: routed), evaluator: evaluator, now: now, observer: metrics, into: &result)
+                .route(request: routed), evaluator: evaluator, now: now, observer: observer, into: &result)
             if let capture, failure?.code != .invalidRequest {
                 capture.recordRoute(request: routed, at: now, seenAt: batchNow)
             }
@@ -179,15 +242,15 @@ final class Worker: QueryResponder {
             if let routed = request.request {
                 failure = EvaluationAnswers.answer(
                     .explainRoute(request: UnsafeRawBufferPointer(rebasing: line[routed])), evaluator: evaluator,
-                    now: now, observer: metrics, into: &result)
+                    now: now, observer: observer, into: &result)
             } else {
                 failure = request.withFlagBytes(in: line) { key in
                     EvaluationAnswers.answer(
-                        .explainFlag(key: key, context: context), evaluator: evaluator, now: now, observer: metrics,
+                        .explainFlag(key: key, context: context), evaluator: evaluator, now: now, observer: observer,
                         into: &result)
                 }
-                if failure == nil, overrides.isActive,
-                    let entry = overrides.override(
+                if failure == nil, namespace.overrides.isActive,
+                    let entry = namespace.overrides.override(
                         at: request.withFlagBytes(in: line) { generation.ruleSet.flagIndex(forUTF8: $0) },
                         now: batchNow)
                 {
@@ -204,7 +267,7 @@ final class Worker: QueryResponder {
             return
         }
         let failure = EvaluationAnswers.answer(
-            question, evaluator: evaluator, now: now, observer: metrics, into: &result)
+            question, evaluator: evaluator, now: now, observer: observer, into: &result)
         finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
     }
 
@@ -245,17 +308,18 @@ final class Worker: QueryResponder {
         return result
     }
 
-    /// With `isolation = process`, the requests that run rules go to the rule process; nil for the others (and
+    /// In a namespace with `isolation = process`, the requests that run rules go to its rule process; nil for the others (and
     /// while overrides are in force, which this worker's evaluator applies).
     func answerLater(
         _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
     ) -> EventLoopFuture<ByteBuffer>? {
-        guard let isolated = store.isolated else { return nil }
         switch request.operation {
         case .flag, .flags, .route, .explain: break
         default: return nil
         }
-        guard current() != nil, !overrides.isActive else { return nil }
+        guard let namespace = namespace(of: request, in: line), let isolated = namespace.store.isolated,
+            current(namespace) != nil, !namespace.overrides.isActive
+        else { return nil }
         beginBatch()
         defer { endBatch() }
         batchRequests += 1
@@ -277,6 +341,21 @@ final class Worker: QueryResponder {
                 return buffer
             }
         }.nonisolated()
+    }
+
+    /// `NAMESPACE_NOT_FOUND`, naming the namespaces that are served.
+    static func unknownNamespace(_ name: String, among namespaces: [String]) -> ProtocolError {
+        let clipped = name.count > 64 ? String(name.prefix(64)) + "..." : name
+        return ProtocolError(
+            .namespaceNotFound,
+            "no namespace '\(clipped)'; rulesd serves " + namespaces.map { "'\($0)'" }.joined(separator: ", "))
+    }
+
+    func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace name: String, into out: inout ByteBuffer) {
+        let generation = namespaces.first { $0.name == name }.flatMap { current($0)?.0 }
+        ResponseWriter.writeSuccess(
+            id: id, revision: generation?.shortRevision ?? "", generation: generation?.number ?? 0,
+            result: Array(#"{"watching":true}"#.utf8), into: &out)
     }
 
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer) {

@@ -26,9 +26,14 @@ final class WorkerPool: Sendable {
     }
 
     /// Starts `count` worker threads and creates each one's worker on its own thread.
-    /// - Parameter onLoopFailure: told when a loop had to stop (its poll failed); the daemon cannot serve on.
+    /// - Parameters:
+    ///   - store: the default namespace's generations.
+    ///   - namespaces: the declared namespaces besides `default`, each with its own generation store; every
+    ///     worker keeps a Lua state of each.
+    ///   - onLoopFailure: told when a loop had to stop (its poll failed); the daemon cannot serve on.
     static func start(
-        count: Int, store: GenerationStore, logger: Logger, capture: CaptureSettings = CaptureSettings(),
+        count: Int, store: GenerationStore, namespaces: [(name: String, store: GenerationStore)] = [],
+        logger: Logger, capture: CaptureSettings = CaptureSettings(),
         onLoopFailure: (@Sendable (Error) -> Void)? = nil
     ) async throws -> WorkerPool {
         // One redaction (and so one HMAC key) for all workers, so that equal values hash alike whichever
@@ -55,7 +60,7 @@ final class WorkerPool: Sendable {
                         size: capture.size, memoryLimit: max(1, capture.memory / count), redaction: redaction) : nil
                 let worker = Worker(
                     index: index, store: store, counters: counter, metrics: WorkerMetrics(), logger: workerLogger,
-                    capture: recorder)
+                    capture: recorder, namespaces: namespaces)
                 return NIOLoopBound(worker, eventLoop: loop)
             }.get()
             workers.append(worker)
@@ -116,6 +121,20 @@ final class WorkerPool: Sendable {
             if let snapshot = try? await loop.submit({ worker.value.metrics.snapshot() }).get() {
                 snapshots.append(snapshot)
             }
+        }
+        return snapshots
+    }
+
+    /// Each worker's flag-evaluation metrics of each declared namespace (not `default`, whose are in
+    /// ``metricsSnapshots()``), copied on its own thread.
+    func namespaceMetricsSnapshots() async -> [String: [WorkerMetricsSnapshot]] {
+        var snapshots: [String: [WorkerMetricsSnapshot]] = [:]
+        for (index, loop) in loops.enumerated() {
+            let worker = workers[index]
+            let taken = try? await loop.submit {
+                worker.value.namespaces.dropFirst().map { ($0.name, $0.metrics.snapshot()) }
+            }.get()
+            for (name, snapshot) in taken ?? [] { snapshots[name, default: []].append(snapshot) }
         }
         return snapshots
     }

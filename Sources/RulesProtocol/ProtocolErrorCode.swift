@@ -24,6 +24,11 @@ public enum ProtocolErrorCode: String, Sendable, Hashable, CaseIterable {
     case forbidden = "FORBIDDEN"
     /// `show` or `rollback` named a revision the history does not hold (or too few of its digits).
     case revisionNotFound = "REVISION_NOT_FOUND"
+    /// The request's `namespace` is not one the daemon's configuration declares.
+    case namespaceNotFound = "NAMESPACE_NOT_FOUND"
+    /// The namespace is declared but has no rule set loaded yet (its rules did not load at start and there is no
+    /// last known good copy); it answers again once a reload succeeds.
+    case namespaceUnavailable = "NAMESPACE_UNAVAILABLE"
     case `internal` = "INTERNAL"
 }
 

@@ -44,6 +44,9 @@ public struct DecodedRequest: Sendable, Hashable {
     public var ttl: String?
     public var reason: String?
     public var namespace: String?
+    /// `namespace` of a synchronous operation (flag, flags, route, config, explain): the name's UTF-8 bytes,
+    /// straight from the line when it has no escapes (otherwise decoded into `namespace`). Absent: `default`.
+    public var namespaceRange: Range<Int>?
 
     public init(operation: RequestOperation) {
         self.operation = operation
@@ -53,6 +56,17 @@ public struct DecodedRequest: Sendable, Hashable {
     public func flag(in line: UnsafeRawBufferPointer) -> String? {
         if let flagDecoded { return flagDecoded }
         return flagRange.map { String(decoding: UnsafeRawBufferPointer(rebasing: line[$0]), as: UTF8.self) }
+    }
+
+    /// Whether the request names a namespace (absent: `default`).
+    public var namesNamespace: Bool { namespaceRange != nil || namespace != nil }
+
+    /// Calls `body` with the namespace's UTF-8 bytes (empty when the request names none).
+    public func withNamespaceBytes<R>(in line: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if let namespace { return Array(namespace.utf8).withUnsafeBytes(body) }
+        return body(
+            namespaceRange.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
+                ?? UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
     /// Calls `body` with the flag key's UTF-8 bytes.
@@ -211,6 +225,15 @@ public struct RequestDecoder {
                     let value = try? JSONObjectScanner.string(in: line, range: member.valueRange)
                 else { return .failure(invalid("'\(field == .path ? "path" : "revision")' must be a string", id)) }
                 if field == .path { request.path = value } else { request.revision = value }
+            case .namespace where Self.isSynchronous(operation):
+                guard member.kind == .string else { return .failure(invalid("'namespace' must be a string", id)) }
+                let content = member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1
+                // Compared as bytes against the configured names by the worker: no string on this path.
+                if UnsafeRawBufferPointer(rebasing: line[content]).contains(UInt8(ascii: "\\")) {
+                    request.namespace = try? JSONObjectScanner.string(in: line, range: member.valueRange)
+                } else {
+                    request.namespaceRange = content
+                }
             case .variant, .reason, .namespace:
                 let name = field == .variant ? "variant" : field == .reason ? "reason" : "namespace"
                 guard member.kind == .string,
@@ -316,7 +339,17 @@ public struct RequestDecoder {
         RequestDecodingFailure(error: ProtocolError(.invalidRequest, message), id: id)
     }
 
+    /// The operations a worker answers from the line itself (the others wait, and outlive their line).
+    private static func isSynchronous(_ operation: RequestOperation) -> Bool {
+        switch operation {
+        case .ping, .flag, .flags, .route, .config, .explain: return true
+        default: return false
+        }
+    }
+
     private static func allowed(_ field: Field, for operation: RequestOperation) -> Bool {
+        // Every operation but `ping` and `metrics` (daemon-wide) may name a namespace.
+        if field == .namespace { return operation != .ping && operation != .metrics }
         switch operation {
         case .flag: return field == .flag || field == .context || field == .at
         case .flags: return field == .context || field == .at

@@ -32,6 +32,12 @@ struct AuditCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Only events of this kind: reload, operation, refused, override.", valueName: "kind"))
     var event: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Only events of this namespace (a line naming none, such as a refusal, counts as the default one's).",
+            valueName: "name"))
+    var namespace: String?
+
     @Flag(help: "Print the events as JSON lines, as stored.")
     var json = false
 
@@ -61,6 +67,9 @@ struct AuditCommand: ParsableCommand {
         return TimeArgument.parse(text)
     }
 
+    /// `--namespace`, wherever it stands on the command line.
+    var selectedNamespace: String? { namespace ?? DaemonClient.namespaceOption.withLock { $0 } }
+
     func run() throws {
         let base = directory + "/audit.jsonl"
         var now = timespec()
@@ -72,10 +81,15 @@ struct AuditCommand: ParsableCommand {
             for line in bytes.split(separator: UInt8(ascii: "\n")) {
                 // A line is written whole; one that does not parse is shown as it is rather than hidden.
                 guard let value = try? JSONParser().parse(Array(line)) else {
-                    if threshold == nil && event == nil { printed.append(String(decoding: line, as: UTF8.self)) }
+                    if threshold == nil && event == nil && selectedNamespace == nil {
+                        printed.append(String(decoding: line, as: UTF8.self))
+                    }
                     continue
                 }
                 if let event, value["event"]?.stringValue != event { continue }
+                if let namespace = selectedNamespace, (value["namespace"]?.stringValue ?? "default") != namespace {
+                    continue
+                }
                 if let threshold {
                     guard let at = value["at"]?.stringValue.flatMap(TimeArgument.parse), at >= threshold else {
                         continue
@@ -143,6 +157,7 @@ struct AuditCommand: ParsableCommand {
             outcome = value["outcome"]?.stringValue ?? "-"
             what = value["detail"]?.stringValue ?? JSONWriter.string(value)
         }
-        return [at, kind, outcome, who, what].joined(separator: "  ")
+        let subject = value["namespace"]?.stringValue.map { "[\($0)] " } ?? ""
+        return [at, kind, outcome, who, subject + what].joined(separator: "  ")
     }
 }

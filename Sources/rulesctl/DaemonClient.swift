@@ -4,8 +4,9 @@ import NIOCore
 import NIOPosix
 import RuleModel
 import RulesProtocol
+import Synchronization
 
-/// `--socket`: where rulesd listens.
+/// `--socket`: where rulesd listens; `--namespace`: the namespace every request addresses.
 struct SocketOptions: ParsableArguments {
     @Option(
         name: .customLong("socket"),
@@ -13,7 +14,22 @@ struct SocketOptions: ParsableArguments {
             "rulesd's socket (default: $RULESD_SOCKET, else \(SocketOptions.defaultPath)).", valueName: "path"))
     var socket: String?
 
+    @Option(
+        name: .customLong("namespace"),
+        help: ArgumentHelp(
+            "The namespace every request addresses (default: $RULESD_NAMESPACE, else rulesd's default namespace).",
+            valueName: "name"))
+    var namespace: String?
+
     static let defaultPath = "/run/rulesd/rulesd.sock"
+
+    /// Makes `--namespace` (else `$RULESD_NAMESPACE`) the namespace of every request this run sends.
+    func validate() throws {
+        if let namespace { DaemonClient.namespaceOption.withLock { $0 = namespace } }
+        let chosen = namespace ?? getenv("RULESD_NAMESPACE").map { String(cString: $0) }
+        guard let chosen, !chosen.isEmpty else { return }
+        DaemonClient.namespace.withLock { $0 = chosen }
+    }
 
     /// The socket to use: `--socket`, then `$RULESD_SOCKET`, then the default path.
     var path: String {
@@ -30,6 +46,22 @@ let unreachableExitStatus: Int32 = 3
 
 /// A connection to rulesd, over SwiftNIO, speaking the line protocol.
 enum DaemonClient {
+    /// The namespace requests address (`--namespace`, `$RULESD_NAMESPACE`); nil for rulesd's default.
+    static let namespace = Mutex<String?>(nil)
+    /// `--namespace` as given on the command line (commands that send no request, such as `audit`, read it:
+    /// the option is parsed once for the whole command line).
+    static let namespaceOption = Mutex<String?>(nil)
+
+    /// `request` with the chosen namespace added, unless it names one already or is daemon-wide (`ping`,
+    /// `metrics`).
+    static func addressed(_ request: JSONValue) -> JSONValue {
+        guard let namespace = namespace.withLock({ $0 }), case .object(var members) = request,
+            members["namespace"] == nil, let op = members["op"]?.stringValue, op != "ping", op != "metrics"
+        else { return request }
+        members["namespace"] = .string(namespace)
+        return .object(members)
+    }
+
     /// Sends one request and returns its answer.
     /// - Throws: `ExitCode(3)` after printing why, when the daemon cannot be reached.
     static func request(socket: String, _ request: JSONValue) async throws -> ProtocolAnswer {
@@ -63,7 +95,7 @@ enum DaemonClient {
             throw ExitCode(unreachableExitStatus)
         }
         try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(string: JSONWriter.string(request) + "\n"))
+            try await outbound.write(ByteBuffer(string: JSONWriter.string(addressed(request)) + "\n"))
             for try await frame in inbound {
                 var lines: [[UInt8]] = []
                 switch frame {

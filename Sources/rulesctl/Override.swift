@@ -15,14 +15,9 @@ struct OverrideCommand: AsyncParsableCommand {
             """,
         subcommands: [Set.self, List.self, Clear.self])
 
-    /// `--namespace`: only the default namespace exists, and rulesd says so for any other.
-    struct NamespaceOptions: ParsableArguments {
-        @Option(help: ArgumentHelp("The namespace of the flag (only 'default' exists).", valueName: "name"))
-        var namespace: String?
-
-        func adding(to request: [(String, JSONValue)]) -> JSONValue {
-            .object(JSONObject(request + (namespace.map { [("namespace", .string($0))] } ?? [])))
-        }
+    /// A request object; `--namespace` (a global option) is added when it is sent.
+    static func request(_ members: [(String, JSONValue)]) -> JSONValue {
+        .object(JSONObject(members))
     }
 
     /// `alice (uid 1000, pid 4242)`, from an override's `set_by`.
@@ -68,7 +63,6 @@ struct OverrideCommand: AsyncParsableCommand {
                 """)
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
-        @OptionGroup var namespace: NamespaceOptions
         @Argument(help: "The flag's key.") var flag: String
         @Argument(help: "The variant it answers while overridden.") var variant: String
         @Option(help: ArgumentHelp("How long the override lasts: 90s, 15m, 2h.", valueName: "duration"))
@@ -77,7 +71,7 @@ struct OverrideCommand: AsyncParsableCommand {
         var reason: String
 
         func run() async throws {
-            let request = namespace.adding(to: [
+            let request = OverrideCommand.request([
                 ("op", "override_set"), ("flag", .string(flag)), ("variant", .string(variant)), ("ttl", .string(ttl)),
                 ("reason", .string(reason)),
             ])
@@ -103,12 +97,11 @@ struct OverrideCommand: AsyncParsableCommand {
             discussion: "Exit status: 0 listed, 1 answered an error, 3 unreachable.")
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
-        @OptionGroup var namespace: NamespaceOptions
 
         func run() async throws {
             guard
                 let result = try await History.result(
-                    namespace.adding(to: [("op", "override_list")]), socket: socket.path, json: output.json)
+                    OverrideCommand.request([("op", "override_list")]), socket: socket.path, json: output.json)
             else { return }
             let entries = result["overrides"]?.arrayValue ?? []
             if entries.isEmpty {
@@ -139,13 +132,12 @@ struct OverrideCommand: AsyncParsableCommand {
             discussion: "Exit status: 0 cleared or there was none, 1 refused (FORBIDDEN), 3 unreachable.")
         @OptionGroup var socket: SocketOptions
         @OptionGroup var output: OutputOptions
-        @OptionGroup var namespace: NamespaceOptions
         @Argument(help: "The flag's key.") var flag: String
 
         func run() async throws {
             guard
                 let result = try await History.result(
-                    namespace.adding(to: [("op", "override_clear"), ("flag", .string(flag))]), socket: socket.path,
+                    OverrideCommand.request([("op", "override_clear"), ("flag", .string(flag))]), socket: socket.path,
                     json: output.json)
             else { return }
             if let cleared = result["cleared"], cleared != .null {

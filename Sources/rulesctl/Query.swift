@@ -243,6 +243,7 @@ struct StatusPrinter {
         if status["origin"]?.stringValue == "last_known_good" {
             serving += style.red(" LAST KNOWN GOOD: the rules directory does not load")
         }
+        if let namespace = status["namespace"]?.stringValue { lines.append(("namespace", namespace)) }
         lines.append(("serving", serving))
         if let pinned = status["pinned"]?["message"]?.stringValue { lines.append(("pinned", style.yellow(pinned))) }
         if let count = status["overrides"]?.int64Value, count > 0 {
@@ -302,6 +303,26 @@ struct StatusPrinter {
                     + style.dim(String((file["sha256"]?.stringValue ?? "").prefix(16))) + "\n"
             }
         }
+        if let namespaces = status["namespaces"]?.arrayValue, !namespaces.isEmpty {
+            out += style.bold("namespaces") + " (rulesctl --namespace NAME status)\n"
+            let width = namespaces.map { ($0["name"]?.stringValue ?? "?").count }.max() ?? 0
+            for namespace in namespaces {
+                let name = (namespace["name"]?.stringValue ?? "?").padding(toLength: width)
+                var text: String
+                if let revision = namespace["revision"]?.stringValue {
+                    text =
+                        "\(String(revision.prefix(16))) (generation \(namespace["generation"]?.int64Value ?? 0)), "
+                        + "\(namespace["flags"]?.int64Value ?? 0) flags"
+                    if namespace["origin"]?.stringValue == "last_known_good" { text += style.red(" LAST KNOWN GOOD") }
+                } else {
+                    text = style.red("not serving")
+                }
+                if namespace["last_reload_ok"] == .bool(false) {
+                    text += style.red("; last reload failed: \(namespace["error"]?["message"]?.stringValue ?? "?")")
+                }
+                out += "  \(name)  \(text)  " + style.dim(namespace["rules_dir"]?.stringValue ?? "") + "\n"
+            }
+        }
         return out
     }
 }
@@ -311,7 +332,8 @@ struct WatchPrinter {
     var style: TextStyle
 
     func render(_ event: JSONValue) -> String {
-        let at = event["at"]?.stringValue ?? ""
+        // A daemon serving several namespaces names each event's: shown right after the time.
+        let at = (event["at"]?.stringValue ?? "") + (event["namespace"]?.stringValue.map { " [\($0)]" } ?? "")
         switch event["event"]?.stringValue {
         case "reloaded":
             let revision = String((event["revision"]?.stringValue ?? "").prefix(16))

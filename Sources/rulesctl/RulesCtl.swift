@@ -16,7 +16,8 @@ struct RulesCtl: AsyncParsableCommand {
             rulesd loads it, 'eval' answers flag, route and config questions exactly as rulesd would.
 
             Online commands ask a running rulesd over its socket (--socket, else $RULESD_SOCKET, else \
-            /run/rulesd/rulesd.sock) and print exactly what 'eval' prints for the same rules.
+            /run/rulesd/rulesd.sock) and print exactly what 'eval' prints for the same rules. With --namespace NAME \
+            (else $RULESD_NAMESPACE) every request addresses that namespace of rulesd rather than the default one.
 
             Exit status: 0 on success, 1 when the answer is an error (FLAG_NOT_FOUND, CONFIG_NOT_FOUND, NO_ROUTE, \
             RULE_ERROR, RELOAD_FAILED, INVALID_RULES, ...), 2 on a usage error, 3 when rulesd cannot be reached.
