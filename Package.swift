@@ -34,6 +34,9 @@ let package = Package(
         .target(name: "CRuleSandbox", dependencies: ["CLua"]),
         // epoll and eventfd from the C library, for the query socket's event loops.
         .systemLibrary(name: "CEventPoll"),
+        // The kernel limits a rule process (`isolation = process`) puts on itself: no_new_privs, rlimits and a
+        // hand-written seccomp filter.
+        .target(name: "CRuleProcessLimits"),
         // The one reader of the system's clocks, for every target.
         .target(name: "SystemClock"),
         // statfs(2) from the C library, for the rule tree scanner.
@@ -99,6 +102,7 @@ let package = Package(
         .target(
             name: "RulesDaemon",
             dependencies: [
+                "CRuleProcessLimits",
                 "RuleEngine",
                 "RuleModel",
                 "RuleWatcher",

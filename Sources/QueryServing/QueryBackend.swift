@@ -87,11 +87,21 @@ public protocol QueryResponder: AnyObject {
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, into out: inout ByteBuffer)
     /// Counts a line that could not be decoded (its failure answer is written by the connection).
     func recordUndecodable()
+    /// Answers a synchronous request later instead of into the output at once (its rule set is evaluated in
+    /// another process): the whole answer line, on `loop`; the connection's later requests wait behind it. Nil
+    /// to have ``answer(_:line:into:)`` answer it now.
+    func answerLater(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
+    ) -> EventLoopFuture<ByteBuffer>?
     /// Acknowledges a `watch` of one namespace into `out`, with that namespace's revision and generation.
     func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer)
 }
 
 extension QueryResponder {
+    public func answerLater(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
+    ) -> EventLoopFuture<ByteBuffer>? { nil }
+
     /// A responder of one namespace acknowledges every watch alike.
     public func acknowledgeWatch(id: UnsafeRawBufferPointer?, namespace: String, into out: inout ByteBuffer) {
         acknowledgeWatch(id: id, into: &out)

@@ -395,7 +395,11 @@ final class QueryConnection: EventPollSource {
         case .success(let request):
             switch request.operation {
             case .ping, .flag, .flags, .route, .config, .explain:
-                responder.answer(request, line: line, into: &output)
+                if let later = responder.answerLater(request, line: line, on: loop) {
+                    awaitAnswer(later, id: request.id.map { Array(line[$0]) })
+                } else {
+                    responder.answer(request, line: line, into: &output)
+                }
             case .watch:
                 startWatching(
                     id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, namespace: request.namespace)
@@ -499,6 +503,15 @@ final class QueryConnection: EventPollSource {
             await backend.answerWaiting(request ?? DecodedRequest(operation: operation), id: id, peer: peer)
         }
         promise.futureResult.assumeIsolated().whenComplete { [self] outcome in
+            answerArrived(outcome, id: id)
+        }
+    }
+
+    /// Waits for an answer the responder gives later; later lines queue behind it as behind any operation that
+    /// waits. The future must complete on this connection's loop, and not before this returns.
+    private func awaitAnswer(_ answer: EventLoopFuture<ByteBuffer>, id: [UInt8]?) {
+        transition(to: state == .inputEnded ? .inputEndedAwaitingAnswer : .awaitingAnswer)
+        answer.assumeIsolated().whenComplete { [self] outcome in
             answerArrived(outcome, id: id)
         }
     }

@@ -110,7 +110,13 @@ public struct DaemonService: Service {
         // SIGHUP is trapped before anything can be asked of the daemon: its default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let namespaces = settings.allNamespaces
-        let stores = namespaces.map { _ in GenerationStore() }
+        // A namespace with `isolation = process` has its rules evaluated in a rule process of its own.
+        let stores = namespaces.map { namespace in
+            GenerationStore(
+                isolated: namespace.isolation == .process
+                    ? IsolatedRuleProcess(namespace: namespace.name, limits: namespace.limits, logger: logger) : nil)
+        }
+        defer { for store in stores { store.isolated?.stop() } }
         let loopFailure = Mutex<Error?>(nil)
         let shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let pool: WorkerPool
@@ -307,6 +313,16 @@ public struct DaemonService: Service {
         return parts
     }
 
+    /// One namespace's first load, as a result. (A function of its own: the release build of Swift 6.3 lost the
+    /// results of a typed-throws `do` inside the task group's closure, and the daemon trapped at start.)
+    private static func firstLoad(_ runtime: NamespaceRuntime) async -> Result<ServingGeneration, RuleLoadFailure> {
+        do throws(RuleLoadFailure) {
+            return .success(try await runtime.reloads.loadInitial())
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// Every namespace's first rules (loaded at once, each on its own loader thread): the rules directory, or
     /// the last known good copy when it does not load; nil for a namespace that has neither.
     /// - Throws: when no namespace can serve; with only the default namespace, when it cannot.
@@ -322,16 +338,10 @@ public struct DaemonService: Service {
         defer { extender.cancel() }
         let outcomes = await withTaskGroup(of: (Int, Result<ServingGeneration, RuleLoadFailure>).self) { group in
             for (index, runtime) in runtimes.enumerated() {
-                group.addTask {
-                    do throws(RuleLoadFailure) {
-                        return (index, .success(try await runtime.reloads.loadInitial()))
-                    } catch {
-                        return (index, .failure(error))
-                    }
-                }
+                group.addTask { (index, await Self.firstLoad(runtime)) }
             }
             var outcomes = [Result<ServingGeneration, RuleLoadFailure>?](repeating: nil, count: runtimes.count)
-            for await (index, outcome) in group { outcomes[index] = outcome }
+            while let (index, outcome) = await group.next() { outcomes[index] = outcome }
             return outcomes.map { $0! }
         }
         var failures: [DaemonStartupFailure] = []

@@ -263,10 +263,12 @@ final class DaemonServices: QueryBackend {
         let snapshots = await pool.metricsSnapshots()
         let capture = pool.captureTotals
         metrics.recordCapture(entries: capture.entries, bytes: capture.bytes)
-        return metrics.render(
+        var text = metrics.render(
             workers: snapshots, openConnections: connections.count,
             watchSubscribers: watchHub.count, watcherMode: watcherMode,
             namespaceWorkers: others.isEmpty ? [:] : await pool.namespaceMetricsSnapshots())
+        text.append(contentsOf: IsolatedRuleProcess.metricsText(views.compactMap(\.store.isolated)).utf8)
+        return text
     }
 
     /// The `status` result.
@@ -350,6 +352,7 @@ final class DaemonServices: QueryBackend {
         object.append(("requests_served", .integer(Int64(pool.requestsServed))))
         object.append(("capture", captureStatus))
         object.append(("workers", .integer(Int64(pool.loops.count))))
+        object.append(("isolation", store.isolated?.status ?? ["mode": "thread"]))
         object.append(("pid", .integer(Int64(getpid()))))
         object.append(("version", .string(Self.version)))
         if !others.isEmpty { object.append(("namespaces", .array(views.map(\.namespaceSummary)))) }

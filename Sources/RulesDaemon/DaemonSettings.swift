@@ -326,6 +326,7 @@ extension DaemonSettings {
         case roleOperate = "role_operate"
         case roleAdmin = "role_admin"
         case auditMaxBytes = "audit_max_bytes"
+        case isolation
 
         /// The command-line option's long name, without the leading dashes: `socket-mode`.
         public var longOption: String { String(rawValue.map { $0 == "_" ? "-" : $0 }) }
@@ -506,6 +507,10 @@ extension DaemonSettings {
         .size(
             .auditMaxBytes, \.auditMaxBytes, (64 << 10)...(1 << 30),
             summary: "size at which `state_dir/audit/audit.jsonl` is rotated; 3 older files are kept"),
+        .choice(
+            .isolation, \.isolation,
+            summary:
+                "where the rules run: in rulesd's worker threads, or in a rule process of their own with kernel limits"),
     ]
 }
 

@@ -60,6 +60,8 @@ final class NamespaceRuntime: Sendable {
         let overrides = self.overrides
         // A reload that removes an overridden flag or its variant drops the override, and says so.
         reloads.observePublications { overrides.reconcile(with: $0, now: SystemClock.epochSeconds()) }
+        // With `isolation = process`, every generation published goes to the namespace's rule process too.
+        if let isolated = store.isolated { reloads.observePublications { isolated.publish($0) } }
     }
 
     /// Starts watching the rules directory (unless watching is off).

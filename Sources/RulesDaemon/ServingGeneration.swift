@@ -64,8 +64,12 @@ public final class GenerationStore: Sendable {
     private let number = ManagedAtomic<UInt64>(0)
     /// The overrides in force, published beside the generation and read the same lock-free way.
     let overrides = OverrideBoard()
+    /// The process this rule set is evaluated in, with `isolation = process`.
+    let isolated: IsolatedRuleProcess?
 
-    public init() {}
+    public init(isolated: IsolatedRuleProcess? = nil) {
+        self.isolated = isolated
+    }
 
     /// Makes `generation` the one every new request uses.
     func publish(_ generation: ServingGeneration) {

@@ -308,6 +308,41 @@ final class Worker: QueryResponder {
         return result
     }
 
+    /// In a namespace with `isolation = process`, the requests that run rules go to its rule process; nil for the others (and
+    /// while overrides are in force, which this worker's evaluator applies).
+    func answerLater(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
+    ) -> EventLoopFuture<ByteBuffer>? {
+        switch request.operation {
+        case .flag, .flags, .route, .explain: break
+        default: return nil
+        }
+        guard let namespace = namespace(of: request, in: line), let isolated = namespace.store.isolated,
+            current(namespace) != nil, !namespace.overrides.isActive
+        else { return nil }
+        beginBatch()
+        defer { endBatch() }
+        batchRequests += 1
+        let operation = request.operation
+        let id = request.id.map { Array(line[$0]) }
+        let now = batchNow
+        return isolated.submit(line: line, now: now, on: loop).assumeIsolated().map {
+            [self] (reply: RuleProcessReply) -> ByteBuffer in
+            switch reply {
+            case .answered(let ok, let bytes):
+                metrics.recordRequest(operation, ok: ok)
+                var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
+                buffer.writeBytes(bytes)
+                return buffer
+            case .unavailable(let error):
+                metrics.recordRequest(operation, ok: false)
+                var buffer = ByteBufferAllocator().buffer(capacity: 128)
+                id.withUnsafeOptionalBytes { ResponseWriter.writeFailure(id: $0, error: error, into: &buffer) }
+                return buffer
+            }
+        }.nonisolated()
+    }
+
     /// `NAMESPACE_NOT_FOUND`, naming the namespaces that are served.
     static func unknownNamespace(_ name: String, among namespaces: [String]) -> ProtocolError {
         let clipped = name.count > 64 ? String(name.prefix(64)) + "..." : name

@@ -13,6 +13,9 @@ public enum ProtocolErrorCode: String, Sendable, Hashable, CaseIterable {
     case noRoute = "NO_ROUTE"
     /// A route's `match` or `target` function failed.
     case ruleError = "RULE_ERROR"
+    /// A process-isolated rule set's process was stopped for a limit (it hung, or reached a kernel limit) and
+    /// is starting again; the request was not evaluated.
+    case resourceLimit = "RESOURCE_LIMIT"
     /// `reload` found a rule set that does not load; the previous one keeps serving.
     case reloadFailed = "RELOAD_FAILED"
     /// The daemon is at its connection limit; the connection is closed after this answer.

@@ -75,6 +75,9 @@ struct NeighbourBenchmark: ParsableCommand {
                 binary: binary, work: work + "/" + isolation, rules: work + "/canary", config: config)
             defer { daemon.stop() }
             let socket = daemon.socket
+            // The rule process starts after the daemon listens: measuring the canary alone while it starts up
+            // would charge its start to the canary.
+            try OpenFeatureBenchmark.waitFor { (try? Self.hostileServes(socket)) == true }
             _ = try OpenFeatureBenchmark.threads(canaries) {
                 try OpenFeatureBenchmark.lineClient(socket, canaryRequests, 500)
             }
@@ -144,6 +147,22 @@ struct NeighbourBenchmark: ParsableCommand {
         for source in sources {
             try Data(source.content).write(to: URL(fileURLWithPath: directory + "/" + source.path))
         }
+    }
+
+    /// Whether the hostile namespace serves: in threads, or with its rule process running.
+    static func hostileServes(_ path: String) throws -> Bool {
+        let fd = try OpenFeatureBenchmark.connectUnix(path)
+        defer { close(fd) }
+        try OpenFeatureBenchmark.send(fd, Array(#"{"op":"status","namespace":"hostile"}"#.utf8) + [10])
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while answer.last != UInt8(ascii: "\n") {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw BenchError("status: connection closed") }
+            answer += buffer[0..<n]
+        }
+        let text = String(decoding: answer, as: UTF8.self)
+        return text.contains(#""isolation":{"mode":"thread"}"#) || text.contains(#""state":"running""#)
     }
 
     /// Asks the hostile questions one at a time until `stop`; returns how many were answered.

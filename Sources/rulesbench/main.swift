@@ -10,7 +10,7 @@ struct RulesBench: ParsableCommand {
         subcommands: [
             MeasuresBenchmark.self, GrowthBenchmark.self, EngineBenchmark.self, SocketBenchmark.self,
             ReloadBenchmark.self, ScaleBenchmark.self, DataBenchmark.self, ReplayBenchmark.self,
-            OpenFeatureBenchmark.self, NeighbourBenchmark.self,
+            OpenFeatureBenchmark.self, IsolationBenchmark.self, NeighbourBenchmark.self,
         ])
 }
 

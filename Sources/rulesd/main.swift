@@ -39,7 +39,16 @@ struct RulesdCommand: AsyncParsableCommand {
     @OptionGroup(title: "Settings")
     var settingOptions: SettingOptions
 
+    /// Set when rulesd starts itself as the rule process of a rule set with `isolation = process`.
+    @Option(name: .customLong(RuleProcessWorker.modeOption), help: .hidden)
+    var ruleProcessChannel: Int32?
+    @Option(name: .customLong(RuleProcessWorker.memoryOption), help: .hidden)
+    var ruleProcessMemory: Int?
+
     func run() async throws {
+        if let channel = ruleProcessChannel {
+            RuleProcessWorker.run(channel: channel, memoryLimit: ruleProcessMemory)
+        }
         if checkConfig { throw ExitCode(checkConfiguration()) }
         let journal = JournalStream.isConnected()
         let settings: DaemonSettings
@@ -172,6 +181,7 @@ struct SettingOptions: ParsableArguments {
     @Option(name: .setting(.roleOperate), help: .setting(.roleOperate)) var roleOperate: String?
     @Option(name: .setting(.roleAdmin), help: .setting(.roleAdmin)) var roleAdmin: String?
     @Option(name: .setting(.auditMaxBytes), help: .setting(.auditMaxBytes)) var auditMaxBytes: String?
+    @Option(name: .setting(.isolation), help: .setting(.isolation)) var isolation: String?
 
     /// The settings given on the command line. The switch is exhaustive, so a setting added to the table
     /// without an option here does not compile.
@@ -227,6 +237,7 @@ struct SettingOptions: ParsableArguments {
         case .roleOperate: roleOperate
         case .roleAdmin: roleAdmin
         case .auditMaxBytes: auditMaxBytes
+        case .isolation: isolation
         }
     }
 }

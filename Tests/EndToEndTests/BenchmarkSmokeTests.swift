@@ -93,4 +93,23 @@ struct BenchmarkSmokeTests {
         #expect(lines.dropFirst().prefix(3).map { $0.split(separator: " ").first } == ["1", "3", "5"])
         #expect(output.contains("reloads while 3 clients asked"))
     }
+
+    @Test func theNeighbourBenchmarkPrintsBothNeighboursPerIsolationModeAndTheMemoryPerNamespace() throws {
+        let output = try Self.bench([
+            "neighbour", "--rulesd", DaemonHarness.binary("rulesd"), "--requests", "20", "--canaries", "1",
+            "--hostiles", "1", "--extra-namespaces", "1",
+        ])
+        let lines = output.split(separator: "\n")
+        for isolation in ["thread", "process"] {
+            for neighbour in ["none", "hostile"] {
+                let rows = lines.filter {
+                    let words = $0.split(separator: " ")
+                    return words.first == Substring(isolation) && words.dropFirst().first == Substring(neighbour)
+                }
+                #expect(rows.count == 1, "a row for \(isolation) beside \(neighbour) in:\n\(output)")
+            }
+        }
+        #expect(lines.contains { $0.hasPrefix("default only") }, "\(output)")
+        #expect(lines.contains { $0.hasPrefix("default + copies") && $0.split(separator: " ").count == 6 }, "\(output)")
+    }
 }

@@ -69,7 +69,7 @@ private let nonDefaultValues: [String: String] = [
     "capture": "on", "capture_size": "20", "capture_memory": "2MiB", "capture_redact": "email,ip",
     "capture_redact_mode": "drop", "capture_redact_key": "k3y", "override_max_ttl": "2h",
     "role_query": "group:adm uid:1000", "role_observe": "gid:4", "role_operate": "user:root", "role_admin": "uid:0",
-    "audit_max_bytes": "8MiB",
+    "audit_max_bytes": "8MiB", "isolation": "process",
 ]
 
 @Suite("Settings of the real binary")

@@ -45,6 +45,25 @@ struct QueryConnectionTests {
         await harness.stop()
     }
 
+    @Test("a request the responder answers later holds back the ones after it, which are then answered in order")
+    func laterAnswersKeepOrder() async throws {
+        let later = LaterAnswers()
+        let harness = try await ConnectionHarness(backend: EchoBackend(later: later))
+        try harness.client.send(
+            #"{"op":"flag","flag":"a","id":1}"# + "\n" + #"{"op":"ping","id":2}"# + "\n"
+                + #"{"op":"flag","flag":"b","id":3}"# + "\n" + #"{"op":"ping","id":4}"# + "\n")
+        while later.count < 1 { usleep(1000) }
+        #expect(try await harness.state() == .awaitingAnswer)
+        later.completeAll()
+        #expect(try await harness.readJSON()["id"] == .integer(1))
+        #expect(try await harness.readJSON()["id"] == .integer(2))
+        while later.count < 1 { usleep(1000) }
+        later.completeAll()
+        for id in 3...4 { #expect(try await harness.readJSON()["id"] == .integer(Int64(id))) }
+        #expect(try await harness.state() == .open)
+        await harness.stop()
+    }
+
     @Test("lines that arrive while an operation waits queue behind it, across reads")
     func laterReadsQueueBehindWaitingOperation() async throws {
         let backend = EchoBackend(held: true)

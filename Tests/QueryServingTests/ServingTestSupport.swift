@@ -12,6 +12,13 @@ import SystemdSupport
 
 /// Answers every synchronous request with `{"op": <operation>}`, so tests see which request an answer is for.
 final class EchoResponder: QueryResponder {
+    /// When set, `flag` requests are answered later, when the test completes them.
+    let later: LaterAnswers?
+
+    init(later: LaterAnswers? = nil) {
+        self.later = later
+    }
+
     func beginBatch() {}
     func endBatch() {}
 
@@ -27,6 +34,38 @@ final class EchoResponder: QueryResponder {
     }
 
     func recordUndecodable() {}
+
+    func answerLater(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
+    ) -> EventLoopFuture<ByteBuffer>? {
+        guard let later, request.operation == .flag else { return nil }
+        var answer = ByteBufferAllocator().buffer(capacity: 128)
+        self.answer(request, line: line, into: &answer)
+        let promise = loop.makePromise(of: ByteBuffer.self)
+        later.add(promise, answer)
+        return promise.futureResult
+    }
+}
+
+/// Answers an ``EchoResponder`` gives later: held until the test completes them.
+final class LaterAnswers: Sendable {
+    private let waiting = Mutex<[(EventLoopPromise<ByteBuffer>, ByteBuffer)]>([])
+
+    func add(_ promise: EventLoopPromise<ByteBuffer>, _ answer: ByteBuffer) {
+        waiting.withLock { $0.append((promise, answer)) }
+    }
+
+    /// How many answers are held.
+    var count: Int { waiting.withLock { $0.count } }
+
+    /// Completes every held answer.
+    func completeAll() {
+        for (promise, answer) in waiting.withLock({ list in
+            defer { list.removeAll() }; return list
+        }) {
+            promise.succeed(answer)
+        }
+    }
 }
 
 /// A backend whose waiting operations answer after `delay` (and, when held, not before ``release()``), and whose
@@ -41,15 +80,22 @@ final class EchoBackend: QueryBackend {
     ///   - delay: how long each waiting operation takes.
     ///   - held: whether waiting operations also wait for ``release()``, so that a test can act while one is
     ///     certainly in flight, however slowly the machine runs.
-    init(delay: @escaping @Sendable () -> Duration = { .milliseconds(20) }, held: Bool = false) {
+    /// Answers `flag` requests later, when given.
+    let later: LaterAnswers?
+
+    init(
+        delay: @escaping @Sendable () -> Duration = { .milliseconds(20) }, held: Bool = false,
+        later: LaterAnswers? = nil
+    ) {
         self.delay = delay
         self.held = held
+        self.later = later
     }
 
     /// Lets held operations answer.
     func release() { released.set() }
 
-    func responder(on loop: ServingEventLoop) -> QueryResponder { EchoResponder() }
+    func responder(on loop: ServingEventLoop) -> QueryResponder { EchoResponder(later: later) }
 
     func answerWaiting(_ operation: RequestOperation, id: [UInt8]?, peer: PeerCredentials?) async -> ByteBuffer {
         try? await Task.sleep(for: delay())
