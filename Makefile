@@ -76,7 +76,8 @@ clean:
 # Figures, not assertions: medians of interleaved runs, and ratios to the C ceilings measured in the same run
 # when their sources are found (../shared/perf). The release build is needed for meaningful figures.
 # `measures` runs the engine, socket and scale benchmarks and ends with the performance table; `growth` and
-# `reload` print the growth curves. About 10 minutes on a 2-core machine.
+# `reload` print the growth curves; `isolation` and `neighbour` the cost of `isolation = process` and a canary
+# namespace's latency beside a hostile one. About 12 minutes on a 2-core machine.
 CEILINGS ?= ../shared/perf
 
 bench: deps
@@ -86,6 +87,8 @@ bench: deps
 	.build/release/rulesbench growth
 	.build/release/rulesbench reload
 	.build/release/rulesbench replay
+	.build/release/rulesbench isolation
+	.build/release/rulesbench neighbour
 
 # --- Installation and packaging (deploy/) --------------------------------------------------------------------
 # The release build links the Swift runtime statically (the binaries then need only Debian's libc6, libgcc-s1,
