@@ -8,7 +8,8 @@ import Synchronization
 ///
 /// The library's state is process-global (one descriptor, three trees, a static read buffer) and none of its
 /// calls may overlap, so at most one watcher thread holds it at a time; a second watcher in the same process
-/// polls instead. Only the holder's thread calls into the library.
+/// polls instead (watchers made together by `RuleDirectoryWatcher.sharingInotify` share one thread, and so the
+/// instance). Only the holder's thread calls into the library.
 enum InotifyLibrary {
     private struct Lease {
         var holder: UInt64?
@@ -195,7 +196,8 @@ enum InotifyLibrary {
             }
         }
         // The library files a directory under its path with a trailing `/`. Within one instance a path is never
-        // watched twice (rebuilds start a new instance), so the lookup cannot return a dead descriptor.
+        // watched again after its directory went away (that starts a new instance), so the lookup cannot return a
+        // dead descriptor; roots sharing the instance may watch the same live directory, which has one descriptor.
         var descriptor = inotifytools_wd_from_filename(path.hasSuffix("/") ? path : path + "/")
         if descriptor < 0 { descriptor = inotifytools_wd_from_filename(path) }
         return descriptor < 0 ? .skipped(ENOENT) : .watched(descriptor)

@@ -24,6 +24,7 @@ public final class RuleDirectoryWatcher: Sendable {
     /// The settings the watcher was created with.
     public let settings: WatchSettings
     private let core: WatcherCore
+    private let launcher: EngineLauncher
     private let started = Mutex(false)
 
     /// Creates a watcher; nothing happens until ``changes()`` is called.
@@ -34,7 +35,40 @@ public final class RuleDirectoryWatcher: Sendable {
     public init(root: String, settings: WatchSettings = WatchSettings(), logger: Logger) {
         self.root = root
         self.settings = settings
-        self.core = WatcherCore(settings: settings, logger: logger)
+        let core = WatcherCore(settings: settings, logger: logger)
+        self.core = core
+        self.launcher = EngineLauncher(members: [(core, root)])
+    }
+
+    private init(root: String, settings: WatchSettings, core: WatcherCore, launcher: EngineLauncher) {
+        self.root = root
+        self.settings = settings
+        self.core = core
+        self.launcher = launcher
+    }
+
+    /// Creates watchers of several rules directories that share one inotify instance.
+    ///
+    /// libinotifytools allows one instance per process, so separate watchers would leave every directory but
+    /// the first to polling. These are read by one thread: each watcher is used like one made by
+    /// ``init(root:settings:logger:)`` and signals only for changes in its own directory. The thread starts
+    /// with the first ``changes()`` call and watches every directory from then on; it ends once every watcher is
+    /// stopped. A rebuild of the watches (the queue overflowed, a directory was replaced) concerns the shared
+    /// instance, so every watcher of the group then signals ``ChangeSignal/Cause/watchesRebuilt(_:)``. A
+    /// directory whose settings say `forcePolling` gets a polling watcher of its own.
+    /// - Parameter roots: each directory with its settings and logger; the shortest of the groups' intervals
+    ///   paces the shared thread, each watcher's own quiet window, cap and safety rescan its signals.
+    /// - Returns: one watcher per directory, in the same order.
+    public static func sharingInotify(
+        _ roots: [(root: String, settings: WatchSettings, logger: Logger)]
+    ) -> [RuleDirectoryWatcher] {
+        let cores = roots.map { WatcherCore(settings: $0.settings, logger: $0.logger) }
+        let shared = zip(roots, cores).filter { !$0.0.settings.forcePolling }.map { ($1, $0.root) }
+        let launcher = shared.isEmpty ? nil : EngineLauncher(members: shared)
+        return zip(roots, cores).map { root, core in
+            let launcher = root.settings.forcePolling ? EngineLauncher(members: [(core, root.root)]) : launcher!
+            return RuleDirectoryWatcher(root: root.root, settings: root.settings, core: core, launcher: launcher)
+        }
     }
 
     deinit {
@@ -58,16 +92,7 @@ public final class RuleDirectoryWatcher: Sendable {
         }
         let core = self.core
         continuation.onTermination = { _ in core.requestStop() }
-        let root = self.root
-        // Nothing is signalled, not even a safety rescan, before the first watches are in place.
-        core.beginRebuild()
-        core.threadRunning.store(true, ordering: .releasing)
-        let launched = DedicatedThread.start(name: "rules-watcher", stackBytes: WatcherThread.stackSize) {
-            defer { core.threadRunning.store(false, ordering: .releasing) }
-            WatchEngine(core: core, root: root).run()
-        }
-        guard launched != nil else {
-            core.threadRunning.store(false, ordering: .releasing)
+        guard launcher.start() else {
             core.logger.info("cannot start the rules watcher thread; the change stream ends")
             continuation.finish()
             return stream
@@ -107,4 +132,51 @@ public final class RuleDirectoryWatcher: Sendable {
 enum WatcherThread {
     /// Ample for the watcher's recursion (directory walks at most `maxDepth` deep, small frames).
     static let stackSize = 1 << 20
+}
+
+/// Starts the thread of a group of watchers once, when the first of them is started.
+final class EngineLauncher: Sendable {
+    private enum State {
+        case waiting
+        case running
+        case failed
+    }
+
+    private let members: [(core: WatcherCore, root: String)]
+    private let state = Mutex(State.waiting)
+
+    init(members: [(core: WatcherCore, root: String)]) {
+        self.members = members
+    }
+
+    /// Starts the thread unless it was started already.
+    /// - Returns: whether the thread runs (or ran): false when it could not be started.
+    func start() -> Bool {
+        state.withLock { state in
+            switch state {
+            case .running: return true
+            case .failed: return false
+            case .waiting: break
+            }
+            let members = self.members
+            for member in members {
+                // Nothing is signalled, not even a safety rescan, before the first watches are in place.
+                member.core.beginRebuild()
+                member.core.threadRunning.store(true, ordering: .releasing)
+            }
+            let launched = DedicatedThread.start(name: "rules-watcher", stackBytes: WatcherThread.stackSize) {
+                defer {
+                    for member in members { member.core.threadRunning.store(false, ordering: .releasing) }
+                }
+                WatchEngine(members: members).run()
+            }
+            guard launched != nil else {
+                for member in members { member.core.threadRunning.store(false, ordering: .releasing) }
+                state = .failed
+                return false
+            }
+            state = .running
+            return true
+        }
+    }
 }

@@ -4,22 +4,39 @@ import Logging
 
 /// Everything the watcher thread does: owns libinotifytools while in inotify mode, polls otherwise.
 ///
-/// Lives on its one thread from start to exit; nothing else touches it. It reports to the coordinator only
-/// through `WatcherCore`.
+/// Lives on its one thread from start to exit; nothing else touches it. It watches one root or several (the
+/// library allows one instance per process, so the roots of a group share it): each root has its own registry
+/// and reports only to its own `WatcherCore`, so an event in one root signals that root alone. The instance is
+/// shared, though, so a rebuild (an overflow, a root replaced) re-watches every root and each rescans once.
 final class WatchEngine {
-    private let core: WatcherCore
-    private let root: String
+    /// One root: its watches in the current instance and the core it reports to.
+    private final class Member {
+        let core: WatcherCore
+        let root: String
+        let logger: Logger
+        var registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+        var rootPresent = false
+        var nextRootCheck = ContinuousClock.now
+
+        init(core: WatcherCore, root: String) {
+            self.core = core
+            self.root = root.hasPrefix("/") ? root : PathResolver.join(PathResolver.currentDirectory(), root)
+            var logger = core.logger
+            logger[metadataKey: "rules.watcher.root"] = "\(self.root)"
+            self.logger = logger
+        }
+    }
+
+    private let members: [Member]
     private let settings: WatchSettings
+    /// For what concerns the instance rather than one root.
     private let logger: Logger
     private let holder = InotifyLibrary.newHolderID()
 
-    private var registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
     private var holdsLibrary = false
     /// Whether the library's read buffer is known to be empty (the last read timed out).
     private var drained = true
     private var pendingRebuild: (reason: String, since: ContinuousClock.Instant)?
-    private var rootPresent = false
-    private var nextRootCheck = ContinuousClock.now
 
     /// How long a rebuild waits for the queue to fall quiet before going ahead anyway.
     private let rebuildDrainLimit: Duration = .seconds(5)
@@ -32,16 +49,34 @@ final class WatchEngine {
     /// How long the queue must be quiet before a rebuild goes ahead.
     private var drainWindow: Duration { min(settings.quietWindow / 4, .milliseconds(50)) }
 
-    init(core: WatcherCore, root: String) {
-        self.core = core
-        self.root = root.hasPrefix("/") ? root : PathResolver.join(PathResolver.currentDirectory(), root)
-        self.settings = core.settings
-        var logger = core.logger
-        logger[metadataKey: "rules.watcher.root"] = "\(self.root)"
-        self.logger = logger
+    convenience init(core: WatcherCore, root: String) {
+        self.init(members: [(core, root)])
     }
 
-    private var stopping: Bool { core.isStopping }
+    /// - Parameter members: every root with its core; the first one's `forcePolling` applies to all, and the
+    ///   shortest of each interval paces the shared work (reads, polls, retries).
+    init(members: [(core: WatcherCore, root: String)]) {
+        precondition(!members.isEmpty, "a watch engine needs a root")
+        self.members = members.map { Member(core: $0.core, root: $0.root) }
+        var settings = members[0].core.settings
+        for other in members.dropFirst().map(\.core.settings) {
+            settings.quietWindow = min(settings.quietWindow, other.quietWindow)
+            settings.maxDelay = min(settings.maxDelay, other.maxDelay)
+            settings.pollInterval = min(settings.pollInterval, other.pollInterval)
+            settings.inotifyRetryInterval = min(settings.inotifyRetryInterval, other.inotifyRetryInterval)
+        }
+        self.settings = settings
+        if self.members.count == 1 {
+            logger = self.members[0].logger
+        } else {
+            var logger = members[0].core.logger
+            logger[metadataKey: "rules.watcher.roots"] = "\(self.members.map(\.root).joined(separator: ", "))"
+            self.logger = logger
+        }
+    }
+
+    /// The thread stops once every root's watcher is stopped.
+    private var stopping: Bool { members.allSatisfy { $0.core.isStopping } }
 
     /// The thread's body: runs until `stop()`.
     func run() {
@@ -59,12 +94,14 @@ final class WatchEngine {
         while !stopping {
             if let reason = fallback {
                 releaseLibrary()
-                core.setMode(.polling(reason: reason))
-                core.setWatchedDirectories(0)
-                logger.info(
-                    "watching the rules directory by polling",
-                    metadata: ["rules.watcher.mode": "polling", "rules.watcher.reason": "\(reason)"])
-                core.finishRebuild(reason: "polling: \(reason)", countsAsRebuild: false)
+                for member in members {
+                    member.core.setMode(.polling(reason: reason))
+                    member.core.setWatchedDirectories(0)
+                    member.logger.info(
+                        "watching the rules directory by polling",
+                        metadata: ["rules.watcher.mode": "polling", "rules.watcher.reason": "\(reason)"])
+                    member.core.finishRebuild(reason: "polling: \(reason)", countsAsRebuild: false)
+                }
                 guard pollUntilInotifyReturns() else { return }
                 fallback = nil
             }
@@ -104,15 +141,17 @@ final class WatchEngine {
         // No signal can be recorded meanwhile (this thread is the only source), so none needs holding.
         switch rebuild() {
         case .ready:
-            core.setMode(.inotify)
-            logger.info(
-                "watching the rules directory with inotify",
-                metadata: [
-                    "rules.watcher.mode": "inotify",
-                    "rules.watcher.watches": "\(registry.count)",
-                    "rules.watcher.reason": "\(reason)",
-                ])
-            core.finishRebuild(reason: reason)
+            for member in members {
+                member.core.setMode(.inotify)
+                member.logger.info(
+                    "watching the rules directory with inotify",
+                    metadata: [
+                        "rules.watcher.mode": "inotify",
+                        "rules.watcher.watches": "\(member.registry.count)",
+                        "rules.watcher.reason": "\(reason)",
+                    ])
+                member.core.finishRebuild(reason: reason)
+            }
             return .ready
         case .unavailable(let why):
             releaseLibrary()
@@ -124,7 +163,7 @@ final class WatchEngine {
     /// them (`finishRebuild`).
     private func rebuild() -> Setup {
         if holdsLibrary { InotifyLibrary.cleanup() }
-        registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+        for member in members { member.registry = WatchRegistry(addWatch: InotifyLibrary.addWatch) }
         pendingRebuild = nil
         switch InotifyLibrary.initialize() {
         case nil:
@@ -141,17 +180,19 @@ final class WatchEngine {
             return .unavailable("the inotify descriptor is above select()'s limit of \(InotifyLibrary.selectLimit)")
         }
         if !drained { drainStaleEvents() }
-        do {
-            rootPresent = try registry.register(root: root)
-        } catch {
-            return .unavailable(error.reason)
-        }
-        core.setWatchedDirectories(registry.count)
-        nextRootCheck = ContinuousClock.now + settings.pollInterval
-        if !rootPresent {
-            logger.info(
-                "the rules directory does not exist; watching for it to appear",
-                metadata: ["rules.watcher.watches": "\(registry.count)"])
+        for member in members {
+            do {
+                member.rootPresent = try member.registry.register(root: member.root)
+            } catch {
+                return .unavailable(error.reason)
+            }
+            member.core.setWatchedDirectories(member.registry.count)
+            member.nextRootCheck = ContinuousClock.now + settings.pollInterval
+            if !member.rootPresent {
+                member.logger.info(
+                    "the rules directory does not exist; watching for it to appear",
+                    metadata: ["rules.watcher.watches": "\(member.registry.count)"])
+            }
         }
         return .ready
     }
@@ -172,12 +213,14 @@ final class WatchEngine {
     private func watchWithInotify() -> Outcome {
         while true {
             if stopping { return .stopped }
-            if core.readingPaused.load(ordering: .acquiring) {
-                core.readingPauseObserved.store(true, ordering: .releasing)
+            let paused = members.filter { $0.core.readingPaused.load(ordering: .acquiring) }
+            for member in members {
+                member.core.readingPauseObserved.store(!paused.isEmpty, ordering: .releasing)
+            }
+            if !paused.isEmpty {
                 sleep(for: .milliseconds(10))
                 continue
             }
-            core.readingPauseObserved.store(false, ordering: .releasing)
             switch readEvent(interruptAfter: pendingRebuild == nil ? nil : drainWindow) {
             case .event(let event):
                 drained = false
@@ -209,7 +252,7 @@ final class WatchEngine {
                 unavailableReason = nil
                 return .unavailable(reason)
             }
-            checkForMissingRoot()
+            for member in members { checkForMissingRoot(member) }
         }
     }
 
@@ -227,7 +270,7 @@ final class WatchEngine {
         logger.debug("rebuilding every watch", metadata: ["rules.watcher.reason": "\(reason)"])
         let outcome = rebuild()
         if case .ready = outcome {
-            core.finishRebuild(reason: reason)
+            for member in members { member.core.finishRebuild(reason: reason) }
         }
         return outcome
     }
@@ -235,21 +278,35 @@ final class WatchEngine {
     private func requestRebuild(_ reason: String) {
         guard pendingRebuild == nil else { return }
         pendingRebuild = (reason, ContinuousClock.now)
-        core.beginRebuild()
+        // The instance is shared: every root's watches are rebuilt, and each root is rescanned afterwards.
+        for member in members { member.core.beginRebuild() }
     }
 
     /// While the root is missing its parent is watched, but a root that appears through a path no watch covers
     /// (an ancestor created, a mount) is also caught by looking for it now and then.
-    private func checkForMissingRoot() {
-        guard !rootPresent, pendingRebuild == nil, ContinuousClock.now >= nextRootCheck else { return }
-        nextRootCheck = ContinuousClock.now + settings.pollInterval
+    private func checkForMissingRoot(_ member: Member) {
+        guard !member.rootPresent, pendingRebuild == nil, ContinuousClock.now >= member.nextRootCheck else { return }
+        member.nextRootCheck = ContinuousClock.now + settings.pollInterval
         var st = stat()
-        if stat(root, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+        if stat(member.root, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
             requestRebuild("the rules directory appeared")
         }
     }
 
+    /// Hands the event to the roots that watch its directory (a directory two roots share goes to both); an
+    /// overflow, or an event of no known watch, goes to every root, so nothing is lost.
     private func handle(_ event: InotifyLibrary.Event) {
+        let owners = members.filter { $0.registry.directories[event.descriptor] != nil }
+        let toEveryRoot = owners.isEmpty || event.mask & UInt32(IN_Q_OVERFLOW) != 0
+        for member in toEveryRoot ? members : owners {
+            handle(event, for: member)
+        }
+    }
+
+    private func handle(_ event: InotifyLibrary.Event, for member: Member) {
+        let registry = member.registry
+        let core = member.core
+        let logger = member.logger
         let verdict = registry.verdict(descriptor: event.descriptor, mask: event.mask, name: event.name)
         core.countEvent(overflow: verdict.overflow)
         if logger.logLevel <= .trace {
@@ -269,8 +326,9 @@ final class WatchEngine {
         // While a rebuild is pending the registry is out of date; the rebuild will walk the new entries anyway.
         if let appeared = verdict.appeared, pendingRebuild == nil {
             do {
-                try registry.registerEntry(in: appeared.directory, name: appeared.name, depth: appeared.depth)
-                core.setWatchedDirectories(registry.count)
+                try member.registry.registerEntry(
+                    in: appeared.directory, name: appeared.name, depth: appeared.depth)
+                core.setWatchedDirectories(member.registry.count)
             } catch {
                 // The watch limit was hit on the way: give up inotify; the switch to polling signals a rescan.
                 unavailableReason = error.reason
@@ -289,45 +347,46 @@ final class WatchEngine {
         InotifyLibrary.cleanup()
         InotifyLibrary.release(holder, drained: drained)
         holdsLibrary = false
-        registry = WatchRegistry(addWatch: InotifyLibrary.addWatch)
+        for member in members { member.registry = WatchRegistry(addWatch: InotifyLibrary.addWatch) }
     }
 
     // MARK: - Polling mode
 
     /// Polls until inotify can be used again (then returns true, watching) or until stopped (false).
     private func pollUntilInotifyReturns() -> Bool {
-        var fingerprint = takeFingerprint()
+        var fingerprints = members.map(takeFingerprint)
         var nextRetry = ContinuousClock.now + settings.inotifyRetryInterval
         while true {
             guard sleepUnlessStopped(settings.pollInterval) else { return false }
-            var current = takeFingerprint()
-            if current != fingerprint {
+            for (index, member) in members.enumerated() {
+                var current = takeFingerprint(member)
+                guard current != fingerprints[index] else { continue }
                 // Let a burst (a checkout, a copy) finish before signalling, as the quiet window does for events.
                 let start = ContinuousClock.now
                 while ContinuousClock.now - start < settings.maxDelay {
                     guard sleepUnlessStopped(settings.quietWindow) else { return false }
-                    let again = takeFingerprint()
+                    let again = takeFingerprint(member)
                     if again == current { break }
                     current = again
                 }
-                fingerprint = current
-                core.pollDetectedChange()
+                fingerprints[index] = current
+                member.core.pollDetectedChange()
             }
             if !settings.forcePolling && ContinuousClock.now >= nextRetry {
                 nextRetry = ContinuousClock.now + settings.inotifyRetryInterval
                 switch setUpInotify(reason: "inotify is available again", waitForLease: false) {
                 case .ready: return true
                 case .unavailable(let reason):
-                    core.setMode(.polling(reason: reason))
+                    for member in members { member.core.setMode(.polling(reason: reason)) }
                     logger.debug("inotify is still unavailable", metadata: ["rules.watcher.reason": "\(reason)"])
                 }
             }
         }
     }
 
-    private func takeFingerprint() -> TreeFingerprint {
-        core.countPoll()
-        return TreeFingerprint.take(root: root)
+    private func takeFingerprint(_ member: Member) -> TreeFingerprint {
+        member.core.countPoll()
+        return TreeFingerprint.take(root: member.root)
     }
 
     /// Sleeps in short slices so that `stop()` is honoured within 50 ms. Returns false when stopped.

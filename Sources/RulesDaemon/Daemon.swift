@@ -233,7 +233,9 @@ public struct DaemonService: Service {
         notifier.ready(status: status)
         if let generation = first.1 { onReady?(generation) }
 
-        for (runtime, view) in zip(runtimes, services.views) { view.attach(watcher: runtime.startWatching()) }
+        for (view, watcher) in zip(services.views, NamespaceRuntime.startWatching(runtimes)) {
+            view.attach(watcher: watcher)
+        }
 
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

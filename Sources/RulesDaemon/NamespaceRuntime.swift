@@ -64,12 +64,15 @@ final class NamespaceRuntime: Sendable {
         if let isolated = store.isolated { reloads.observePublications { isolated.publish($0) } }
     }
 
-    /// Starts watching the rules directory (unless watching is off).
-    func startWatching() -> RuleDirectoryWatcher? {
-        guard settings.watchMode != .off else { return nil }
-        let watcher = RuleDirectoryWatcher(root: settings.rulesDirectory, settings: settings.watch, logger: logger)
-        watcherBox.withLock { $0 = watcher }
-        return watcher
+    /// Makes the watchers of every namespace whose watching is on, all read through the process's one inotify
+    /// instance (libinotifytools allows no second one, so separate watchers would leave all but one polling).
+    /// - Returns: each namespace's watcher, nil where watching is off.
+    static func startWatching(_ runtimes: [NamespaceRuntime]) -> [RuleDirectoryWatcher?] {
+        let watched = runtimes.filter { $0.settings.watchMode != .off }
+        let watchers = RuleDirectoryWatcher.sharingInotify(
+            watched.map { ($0.settings.rulesDirectory, $0.settings.watch, $0.logger) })
+        for (runtime, watcher) in zip(watched, watchers) { runtime.watcherBox.withLock { $0 = watcher } }
+        return runtimes.map(\.watcher)
     }
 
     var watcher: RuleDirectoryWatcher? { watcherBox.withLock { $0 } }

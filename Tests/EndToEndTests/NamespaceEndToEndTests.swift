@@ -12,13 +12,13 @@ import Testing
 @Suite("namespaces in the real daemon")
 struct NamespaceEndToEndTests {
     /// A daemon whose config file declares `payments` beside the default namespace.
-    func startDaemon(payments files: [String: String]) throws -> (DaemonHarness, String) {
+    func startDaemon(payments files: [String: String], watch: String = "off") throws -> (DaemonHarness, String) {
         let daemon = try DaemonHarness(rules: ["main.lua": "config \"marker\" (\"default\")\n"])
         let payments = daemon.directory + "/payments"
         try FileSystemEdit.writeFiles(files, in: payments)
         let file = daemon.directory + "/rulesd.conf"
         try Data("[namespace payments]\nrules = \(payments)\n".utf8).write(to: URL(fileURLWithPath: file))
-        try daemon.start(arguments: ["--config", file, "--watch", "off"])
+        try daemon.start(arguments: ["--config", file, "--watch", watch])
         return (daemon, payments)
     }
 
@@ -62,5 +62,29 @@ struct NamespaceEndToEndTests {
         #expect(
             try daemon.request(#"{"op":"config","key":"marker","namespace":"payments"}"#)["result"]?["value"]
                 == "payments")
+    }
+
+    @Test("both namespaces follow their directories with inotify; an edit in the second goes live")
+    func everyNamespaceWatchedWithInotify() throws {
+        let (daemon, payments) = try startDaemon(
+            payments: ["main.lua": "config \"marker\" (\"payments\")\n"], watch: "inotify")
+        defer { _ = try? daemon.stop() }
+        let namespaces = [#""namespace":"default""#, #""namespace":"payments""#]
+        func status(_ namespace: String) throws -> JSONValue {
+            try daemon.request(#"{"op":"status","# + namespace + "}")
+        }
+        // Armed once each watcher's first signal became a rescan; the mode is settled from then on.
+        for namespace in namespaces {
+            #expect(
+                try eventually { try status(namespace)["result"]?["last_reload"]?["trigger"] == "watcher" },
+                "\(daemon.logs)")
+            #expect(try status(namespace)["result"]?["watcher"]?["mode"] == "inotify", "\(daemon.logs)")
+        }
+        try FileSystemEdit.writeFiles(["main.lua": "config \"marker\" (\"payments-2\")\n"], in: payments)
+        #expect(
+            try eventually {
+                try daemon.request(#"{"op":"config","key":"marker","namespace":"payments"}"#)["result"]?["value"]
+                    == "payments-2"
+            })
     }
 }

@@ -107,15 +107,21 @@ final class WatchHarness: Sendable {
     let root: String
     let watcher: RuleDirectoryWatcher
     let log = SignalLog()
-    let logs = RecordedLogs()
+    let logs: RecordedLogs
     private let consumer = Mutex<Task<Void, Never>?>(nil)
 
     /// Starts watching `root` and waits for the first signal, which says the watches are in place.
-    init(root: String, settings: WatchSettings = .testing, waitForStart: Bool = true) async throws {
+    convenience init(root: String, settings: WatchSettings = .testing, waitForStart: Bool = true) async throws {
+        let logs = RecordedLogs()
+        let watcher = RuleDirectoryWatcher(root: root, settings: settings, logger: Self.logger(into: logs))
+        try await self.init(root: root, watcher: watcher, logs: logs, waitForStart: waitForStart)
+    }
+
+    /// Starts the watcher given (of `root`, logging into `logs`) and waits for its first signal.
+    init(root: String, watcher: RuleDirectoryWatcher, logs: RecordedLogs, waitForStart: Bool = true) async throws {
         self.root = root
-        let logs = self.logs
-        let logger = Logger(label: "rules.watcher.test") { _ in RecordingLogHandler(logs: logs) }
-        watcher = RuleDirectoryWatcher(root: root, settings: settings, logger: logger)
+        self.logs = logs
+        self.watcher = watcher
         let stream = watcher.changes()
         let log = self.log
         consumer.withLock {
@@ -133,6 +139,22 @@ final class WatchHarness: Sendable {
 
     deinit {
         watcher.stop()
+    }
+
+    static func logger(into logs: RecordedLogs) -> Logger {
+        Logger(label: "rules.watcher.test") { _ in RecordingLogHandler(logs: logs) }
+    }
+
+    /// Watchers of several roots sharing one inotify instance, each started and waited for.
+    static func sharing(roots: [String], settings: WatchSettings = .testing) async throws -> [WatchHarness] {
+        let logs = roots.map { _ in RecordedLogs() }
+        let watchers = RuleDirectoryWatcher.sharingInotify(
+            zip(roots, logs).map { ($0, settings, logger(into: $1)) })
+        var harnesses: [WatchHarness] = []
+        for (index, watcher) in watchers.enumerated() {
+            harnesses.append(try await WatchHarness(root: roots[index], watcher: watcher, logs: logs[index]))
+        }
+        return harnesses
     }
 
     /// Waits until at least `count` signals arrived in all (generous: machines are shared and slow).
