@@ -236,6 +236,19 @@ enum Query {
 struct StatusPrinter {
     var style: TextStyle
 
+    /// `process, pid 812, running, 1 restart (last: hung: no answer within the deadline)`: a process-isolated
+    /// namespace's rule process, in yellow while it is not running.
+    static func isolationLine(_ isolation: JSONValue, style: TextStyle) -> String {
+        let state = isolation["state"]?.stringValue ?? "?"
+        var text = "process"
+        if let pid = isolation["pid"]?.int64Value { text += ", pid \(pid)" }
+        text += ", " + state
+        let restarts = isolation["restarts"]?.int64Value ?? 0
+        text += ", \(restarts) restart" + (restarts == 1 ? "" : "s")
+        if let reason = isolation["last_exit"]?["reason"]?.stringValue { text += " (last: \(reason))" }
+        return state == "running" ? text : style.yellow(text)
+    }
+
     func render(_ status: JSONValue) -> String {
         var lines: [(String, String)] = []
         let revision = status["revision"]?.stringValue ?? "none"
@@ -264,6 +277,9 @@ struct StatusPrinter {
             var mode = watcher["mode"]?.stringValue ?? "?"
             if let reason = watcher["reason"]?.stringValue { mode += " (\(reason))" }
             lines.append(("watcher", mode))
+        }
+        if let isolation = status["isolation"], isolation["mode"]?.stringValue == "process" {
+            lines.append(("isolation", Self.isolationLine(isolation, style: style)))
         }
         if let last = status["last_reload"], last != .null {
             var text = "\(last["outcome"]?.stringValue ?? "?") at \(last["at"]?.stringValue ?? "?")"
@@ -314,6 +330,7 @@ struct StatusPrinter {
                         "\(String(revision.prefix(16))) (generation \(namespace["generation"]?.int64Value ?? 0)), "
                         + "\(namespace["flags"]?.int64Value ?? 0) flags"
                     if namespace["origin"]?.stringValue == "last_known_good" { text += style.red(" LAST KNOWN GOOD") }
+                    if namespace["isolation"]?.stringValue == "process" { text += ", in its own process" }
                 } else {
                     text = style.red("not serving")
                 }

@@ -137,6 +137,34 @@ struct RulesCtlNamespaceOutputTests {
             })
     }
 
+    @Test("status shows a process-isolated namespace's rule process: pid, state, restarts and why it last ended")
+    func statusShowsTheRuleProcess() throws {
+        let directory = try DaemonHarness.makeTemporaryDirectory()
+        defer { try? FileSystemEdit.removeTree(directory) }
+        let revision = String(repeating: "cd", count: 32)
+        let status =
+            #"{"ok":true,"revision":"cdcdcdcdcdcdcdcd","generation":2,"result":{"revision":"\#(revision)","#
+            + #""generation":2,"rules_dir":"/r/hostile","namespace":"hostile","isolation":{"mode":"process","#
+            + #""state":"running","pid":4242,"restarts":1,"last_exit":{"reason":"killed by SIGKILL","#
+            + #""at":"2026-12-05T08:00:00.000Z"},"cgroup":null},"namespaces":["#
+            + #"{"name":"default","serving":true,"revision":"\#(revision)","generation":2,"origin":"rules_directory","#
+            + #""flags":1,"rules_dir":"/r","isolation":"thread","last_reload_ok":true,"error":null},"#
+            + #"{"name":"hostile","serving":true,"revision":"\#(revision)","generation":2,"origin":"rules_directory","#
+            + #""flags":2,"rules_dir":"/r/hostile","isolation":"process","last_reload_ok":true,"error":null}]}}"#
+        let daemon = try ScriptedDaemon(directory: directory, answers: [status])
+        let output = try runRulesctl(["status", "--socket", daemon.path, "--namespace", "hostile"])
+        _ = daemon.receivedRequest()
+        #expect(output.status == 0, "\(output)")
+        let lines = output.stdout.split(separator: "\n").map(String.init)
+        #expect(
+            lines.contains {
+                $0.hasPrefix("isolation")
+                    && $0.hasSuffix("process, pid 4242, running, 1 restart (last: killed by SIGKILL)")
+            }, "\(output.stdout)")
+        #expect(lines.contains { $0.contains("hostile ") && $0.contains("2 flags, in its own process") })
+        #expect(!lines.contains { $0.contains("default ") && $0.contains("in its own process") })
+    }
+
     @Test("watch names each event's namespace, and --namespace asks for one namespace's events")
     func watchNamesNamespaces() throws {
         let directory = try DaemonHarness.makeTemporaryDirectory()
