@@ -167,6 +167,24 @@ check "the previous rules keep serving" sh -c "$(config_is http.retries 4)"
 check "the broken file removed" rm /etc/rulesd/rules.d/broken.lua
 check "systemctl reload succeeds again" systemctl reload rulesd.service
 
+echo "== a second namespace, in a rule process of its own (the release build with two namespaces)"
+check "a namespace's rules directory" sh -c 'mkdir -p /etc/rulesd/namespaces/payments &&
+    printf "config \"payments.retries\" (5)\nflag \"payments.ok\" { default = \"on\" }\n" \
+        >/etc/rulesd/namespaces/payments/p.lua'
+check "[namespace payments] with isolation = process" sh -c \
+    'printf "[namespace payments]\nrules = /etc/rulesd/namespaces/payments\nisolation = process\n" >>/etc/rulesd/rulesd.conf'
+check "rulesd --check-config accepts it" rulesd --check-config --config /etc/rulesd/rulesd.conf
+check "rulesd restarted with two namespaces" systemctl restart rulesd.service
+eventually "the payments namespace answers a flag from its rule process" \
+    "rulesctl --namespace payments flag payments.ok 2>/dev/null | grep -qx 'value: *true'"
+check "and a config value" sh -c \
+    "rulesctl --namespace payments config payments.retries 2>/dev/null | grep -qx 'value: *5'"
+check "the default namespace still answers" sh -c "$(config_is http.retries 4)"
+check "the rule process runs, confined, under the shipped unit" sh -c \
+    'rulesctl --namespace payments status | grep -E "^isolation +process, pid [0-9]+, running, 0 restarts"'
+check "the rule process never failed to start" sh -c \
+    '! journalctl --no-pager -o cat -u rulesd.service | grep -E "rule process (ended|could not)"'
+
 echo "== watchdog"
 # A short watchdog, a short abort timeout and no core file: the test takes seconds, not a minute.
 check "a watchdog drop-in" sh -c 'mkdir -p /etc/systemd/system/rulesd.service.d &&
