@@ -8,8 +8,8 @@ import Testing
     import Glibc
 #endif
 
-/// A scratch directory for config files, removed with the value.
-private final class ScratchDirectory {
+/// A scratch directory for config files and rules directories, removed with the value.
+final class ScratchDirectory {
     let path: String
 
     init() throws {
@@ -27,6 +27,13 @@ private final class ScratchDirectory {
         let file = path + "/" + name
         try Data(text.utf8).write(to: URL(fileURLWithPath: file))
         return file
+    }
+
+    /// Creates the directory `name` (and its parents) and returns its path.
+    func directory(_ name: String) throws -> String {
+        let directory = path + "/" + name
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
     }
 }
 

@@ -8,38 +8,9 @@ import Testing
     import Glibc
 #endif
 
-/// A scratch directory for config files and rules directories, removed with the value.
-private final class ConfigScratch {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/rdn.XXXXXX".utf8CString)
-        guard let result = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw SettingsError("mkdtemp failed")
-        }
-        path = String(cString: result)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    /// Writes `text` to `name` in the directory and returns its path.
-    func write(_ name: String, _ text: String) throws -> String {
-        let file = path + "/" + name
-        try Data(text.utf8).write(to: URL(fileURLWithPath: file))
-        return file
-    }
-
-    /// Creates the directory `name` (and its parents) and returns its path.
-    func directory(_ name: String) throws -> String {
-        let directory = path + "/" + name
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        return directory
-    }
-}
-
 /// Resolves a config file's text with no default config file.
 private func resolve(
-    _ text: String, in scratch: ConfigScratch, commandLine: [(DaemonSettings.Key, String)] = [],
+    _ text: String, in scratch: ScratchDirectory, commandLine: [(DaemonSettings.Key, String)] = [],
     environment: [String: String] = [:]
 ) throws(SettingsError) -> DaemonSettings {
     let file: String
@@ -50,7 +21,7 @@ private func resolve(
 }
 
 /// The message of the error resolving `text` throws, or nil when it is accepted.
-private func rejection(_ text: String, in scratch: ConfigScratch) -> String? {
+private func rejection(_ text: String, in scratch: ScratchDirectory) -> String? {
     do {
         _ = try resolve(text, in: scratch)
         return nil
@@ -63,7 +34,7 @@ private func rejection(_ text: String, in scratch: ConfigScratch) -> String? {
 struct NamespaceSectionTests {
     @Test("a file without sections declares no namespace, as before")
     func noSections() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let settings = try resolve("rules = /srv/rules\nworkers = 2\n", in: scratch)
         #expect(settings.namespaces.isEmpty)
         #expect(settings.allNamespaces.map(\.name) == ["default"])
@@ -71,7 +42,7 @@ struct NamespaceSectionTests {
 
     @Test("each section declares a namespace, in the file's order, with its rules, isolation and keys")
     func sectionsDeclareNamespaces() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let settings = try resolve(
             """
             rules = /srv/rules/default
@@ -109,7 +80,7 @@ struct NamespaceSectionTests {
 
     @Test("a section inherits what it does not set from the top level in effect after every source")
     func inheritance() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let settings = try resolve(
             // Lines after a section header belong to the section: the top level comes from other sources here.
             """
@@ -139,7 +110,7 @@ struct NamespaceSectionTests {
     func quotaDefaults() throws {
         #expect(DaemonSettings.descriptor(.maxFiles).defaultValue == "unlimited")
         #expect(DaemonSettings.descriptor(.maxRulesBytes).defaultValue == "unlimited")
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let settings = try resolve(
             "[namespace a]\nrules = /srv/a\n[namespace b]\nrules = /srv/b\nmax_files = unlimited\nmax_flags = 9\n",
             in: scratch)
@@ -152,7 +123,7 @@ struct NamespaceSectionTests {
 
     @Test("a section's isolation is inherited from the top level when it sets none")
     func isolationInherited() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let file = try scratch.write(
             "rulesd.conf", "[namespace a]\nrules = /srv/a\n[namespace b]\nrules = /srv/b\nisolation = thread\n")
         var settings = DaemonSettings()
@@ -163,7 +134,7 @@ struct NamespaceSectionTests {
 
     @Test("role_* in a section grants in that namespace only, on top of nothing else")
     func sectionRoles() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let settings = try resolve(
             """
             role_operate = group:ops
@@ -182,7 +153,7 @@ struct NamespaceSectionTests {
 
     @Test("a bad value in a section names the file, the line and the setting")
     func badValue() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let file = scratch.path + "/rulesd.conf"
         #expect(
             rejection("[namespace a]\nrules = /srv/a\nmax_flags = lots\n", in: scratch)
@@ -227,7 +198,7 @@ struct NamespaceSectionTests {
             ("[namespace a\n", "1: expected a section header '[namespace NAME]'"),
         ])
     func sectionMistakes(_ text: String, _ expected: String) throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let message = rejection(text, in: scratch)
         #expect(message?.hasPrefix(scratch.path + "/rulesd.conf:" + expected) == true, "\(message ?? "accepted")")
     }
@@ -241,7 +212,7 @@ struct NamespaceSectionTests {
             ("/srv/rules/all/default", "/srv/rules", "contains namespace 'default''s rules directory"),
         ])
     func overlappingDefault(_ defaultRules: String, _ rules: String, _ expected: String) throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let message = rejection(
             "rules = \(defaultRules)\n[namespace a]\nhistory_size = 2\nrules = \(rules)\n", in: scratch)
         #expect(
@@ -252,7 +223,7 @@ struct NamespaceSectionTests {
 
     @Test("two sections may not share a rules directory or nest theirs; siblings are fine")
     func overlappingSections() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let file = scratch.path + "/rulesd.conf"
         #expect(
             rejection("[namespace a]\nrules = /srv/a\n[namespace b]\nrules = /srv/a/b\n", in: scratch)
@@ -267,7 +238,7 @@ struct NamespaceSectionTests {
 
     @Test("the rules directory given on the command line is the one sections are checked against")
     func overlapAfterEverySource() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         #expect(throws: SettingsError.self) {
             try resolve(
                 "rules = /srv/default\n[namespace a]\nrules = /srv/a\n", in: scratch,
@@ -277,7 +248,7 @@ struct NamespaceSectionTests {
 
     @Test("a symlink to another namespace's rules directory is that directory")
     func symlinkedRules() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let real = try scratch.directory("rules")
         #expect(symlink(real, scratch.path + "/alias") == 0)
         let message = rejection("rules = \(real)\n[namespace a]\nrules = \(scratch.path)/alias\n", in: scratch)
@@ -305,7 +276,7 @@ struct NamespaceSectionTests {
         let text = changed.configurationText
         #expect(text.contains("\n\n[namespace payments]\nrules = \"/srv/rules/pay #1\"\nisolation = process\n"))
         #expect(text.contains("role_operate = group:payments uid:1001\n"))
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         var read = DaemonSettings()
         try read.apply(configFile: try scratch.write("printed.conf", text))
         #expect(read == changed)
@@ -315,7 +286,7 @@ struct NamespaceSectionTests {
 @Suite("Settings: checking a configuration without starting")
 struct ConfigurationCheckTests {
     private func check(
-        _ text: String, in scratch: ConfigScratch, environment: [String: String] = [:]
+        _ text: String, in scratch: ScratchDirectory, environment: [String: String] = [:]
     ) throws -> ConfigurationCheck {
         let file = try scratch.write("rulesd.conf", text)
         return DaemonSettings.checkConfiguration(
@@ -324,7 +295,7 @@ struct ConfigurationCheckTests {
 
     @Test("a good configuration has no problems and names its file and every namespace")
     func good() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let rules = try scratch.directory("rules.d")
         let payments = try scratch.directory("namespaces/payments")
         let result = try check("rules = \(rules)\n[namespace payments]\nrules = \(payments)\n", in: scratch)
@@ -335,7 +306,7 @@ struct ConfigurationCheckTests {
 
     @Test("a setting that cannot be read is the one problem")
     func unreadable() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let result = try check("workers = 2\ncolour = blue\n", in: scratch)
         #expect(result.problems == ["\(scratch.path)/rulesd.conf:2: unknown setting 'colour'"])
         #expect(result.settings == nil)
@@ -343,7 +314,7 @@ struct ConfigurationCheckTests {
 
     @Test("every missing rules directory is reported where it was given")
     func missingDirectories() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let file = scratch.path + "/rulesd.conf"
         let notDirectory = try scratch.write("plain", "")
         let result = try check(
@@ -359,7 +330,7 @@ struct ConfigurationCheckTests {
 
     @Test("a role naming an unknown user or group is reported where it was given")
     func unknownPrincipals() throws {
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         let rules = try scratch.directory("rules.d")
         let payments = try scratch.directory("payments")
         let file = scratch.path + "/rulesd.conf"
@@ -387,7 +358,7 @@ struct ExampleNamespaceTests {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         let start = try #require(lines.firstIndex { $0 == "# [namespace payments]" })
         let section = lines[start...].prefix { $0.hasPrefix("# ") }.map { $0.dropFirst(2) + "\n" }.joined()
-        let scratch = try ConfigScratch()
+        let scratch = try ScratchDirectory()
         var settings = DaemonSettings()
         try settings.apply(configFile: try scratch.write("section.conf", section))
         let payments = try #require(settings.namespaces.first)
