@@ -8,11 +8,14 @@ public enum RuleAnswers {
     @inline(__always)
     public static func appendFlag(_ ruleSet: RuleSet, flag index: Int, _ decision: FlagDecision, to out: inout [UInt8])
     {
-        let fragments = ruleSet.flagFragments[index]
-        out.append(contentsOf: fragments.head)
-        out.append(UInt8(ascii: ","))
-        appendDecision(fragments, decision, to: &out)
-        out.append(contentsOf: fragments.tail)
+        // Read in place: copying a flag's fragments out of the rule set retains and releases each of its arrays,
+        // which cost more than appending their bytes.
+        ruleSet.flagFragments.withUnsafeBufferPointer { all in
+            all[index].head.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+            out.append(UInt8(ascii: ","))
+            appendDecision(all[index], decision, to: &out)
+            all[index].tail.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+        }
     }
 
     /// `{"flags":{KEY:{"value","variant","reason"},...}}`, keys in sorted order.
@@ -111,20 +114,22 @@ public enum RuleAnswers {
 
     @inline(__always)
     private static func appendDecision(
-        _ fragments: FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]
+        _ fragments: borrowing FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]
     ) {
         if decision.variantIndex >= 0 {
-            out.append(contentsOf: fragments.variants[decision.variantIndex])
+            fragments.variants.withUnsafeBufferPointer { variants in
+                variants[decision.variantIndex].withUnsafeBufferPointer { out.append(contentsOf: $0) }
+            }
         } else {
             // A flag without a default variant (`default = false`): no value, no variant; the caller's default.
-            out.append(contentsOf: #""value":null"#.utf8)
+            appendStatic(#""value":null"#, to: &out)
         }
         switch decision.reason {
-        case .staticValue: out.append(contentsOf: #","reason":"STATIC""#.utf8)
-        case .targetingMatch: out.append(contentsOf: #","reason":"TARGETING_MATCH""#.utf8)
-        case .defaultValue: out.append(contentsOf: #","reason":"DEFAULT""#.utf8)
-        case .disabled: out.append(contentsOf: #","reason":"DISABLED""#.utf8)
-        case .error: out.append(contentsOf: #","reason":"ERROR""#.utf8)
+        case .staticValue: appendStatic(#","reason":"STATIC""#, to: &out)
+        case .targetingMatch: appendStatic(#","reason":"TARGETING_MATCH""#, to: &out)
+        case .defaultValue: appendStatic(#","reason":"DEFAULT""#, to: &out)
+        case .disabled: appendStatic(#","reason":"DISABLED""#, to: &out)
+        case .error: appendStatic(#","reason":"ERROR""#, to: &out)
         }
         if let failure = decision.failure {
             out.append(contentsOf: #","error_code":""#.utf8)
@@ -132,5 +137,10 @@ public enum RuleAnswers {
             out.append(contentsOf: #"","error_message":"#.utf8)
             JSONWriter.appendEscapedString(failure.message, to: &out)
         }
+    }
+
+    @inline(__always)
+    private static func appendStatic(_ text: StaticString, to out: inout [UInt8]) {
+        out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 }

@@ -40,17 +40,31 @@ public enum ResponseWriter {
     public static func writeSuccess(
         id: UnsafeRawBufferPointer?, header: [UInt8], result: [UInt8], into buffer: inout ByteBuffer
     ) {
-        let idBytes = id?.count ?? 0
-        buffer.reserveCapacity(minimumWritableBytes: idBytes + header.count + result.count + 10)
-        buffer.writeInteger(UInt8(ascii: "{"))
-        if let id {
-            buffer.writeStaticString("\"id\":")
-            buffer.writeBytes(id)
-            buffer.writeInteger(UInt8(ascii: ","))
+        // One write into the buffer, copying the parts itself: each of the buffer's own writes checks its storage
+        // for exclusive access and uniqueness, which cost more than these copies.
+        let idPart = id.map { $0.count + 6 } ?? 0
+        let total = 1 + idPart + header.count + result.count + 2
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
+            var at = out.baseAddress!
+            at.storeBytes(of: UInt8(ascii: "{"), as: UInt8.self)
+            at += 1
+            if let id {
+                let key: StaticString = "\"id\":"
+                at.copyMemory(from: key.utf8Start, byteCount: 5)
+                at += 5
+                if let bytes = id.baseAddress { at.copyMemory(from: bytes, byteCount: id.count) }
+                at += id.count
+                at.storeBytes(of: UInt8(ascii: ","), as: UInt8.self)
+                at += 1
+            }
+            header.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            at += header.count
+            result.withUnsafeBytes { if let bytes = $0.baseAddress { at.copyMemory(from: bytes, byteCount: $0.count) } }
+            at += result.count
+            at.storeBytes(of: UInt8(ascii: "}"), as: UInt8.self)
+            (at + 1).storeBytes(of: UInt8(ascii: "\n"), as: UInt8.self)
+            return total
         }
-        buffer.writeBytes(header)
-        buffer.writeBytes(result)
-        buffer.writeStaticString("}\n")
     }
 
     /// Appends a failure line.
