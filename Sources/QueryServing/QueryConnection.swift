@@ -132,7 +132,9 @@ final class QueryConnection: EventPollSource {
         self.admission = admission
         self.peer = peer
         self.onClose = onClose
-        self.decoder = RequestDecoder(maxDepth: max(limits.maxContextDepth + 2, RequestDecoder.defaultMaxDepth))
+        // Contexts are validated once, by the sandbox that reads them (the worker refuses them when they are not).
+        self.decoder = RequestDecoder(
+            maxDepth: max(limits.maxContextDepth + 2, RequestDecoder.defaultMaxDepth), skimmingContexts: true)
         self.framer = LineFrameDecoder(maxLineBytes: limits.maxRequestBytes)
         self.output = ByteBufferAllocator().buffer(capacity: 4096)
         self.home = ConnectionHome(loop: loop)
@@ -378,7 +380,13 @@ final class QueryConnection: EventPollSource {
             responder.recordUndecodable()
             return
         }
-        switch decoder.decode(line) {
+        var decoded = decoder.decode(line)
+        if case .success(let request) = decoded, !request.isValidated, !answersInWorker(request, line: line),
+            let failure = request.validationFailure(in: line)
+        {
+            decoded = .failure(failure)
+        }
+        switch decoded {
         case .failure(let failure):
             ResponseWriter.writeFailure(
                 id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
@@ -411,6 +419,13 @@ final class QueryConnection: EventPollSource {
             }
         }
         if output.readableBytes >= Self.outputHighWater { flushOutput() }
+    }
+
+    /// Whether the request goes to the responder's ``QueryResponder/answer(_:line:into:)`` or
+    /// ``QueryResponder/answerLater(_:line:on:)``, which refuse what the decoder only skimmed if it is not valid
+    /// (see ``DecodedRequest/isValidated``); whatever answers it otherwise, validate it first.
+    private func answersInWorker(_ request: DecodedRequest, line: UnsafeRawBufferPointer) -> Bool {
+        admission != .reserve && (permits(request.operation) || permitsInNamespace(request, line: line))
     }
 
     /// Whether the peer's roles allow `operation`.

@@ -328,7 +328,20 @@ protocol JSONEventSink {
     mutating func open(object: Bool, at offset: Int, depth: Int) throws
     /// An array or object ends just before `end`.
     mutating func close(object: Bool, end: Int, depth: Int) throws
+    /// Whether the object about to open as the value of the top-level member just keyed is only to be skimmed for
+    /// its extent (see ``JSONDriver/skimObject(from:depth:)``) instead of validated; it is then reported by `open`
+    /// and `close` alone.
+    mutating func skimsObject() -> Bool
 }
+
+extension JSONEventSink {
+    @inline(__always)
+    mutating func skimsObject() -> Bool { false }
+}
+
+/// Thrown by the driver when an object it was asked to skim may not be valid JSON, or holds a member whose value
+/// is `null`: the document is then to be validated in full, which finds the exact fault if there is one.
+struct JSONSkimRefused: Error {}
 
 /// The iterative validating walk over one document shared by the parser and the scanner.
 struct JSONDriver {
@@ -455,6 +468,11 @@ struct JSONDriver {
             case UInt8(ascii: "n"):
                 try JSONLexer.matchLiteral(p, &i, end, "null")
                 try sink.literal(.null, valueStart..<i, depth: depth)
+            case UInt8(ascii: "{") where depth == 1 && sink.skimsObject():
+                guard depth < limits.maxDepth else { throw JSONSkimRefused() }
+                i = try skimObject(from: valueStart, depth: depth &+ 1)
+                try sink.open(object: true, at: valueStart, depth: depth &+ 1)
+                try sink.close(object: true, end: i, depth: depth &+ 1)
             case UInt8(ascii: "{"):
                 depth &+= 1
                 if depth > limits.maxDepth {
@@ -531,6 +549,76 @@ struct JSONDriver {
                 }
                 throw JSONParseError.unexpected(byte, at: i)
             }
+        }
+    }
+
+    /// Finds the end of the object whose `{` is at `start`, at nesting `depth`, looking only at strings (for their
+    /// quotes and escapes) and brackets; returns the offset after its `}`.
+    ///
+    /// What is skimmed must be validated by whoever reads it. Its reader (the rule sandbox) accepts exactly the
+    /// objects the driver does, except that there a member whose value is `null` is absent, so that the same key
+    /// may follow it: such objects are refused here, to be validated in full.
+    ///
+    /// - Throws: ``JSONSkimRefused`` when the object does not end, nests deeper than the limit, or holds a member
+    ///   whose value is `null`.
+    func skimObject(from start: Int, depth: Int) throws(JSONSkimRefused) -> Int {
+        var i = start &+ 1
+        var depth = depth
+        try Self.skimClasses.withUnsafeBufferPointer { classes throws(JSONSkimRefused) in
+            while true {
+                // Most bytes are of no interest: one table lookup each.
+                while i < end && classes[Int(p[i])] == 0 { i &+= 1 }
+                guard i < end else { throw JSONSkimRefused() }
+                let kind = classes[Int(p[i])]
+                i &+= 1
+                switch kind {
+                case 1:
+                    i = try skimString(from: i)
+                case 2:
+                    depth &+= 1
+                    if depth > limits.maxDepth { throw JSONSkimRefused() }
+                case 3:
+                    depth &-= 1
+                    if depth < 2 { return }
+                default:
+                    var j = i
+                    skipWhitespace(&j)
+                    if j < end && p[j] == UInt8(ascii: "n") { throw JSONSkimRefused() }
+                }
+            }
+        }
+        return i
+    }
+
+    /// What ``skimObject(from:depth:)`` looks at: 1 a quote, 2 an opening bracket, 3 a closing one, 4 a colon.
+    static let skimClasses: [UInt8] = (0..<256).map { byte in
+        switch UInt8(byte) {
+        case UInt8(ascii: "\""): return 1
+        case UInt8(ascii: "{"), UInt8(ascii: "["): return 2
+        case UInt8(ascii: "}"), UInt8(ascii: "]"): return 3
+        case UInt8(ascii: ":"): return 4
+        default: return 0
+        }
+    }
+
+    /// The offset after the closing quote of the string whose content starts at `start`.
+    @inline(__always)
+    func skimString(from start: Int) throws(JSONSkimRefused) -> Int {
+        var j = start
+        while true {
+            while j &+ 8 <= end {
+                let mask = JSONLexer.quoteOrBackslashMask(
+                    UInt64(littleEndian: UnsafeRawPointer(p + j).loadUnaligned(as: UInt64.self)))
+                if mask != 0 {
+                    j &+= mask.trailingZeroBitCount &>> 3
+                    break
+                }
+                j &+= 8
+            }
+            guard j < end else { throw JSONSkimRefused() }
+            let byte = p[j]
+            if byte == UInt8(ascii: "\"") { return j &+ 1 }
+            j &+= byte == UInt8(ascii: "\\") ? 2 : 1
         }
     }
 
@@ -760,6 +848,17 @@ enum JSONLexer {
         let hasBackslash = (backslash &- ones) & ~backslash
         let hasControl = (word &- ones &* 0x20) & ~word
         return (hasQuote | hasBackslash | hasControl | word) & high
+    }
+
+    /// For 8 bytes loaded little-endian: a mask whose lowest set bit lies in the first byte that is a quote or a
+    /// backslash; zero when there is none.
+    @inline(__always)
+    static func quoteOrBackslashMask(_ word: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high: UInt64 = 0x8080_8080_8080_8080
+        let quote = word ^ (ones &* 0x22)
+        let backslash = word ^ (ones &* 0x5C)
+        return (((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash)) & high
     }
 
     /// Scans the string whose opening quote is at `i`, validating escapes and UTF-8; leaves `i` after the closing

@@ -150,6 +150,47 @@ public struct JSONObjectScanner: Sendable {
         }
     }
 
+    /// Like ``scan(_:into:)``, except that the object values of the top-level members `skims` picks are only
+    /// skimmed for their extent (strings and bracket nesting), not validated: for a reader that validates them
+    /// itself as it reads them, so that their bytes are walked once.
+    ///
+    /// The rest of the line is validated as ``scan(_:into:)`` does, and whatever it refuses is refused with the
+    /// same error. A skimmed object is only known to be where its range says if it turns out to be valid: whoever
+    /// finds it is not must answer with the error ``scan(_:into:)`` throws for the line. An object is validated
+    /// rather than skimmed when a member of it has the value `null` (see ``JSONDriver/skimObject(from:depth:)``),
+    /// and when the line is too long for the value and string limits to be certain to hold without counting.
+    ///
+    /// - Parameters:
+    ///   - bytes: One JSON document, optionally surrounded by whitespace.
+    ///   - members: Emptied and filled with the members in order. Empty when this method throws.
+    ///   - skims: Whether the object value of the top-level member with this (decoded) key is to be skimmed.
+    /// - Returns: Whether some member's value was skimmed rather than validated.
+    /// - Throws: ``JSONParseError`` when the line is not one valid JSON object (skimmed objects aside) or exceeds
+    ///   the limits.
+    public func scan(
+        _ bytes: UnsafeRawBufferPointer, into members: inout [JSONMember],
+        skimmingObjectsOf skims: (_ key: UnsafeRawBufferPointer) -> Bool
+    ) throws(JSONParseError) -> Bool {
+        // A value takes at least one byte of its own, so a line no longer than these limits cannot exceed them.
+        if bytes.count <= limits.maxValues && bytes.count <= limits.maxStringBytes {
+            let skimmed: Bool? = withoutActuallyEscaping(skims) { skims in
+                var sink = SkimmingSink(skims: skims)
+                swap(&sink.collecting.members, &members)
+                sink.collecting.members.removeAll(keepingCapacity: true)
+                defer { swap(&sink.collecting.members, &members) }
+                do {
+                    try JSONDriver.run(bytes, range: 0..<bytes.count, limits: limits, objectOnly: true, sink: &sink)
+                    return sink.skimmed
+                } catch {
+                    return nil
+                }
+            }
+            if let skimmed { return skimmed }
+        }
+        try scan(bytes, into: &members)
+        return false
+    }
+
     /// Validates `bytes` as one JSON object and stores its top-level members in `members`.
     ///
     /// - Parameters:
@@ -361,5 +402,57 @@ private struct CollectingSink: JSONEventSink {
         if depth == 2 {
             add(valueStart..<end, object ? .object : .array)
         }
+    }
+}
+
+/// Collects top-level members as ranges, skimming the object values of the members its closure picks.
+private struct SkimmingSink: JSONEventSink {
+    var collecting = CollectingSink()
+    let skims: (UnsafeRawBufferPointer) -> Bool
+    /// Whether the member just keyed is one to skim.
+    var skimsNext = false
+    var skimmed = false
+
+    init(skims: @escaping (UnsafeRawBufferPointer) -> Bool) {
+        self.skims = skims
+    }
+
+    @inline(__always)
+    mutating func skimsObject() -> Bool {
+        if skimsNext { skimmed = true }
+        return skimsNext
+    }
+
+    @inline(__always)
+    mutating func key(_ bytes: UnsafeRawBufferPointer, content: Range<Int>, escaped: Bool, depth: Int) {
+        if depth == 1 {
+            skimsNext = skims(bytes)
+            collecting.key(bytes, content: content, escaped: escaped, depth: depth)
+        }
+    }
+
+    @inline(__always)
+    mutating func string(_ token: Range<Int>, escaped: Bool, depth: Int) {
+        collecting.string(token, escaped: escaped, depth: depth)
+    }
+
+    @inline(__always)
+    mutating func number(_ token: Range<Int>, integer: Int64?, depth: Int) {
+        collecting.number(token, integer: integer, depth: depth)
+    }
+
+    @inline(__always)
+    mutating func literal(_ kind: JSONKind, _ token: Range<Int>, depth: Int) {
+        collecting.literal(kind, token, depth: depth)
+    }
+
+    @inline(__always)
+    mutating func open(object: Bool, at offset: Int, depth: Int) {
+        collecting.open(object: object, at: offset, depth: depth)
+    }
+
+    @inline(__always)
+    mutating func close(object: Bool, end: Int, depth: Int) {
+        collecting.close(object: object, end: end, depth: depth)
     }
 }

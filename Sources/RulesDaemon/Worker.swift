@@ -159,6 +159,7 @@ final class Worker: QueryResponder {
         batchRequests += 1
         let id = request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }
         guard let namespace = namespace(of: request, in: line) else {
+            if refuseUnvalidated(request, line: line, into: &out) { return }
             metrics.recordRequest(request.operation, ok: false)
             let name = request.withNamespaceBytes(in: line) { String(decoding: $0, as: UTF8.self) }
             ResponseWriter.writeFailure(
@@ -166,6 +167,7 @@ final class Worker: QueryResponder {
             return
         }
         guard let (generation, evaluator) = current(namespace) else {
+            if refuseUnvalidated(request, line: line, into: &out) { return }
             let error =
                 namespaces.count == 1
                 ? ProtocolError(.internal, "no rule set is loaded")
@@ -174,6 +176,14 @@ final class Worker: QueryResponder {
                     "namespace '\(namespace.name)' has no rules loaded (they did not load at start); "
                         + "its status names the problems", details: ["namespace": namespace.name])
             ResponseWriter.writeFailure(id: id, error: error, into: &out)
+            return
+        }
+        // A context the decoder only skimmed is validated by the sandbox as flag, flags and route evaluate it (they
+        // refuse it below if it is not valid); an explain, an override and a rule process answer without that.
+        if !request.isValidated,
+            request.operation == .explain || namespace.overrides.isActive || namespace.store.isolated != nil,
+            refuseUnvalidated(request, line: line, into: &out)
+        {
             return
         }
         // The capture records the default namespace only; each namespace counts its own flags' evaluations.
@@ -199,7 +209,7 @@ final class Worker: QueryResponder {
             let failure = request.withFlagBytes(in: line) { key in
                 let failure = EvaluationAnswers.answer(
                     .flag(key: key, context: context), evaluator: evaluator, now: now, observer: observer, into: &result
-                )
+                ) { request.validationFailure(in: line)?.error }
                 if let capture, failure == nil, let index = generation.ruleSet.flagIndex(forUTF8: key) {
                     capture.recordFlag(
                         index: index, key: { generation.ruleSet.flags[index].key }, context: context, at: now,
@@ -207,6 +217,7 @@ final class Worker: QueryResponder {
                 }
                 return failure
             }
+            if let failure, failure.code == .parseError { return refuse(failure, into: &out) }
             finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
             return
         case .flags:
@@ -217,7 +228,9 @@ final class Worker: QueryResponder {
                     evaluator: evaluator, context: context, now: now, clock: batchNow, observer: observer, into: &result
                 )
                 : EvaluationAnswers.answer(
-                    .flags(context: context), evaluator: evaluator, now: now, observer: observer, into: &result)
+                    .flags(context: context), evaluator: evaluator, now: now, observer: observer, into: &result
+                ) { request.validationFailure(in: line)?.error }
+            if let failure, failure.code == .parseError { return refuse(failure, into: &out) }
             if let capture, failure == nil {
                 let flags = generation.ruleSet.flags
                 capture.recordAllFlags(
@@ -228,7 +241,9 @@ final class Worker: QueryResponder {
         case .route:
             let routed = request.request.map { UnsafeRawBufferPointer(rebasing: line[$0]) } ?? empty
             let failure = EvaluationAnswers.answer(
-                .route(request: routed), evaluator: evaluator, now: now, observer: observer, into: &result)
+                .route(request: routed), evaluator: evaluator, now: now, observer: observer, into: &result
+            ) { request.validationFailure(in: line)?.error }
+            if let failure, failure.code == .parseError { return refuse(failure, into: &out) }
             if let capture, failure?.code != .invalidRequest {
                 capture.recordRoute(request: routed, at: now, seenAt: batchNow)
             }
@@ -269,6 +284,23 @@ final class Worker: QueryResponder {
         let failure = EvaluationAnswers.answer(
             question, evaluator: evaluator, now: now, observer: observer, into: &result)
         finish(request, id: id, generation: generation, evaluator: evaluator, failure: failure, into: &out)
+    }
+
+    /// Answers a request whose skimmed context or request turns out not to be valid JSON as a decoder validating
+    /// the whole line answers it: `PARSE_ERROR` without the id, counted as a line that could not be decoded.
+    /// - Returns: whether it was refused.
+    private func refuseUnvalidated(
+        _ request: DecodedRequest, line: UnsafeRawBufferPointer, into out: inout ByteBuffer
+    ) -> Bool {
+        guard let failure = request.validationFailure(in: line) else { return false }
+        refuse(failure.error, into: &out)
+        return true
+    }
+
+    private func refuse(_ error: ProtocolError, into out: inout ByteBuffer) {
+        batchRequests -= 1
+        recordUndecodable()
+        ResponseWriter.writeFailure(id: nil, error: error, into: &out)
     }
 
     @inline(__always)
@@ -320,6 +352,8 @@ final class Worker: QueryResponder {
         guard let namespace = namespace(of: request, in: line), let isolated = namespace.store.isolated,
             current(namespace) != nil, !namespace.overrides.isActive
         else { return nil }
+        // answer(_:line:into:) refuses it, as a decoder validating the whole line would have.
+        if request.validationFailure(in: line) != nil { return nil }
         beginBatch()
         defer { endBatch() }
         batchRequests += 1

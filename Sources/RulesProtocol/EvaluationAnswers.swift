@@ -36,11 +36,16 @@ public enum EvaluationAnswers {
     /// - Parameters:
     ///   - now: what `now()` returns to rules, in seconds since the epoch.
     ///   - observer: told about every flag evaluated and every rule failure.
+    ///   - unvalidated: for a `flag`, `flags` or `route` question, called whenever the answer would be given
+    ///     without the rule sandbox having validated all of its context or request (no such flag, a flag without a
+    ///     rule, any failure): a non-nil error it returns is the answer instead, and nothing is observed. For a
+    ///     request whose context the decoder only skimmed (``DecodedRequest/isValidated``). The other questions
+    ///     never call it.
     /// - Returns: nil when `result` holds the answer, else the error to answer instead.
     @inline(__always)
     public static func answer<Observer: EvaluationObserver>(
         _ question: RuleQuestion, evaluator: RuleEvaluator, now: Double, observer: Observer,
-        into result: inout [UInt8]
+        into result: inout [UInt8], unvalidated: () -> ProtocolError? = { nil }
     ) -> ProtocolError? {
         let ruleSet = evaluator.ruleSet
         switch question {
@@ -48,10 +53,12 @@ public enum EvaluationAnswers {
             result.append(contentsOf: "{}".utf8)
         case .flag(let key, let context):
             guard let index = ruleSet.flagIndex(forUTF8: key) else {
+                if let refusal = unvalidated() { return refusal }
                 let name = String(decoding: key, as: UTF8.self)
                 return ProtocolError(.flagNotFound, RuleAnswers.flagNotFound(name).message)
             }
             let decision = evaluator.evaluateFlag(at: index, context: context, now: now)
+            if !readWholeContext(decision), let refusal = unvalidated() { return refusal }
             observer.flagEvaluated(index: index, decision: decision)
             RuleAnswers.appendFlag(ruleSet, flag: index, decision, to: &result)
         case .flags(let context):
@@ -62,6 +69,7 @@ public enum EvaluationAnswers {
                 }
                 RuleAnswers.appendFlags(ruleSet, decisions, to: &result)
             case .failure(let problem):
+                if let refusal = unvalidated() { return refusal }
                 return ProtocolError(.invalidRequest, "context: \(problem.message)")
             }
         case .route(let request):
@@ -71,6 +79,7 @@ public enum EvaluationAnswers {
             case .noRoute:
                 return ProtocolError(.noRoute, RuleAnswers.noRoute.message)
             case .failed(let index, let problem):
+                if let refusal = unvalidated() { return refusal }
                 if problem.code == .invalidContext {
                     return ProtocolError(.invalidRequest, "request: \(problem.message)")
                 }
@@ -123,6 +132,17 @@ public enum EvaluationAnswers {
             appendTrace(trace, to: &result)
         }
         return nil
+    }
+
+    /// Whether the sandbox validated the whole context to reach `decision`: the flag's rule ran (the context is
+    /// validated in full before it runs) and did not fail in a way the context could have caused.
+    @inline(__always)
+    static func readWholeContext(_ decision: FlagDecision) -> Bool {
+        switch decision.reason {
+        case .targetingMatch, .defaultValue: return true
+        case .error: return decision.failure?.code == .typeMismatch
+        case .staticValue, .disabled: return false
+        }
     }
 
     /// Turns the answer object just appended, `{...}`, into `{...,"trace":TRACE}`.

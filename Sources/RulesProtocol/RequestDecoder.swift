@@ -21,11 +21,20 @@ public struct DecodedRequest: Sendable, Hashable {
     /// `flag` (op flag): the key's UTF-8 bytes, straight from the line when it has no escapes.
     public var flagRange: Range<Int>?
     /// `flag` when the key had escapes and had to be decoded.
-    public var flagDecoded: String?
+    public var flagDecoded: String? {
+        get { texts?.value.flagDecoded }
+        set { updateTexts { $0.flagDecoded = newValue } }
+    }
     /// `key` (op config).
-    public var key: String?
+    public var key: String? {
+        get { texts?.value.key }
+        set { updateTexts { $0.key = newValue } }
+    }
     /// `prefix` (op config).
-    public var prefix: String?
+    public var prefix: String? {
+        get { texts?.value.prefix }
+        set { updateTexts { $0.prefix = newValue } }
+    }
     /// `at`: the time `now()` returns to rules, in seconds since the epoch.
     public var at: Double?
     /// The `context` object (ops flag, flags).
@@ -33,23 +42,87 @@ public struct DecodedRequest: Sendable, Hashable {
     /// The `request` object (op route).
     public var request: Range<Int>?
     /// `revision` (ops show, rollback): a revision of the history, or its first hex digits.
-    public var revision: String?
+    public var revision: String? {
+        get { texts?.value.revision }
+        set { updateTexts { $0.revision = newValue } }
+    }
     /// `path` (op show): one file of that revision.
-    public var path: String?
+    public var path: String? {
+        get { texts?.value.path }
+        set { updateTexts { $0.path = newValue } }
+    }
     /// `route` (op capture): only the routed requests.
     public var routesOnly = false
     /// `variant`, `ttl` (a duration such as `15m`, or a number of seconds, as text), `reason` and `namespace`
     /// (op override_set; `namespace` also override_list and override_clear).
-    public var variant: String?
-    public var ttl: String?
-    public var reason: String?
-    public var namespace: String?
+    public var variant: String? {
+        get { texts?.value.variant }
+        set { updateTexts { $0.variant = newValue } }
+    }
+    public var ttl: String? {
+        get { texts?.value.ttl }
+        set { updateTexts { $0.ttl = newValue } }
+    }
+    public var reason: String? {
+        get { texts?.value.reason }
+        set { updateTexts { $0.reason = newValue } }
+    }
+    public var namespace: String? {
+        get { texts?.value.namespace }
+        set { updateTexts { $0.namespace = newValue } }
+    }
     /// `namespace` of a synchronous operation (flag, flags, route, config, explain): the name's UTF-8 bytes,
     /// straight from the line when it has no escapes (otherwise decoded into `namespace`). Absent: `default`.
     public var namespaceRange: Range<Int>?
 
+    /// The members decoded into strings, which most requests have none of: kept out of line, so that a request is
+    /// small to copy and has one reference to count rather than nine.
+    private var texts: TextBox?
+
+    private struct Texts: Sendable, Hashable {
+        var flagDecoded, key, prefix, revision, path, variant, ttl, reason, namespace: String?
+    }
+
+    private final class TextBox: Sendable, Hashable {
+        let value: Texts
+        init(_ value: Texts) { self.value = value }
+        static func == (a: TextBox, b: TextBox) -> Bool { a.value == b.value }
+        func hash(into hasher: inout Hasher) { value.hash(into: &hasher) }
+    }
+
+    private mutating func updateTexts(_ change: (inout Texts) -> Void) {
+        var value = texts?.value ?? Texts()
+        change(&value)
+        texts = value == Texts() ? nil : TextBox(value)
+    }
+
+    /// Zero when the whole line was validated; else the nesting limit of the validation deferred by a decoder that
+    /// skims contexts (``RequestDecoder/init(maxDepth:skimmingContexts:)``).
+    public var deferredValidationDepth = 0
+
     public init(operation: RequestOperation) {
         self.operation = operation
+    }
+
+    /// Whether the whole line was validated when it was decoded. When it was not, its `context` or `request`
+    /// object was only skimmed: the rule sandbox validates it as it reads it (exactly as the decoder would have),
+    /// and whoever answers the request without that must first ask ``validationFailure(in:)``.
+    @inline(__always)
+    public var isValidated: Bool { deferredValidationDepth == 0 }
+
+    /// The `PARSE_ERROR` a decoder validating the whole line answers for it, nil when the line is valid: for a
+    /// request not ``isValidated``, before answering anything but what evaluating its context answers, and when
+    /// evaluating it found its context not to be valid.
+    public func validationFailure(in line: UnsafeRawBufferPointer) -> RequestDecodingFailure? {
+        guard !isValidated else { return nil }
+        let scanner = RequestDecoder.scanner(maxDepth: deferredValidationDepth)
+        do {
+            try scanner.scan(line) { _, _, _ in }
+            return nil
+        } catch {
+            let message = (error as? JSONParseError)?.description ?? "\(error)"
+            return RequestDecodingFailure(error: ProtocolError(.parseError, message), id: nil)
+        }
     }
 
     /// The flag's key, decoded (for messages and tests; the request path uses the bytes).
@@ -94,6 +167,7 @@ public struct RequestDecoder {
     /// What each of `members` is, classified once per line.
     private var fields: [Field] = []
     private let scanner: JSONObjectScanner
+    private let skimsContexts: Bool
 
     /// The deepest nesting read in a line by default, the line's own object included.
     ///
@@ -102,14 +176,31 @@ public struct RequestDecoder {
     /// line of a million `[` costs the scanner a few KiB of bookkeeping rather than tens of MiB.
     public static let defaultMaxDepth = 512
 
-    /// - Parameter maxDepth: deepest nesting read anywhere in the line (the line's object is level 1); a deeper
-    ///   line is a `PARSE_ERROR`.
-    public init(maxDepth: Int = RequestDecoder.defaultMaxDepth) {
-        // Numbers are checked against the grammar only: `id` is echoed as written, whatever its magnitude, and
-        // the readers of `at` and of contexts refuse values beyond a double with their own codes.
-        scanner = JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
+    /// - Parameters:
+    ///   - maxDepth: deepest nesting read anywhere in the line (the line's object is level 1); a deeper line is a
+    ///     `PARSE_ERROR`.
+    ///   - skimmingContexts: whether the `context` and `request` objects are only skimmed for their extent, their
+    ///     validation left to the rule sandbox that reads them (a request then is not ``DecodedRequest/isValidated``:
+    ///     see there what its reader owes). Otherwise every byte of the line is validated here. Every other answer
+    ///     is the same either way: a line refused for another reason is validated whole first, so that a
+    ///     `PARSE_ERROR` keeps its precedence.
+    public init(maxDepth: Int = RequestDecoder.defaultMaxDepth, skimmingContexts: Bool = false) {
+        scanner = Self.scanner(maxDepth: maxDepth)
+        skimsContexts = skimmingContexts
         members.reserveCapacity(8)
         fields.reserveCapacity(8)
+    }
+
+    static func scanner(maxDepth: Int) -> JSONObjectScanner {
+        // Numbers are checked against the grammar only: `id` is echoed as written, whatever its magnitude, and
+        // the readers of `at` and of contexts refuse values beyond a double with their own codes.
+        JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
+    }
+
+    @inline(__always)
+    private static func isContextOrRequest(_ key: UnsafeRawBufferPointer) -> Bool {
+        key.count == 7
+            && (JSONObjectScanner.key(key, equals: "context") || JSONObjectScanner.key(key, equals: "request"))
     }
 
     private enum Field {
@@ -168,11 +259,33 @@ public struct RequestDecoder {
     /// Decodes one line.
     /// - Returns: the request, or the failure to answer (PARSE_ERROR or INVALID_REQUEST).
     public mutating func decode(_ line: UnsafeRawBufferPointer) -> Result<DecodedRequest, RequestDecodingFailure> {
+        let skimmed: Bool
         do {
-            try scanner.scan(line, into: &members)
+            if skimsContexts {
+                skimmed = try scanner.scan(line, into: &members, skimmingObjectsOf: Self.isContextOrRequest)
+            } else {
+                try scanner.scan(line, into: &members)
+                skimmed = false
+            }
         } catch {
             return .failure(RequestDecodingFailure(error: ProtocolError(.parseError, error.description), id: nil))
         }
+        let deferredDepth = skimmed ? scanner.limits.maxDepth : 0
+        let result = interpret(line, deferredDepth: deferredDepth)
+        if skimmed, case .failure(let failure) = result {
+            // Refused for another reason, it may still not be JSON: that answer comes first.
+            var deferred = DecodedRequest(operation: .ping)
+            deferred.deferredValidationDepth = deferredDepth
+            return .failure(deferred.validationFailure(in: line) ?? failure)
+        }
+        return result
+    }
+
+    /// The request the members of `line` make, or why they make none.
+    @inline(__always)
+    private mutating func interpret(
+        _ line: UnsafeRawBufferPointer, deferredDepth: Int
+    ) -> Result<DecodedRequest, RequestDecodingFailure> {
         var id: Range<Int>?
         var operation: RequestOperation?
         var opMember: JSONMember?
@@ -197,6 +310,7 @@ public struct RequestDecoder {
         guard let operation else { return .failure(invalid("missing 'op'", id)) }
         var request = DecodedRequest(operation: operation)
         request.id = id
+        request.deferredValidationDepth = deferredDepth
         for (member, field) in zip(members, fields) {
             if field == .id || field == .op { continue }
             guard Self.allowed(field, for: operation) else {
