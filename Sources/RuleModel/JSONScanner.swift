@@ -150,7 +150,7 @@ public struct JSONObjectScanner: Sendable {
         }
     }
 
-    /// Like ``scan(_:into:)``, except that the object values of the top-level members `skims` picks are only
+    /// Like ``scan(_:into:)``, except that the object values of the top-level members named in `names` are only
     /// skimmed for their extent (strings and bracket nesting), not validated: for a reader that validates them
     /// itself as it reads them, so that their bytes are walked once.
     ///
@@ -163,29 +163,25 @@ public struct JSONObjectScanner: Sendable {
     /// - Parameters:
     ///   - bytes: One JSON document, optionally surrounded by whitespace.
     ///   - members: Emptied and filled with the members in order. Empty when this method throws.
-    ///   - skims: Whether the object value of the top-level member with this (decoded) key is to be skimmed.
+    ///   - names: The (decoded) keys of the top-level members whose object values are to be skimmed.
     /// - Returns: Whether some member's value was skimmed rather than validated.
     /// - Throws: ``JSONParseError`` when the line is not one valid JSON object (skimmed objects aside) or exceeds
     ///   the limits.
     public func scan(
-        _ bytes: UnsafeRawBufferPointer, into members: inout [JSONMember],
-        skimmingObjectsOf skims: (_ key: UnsafeRawBufferPointer) -> Bool
+        _ bytes: UnsafeRawBufferPointer, into members: inout [JSONMember], skimmingObjectsNamed names: [StaticString]
     ) throws(JSONParseError) -> Bool {
         // A value takes at least one byte of its own, so a line no longer than these limits cannot exceed them.
         if bytes.count <= limits.maxValues && bytes.count <= limits.maxStringBytes {
-            let skimmed: Bool? = withoutActuallyEscaping(skims) { skims in
-                var sink = SkimmingSink(skims: skims)
-                swap(&sink.collecting.members, &members)
-                sink.collecting.members.removeAll(keepingCapacity: true)
-                defer { swap(&sink.collecting.members, &members) }
-                do {
-                    try JSONDriver.run(bytes, range: 0..<bytes.count, limits: limits, objectOnly: true, sink: &sink)
-                    return sink.skimmed
-                } catch {
-                    return nil
-                }
+            var sink = SkimmingSink(names: names)
+            swap(&sink.collecting.members, &members)
+            sink.collecting.members.removeAll(keepingCapacity: true)
+            defer { swap(&sink.collecting.members, &members) }
+            do {
+                try JSONDriver.run(bytes, range: 0..<bytes.count, limits: limits, objectOnly: true, sink: &sink)
+                return sink.skimmed
+            } catch {
+                // Not valid, or not to be skimmed: validated in full below, which finds the exact fault if any.
             }
-            if let skimmed { return skimmed }
         }
         try scan(bytes, into: &members)
         return false
@@ -405,16 +401,16 @@ private struct CollectingSink: JSONEventSink {
     }
 }
 
-/// Collects top-level members as ranges, skimming the object values of the members its closure picks.
+/// Collects top-level members as ranges, skimming the object values of the members it names.
 private struct SkimmingSink: JSONEventSink {
     var collecting = CollectingSink()
-    let skims: (UnsafeRawBufferPointer) -> Bool
+    let names: [StaticString]
     /// Whether the member just keyed is one to skim.
     var skimsNext = false
     var skimmed = false
 
-    init(skims: @escaping (UnsafeRawBufferPointer) -> Bool) {
-        self.skims = skims
+    init(names: [StaticString]) {
+        self.names = names
     }
 
     @inline(__always)
@@ -426,7 +422,7 @@ private struct SkimmingSink: JSONEventSink {
     @inline(__always)
     mutating func key(_ bytes: UnsafeRawBufferPointer, content: Range<Int>, escaped: Bool, depth: Int) {
         if depth == 1 {
-            skimsNext = skims(bytes)
+            skimsNext = names.contains { JSONObjectScanner.key(bytes, equals: $0) }
             collecting.key(bytes, content: content, escaped: escaped, depth: depth)
         }
     }

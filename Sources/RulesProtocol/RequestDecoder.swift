@@ -197,11 +197,7 @@ public struct RequestDecoder {
         JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
     }
 
-    @inline(__always)
-    private static func isContextOrRequest(_ key: UnsafeRawBufferPointer) -> Bool {
-        key.count == 7
-            && (JSONObjectScanner.key(key, equals: "context") || JSONObjectScanner.key(key, equals: "request"))
-    }
+    private static let skimmedMembers: [StaticString] = ["context", "request"]
 
     private enum Field {
         case id, op, flag, key, prefix, at, context, request, revision, path, route, unknown
@@ -262,7 +258,7 @@ public struct RequestDecoder {
         let skimmed: Bool
         do {
             if skimsContexts {
-                skimmed = try scanner.scan(line, into: &members, skimmingObjectsOf: Self.isContextOrRequest)
+                skimmed = try scanner.scan(line, into: &members, skimmingObjectsNamed: Self.skimmedMembers)
             } else {
                 try scanner.scan(line, into: &members)
                 skimmed = false
