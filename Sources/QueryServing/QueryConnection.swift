@@ -381,17 +381,22 @@ final class QueryConnection: EventPollSource {
             return
         }
         var decoded = decoder.decode(line)
-        if case .success(let request) = decoded, !request.isValidated, !answersInWorker(request, line: line),
-            let failure = request.validationFailure(in: line)
-        {
-            decoded = .failure(failure)
+        var permitted = false
+        if case .success(let request) = decoded {
+            permitted = permits(request.operation) || permitsInNamespace(request, line: line)
+            // Only the worker's evaluation validates what the decoder skimmed: whatever else answers, validate first.
+            if !request.isValidated, !permitted || admission == .reserve,
+                let failure = request.validationFailure(in: line)
+            {
+                decoded = .failure(failure)
+            }
         }
         switch decoded {
         case .failure(let failure):
             ResponseWriter.writeFailure(
                 id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
             responder.recordUndecodable()
-        case .success(let request) where !permits(request.operation) && !permitsInNamespace(request, line: line):
+        case .success(let request) where !permitted:
             let held = roles ?? []
             ResponseWriter.writeFailure(
                 id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) },
@@ -419,13 +424,6 @@ final class QueryConnection: EventPollSource {
             }
         }
         if output.readableBytes >= Self.outputHighWater { flushOutput() }
-    }
-
-    /// Whether the request goes to the responder's ``QueryResponder/answer(_:line:into:)`` or
-    /// ``QueryResponder/answerLater(_:line:on:)``, which refuse what the decoder only skimmed if it is not valid
-    /// (see ``DecodedRequest/isValidated``); whatever answers it otherwise, validate it first.
-    private func answersInWorker(_ request: DecodedRequest, line: UnsafeRawBufferPointer) -> Bool {
-        admission != .reserve && (permits(request.operation) || permitsInNamespace(request, line: line))
     }
 
     /// Whether the peer's roles allow `operation`.

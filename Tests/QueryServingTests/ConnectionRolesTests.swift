@@ -91,6 +91,22 @@ struct ConnectionRolesTests {
         try await loop.shutdownGracefully()
     }
 
+    @Test("a refused request whose context is not JSON is a PARSE_ERROR first, as the whole line is validated")
+    func parseErrorBeforeRefusal() async throws {
+        let backend = RoleBackend(quick: [], full: [])
+        let (client, loop) = try await serve(backend)
+        for context in [#"{"a":tru}"#, #"{"a":"\x"}"#, #"{"a":null,"a":1}"#, #"{"a":1,"a":2}"#] {
+            let answer = try await request(client, #"{"op":"flag","flag":"x","id":1,"context":"# + context + "}")
+            #expect(answer["error"]?["code"] == "PARSE_ERROR", "\(context)")
+            #expect(answer["id"] == nil, "\(context)")
+        }
+        let refused = try await request(client, #"{"op":"flag","flag":"x","id":2,"context":{"a":null}}"#)
+        #expect(refused["error"]?["code"] == "FORBIDDEN")
+        #expect(refused["id"] == 2)
+        #expect(backend.refusals.withLock { $0 } == [.flag])
+        try await loop.shutdownGracefully()
+    }
+
     @Test("roles are asked once from the credentials, and looked up once more only when a request needs it")
     func looksUpOnlyWhenNeeded() async throws {
         let backend = RoleBackend(quick: [.query], full: [.query, .observe])
