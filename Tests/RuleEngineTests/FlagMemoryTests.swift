@@ -64,6 +64,32 @@ struct FlagMemoryTests {
         #expect(try rules.flag("twin", [:]) == FlagAnswer(value: ["nested": true], variant: "b", reason: .staticValue))
     }
 
+    /// The address of a slice's first element.
+    static func start(_ slice: ArraySlice<UInt8>) -> UnsafeRawPointer? {
+        slice.withUnsafeBufferPointer { $0.baseAddress.map(UnsafeRawPointer.init) }
+    }
+
+    @Test("the heads and tails of every flag's answers are one array, each flag's pieces after the previous flag's")
+    func answerFragmentsShareOneArray() throws {
+        let rules = try compile([
+            "flags.lua": Self.booleanFlags(50) + "\n" + #"flag "meta" { metadata = { team = "growth" } }"#
+        ])
+        let fragments = rules.ruleSet.flagFragments
+        #expect(fragments.count == 51)
+        for (index, piece) in fragments.enumerated() {
+            let head = try #require(Self.start(piece.head))
+            #expect(Self.start(piece.tail) == head + piece.head.count)
+            if index + 1 < fragments.count {
+                #expect(Self.start(fragments[index + 1].head) == head + piece.head.count + piece.tail.count)
+            }
+            let alone = FlagAnswerFragments(rules.ruleSet.flags[index])
+            #expect(piece.head == alone.head)
+            #expect(piece.tail == alone.tail)
+        }
+        let meta = try #require(rules.ruleSet.flagIndex(forKey: "meta"))
+        #expect(String(decoding: fragments[meta].tail, as: UTF8.self).hasPrefix(#","metadata":{"team":"growth"}"#))
+    }
+
     @Test("closing a state of 4 MiB or more hands the freed memory back to the system")
     func closingALargeStateReturnsMemory() throws {
         let before = RuleCompiler.freeMemoryReturns
