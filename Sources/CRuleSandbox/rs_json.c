@@ -318,10 +318,21 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
     }
 }
 
-static unsigned key_cache_slot(const unsigned char *p, size_t n) {
+/* The first of the two slots a key may take (the cache is two-way set-associative, so that two keys of one context
+ * that hash alike do not evict each other on every conversion). */
+static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
     uint32_t h = (uint32_t)n * 0x9E3779B1u;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x01000193u;
-    return h >> 26; /* the top six bits: one of KEY_CACHE_SLOTS */
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    return (h >> 27) * 2; /* the top five bits: one of KEY_CACHE_SLOTS / 2 sets */
+}
+
+/* The slot holding the key, or -1. */
+static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes, size_t n) {
+    for (unsigned slot = first; slot < first + 2; slot++)
+        if (kc->len[slot] == n + 1 && memcmp(kc->bytes[slot], bytes, n) == 0) return (int)slot;
+    return -1;
 }
 
 /* Removes the member named by cached slot `slot` from the storage at t (the cache at kcidx). */
@@ -346,15 +357,18 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
         size_t len;
         const char *key = lua_tolstring(j->L, -1, &len);
         if (len > KEY_CACHE_MAX_LEN) return -1;
-        unsigned slot = key_cache_slot((const unsigned char *)key, len);
-        return kc->len[slot] == len + 1 && memcmp(kc->bytes[slot], key, len) == 0 ? (int)slot : -1;
+        return key_cache_find(kc, key_cache_set_of((const unsigned char *)key, len), key, len);
     }
     j->p++;
-    unsigned slot = key_cache_slot(start, n);
-    if (kc->len[slot] == n + 1 && memcmp(kc->bytes[slot], start, n) == 0) {
-        lua_getiuservalue(j->L, kcidx, (int)slot + 1);
-        return (int)slot;
+    unsigned first = key_cache_set_of(start, n);
+    int found = key_cache_find(kc, first, start, n);
+    if (found >= 0) {
+        lua_getiuservalue(j->L, kcidx, found + 1);
+        return found;
     }
+    /* The slot to replace: an empty one, else the one a conversion set longest ago. */
+    unsigned slot = first;
+    if (kc->len[first] != 0 && (kc->len[first + 1] == 0 || kc->set_in[first + 1] < kc->set_in[first])) slot++;
     lua_pushlstring(j->L, (const char *)start, n);
     /* The key it replaces: a member of this conversion stays, but the cache no longer names it (the slot stays
      * listed once, for the new key); one that only an earlier conversion set goes now, while the cache names it. */
@@ -470,9 +484,21 @@ static void jp_value(jp *j, uint32_t depth) {
                 if (j->p >= j->end || *j->p != '"') jp_fail(j, "expected a string key");
                 j->p++;
                 int slot = -1;
-                if (kc != NULL) slot = jp_top_key(j, kc, t);
-                else jp_string(j, true, obj);
-                if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
+                if (kc != NULL) {
+                    /* While every member set so far is named by the cache, its slot tells a duplicate; after a key
+                     * it cannot name, the table answers, once it holds this object's members only. */
+                    slot = jp_top_key(j, kc, t);
+                    if (slot < 0) kc->lost = true;
+                    if (kc->lost && seen.count <= JP_SEEN_KEYS) {
+                        key_cache_drop_stale(j->L, kc, t);
+                        seen.count = JP_SEEN_KEYS + 1;
+                    }
+                    if (seen.count > JP_SEEN_KEYS) jp_check_duplicate(j, t, &seen);
+                    else if (kc->set_in[slot] == kc->fill) jp_fail(j, "duplicate key");
+                } else {
+                    jp_string(j, true, obj);
+                    if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
+                }
                 jp_ws(j);
                 if (j->p >= j->end || *j->p != ':') jp_fail(j, "expected ':'");
                 j->p++;
@@ -484,17 +510,17 @@ static void jp_value(jp *j, uint32_t depth) {
                     /* null: the key is absent (and the reused storage may have it from an earlier context) */
                     if (kc != NULL) lua_rawset(j->L, t);
                     else lua_pop(j->L, 2);
+                } else if (kc != NULL) {
+                    lua_rawset(j->L, t);
+                    key_cache_set(kc, slot);
                 } else {
                     if (!j->trusted && seen.count < JP_SEEN_KEYS) {
                         seen.key[seen.count] = lua_tolstring(j->L, -2, &seen.len[seen.count]);
                         seen.count++;
-                    } else if (seen.count == JP_SEEN_KEYS) {
-                        /* From here on, the table answers: it must hold this object's members only. */
-                        seen.count = JP_SEEN_KEYS + 1;
-                        if (kc != NULL) key_cache_drop_stale(j->L, kc, t);
+                    } else {
+                        seen.count = JP_SEEN_KEYS + 1; /* from here on, the table answers */
                     }
                     lua_rawset(j->L, t);
-                    if (kc != NULL) key_cache_set(kc, slot);
                 }
             } else {
                 jp_value(j, depth + 1);

@@ -92,6 +92,12 @@ struct ContextReuseTests {
         #expect(try Self.members(rules, #"{"ab":null,"c":2}"#).1 == "c=2|nil|0")
         #expect(try Self.members(rules, #"{"a\u0062":3,"\#(long)":4}"#).1 == "ab=3,\(long)=4|nil|0")
         #expect(try Self.members(rules, #"{"ab":5}"#).1 == "ab=5|nil|0")
+        // k0, k16, k48 and k72 share a set of the key cache's slots: a context with all of them evicts its own keys.
+        #expect(try Self.members(rules, #"{"k0":1,"k16":2,"k48":3}"#).1 == "k0=1,k16=2,k48=3|nil|0")
+        #expect(try Self.members(rules, #"{"k0":1,"k16":2,"k48":3,"k0":4}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"k16":1,"k48":2,"k72":3,"k48":4}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"k72":5,"k0":6}"#).1 == "k0=6,k72=5|nil|0")
+        #expect(try Self.members(rules, #"{"k16":7}"#).1 == "k16=7|nil|0")
         for round in 0..<3 {
             for index in 0..<200 {
                 let key = "key\(index)"
