@@ -240,6 +240,18 @@ static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t w
         return -1;
     }
     if (t == LUA_TSTRING) {
+        /* A few variants are compared in place, cheaper than a lookup in the name map; a miss asks the map. */
+        if (f->variant_count <= 4) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            for (int i = 0; i < f->variant_count; i++) {
+                const char *name = f->variants[i].name;
+                if (strlen(name) == len && memcmp(name, s, len) == 0) {
+                    lua_pop(L, 1);
+                    return i;
+                }
+            }
+        }
         lua_rawgeti(L, LUA_REGISTRYINDEX, f->variants_ref);
         lua_pushvalue(L, -2);
         lua_rawget(L, -2);
