@@ -1294,13 +1294,12 @@ static int eval_flag_tx(lua_State *L) {
     rs_state *S = a->S;
     rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref); /* below its argument, so that nothing needs moving */
     push_context(S, L, a);
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_rule(S, f->key, f->key_len);
     S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
-    lua_insert(L, -2);
     lua_call(L, 1, 1);
     rs_disarm(S);
     a->stage = STAGE_RESULT;
