@@ -464,32 +464,66 @@ void rs_make_readonly(lua_State *L) {
     lua_settop(L, storage);
 }
 
-static const char key_context_proxy = 0;
-static const char key_context_meta = 0;
-
 void rs_create_context_proxy(lua_State *L) {
+    rs_state *S = rs_state_of(L);
     lua_createtable(L, 0, 0);
     int proxy = lua_gettop(L);
     lua_createtable(L, 0, 0);
     int storage = lua_gettop(L);
     set_readonly_meta(L, proxy, storage, true);
-    lua_pop(L, 1);
+    S->context_target = lua_topointer(L, storage);
+    S->context_storage_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getmetatable(L, proxy);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_context_meta);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &key_context_proxy);
+    S->context_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->context_proxy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* A storage that held more members than this is replaced rather than emptied: emptying walks every slot of its
+ * hash part, which would otherwise stay at its largest size for every later evaluation. */
+#define CONTEXT_STORAGE_REUSE_MEMBERS 32
+
+/* Like the proxy, the storage cannot outlive an evaluation (rules only ever see the proxy, and its metatable is
+ * protected), so every conversion of a top-level object fills the same table: a table and its hash part less to
+ * allocate and collect per evaluation. */
+void rs_push_reusable_context_storage(lua_State *L, bool empty) {
+    rs_state *S = rs_state_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_storage_ref);
+    if (!empty) return;
+    int storage = lua_gettop(L);
+    uint32_t members = 0;
+    lua_pushnil(L);
+    while (lua_next(L, storage)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, storage);
+        members++;
+    }
+    if (members > CONTEXT_STORAGE_REUSE_MEMBERS) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 4);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, LUA_REGISTRYINDEX, S->context_storage_ref);
+    }
 }
 
 void rs_make_readonly_context(lua_State *L) {
+    rs_state *S = rs_state_of(L);
     int storage = lua_gettop(L);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_context_meta);
-    lua_pushliteral(L, "__index");
-    lua_pushvalue(L, storage);
-    lua_rawset(L, -3);
-    lua_pushliteral(L, "__rs_storage");
-    lua_pushvalue(L, storage);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &key_context_proxy);
+    const void *target = lua_topointer(L, storage);
+    /* The metatable keeps its storage alive, so an equal pointer is the same table: nothing to re-point. */
+    if (target != S->context_target) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
+        lua_pushliteral(L, "__index");
+        lua_pushvalue(L, storage);
+        lua_rawset(L, -3);
+        lua_pushliteral(L, "__rs_storage");
+        lua_pushvalue(L, storage);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+        S->context_target = target;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
     lua_replace(L, storage);
 }
 

@@ -34,6 +34,31 @@ typedef struct jp {
     int zidx;     /* checking: stack index of z's userdata (its buffers grow through it) */
 } jp;
 
+/* The keys of top-level members, interned once per state: the same few keys arrive with every context, and pushing a
+ * kept string costs a fraction of interning its bytes again (hashing, the string table's chain, the allocator's
+ * check). Direct-mapped: a key takes the slot of its hash, replacing whatever was there. The strings are the user
+ * values of the cache's userdata, so that they stay alive while cached and no longer.
+ *
+ * The cache also keeps track of which keys the reused context storage holds (rs_env.c), so that a conversion need
+ * not empty the storage first (walking a table with lua_next costs more than building a new one): it overwrites the
+ * members it has, then removes the keys the last conversion set and this one did not. When the storage may hold a
+ * key that the cache cannot name (a key not cached, a cached key replaced while its member was set, a conversion
+ * that failed half-way), the next conversion empties it whole instead. */
+#define KEY_CACHE_SLOTS 64
+#define KEY_CACHE_MAX_LEN 23
+
+typedef struct key_cache {
+    uint32_t fill;                    /* the conversion in progress, or the last one */
+    uint32_t set_in[KEY_CACHE_SLOTS]; /* the conversion that last set the slot's key in the storage (0: none) */
+    uint8_t len[KEY_CACHE_SLOTS];     /* the key's length + 1; 0 for an empty slot */
+    uint8_t last[KEY_CACHE_SLOTS];    /* the slots whose keys the last complete conversion set */
+    uint8_t current[KEY_CACHE_SLOTS]; /* the slots whose keys this conversion has set */
+    uint8_t nlast, ncurrent;
+    bool untracked; /* the storage may hold keys that `last` does not name: empty it whole first */
+    bool lost;      /* this conversion set a key that `current` does not name */
+    char bytes[KEY_CACHE_SLOTS][KEY_CACHE_MAX_LEN];
+} key_cache;
+
 static void jz_key(jp *j, uint32_t obj, bool in_arena, uint32_t off, uint32_t len);
 static void jz_arena_add(jp *j, const void *bytes, size_t n);
 static uint32_t jz_arena_mark(const jp *j);
@@ -293,6 +318,125 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
     }
 }
 
+/* The first of the two slots a key may take (the cache is two-way set-associative, so that two keys of one context
+ * that hash alike do not evict each other on every conversion). */
+static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
+    uint32_t h = (uint32_t)n * 0x9E3779B1u;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x01000193u;
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    return (h >> 27) * 2; /* the top five bits: one of KEY_CACHE_SLOTS / 2 sets */
+}
+
+/* The slot holding the key, or -1. */
+static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes, size_t n) {
+    for (unsigned slot = first; slot < first + 2; slot++)
+        if (kc->len[slot] == n + 1 && memcmp(kc->bytes[slot], bytes, n) == 0) return (int)slot;
+    return -1;
+}
+
+/* Removes the member named by cached slot `slot` from the storage at t (the cache at kcidx). */
+static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
+    lua_getiuservalue(L, kcidx, (int)slot + 1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+}
+
+/* Pushes the key of a top-level member (after its opening quote), from the cache when it holds it; returns its slot,
+ * or -1 for a key that is not cached. A key with escapes, non-ASCII bytes or of more than KEY_CACHE_MAX_LEN bytes
+ * goes through jp_string, from its first byte, so that every error is raised at the same byte as before. */
+static int jp_top_key(jp *j, key_cache *kc, int t) {
+    int kcidx = t + 1;
+    const unsigned char *start = j->p;
+    while (j->p < j->end && plain_ascii[*j->p]) j->p++;
+    size_t n = (size_t)(j->p - start);
+    if (j->p >= j->end || *j->p != '"' || n > KEY_CACHE_MAX_LEN) {
+        j->p = start;
+        jp_string(j, true, 0);
+        /* Spelled with escapes, it may still be a key the cache names: its slot then counts it as set. */
+        size_t len;
+        const char *key = lua_tolstring(j->L, -1, &len);
+        if (len > KEY_CACHE_MAX_LEN) return -1;
+        return key_cache_find(kc, key_cache_set_of((const unsigned char *)key, len), key, len);
+    }
+    j->p++;
+    unsigned first = key_cache_set_of(start, n);
+    int found = key_cache_find(kc, first, start, n);
+    if (found >= 0) {
+        lua_getiuservalue(j->L, kcidx, found + 1);
+        return found;
+    }
+    /* The slot to replace: an empty one, else the one a conversion set longest ago. */
+    unsigned slot = first;
+    if (kc->len[first] != 0 && (kc->len[first + 1] == 0 || kc->set_in[first + 1] < kc->set_in[first])) slot++;
+    lua_pushlstring(j->L, (const char *)start, n);
+    /* The key it replaces: a member of this conversion stays, but the cache no longer names it (the slot stays
+     * listed once, for the new key); one that only an earlier conversion set goes now, while the cache names it. */
+    if (kc->set_in[slot] == kc->fill) {
+        kc->lost = true;
+    } else {
+        if (kc->len[slot] != 0) key_cache_remove(j->L, kcidx, t, slot);
+        kc->set_in[slot] = 0;
+    }
+    lua_pushvalue(j->L, -1);
+    lua_setiuservalue(j->L, kcidx, (int)slot + 1);
+    memcpy(kc->bytes[slot], start, n);
+    kc->len[slot] = (uint8_t)(n + 1);
+    return (int)slot;
+}
+
+/* The member of cached slot `slot` (-1: a key not cached) was set in the storage. */
+static void key_cache_set(key_cache *kc, int slot) {
+    if (slot < 0) kc->lost = true;
+    else if (kc->set_in[slot] != kc->fill) {
+        kc->set_in[slot] = kc->fill;
+        kc->current[kc->ncurrent++] = (uint8_t)slot;
+    }
+}
+
+/* Removes the members of the last conversion that this one has not set (yet). */
+static void key_cache_drop_stale(lua_State *L, key_cache *kc, int t) {
+    for (uint8_t i = 0; i < kc->nlast; i++) {
+        unsigned slot = kc->last[i];
+        if (kc->set_in[slot] != kc->fill) key_cache_remove(L, t + 1, t, slot);
+    }
+    kc->nlast = 0;
+}
+
+/* Starts converting a top-level object: pushes the reused storage (at t) and the key cache (at t + 1). */
+static key_cache *context_fill_begin(lua_State *L) {
+    rs_state *S = rs_state_of(L);
+    key_cache *kc = S->key_cache;
+    rs_push_reusable_context_storage(L, kc->untracked);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->key_cache_ref);
+    if (kc->untracked) kc->nlast = 0;
+    if (++kc->fill == 0) {
+        memset(kc->set_in, 0, sizeof kc->set_in);
+        kc->fill = 1;
+    }
+    kc->ncurrent = 0;
+    kc->lost = false;
+    kc->untracked = true; /* until the conversion completes */
+    return kc;
+}
+
+/* Completes a conversion of the storage at t: it then holds exactly the object's members. Pops the cache. */
+static void context_fill_end(lua_State *L, key_cache *kc, int t) {
+    key_cache_drop_stale(L, kc, t);
+    memcpy(kc->last, kc->current, kc->ncurrent);
+    kc->nlast = kc->ncurrent;
+    kc->untracked = kc->lost;
+    lua_settop(L, t);
+}
+
+void rs_create_key_cache(lua_State *L) {
+    key_cache *kc = lua_newuserdatauv(L, sizeof *kc, KEY_CACHE_SLOTS);
+    memset(kc, 0, sizeof *kc);
+    rs_state *S = rs_state_of(L);
+    S->key_cache = kc;
+    S->key_cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* Pushes one value when building (JSON null pushes nil); checks it otherwise. */
 static void jp_value(jp *j, uint32_t depth) {
     jp_ws(j);
@@ -311,7 +455,11 @@ static void jp_value(jp *j, uint32_t depth) {
         bool object = c == '{';
         int t = 0;
         uint32_t obj = 0; /* checking: which object the keys belong to (0: the top-level one) */
-        if (j->build) {
+        key_cache *kc = NULL; /* building the top-level object: its keys' cache, at t + 1 */
+        if (j->build && depth == 0) {
+            kc = context_fill_begin(j->L);
+            t = lua_gettop(j->L) - 1;
+        } else if (j->build) {
             lua_createtable(j->L, object ? 0 : 4, object ? 4 : 0);
             t = lua_gettop(j->L);
         } else if (object && depth > 0) {
@@ -321,6 +469,7 @@ static void jp_value(jp *j, uint32_t depth) {
         if (j->p < j->end && *j->p == (object ? '}' : ']')) {
             j->p++;
             if (j->build) {
+                if (kc != NULL) context_fill_end(j->L, kc, t);
                 if (depth == 0) rs_make_readonly_context(j->L);
                 else rs_make_readonly(j->L);
             }
@@ -334,8 +483,22 @@ static void jp_value(jp *j, uint32_t depth) {
                 jp_ws(j);
                 if (j->p >= j->end || *j->p != '"') jp_fail(j, "expected a string key");
                 j->p++;
-                jp_string(j, true, obj);
-                if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
+                int slot = -1;
+                if (kc != NULL) {
+                    /* While every member set so far is named by the cache, its slot tells a duplicate; after a key
+                     * it cannot name, the table answers, once it holds this object's members only. */
+                    slot = jp_top_key(j, kc, t);
+                    if (slot < 0) kc->lost = true;
+                    if (kc->lost && seen.count <= JP_SEEN_KEYS) {
+                        key_cache_drop_stale(j->L, kc, t);
+                        seen.count = JP_SEEN_KEYS + 1;
+                    }
+                    if (seen.count > JP_SEEN_KEYS) jp_check_duplicate(j, t, &seen);
+                    else if (kc->set_in[slot] == kc->fill) jp_fail(j, "duplicate key");
+                } else {
+                    jp_string(j, true, obj);
+                    if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
+                }
                 jp_ws(j);
                 if (j->p >= j->end || *j->p != ':') jp_fail(j, "expected ':'");
                 j->p++;
@@ -344,7 +507,12 @@ static void jp_value(jp *j, uint32_t depth) {
                 if (!j->build) {
                     jz_drop_if_null(j);
                 } else if (lua_isnil(j->L, -1)) {
-                    lua_pop(j->L, 2); /* null: the key is absent */
+                    /* null: the key is absent (and the reused storage may have it from an earlier context) */
+                    if (kc != NULL) lua_rawset(j->L, t);
+                    else lua_pop(j->L, 2);
+                } else if (kc != NULL) {
+                    lua_rawset(j->L, t);
+                    key_cache_set(kc, slot);
                 } else {
                     if (!j->trusted && seen.count < JP_SEEN_KEYS) {
                         seen.key[seen.count] = lua_tolstring(j->L, -2, &seen.len[seen.count]);
@@ -371,6 +539,7 @@ static void jp_value(jp *j, uint32_t depth) {
             jp_fail(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
         }
         if (j->build) {
+            if (kc != NULL) context_fill_end(j->L, kc, t);
             if (depth == 0) rs_make_readonly_context(j->L);
             else rs_make_readonly(j->L);
         }
@@ -401,7 +570,8 @@ void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t ma
     jp_ws(&j);
     if (j.p >= j.end) {
         /* An absent context is an empty one. */
-        lua_createtable(L, 0, 0);
+        key_cache *kc = context_fill_begin(L);
+        context_fill_end(L, kc, lua_gettop(L) - 1);
         rs_make_readonly_context(L);
         return;
     }
@@ -440,7 +610,6 @@ struct jctx {
     const unsigned char *json; /* the context being read lazily; NULL outside the evaluation it belongs to */
     size_t json_len;
     uint32_t max_depth;
-    int mode;  /* RS_CONTEXTS_* (rule_sandbox.h) */
     const void *storage; /* the storage being filled (kept alive as a user value), to recognise it */
     jkey *keys;
     uint32_t nkeys, keys_cap;
@@ -462,7 +631,8 @@ static const char key_lazy_meta = 0;
 /* Below this size a context is converted whole. Checking first and converting a member on its first read costs
  * some 100 ns per member read more than converting it with the rest (a C call through __index), while a member not
  * read costs some 110 ns converted and 15 ns checked: with three members read, reading lazily pays from five or six
- * members, about 90 bytes of context. */
+ * members, about 90 bytes of context. (Measured before whole conversions reused their storage and cached their keys,
+ * which made a converted member cheaper: the crossover may now lie higher.) */
 #define RS_LAZY_CONTEXT_BYTES 96
 
 /* A hash of a key's bytes, eight at a time (keys are short, and hashing is most of checking one). */
@@ -644,17 +814,17 @@ static int rs_lazy_index(lua_State *L) {
 }
 
 bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values) {
-    jctx *z = jz_push(L);
-    int zidx = lua_gettop(L);
-    const unsigned char *text = (const unsigned char *)json;
-    jp j = {L, text, text, text + len, max_depth, max_values, max_values, false, false, z, zidx};
-    jp_ws(&j);
-    bool whole = z->mode == RS_CONTEXTS_WHOLE || (z->mode == RS_CONTEXTS_BY_SIZE && len < RS_LAZY_CONTEXT_BYTES);
-    if (whole || j.p >= j.end) {
-        lua_pop(L, 1);
+    int mode = rs_state_of(L)->context_mode;
+    const unsigned char *text = (const unsigned char *)json, *first = text;
+    while (first < text + len && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r')) first++;
+    bool whole = mode == RS_CONTEXTS_WHOLE || (mode == RS_CONTEXTS_BY_SIZE && len < RS_LAZY_CONTEXT_BYTES);
+    if (whole || first == text + len) {
         rs_push_json_object(L, json, len, max_depth, max_values);
         return false;
     }
+    jctx *z = jz_push(L);
+    int zidx = lua_gettop(L);
+    jp j = {L, text, first, text + len, max_depth, max_values, max_values, false, false, z, zidx};
     /* Nothing is read from the last context any more. Until the storage is made below, no table is recognised as
      * this context's (z->storage is NULL), so a check that fails leaves nothing that could read the text later. */
     z->json = NULL;
@@ -767,8 +937,7 @@ void rs_context_end(lua_State *L) {
 }
 
 int rs_set_context_mode(lua_State *L) {
-    jctx *z = jz_push(L);
-    z->mode = (int)lua_tointeger(L, 1);
+    rs_state_of(L)->context_mode = (int)lua_tointeger(L, 1);
     return 0;
 }
 

@@ -240,6 +240,18 @@ static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t w
         return -1;
     }
     if (t == LUA_TSTRING) {
+        /* A few variants are compared in place, cheaper than a lookup in the name map; a miss asks the map. */
+        if (f->variant_count <= 4) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+            for (int i = 0; i < f->variant_count; i++) {
+                const char *name = f->variants[i].name;
+                if (strlen(name) == len && memcmp(name, s, len) == 0) {
+                    lua_pop(L, 1);
+                    return i;
+                }
+            }
+        }
         lua_rawgeti(L, LUA_REGISTRYINDEX, f->variants_ref);
         lua_pushvalue(L, -2);
         lua_rawget(L, -2);
@@ -1282,13 +1294,12 @@ static int eval_flag_tx(lua_State *L) {
     rs_state *S = a->S;
     rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref); /* below its argument, so that nothing needs moving */
     push_context(S, L, a);
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_rule(S, f->key, f->key_len);
     S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
-    lua_insert(L, -2);
     lua_call(L, 1, 1);
     rs_disarm(S);
     a->stage = STAGE_RESULT;

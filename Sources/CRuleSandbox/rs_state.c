@@ -404,6 +404,7 @@ static int setup_tx(lua_State *L) {
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &rs_key_twins);
     rs_create_context_proxy(L);
+    rs_create_key_cache(L);
     return 0;
 }
 

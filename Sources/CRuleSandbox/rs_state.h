@@ -164,6 +164,17 @@ struct rs_state {
      * evaluation entry point resets it, so a proxy is reused only once the evaluation that had it is over. */
     uint32_t nested_proxies_used;
 
+    /* The top-level context object of every conversion reuses one storage table, proxy and metatable (rs_env.c):
+     * their registry references, and the storage the metatable points at now (kept alive by it). */
+    int context_proxy_ref, context_meta_ref, context_storage_ref;
+    const void *context_target;
+    /* The cache of top-level context keys (rs_json.c), and its registry reference. */
+    struct key_cache *key_cache;
+    int key_cache_ref;
+    /* How contexts are converted (RS_CONTEXTS_*), mirrored from the lazy reader's settings so that a context
+     * converted whole does not look the reader up. */
+    int context_mode;
+
     /* Loading. */
     int32_t next_seq;
     bool finished;
@@ -252,8 +263,13 @@ void rs_make_readonly(lua_State *L);
  * nothing can hold on to the proxy from one evaluation to the next (every place a rule could store it is
  * frozen), so re-pointing it at each evaluation's storage is unobservable and saves two tables. */
 void rs_make_readonly_context(lua_State *L);
-/* Creates the reusable context proxy (at setup). */
+/* Creates the reusable context proxy and storage (at setup). */
 void rs_create_context_proxy(lua_State *L);
+/* Creates the cache of interned top-level context keys (at setup). */
+void rs_create_key_cache(lua_State *L);
+/* Pushes the reusable storage of the top-level context, for a conversion to fill and then hand to
+ * rs_make_readonly_context; `empty`: emptied first (otherwise the conversion removes what it does not replace). */
+void rs_push_reusable_context_storage(lua_State *L, bool empty);
 /* The kinds of declaration records (rs_rules.c), which are also roots of rs_freeze_reachable. */
 enum rs_decl_kind { DECL_FLAG = 1, DECL_ROUTE = 2, DECL_CONFIG = 3 };
 

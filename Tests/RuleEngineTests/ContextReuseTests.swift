@@ -1,0 +1,132 @@
+import RuleModel
+import Testing
+
+@testable import RuleEngine
+
+/// Every evaluation's top-level context fills one storage table that the state keeps from one evaluation to the next;
+/// what a rule sees must still be exactly the context it was given, whatever the evaluations before it did.
+@Suite("Context storage reused between evaluations")
+struct ContextReuseTests {
+    /// A flag that logs every member it can see (sorted keys, through pairs, rawget and #), and fails when asked to;
+    /// a compiled route that matches on one member.
+    static let rules = """
+        flag "members" {
+          rule = function(ctx)
+            local keys = {}
+            for k, v in pairs(ctx) do keys[#keys + 1] = k .. "=" .. tostring(v) end
+            table.sort(keys)
+            log(table.concat(keys, ",") .. "|" .. tostring(rawget(ctx, "a")) .. "|" .. #ctx)
+            if ctx.boom then error("boom") end
+            return "on"
+          end,
+        }
+        route "x" { match = function(req) return req.x == 1 end, target = "has-x" }
+        """
+
+    static func members(_ rules: LoadedRules, _ json: String) throws -> (FlagAnswer, String?) {
+        let answer = try rules.flag("members", rawContext: Array(json.utf8))
+        return (answer, rules.logs().first)
+    }
+
+    static func loaded(_ conversion: RuleEvaluator.ContextConversion) throws -> LoadedRules {
+        let rules = try compile(["reuse.lua": Self.rules])
+        rules.evaluator.setContextConversion(conversion)
+        return rules
+    }
+
+    @Test(
+        "a member of one evaluation's context is never seen by the next",
+        arguments: [RuleEvaluator.ContextConversion.bySize, .whole])
+    func noFieldCarriesOver(conversion: RuleEvaluator.ContextConversion) throws {
+        let rules = try Self.loaded(conversion)
+        #expect(try Self.members(rules, #"{"a":1,"b":"two"}"#).1 == "a=1,b=two|1|0")
+        #expect(try Self.members(rules, #"{"c":3}"#).1 == "c=3|nil|0")
+        #expect(try Self.members(rules, "").1 == "|nil|0")
+        #expect(try Self.members(rules, #"{"a":null,"d":true}"#).1 == "d=true|nil|0")
+    }
+
+    @Test(
+        "a rule that fails half-way leaves nothing for the next evaluation",
+        arguments: [RuleEvaluator.ContextConversion.bySize, .whole])
+    func afterRuleError(conversion: RuleEvaluator.ContextConversion) throws {
+        let rules = try Self.loaded(conversion)
+        let (failed, seen) = try Self.members(rules, #"{"a":"x","boom":true}"#)
+        #expect(failed.code == .general)
+        #expect(seen == "a=x,boom=true|x|0")
+        #expect(try Self.members(rules, #"{"e":5}"#).1 == "e=5|nil|0")
+    }
+
+    @Test(
+        "a context refused half-way through its conversion leaves nothing for the next evaluation",
+        arguments: [RuleEvaluator.ContextConversion.bySize, .whole])
+    func afterInvalidContext(conversion: RuleEvaluator.ContextConversion) throws {
+        let rules = try Self.loaded(conversion)
+        let (refused, _) = try Self.members(rules, #"{"f":1,"g":2,"h":}"#)
+        #expect(refused.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"i":1}"#).1 == "i=1|nil|0")
+        let (duplicate, _) = try Self.members(rules, #"{"j":1,"j":2}"#)
+        #expect(duplicate.code == .invalidContext)
+        #expect(try Self.members(rules, "{}").1 == "|nil|0")
+    }
+
+    @Test("a context with many members is followed by a small one that sees only its own")
+    func afterLargeContext() throws {
+        let rules = try Self.loaded(.whole)
+        let many = (0..<100).map { #""k\#($0)":\#($0)"# }.joined(separator: ",")
+        let (answer, seen) = try Self.members(rules, "{" + many + "}")
+        #expect(answer.reason == .targetingMatch)
+        #expect(seen?.hasPrefix("k0=0,k10=10,k11=11,") == true)
+        #expect(try Self.members(rules, #"{"a":2}"#).1 == "a=2|2|0")
+        #expect(try Self.members(rules, #"{"b":3}"#).1 == "b=3|nil|0")
+    }
+
+    @Test("keys read the same however they are spelled, and after many other keys took their place")
+    func keysAcrossEvaluations() throws {
+        let rules = try Self.loaded(.whole)
+        let long = String(repeating: "k", count: 40)
+        #expect(try Self.members(rules, #"{"a\u0062":1,"\#(long)":3}"#).1 == "ab=1,\(long)=3|nil|0")
+        #expect(try Self.members(rules, #"{"ab":1,"\#(long)":3}"#).1 == "ab=1,\(long)=3|nil|0")
+        #expect(try Self.members(rules, #"{"ab":1,"a\u0062":2}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"ab":1,"c":1}"#).1 == "ab=1,c=1|nil|0")
+        #expect(try Self.members(rules, #"{"a\u0062":2}"#).1 == "ab=2|nil|0")
+        #expect(try Self.members(rules, #"{"ab":null,"c":2}"#).1 == "c=2|nil|0")
+        #expect(try Self.members(rules, #"{"a\u0062":3,"\#(long)":4}"#).1 == "ab=3,\(long)=4|nil|0")
+        #expect(try Self.members(rules, #"{"ab":5}"#).1 == "ab=5|nil|0")
+        // k0, k16, k48 and k72 share a set of the key cache's slots: a context with all of them evicts its own keys.
+        #expect(try Self.members(rules, #"{"k0":1,"k16":2,"k48":3}"#).1 == "k0=1,k16=2,k48=3|nil|0")
+        #expect(try Self.members(rules, #"{"k0":1,"k16":2,"k48":3,"k0":4}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"k16":1,"k48":2,"k72":3,"k48":4}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"k72":5,"k0":6}"#).1 == "k0=6,k72=5|nil|0")
+        #expect(try Self.members(rules, #"{"k16":7}"#).1 == "k16=7|nil|0")
+        for round in 0..<3 {
+            for index in 0..<200 {
+                let key = "key\(index)"
+                let seen = try Self.members(rules, #"{"\#(key)":\#(round)}"#).1
+                #expect(seen == "\(key)=\(round)|nil|0")
+            }
+        }
+    }
+
+    @Test(
+        "beyond eight members, duplicates are found in this context's members only",
+        arguments: [RuleEvaluator.ContextConversion.bySize, .whole])
+    func duplicatesBeyondEightMembers(conversion: RuleEvaluator.ContextConversion) throws {
+        let rules = try Self.loaded(conversion)
+        let nine = (0..<9).map { #""\#(Character(UnicodeScalar(97 + $0)!))":\#($0)"# }.joined(separator: ",")
+        #expect(try Self.members(rules, #"{"z":1,"y":2}"#).1 == "y=2,z=1|nil|0")
+        #expect(try Self.members(rules, "{" + nine + #","z":9}"#).1 == "a=0,b=1,c=2,d=3,e=4,f=5,g=6,h=7,i=8,z=9|0|0")
+        #expect(try Self.members(rules, "{" + nine + #","y":9}"#).1 == "a=0,b=1,c=2,d=3,e=4,f=5,g=6,h=7,i=8,y=9|0|0")
+        #expect(try Self.members(rules, "{" + nine + #","c":9}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"z":3}"#).1 == "z=3|nil|0")
+    }
+
+    @Test("compiled routing reads only the current request's members")
+    func routingSeesCurrentRequest() throws {
+        let rules = try Self.loaded(.bySize)
+        #expect(try rules.route(["x": 1]) == RouteAnswer(name: "x", target: "has-x"))
+        #expect(try rules.route(["y": 1]) == nil)
+        #expect(try rules.route([:]) == nil)
+        _ = try Self.members(rules, #"{"x":1}"#)
+        #expect(try rules.route(["z": 1]) == nil)
+    }
+}
