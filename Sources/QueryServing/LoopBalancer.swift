@@ -20,14 +20,20 @@ import Synchronization
 /// - One more loop becomes active, on trial, when an active loop was not blocked for at least ``growShare`` of
 ///   its last load window: it ran, or waited for a core (on a machine short of cores, another thread still
 ///   gets the loops a larger share of them). The trial keeps the loop only when
-///   the requests answered per second over a whole rate period inside the trial beat the rate before it by
-///   ``trialGain``; otherwise the loop is given up and the next trial waits a back-off that doubles each time
+///   the requests answered per second over ``trialPeriods`` whole rate periods inside the trial beat the rate of
+///   the two periods before it by ``trialGain``; otherwise the loop is given up and the next trial waits a back-off that doubles each time
 ///   (``firstBackoff`` up to ``maxBackoff``: short, because the load changes, and a trial that does not pay
 ///   costs little). A loop with a single connection starts no trial: it would have nothing to hand over.
 /// - One loop fewer is active when, in ``shrinkReports`` reports in a row, the active loops' busy shares add up
 ///   to less than ``shrinkShare`` times one loop fewer: the load fits, and fewer loops batch more per wake-up.
 ///   (One report is not enough: the first after a pause covers the pause.)
-/// - A loop that has not reported for two windows is idle: a loop reports only when it wakes.
+/// - With more than one loop active, one fewer is tried ``recheckAfter`` after the last change, and kept when
+///   the rate stays within ``trialGain`` of the rate before: the load that made a loop pay may have become one
+///   that fewer loops serve better (8 connections without pipelining after 32 requests in flight) while the
+///   loops' shares stay too high for the rule above. A recheck that lost the rate doubles the wait before the
+///   next one (up to ``maxRecheck``).
+/// - A loop that has not reported for two windows is idle: a loop reports only when it wakes. A rate period
+///   stretched by such a silence gives no rate, so no trial is started or judged on it.
 public struct LoopPlacement: Sendable, Equatable {
     public static let window = TimeAmount.milliseconds(25)
     public static let ratePeriod: UInt64 = 100_000_000
@@ -38,11 +44,23 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let shrinkReports = 4
     public static let firstBackoff: UInt64 = 500_000_000
     public static let maxBackoff: UInt64 = 2_000_000_000
+    /// With more than one loop active and steady, a trial of one loop fewer after this long, doubling (up to
+    /// ``maxRecheck``) each time one fewer did not keep the rate.
+    public static let recheckAfter: UInt64 = 1_000_000_000
+    public static let maxRecheck: UInt64 = 8_000_000_000
+    /// Whole rate periods a trial is judged on (one period of 100 ms is too noisy on a shared machine).
+    public static let trialPeriods = 2
 
     enum Phase: Sendable, Equatable {
         case steady
-        /// One more loop is active since `since`; `baseline` is the rate before.
-        case trial(since: UInt64, baseline: Double)
+        /// One loop more (`growing`) or one fewer is active since `since`; `baseline` is the rate before, and
+        /// `rates` sums the `periods` whole rate periods seen since the trial settled.
+        case trial(since: UInt64, baseline: Double, growing: Bool, rates: Double = 0, periods: Int = 0)
+
+        var isTrial: Bool {
+            if case .trial = self { return true }
+            return false
+        }
     }
 
     public let loopCount: Int
@@ -59,11 +77,16 @@ public struct LoopPlacement: Sendable, Equatable {
     private var backoffUntil: UInt64 = 0
     private var fittingReports = 0
     private var backoff = LoopPlacement.firstBackoff
+    /// When a trial of one loop fewer is due, and the wait before the next one after a trial that did not pay.
+    private var recheckAt: UInt64 = 0
+    private var recheckBackoff = LoopPlacement.recheckAfter
     /// The start of the current rate period, the requests answered by then, and the last whole period's rate.
     private var periodStart: UInt64
     private var periodAnswered: Int
     private(set) var lastRate: Double?
     private var lastRateEnd: UInt64 = 0
+    /// The rate of the whole period before the last one, when it directly preceded it.
+    private var previousRate: Double?
     private let windowNanoseconds = UInt64(LoopPlacement.window.nanoseconds)
 
     public init(loopCount: Int, now: UInt64) {
@@ -81,6 +104,7 @@ public struct LoopPlacement: Sendable, Equatable {
         active = min(max(1, count), loopCount)
         phase = .steady
         changedAt = now
+        recheckAt = now &+ recheckBackoff
     }
 
     /// Chooses the loop of a new connection and counts it there.
@@ -126,27 +150,57 @@ public struct LoopPlacement: Sendable, Equatable {
     public mutating func report(loop: Int, share: Double, answered: Int, now: UInt64) -> Bool {
         shares[loop] = share
         reportedAt[loop] = now
+        var periodEnded = false
         if now &- periodStart >= Self.ratePeriod {
-            lastRate = Double(answered - periodAnswered) * 1e9 / Double(now &- periodStart)
+            let length = now &- periodStart
+            // Loops report only when they wake, so a period much longer than `ratePeriod` spans an idle stretch:
+            // its rate says nothing of the load now, and as a trial's baseline it would make any trial look
+            // like a gain (the trial then kept a loop that costs more than it brings).
+            let rate =
+                length <= Self.ratePeriod &+ 2 * windowNanoseconds
+                ? Double(answered - periodAnswered) * 1e9 / Double(length) : nil
+            previousRate = rate == nil ? nil : lastRate
+            lastRate = rate
             lastRateEnd = now
             periodStart = now
             periodAnswered = answered
+            periodEnded = rate != nil
         }
         switch phase {
-        case .trial(let since, let baseline):
-            // Judged on a whole rate period that began after the trial had settled for a window.
-            guard let rate = lastRate, lastRateEnd >= since &+ windowNanoseconds &+ Self.ratePeriod else {
+        case .trial(let since, let baseline, let growing, var rates, var periods):
+            // Judged on whole rate periods that began after the trial had settled for a window.
+            guard periodEnded, let rate = lastRate, lastRateEnd >= since &+ windowNanoseconds &+ Self.ratePeriod
+            else { return false }
+            rates += rate
+            periods += 1
+            guard periods >= Self.trialPeriods else {
+                phase = .trial(since: since, baseline: baseline, growing: growing, rates: rates, periods: periods)
                 return false
             }
             phase = .steady
-            if rate >= baseline * Self.trialGain {
-                backoff = Self.firstBackoff
-                return false
+            let trialRate = rates / Double(periods)
+            if growing {
+                if trialRate >= baseline * Self.trialGain {
+                    backoff = Self.firstBackoff
+                    recheckAt = now &+ recheckBackoff
+                    return false
+                }
+                active -= 1
+                backoffUntil = now &+ backoff
+                backoff = min(backoff * 2, Self.maxBackoff)
+            } else {
+                // One loop fewer that keeps the rate (within the gain a loop more must bring) is kept: fewer
+                // wake-ups and context switches, and a core left for the clients.
+                if trialRate * Self.trialGain >= baseline {
+                    recheckBackoff = Self.recheckAfter
+                    backoffUntil = now &+ backoff
+                    return false
+                }
+                active += 1
+                recheckBackoff = min(recheckBackoff * 2, Self.maxRecheck)
+                recheckAt = now &+ recheckBackoff
             }
-            active -= 1
             changedAt = now
-            backoffUntil = now &+ backoff
-            backoff = min(backoff * 2, Self.maxBackoff)
             return true
         case .steady:
             guard now &- changedAt >= 2 * windowNanoseconds else { return false }
@@ -164,7 +218,7 @@ public struct LoopPlacement: Sendable, Equatable {
             if active < loopCount, busiest >= Self.growShare, busiestConnections >= 2, now >= backoffUntil,
                 let rate = lastRate
             {
-                phase = .trial(since: now, baseline: rate)
+                phase = .trial(since: now, baseline: baseline(rate), growing: true)
                 active += 1
                 changedAt = now
                 return true
@@ -179,8 +233,22 @@ public struct LoopPlacement: Sendable, Equatable {
                 backoffUntil = 0
                 return true
             }
+            // Whether the loops still pay is rechecked now and then: the load that made a trial win may have
+            // changed into one that fewer loops serve better, without the shares ever falling low enough.
+            if active > 1, now >= recheckAt, let rate = lastRate {
+                phase = .trial(since: now, baseline: baseline(rate), growing: false)
+                active -= 1
+                changedAt = now
+                return true
+            }
             return false
         }
+    }
+
+    /// A trial's baseline: the mean of the last two whole periods when they were consecutive.
+    private func baseline(_ rate: Double) -> Double {
+        guard let previousRate else { return rate }
+        return (rate + previousRate) / 2
     }
 }
 

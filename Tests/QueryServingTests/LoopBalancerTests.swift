@@ -24,18 +24,29 @@ private func move(_ placement: inout LoopPlacement, from loop: Int) -> Int? {
     placement.nextMove(from: loop)
 }
 
+/// Every active loop reports a 25 ms window of `share`, from `from` to `to` ms, while all loops together answer
+/// `rate(active)` requests a second; returns the times (ms) at which the number of active loops changed, with
+/// the new count.
+private func steadyLoad(
+    _ placement: inout LoopPlacement, share: Double, answered: inout Int, from: UInt64, to: UInt64,
+    rate: (Int) -> Int
+) -> [(at: UInt64, active: Int)] {
+    var changes: [(at: UInt64, active: Int)] = []
+    var at = from
+    while at <= to {
+        answered += rate(placement.active) / 40
+        for loop in 0..<placement.active
+        where report(&placement, loop: loop, share: share, answered: answered, at: at) {
+            changes.append((at, placement.active))
+            break
+        }
+        at += 25
+    }
+    return changes
+}
+
 @Suite("Which loops take connections: the policy")
 struct LoopPlacementTests {
-    /// A placement of two loops whose first one, with two connections, reported saturation at 100 ms, after
-    /// 10,000 requests: a trial of the second loop has begun.
-    private func inTrial() -> LoopPlacement {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
-        #expect(report(&placement, loop: 0, share: 0.95, answered: 10_000, at: 100))
-        #expect(placement.active == 2)
-        return placement
-    }
-
     @Test("new connections go to the active loop with the fewest connections")
     func placesOnFewest() {
         var placement = LoopPlacement(loopCount: 3, now: 0)
@@ -66,32 +77,74 @@ struct LoopPlacementTests {
         #expect(placement.active == 1)
     }
 
-    @Test("a trial that raised the answered rate keeps the loop")
+    @Test("a trial that raised the answered rate over two rate periods keeps the loop")
     func trialThatPaysIsKept() {
-        var placement = inTrial()
-        // Judged only on a rate period that began after the trial settled.
-        #expect(!report(&placement, loop: 1, share: 0.9, answered: 13_000, at: 125))
-        #expect(placement.phase != .steady)
-        #expect(!report(&placement, loop: 0, share: 0.9, answered: 30_000, at: 250))
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
+        var answered = 0
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 600) {
+            $0 == 1 ? 100_000 : 130_000
+        }
+        #expect(changes.map(\.active) == [2])
         #expect(placement.phase == .steady)
         #expect(placement.active == 2)
     }
 
     @Test("a trial that did not raise the rate gives the loop up, and the next trial waits a doubling back-off")
     func trialThatDoesNotPayBacksOff() {
-        var placement = inTrial()
-        #expect(report(&placement, loop: 0, share: 0.9, answered: 24_000, at: 250))
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
+        var answered = 0
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
+        #expect(changes.map(\.active) == [2, 1, 2, 1, 2, 1])
+        guard changes.count == 6 else { return }
+        // Each trial lasts a settling window and two rate periods; the back-offs are half a second, then one.
+        #expect(changes[1].at - changes[0].at >= 225)
+        #expect(changes[2].at - changes[1].at >= 500)
+        #expect(changes[4].at - changes[3].at >= 1_000)
+    }
+
+    @Test("a rate period stretched by an idle stretch is no baseline: a trial after a pause is judged on the load")
+    func idleStretchIsNoBaseline() {
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
+        var answered = 0
+        // A light load, then five silent seconds (loops report only when they wake), then saturation that a
+        // second loop does not serve any faster. Judged against the silence, the trial would look like a gain.
+        #expect(steadyLoad(&placement, share: 0.3, answered: &answered, from: 25, to: 200) { _ in 50_000 }.isEmpty)
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 5_000, to: 5_600) { _ in
+            100_000
+        }
+        #expect(changes.map(\.active) == [2, 1])
         #expect(placement.active == 1)
-        // Saturated again at once: no new trial before the back-off of half a second.
-        #expect(!report(&placement, loop: 0, share: 0.95, answered: 34_000, at: 400))
+    }
+
+    @Test("with loops to spare, one fewer is tried after a while and kept when it keeps the rate")
+    func recheckKeepsFewerLoops() {
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        placement.setActive(2, now: 0)
+        for _ in 0..<8 { _ = placement.place() }
+        var answered = 0
+        // Busy enough that the shares never fit in one loop, yet one loop answers as many.
+        let changes = steadyLoad(&placement, share: 0.7, answered: &answered, from: 25, to: 2_000) { _ in 150_000 }
+        #expect(changes.map(\.active) == [1])
+        #expect(changes.first.map { $0.at >= UInt64(LoopPlacement.recheckAfter / 1_000_000) } == true)
         #expect(placement.active == 1)
-        #expect(report(&placement, loop: 0, share: 0.95, answered: 150_000, at: 1_300))
+    }
+
+    @Test("a recheck that lost the rate brings the loop back, and the next waits twice as long")
+    func recheckThatLosesBacksOff() {
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        placement.setActive(2, now: 0)
+        for _ in 0..<8 { _ = placement.place() }
+        var answered = 0
+        let changes = steadyLoad(&placement, share: 0.7, answered: &answered, from: 25, to: 5_000) {
+            $0 == 1 ? 100_000 : 160_000
+        }
+        #expect(changes.map(\.active) == [1, 2, 1, 2])
+        guard changes.count == 4 else { return }
+        #expect(changes[2].at - changes[1].at >= 2_000)
         #expect(placement.active == 2)
-        #expect(report(&placement, loop: 0, share: 0.9, answered: 160_000, at: 1_500))
-        #expect(placement.active == 1)
-        // The second back-off is one second.
-        #expect(!report(&placement, loop: 0, share: 0.95, answered: 250_000, at: 2_400))
-        #expect(report(&placement, loop: 0, share: 0.95, answered: 400_000, at: 2_600))
     }
 
     @Test("loops whose CPU shares fit in one loop fewer are given up")
