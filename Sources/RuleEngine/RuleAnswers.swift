@@ -8,13 +8,13 @@ public enum RuleAnswers {
     @inline(__always)
     public static func appendFlag(_ ruleSet: RuleSet, flag index: Int, _ decision: FlagDecision, to out: inout [UInt8])
     {
-        // Read in place: copying a flag's fragments out of the rule set retains and releases each of its arrays,
-        // which cost more than appending their bytes.
-        ruleSet.flagFragments.withUnsafeBufferPointer { all in
-            all[index].head.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+        // Offsets into the rule set's arrays, read in place: nothing is copied out, so nothing is retained.
+        let record = ruleSet.flagFragments.records[index]
+        ruleSet.flagFragments.text.withUnsafeBytes { text in
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: text[Int(record.head)..<Int(record.tail)]))
             out.append(UInt8(ascii: ","))
-            appendDecision(all[index], decision, to: &out)
-            all[index].tail.withUnsafeBufferPointer { out.append(contentsOf: $0) }
+            appendDecision(ruleSet.flagFragments, record, decision, to: &out)
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: text[Int(record.tail)..<Int(record.end)]))
         }
     }
 
@@ -25,7 +25,7 @@ public enum RuleAnswers {
             if index > 0 { out.append(UInt8(ascii: ",")) }
             JSONWriter.appendEscapedString(flag.key, to: &out)
             out.append(contentsOf: ":{".utf8)
-            appendDecision(ruleSet.flagFragments[index], decisions[index], to: &out)
+            appendDecision(ruleSet.flagFragments, ruleSet.flagFragments.records[index], decisions[index], to: &out)
             out.append(UInt8(ascii: "}"))
         }
         out.append(contentsOf: "}}".utf8)
@@ -114,11 +114,15 @@ public enum RuleAnswers {
 
     @inline(__always)
     private static func appendDecision(
-        _ fragments: borrowing FlagAnswerFragments, _ decision: FlagDecision, to out: inout [UInt8]
+        _ table: borrowing FlagAnswerTable, _ record: FlagAnswerTable.Record, _ decision: FlagDecision,
+        to out: inout [UInt8]
     ) {
         if decision.variantIndex >= 0 {
-            fragments.variants.withUnsafeBufferPointer { variants in
-                variants[decision.variantIndex].withUnsafeBufferPointer { out.append(contentsOf: $0) }
+            let bound = Int(record.variants) + decision.variantIndex
+            let start = Int(table.variantBounds[bound])
+            let end = Int(table.variantBounds[bound + 1])
+            table.variantText.withUnsafeBytes {
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[start..<end]))
             }
         } else {
             // A flag without a default variant (`default = false`): no value, no variant; the caller's default.

@@ -17,9 +17,15 @@ public enum RequestOperation: String, Sendable, Hashable, CaseIterable {
 public struct DecodedRequest: Sendable, Hashable {
     public var operation: RequestOperation
     /// The raw JSON text of `id` (any JSON value), echoed verbatim in the answer.
-    public var id: Range<Int>?
+    public var id: Range<Int>? {
+        get { idSpan.range }
+        set { idSpan = Span(newValue) }
+    }
     /// `flag` (op flag): the key's UTF-8 bytes, straight from the line when it has no escapes.
-    public var flagRange: Range<Int>?
+    public var flagRange: Range<Int>? {
+        get { flagSpan.range }
+        set { flagSpan = Span(newValue) }
+    }
     /// `flag` when the key had escapes and had to be decoded.
     public var flagDecoded: String? {
         get { texts?.value.flagDecoded }
@@ -38,9 +44,15 @@ public struct DecodedRequest: Sendable, Hashable {
     /// `at`: the time `now()` returns to rules, in seconds since the epoch.
     public var at: Double?
     /// The `context` object (ops flag, flags).
-    public var context: Range<Int>?
+    public var context: Range<Int>? {
+        get { contextSpan.range }
+        set { contextSpan = Span(newValue) }
+    }
     /// The `request` object (op route).
-    public var request: Range<Int>?
+    public var request: Range<Int>? {
+        get { requestSpan.range }
+        set { requestSpan = Span(newValue) }
+    }
     /// `revision` (ops show, rollback): a revision of the history, or its first hex digits.
     public var revision: String? {
         get { texts?.value.revision }
@@ -73,7 +85,33 @@ public struct DecodedRequest: Sendable, Hashable {
     }
     /// `namespace` of a synchronous operation (flag, flags, route, config, explain): the name's UTF-8 bytes,
     /// straight from the line when it has no escapes (otherwise decoded into `namespace`). Absent: `default`.
-    public var namespaceRange: Range<Int>?
+    public var namespaceRange: Range<Int>? {
+        get { namespaceSpan.range }
+        set { namespaceSpan = Span(newValue) }
+    }
+
+    /// The ranges, as 32-bit offsets: a request is copied on its way to its answer, and as five optional
+    /// `Range<Int>` (24 bytes each with padding) it was 170 bytes rather than 80.
+    private var idSpan = Span(), flagSpan = Span(), contextSpan = Span(), requestSpan = Span(), namespaceSpan = Span()
+
+    /// A range of the line, or none (`lower < 0`). A line is never 2 GiB long (``RequestDecoder`` refuses one).
+    private struct Span: Sendable, Hashable {
+        var lower: Int32 = -1
+        var upper: Int32 = 0
+
+        init() {}
+
+        @inline(__always)
+        init(_ range: Range<Int>?) {
+            if let range {
+                lower = Int32(range.lowerBound)
+                upper = Int32(range.upperBound)
+            }
+        }
+
+        @inline(__always)
+        var range: Range<Int>? { lower < 0 ? nil : Int(lower)..<Int(upper) }
+    }
 
     /// The members decoded into strings, which most requests have none of: kept out of line, so that a request is
     /// small to copy and has one reference to count rather than nine.
@@ -255,6 +293,11 @@ public struct RequestDecoder {
     /// Decodes one line.
     /// - Returns: the request, or the failure to answer (PARSE_ERROR or INVALID_REQUEST).
     public mutating func decode(_ line: UnsafeRawBufferPointer) -> Result<DecodedRequest, RequestDecodingFailure> {
+        // A request keeps its ranges as 32-bit offsets; no frame decoder passes a line this long.
+        guard line.count < Int(Int32.max) else {
+            return .failure(
+                RequestDecodingFailure(error: ProtocolError(.parseError, "line longer than 2 GiB"), id: nil))
+        }
         let skimmed: Bool
         do {
             if skimsContexts {

@@ -46,7 +46,7 @@ struct FlagMemoryTests {
         let twin = try #require(flags.firstIndex { $0.key == "twin" })
         #expect(boolean.count == 3)
         #expect(Set(boolean.map { Self.storage(flags[$0].variants) }).count == 1)
-        #expect(Set(boolean.map { Self.storage(rules.ruleSet.flagFragments[$0].variants) }).count == 1)
+        #expect(Set(boolean.map { rules.ruleSet.flagFragments.records[$0].variants }).count == 1)
         // Flags with variants of their own keep their own, even when equal to another flag's.
         #expect(Self.storage(flags[own].variants) != Self.storage(flags[boolean[0]].variants))
         #expect(Self.storage(flags[own].variants) != Self.storage(flags[twin].variants))
@@ -76,7 +76,8 @@ struct FlagMemoryTests {
         ])
         let fragments = rules.ruleSet.flagFragments
         #expect(fragments.count == 51)
-        for (index, piece) in fragments.enumerated() {
+        for index in 0..<fragments.count {
+            let piece = fragments[index]
             let head = try #require(Self.start(piece.head))
             #expect(Self.start(piece.tail) == head + piece.head.count)
             if index + 1 < fragments.count {

@@ -30,6 +30,19 @@ struct RequestDecoderTests {
         #expect(request.at == 12.5)
     }
 
+    @Test("a decoded request is small to copy: its ranges are 32-bit offsets, absent ones nil")
+    func compactRanges() throws {
+        #expect(MemoryLayout<DecodedRequest>.size <= 96)
+        let (result, _) = decode(#"{"op":"flag","flag":"f","context":{}}"#)
+        var request = try result.get()
+        #expect(request.id == nil && request.request == nil && request.namespaceRange == nil)
+        #expect(request.flagRange == 21..<22 && request.context == 34..<36)
+        request.id = 0..<0
+        request.namespaceRange = 7..<9
+        request.context = nil
+        #expect(request.id == 0..<0 && request.namespaceRange == 7..<9 && request.context == nil)
+    }
+
     @Test("escaped member names and flag keys are decoded")
     func escapes() throws {
         let (result, bytes) = decode(#"{"o\u0070":"flag","flag":"caf\u00e9"}"#)
