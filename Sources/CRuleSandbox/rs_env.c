@@ -402,14 +402,20 @@ static const luaL_Reg readonly_metamethods[] = {
 };
 
 /* Installs the metatable that makes the (empty) table at `proxy` a read-only view of `storage`. */
-static void set_readonly_meta(lua_State *L, int proxy, int storage, bool protect_false) {
-    lua_createtable(L, 0, 6);
+/* Points the read-only metatable on top of the stack at the table at `storage` (an absolute index): reads go
+ * there, and it is the storage the sandbox's own readers find behind the proxy. */
+static void point_readonly_meta(lua_State *L, int storage) {
     lua_pushliteral(L, "__index");
     lua_pushvalue(L, storage);
     lua_rawset(L, -3);
     lua_pushliteral(L, "__rs_storage");
     lua_pushvalue(L, storage);
     lua_rawset(L, -3);
+}
+
+static void set_readonly_meta(lua_State *L, int proxy, int storage, bool protect_false) {
+    lua_createtable(L, 0, 6);
+    point_readonly_meta(L, storage);
     luaL_setfuncs(L, readonly_metamethods, 0);
     if (protect_false) {
         lua_pushliteral(L, "__metatable");
@@ -446,12 +452,7 @@ void rs_make_readonly(lua_State *L) {
     lua_Integer slot = (lua_Integer)++S->nested_proxies_used;
     if (lua_rawgeti(L, pool, slot) == LUA_TTABLE) {
         lua_getmetatable(L, -1);
-        lua_pushliteral(L, "__index");
-        lua_pushvalue(L, storage);
-        lua_rawset(L, -3);
-        lua_pushliteral(L, "__rs_storage");
-        lua_pushvalue(L, storage);
-        lua_rawset(L, -3);
+        point_readonly_meta(L, storage);
         lua_pop(L, 1);
     } else {
         lua_pop(L, 1);
@@ -514,12 +515,7 @@ void rs_make_readonly_context(lua_State *L) {
     /* The metatable keeps its storage alive, so an equal pointer is the same table: nothing to re-point. */
     if (target != S->context_target) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
-        lua_pushliteral(L, "__index");
-        lua_pushvalue(L, storage);
-        lua_rawset(L, -3);
-        lua_pushliteral(L, "__rs_storage");
-        lua_pushvalue(L, storage);
-        lua_rawset(L, -3);
+        point_readonly_meta(L, storage);
         lua_pop(L, 1);
         S->context_target = target;
     }

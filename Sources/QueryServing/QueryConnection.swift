@@ -338,7 +338,7 @@ final class QueryConnection: EventPollSource {
             }
         case .line(let line):
             responder.beginBatch()
-            _ = line.withUnsafeReadableBytes { accept($0) }
+            line.withUnsafeReadableBytes { accept($0) }
             responder.endBatch()
         case .lines(let lines):
             responder.beginBatch()
@@ -558,7 +558,7 @@ final class QueryConnection: EventPollSource {
         while state.answers, !state.isAwaitingAnswer, let item = queue.popFirst() {
             switch item {
             case .line(let line):
-                _ = line.withUnsafeReadableBytes { answer($0) }
+                line.withUnsafeReadableBytes { answer($0) }
             case .tooLarge(let limit):
                 refuseTooLarge(limit: limit)
             }
