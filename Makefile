@@ -101,8 +101,12 @@ bench: deps
 VERSION ?= 0.1.0
 # Every function in a section of its own, Swift and C, so that the link order (Package.swift,
 # tools/link-order/rulesd.order) can put the code start-up and serving run together: 2 MiB less resident memory.
+# Release code also leaves out Swift's run-time exclusivity checks: the compile-time checks stay, and every test runs
+# in a debug build, where the run-time checks are on. They were 6 % of a whole request's instructions (a begin/end
+# call pair for each access to a buffer that a class or a closure holds).
 RELEASE_FLAGS := -c release --static-swift-stdlib --disable-local-rpath \
-	-Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections
+	-Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections \
+	-Xswiftc -enforce-exclusivity=unchecked
 RELEASE_DIR := .build/release
 
 .PHONY: release install uninstall deb deb-deps k8s-validate

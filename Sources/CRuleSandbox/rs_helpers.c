@@ -29,13 +29,19 @@
  * scanning a version or a CIDR all take time proportional to the string, and the count hook sees none of it.
  * Without this, a loop calling a helper on a string of many megabytes overran the deadline by seconds.
  */
-static void charge_strings(lua_State *L, int count, uint64_t bytes_per_step)
+/* The steps that reading the string arguments among the first `count` costs, at `bytes_per_step` bytes a step. */
+static uint64_t string_steps(lua_State *L, int count, uint64_t bytes_per_step)
 {
     uint64_t bytes = 0;
     for (int i = 1; i <= count; i++)
         if (lua_type(L, i) == LUA_TSTRING)
             bytes += lua_rawlen(L, i);
-    rs_charge(L, bytes / bytes_per_step);
+    return bytes / bytes_per_step;
+}
+
+static void charge_strings(lua_State *L, int count, uint64_t bytes_per_step)
+{
+    rs_charge(L, string_steps(L, count, bytes_per_step));
 }
 
 /* Length of the list at `idx` as the # operator sees it (frozen proxies answer through __len); a negative answer
@@ -313,7 +319,6 @@ static int h_split(lua_State *L)
 static int h_rollout(lua_State *L)
 {
     size_t seed_len;
-    charge_strings(L, 3, 16);
     const char *seed = hash_seed(L, 3, "rollout", &seed_len);
     if (lua_type(L, 2) != LUA_TNUMBER)
         return luaL_error(L, "rollout: percent must be a number");
@@ -329,7 +334,8 @@ static int h_rollout(lua_State *L)
     const uint64_t total = 100 * ROLLOUT_SCALE;
     if (on > total)
         on = total;
-    rs_charge(L, 2); /* a walk over two buckets, as split would charge */
+    /* The strings' bytes, and a walk over two buckets as split would charge: one charge before any hashing. */
+    rs_charge(L, string_steps(L, 3, 16) + 2);
 
     if (lua_type(L, 1) != LUA_TSTRING) {
         lua_pushnil(L);

@@ -319,19 +319,62 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
 }
 
 /* The first of the two slots a key may take (the cache is two-way set-associative, so that two keys of one context
- * that hash alike do not evict each other on every conversion). */
-static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
-    uint32_t h = (uint32_t)n * 0x9E3779B1u;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x01000193u;
+ * that hash alike do not evict each other on every conversion): an FNV-1a walk over the bytes (KEY_HASH_STEP, which
+ * jp_top_key runs as it scans the key), then its length mixed in. */
+#define KEY_HASH_SEED 0x811C9DC5u
+#define KEY_HASH_STEP(h, byte) ((h) = ((h) ^ (byte)) * 0x01000193u)
+
+static unsigned key_cache_set_from(uint32_t h, size_t n) {
+    h ^= (uint32_t)n * 0x9E3779B1u;
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
     return (h >> 27) * 2; /* the top five bits: one of KEY_CACHE_SLOTS / 2 sets */
 }
 
+static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
+    uint32_t h = KEY_HASH_SEED;
+    for (size_t i = 0; i < n; i++) KEY_HASH_STEP(h, p[i]);
+    return key_cache_set_from(h, n);
+}
+
+/* Whether n bytes (at most KEY_CACHE_MAX_LEN) at a and b are equal: a few word loads, overlapping at the end and
+ * reading nothing outside the n bytes, rather than a call to memcmp for a handful of bytes. */
+static inline bool key_bytes_equal(const unsigned char *a, const unsigned char *b, size_t n) {
+    if (n >= 8) {
+        uint64_t x, y;
+        for (size_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, b + i, 8);
+            if (x != y) return false;
+        }
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, b + n - 8, 8);
+        return x == y;
+    }
+    if (n >= 4) {
+        uint32_t x1, y1, x2, y2;
+        memcpy(&x1, a, 4);
+        memcpy(&y1, b, 4);
+        memcpy(&x2, a + n - 4, 4);
+        memcpy(&y2, b + n - 4, 4);
+        return x1 == y1 && x2 == y2;
+    }
+    if (n >= 2) {
+        uint16_t x1, y1, x2, y2;
+        memcpy(&x1, a, 2);
+        memcpy(&y1, b, 2);
+        memcpy(&x2, a + n - 2, 2);
+        memcpy(&y2, b + n - 2, 2);
+        return x1 == y1 && x2 == y2;
+    }
+    return n == 0 || a[0] == b[0];
+}
+
 /* The slot holding the key, or -1. */
 static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes, size_t n) {
     for (unsigned slot = first; slot < first + 2; slot++)
-        if (kc->len[slot] == n + 1 && memcmp(kc->bytes[slot], bytes, n) == 0) return (int)slot;
+        if (kc->len[slot] == n + 1 && key_bytes_equal((const unsigned char *)kc->bytes[slot], bytes, n))
+            return (int)slot;
     return -1;
 }
 
@@ -348,7 +391,11 @@ static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
 static int jp_top_key(jp *j, key_cache *kc, int t) {
     int kcidx = t + 1;
     const unsigned char *start = j->p;
-    while (j->p < j->end && plain_ascii[*j->p]) j->p++;
+    uint32_t h = KEY_HASH_SEED;
+    while (j->p < j->end && plain_ascii[*j->p]) {
+        KEY_HASH_STEP(h, *j->p);
+        j->p++;
+    }
     size_t n = (size_t)(j->p - start);
     if (j->p >= j->end || *j->p != '"' || n > KEY_CACHE_MAX_LEN) {
         j->p = start;
@@ -360,7 +407,7 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
         return key_cache_find(kc, key_cache_set_of((const unsigned char *)key, len), key, len);
     }
     j->p++;
-    unsigned first = key_cache_set_of(start, n);
+    unsigned first = key_cache_set_from(h, n);
     int found = key_cache_find(kc, first, start, n);
     if (found >= 0) {
         lua_getiuservalue(j->L, kcidx, found + 1);

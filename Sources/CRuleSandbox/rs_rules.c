@@ -245,8 +245,8 @@ static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t w
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
             for (int i = 0; i < f->variant_count; i++) {
-                const char *name = f->variants[i].name;
-                if (strlen(name) == len && memcmp(name, s, len) == 0) {
+                const rs_variant_entry *v = &f->variants[i];
+                if (v->name_len == len && memcmp(v->name, s, len) == 0) {
                     lua_pop(L, 1);
                     return i;
                 }
@@ -599,6 +599,7 @@ static bool add_variant(lua_State *L, rs_state *S, decl_view *d, rs_flag_entry *
     }
     rs_variant_entry *v = &f->variants[f->variant_count];
     v->name = rs_strndup(name->name, name->len);
+    v->name_len = name->len;
     v->json = json;
     v->json_len = jlen;
     f->variant_count++;
@@ -667,7 +668,7 @@ done:
 /* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). Every boolean flag shares one
  * variant array (C) and one name map and value list (Lua): a rule set of 10,000 such flags would otherwise hold
  * 10,000 copies of each, about 500 bytes a flag. */
-rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", (char *)"false", 5}, {(char *)"on", (char *)"true", 4}};
+rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", 3, (char *)"false", 5}, {(char *)"on", 2, (char *)"true", 4}};
 
 static void use_boolean_variants(lua_State *L, rs_state *S, rs_flag_entry *f) {
     f->variants = rs_boolean_variants;
@@ -1367,8 +1368,8 @@ void rs_eval_flag(rs_state *S, size_t flag, const char *context_json, size_t con
         } else {
             classify_failure(S, L, status, outcome);
         }
+        rs_disarm(S); /* a transaction that completed disarmed itself */
     }
-    rs_disarm(S);
     if (a.lazy_context) rs_context_end(L);
     lua_settop(L, 0);
 }

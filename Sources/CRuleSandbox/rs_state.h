@@ -43,6 +43,7 @@ typedef struct rs_diag_entry {
 
 typedef struct rs_variant_entry {
     char *name;
+    size_t name_len;
     char *json;
     size_t json_len;
 } rs_variant_entry;

@@ -168,7 +168,7 @@ public struct JSONObjectScanner: Sendable {
     /// - Throws: ``JSONParseError`` when the line is not one valid JSON object (skimmed objects aside) or exceeds
     ///   the limits.
     public func scan(
-        _ bytes: UnsafeRawBufferPointer, into members: inout [JSONMember], skimmingObjectsNamed names: [StaticString]
+        _ bytes: UnsafeRawBufferPointer, into members: inout [JSONMember], skimmingObjectsNamed names: JSONSkimmedNames
     ) throws(JSONParseError) -> Bool {
         // A value takes at least one byte of its own, so a line no longer than these limits cannot exceed them.
         if bytes.count <= limits.maxValues && bytes.count <= limits.maxStringBytes {
@@ -402,14 +402,41 @@ private struct CollectingSink: JSONEventSink {
 }
 
 /// Collects top-level members as ranges, skimming the object values of the members it names.
+/// The top-level members whose object values ``JSONObjectScanner/scan(_:into:skimmingObjectsNamed:)`` skims, by
+/// key. Made once (a decoder keeps one): each name's length and ``packedPrefix(_:)-(StaticString)`` are worked out
+/// here, so that telling whether a key is one of them is an integer comparison per name of its length.
+public struct JSONSkimmedNames: Sendable, ExpressibleByArrayLiteral {
+    private let names: [StaticString]
+    private let packed: [(count: Int, word: UInt64)]
+
+    public init(_ names: [StaticString]) {
+        self.names = names
+        packed = names.map { (count: $0.utf8CodeUnitCount, word: packedPrefix($0)) }
+    }
+
+    public init(arrayLiteral names: StaticString...) { self.init(names) }
+
+    /// Whether `key` (decoded bytes) names one of them.
+    @inline(__always)
+    func contains(_ key: UnsafeRawBufferPointer) -> Bool {
+        let count = key.count
+        for index in packed.indices where packed[index].count == count {
+            if count <= 8 ? packedPrefix(key) == packed[index].word : JSONObjectScanner.key(key, equals: names[index]) {
+                return true
+            }
+        }
+        return false
+    }
+}
+
 private struct SkimmingSink: JSONEventSink {
     var collecting = CollectingSink()
-    let names: [StaticString]
+    let names: JSONSkimmedNames
     /// Whether the member just keyed is one to skim.
     var skimsNext = false
     var skimmed = false
 
-    init(names: [StaticString]) {
+    init(names: JSONSkimmedNames) {
         self.names = names
     }
 
@@ -422,7 +449,7 @@ private struct SkimmingSink: JSONEventSink {
     @inline(__always)
     mutating func key(_ bytes: UnsafeRawBufferPointer, content: Range<Int>, escaped: Bool, depth: Int) {
         if depth == 1 {
-            skimsNext = names.contains { JSONObjectScanner.key(bytes, equals: $0) }
+            skimsNext = names.contains(bytes)
             collecting.key(bytes, content: content, escaped: escaped, depth: depth)
         }
     }

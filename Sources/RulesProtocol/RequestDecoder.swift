@@ -235,7 +235,42 @@ public struct RequestDecoder {
         JSONObjectScanner(limits: JSONLimits(maxDepth: maxDepth, rejectsNumbersBeyondDouble: false))
     }
 
-    private static let skimmedMembers: [StaticString] = ["context", "request"]
+    private static let skimmedMembers: JSONSkimmedNames = ["context", "request"]
+
+    /// The member names as ``packedPrefix(_:)-(StaticString)`` words: with the key's length, one comparison each.
+    private enum Names {
+        static let id = packedPrefix("id")
+        static let op = packedPrefix("op")
+        static let at = packedPrefix("at")
+        static let key = packedPrefix("key")
+        static let ttl = packedPrefix("ttl")
+        static let flag = packedPrefix("flag")
+        static let path = packedPrefix("path")
+        static let route = packedPrefix("route")
+        static let prefix = packedPrefix("prefix")
+        static let reason = packedPrefix("reason")
+        static let context = packedPrefix("context")
+        static let request = packedPrefix("request")
+        static let variant = packedPrefix("variant")
+        static let revision = packedPrefix("revision")
+    }
+
+    /// The operations' names (beyond those that are also member names) as packed words.
+    private enum Operations {
+        static let ping = packedPrefix("ping")
+        static let show = packedPrefix("show")
+        static let flags = packedPrefix("flags")
+        static let watch = packedPrefix("watch")
+        static let config = packedPrefix("config")
+        static let status = packedPrefix("status")
+        static let reload = packedPrefix("reload")
+        static let resume = packedPrefix("resume")
+        static let explain = packedPrefix("explain")
+        static let metrics = packedPrefix("metrics")
+        static let capture = packedPrefix("capture")
+        static let history = packedPrefix("history")
+        static let rollback = packedPrefix("rollback")
+    }
 
     private enum Field {
         case id, op, flag, key, prefix, at, context, request, revision, path, route, unknown
@@ -264,26 +299,27 @@ public struct RequestDecoder {
             }
         }
         let key = UnsafeRawBufferPointer(rebasing: line[member.keyRange])
+        let word = packedPrefix(key)
         switch key.count {
         case 2:
-            if JSONObjectScanner.key(key, equals: "id") { return .id }
-            if JSONObjectScanner.key(key, equals: "op") { return .op }
-            if JSONObjectScanner.key(key, equals: "at") { return .at }
-        case 4:
-            if JSONObjectScanner.key(key, equals: "flag") { return .flag }
-            if JSONObjectScanner.key(key, equals: "path") { return .path }
+            if word == Names.id { return .id }
+            if word == Names.op { return .op }
+            if word == Names.at { return .at }
         case 3:
-            if JSONObjectScanner.key(key, equals: "key") { return .key }
-            if JSONObjectScanner.key(key, equals: "ttl") { return .ttl }
-        case 5: if JSONObjectScanner.key(key, equals: "route") { return .route }
+            if word == Names.key { return .key }
+            if word == Names.ttl { return .ttl }
+        case 4:
+            if word == Names.flag { return .flag }
+            if word == Names.path { return .path }
+        case 5: if word == Names.route { return .route }
         case 6:
-            if JSONObjectScanner.key(key, equals: "prefix") { return .prefix }
-            if JSONObjectScanner.key(key, equals: "reason") { return .reason }
+            if word == Names.prefix { return .prefix }
+            if word == Names.reason { return .reason }
         case 7:
-            if JSONObjectScanner.key(key, equals: "context") { return .context }
-            if JSONObjectScanner.key(key, equals: "request") { return .request }
-            if JSONObjectScanner.key(key, equals: "variant") { return .variant }
-        case 8: if JSONObjectScanner.key(key, equals: "revision") { return .revision }
+            if word == Names.context { return .context }
+            if word == Names.request { return .request }
+            if word == Names.variant { return .variant }
+        case 8: if word == Names.revision { return .revision }
         case 9: if JSONObjectScanner.key(key, equals: "namespace") { return .namespace }
         default: break
         }
@@ -458,26 +494,27 @@ public struct RequestDecoder {
         let content = UnsafeRawBufferPointer(
             rebasing: line[member.valueRange.lowerBound + 1..<member.valueRange.upperBound - 1])
         if !content.contains(UInt8(ascii: "\\")) {
+            let word = packedPrefix(content)
             switch content.count {
             case 4:
-                if JSONObjectScanner.key(content, equals: "flag") { return .flag }
-                if JSONObjectScanner.key(content, equals: "ping") { return .ping }
-                if JSONObjectScanner.key(content, equals: "show") { return .show }
+                if word == Names.flag { return .flag }
+                if word == Operations.ping { return .ping }
+                if word == Operations.show { return .show }
             case 5:
-                if JSONObjectScanner.key(content, equals: "flags") { return .flags }
-                if JSONObjectScanner.key(content, equals: "route") { return .route }
-                if JSONObjectScanner.key(content, equals: "watch") { return .watch }
+                if word == Operations.flags { return .flags }
+                if word == Names.route { return .route }
+                if word == Operations.watch { return .watch }
             case 6:
-                if JSONObjectScanner.key(content, equals: "config") { return .config }
-                if JSONObjectScanner.key(content, equals: "status") { return .status }
-                if JSONObjectScanner.key(content, equals: "reload") { return .reload }
-                if JSONObjectScanner.key(content, equals: "resume") { return .resume }
+                if word == Operations.config { return .config }
+                if word == Operations.status { return .status }
+                if word == Operations.reload { return .reload }
+                if word == Operations.resume { return .resume }
             case 7:
-                if JSONObjectScanner.key(content, equals: "explain") { return .explain }
-                if JSONObjectScanner.key(content, equals: "metrics") { return .metrics }
-                if JSONObjectScanner.key(content, equals: "capture") { return .capture }
-                if JSONObjectScanner.key(content, equals: "history") { return .history }
-            case 8: if JSONObjectScanner.key(content, equals: "rollback") { return .rollback }
+                if word == Operations.explain { return .explain }
+                if word == Operations.metrics { return .metrics }
+                if word == Operations.capture { return .capture }
+                if word == Operations.history { return .history }
+            case 8: if word == Operations.rollback { return .rollback }
             case 12: if JSONObjectScanner.key(content, equals: "override_set") { return .overrideSet }
             case 13: if JSONObjectScanner.key(content, equals: "override_list") { return .overrideList }
             case 14: if JSONObjectScanner.key(content, equals: "override_clear") { return .overrideClear }

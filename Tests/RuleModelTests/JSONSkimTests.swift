@@ -74,4 +74,21 @@ struct JSONSkimTests {
             #expect(((try? result.get()) != nil) == accepted, "\(line)")
         }
     }
+
+    @Test("names are matched exactly, whatever their length, and only names given are skimmed")
+    func namesMatchedExactly() throws {
+        let names: JSONSkimmedNames = ["ctx", "context", "long_member_name", "x"]
+        for (key, skims) in [
+            ("ctx", true), ("context", true), ("long_member_name", true), ("x", true), ("cty", false),
+            ("contexT", false), ("contexts", false), ("long_member_namf", false), ("long_member_nam", false),
+            ("y", false), ("", false), ("requests", false),
+        ] {
+            var members: [JSONMember] = []
+            let line = Array(#"{"\#(key)":{"a":1}}"#.utf8)
+            let skimmed = try line.withUnsafeBytes { raw throws(JSONParseError) in
+                try scanner.scan(raw, into: &members, skimmingObjectsNamed: names)
+            }
+            #expect(skimmed == skims, "\(key)")
+        }
+    }
 }
