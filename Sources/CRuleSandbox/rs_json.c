@@ -359,15 +359,9 @@ static inline bool key_bytes_equal(const unsigned char *a, const unsigned char *
         memcpy(&y2, b + n - 4, 4);
         return x1 == y1 && x2 == y2;
     }
-    if (n >= 2) {
-        uint16_t x1, y1, x2, y2;
-        memcpy(&x1, a, 2);
-        memcpy(&y1, b, 2);
-        memcpy(&x2, a + n - 2, 2);
-        memcpy(&y2, b + n - 2, 2);
-        return x1 == y1 && x2 == y2;
-    }
-    return n == 0 || a[0] == b[0];
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return false;
+    return true;
 }
 
 /* The slot holding the key, or -1. */

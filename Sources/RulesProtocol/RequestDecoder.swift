@@ -237,38 +237,20 @@ public struct RequestDecoder {
 
     private static let skimmedMembers: JSONSkimmedNames = ["context", "request"]
 
-    /// The member names as ``packedPrefix(_:)-(StaticString)`` words: with the key's length, one comparison each.
+    /// The member and operation names as ``packedPrefix(_:)-(StaticString)`` words: with the length, one comparison
+    /// each.
     private enum Names {
-        static let id = packedPrefix("id")
-        static let op = packedPrefix("op")
-        static let at = packedPrefix("at")
-        static let key = packedPrefix("key")
-        static let ttl = packedPrefix("ttl")
-        static let flag = packedPrefix("flag")
-        static let path = packedPrefix("path")
-        static let route = packedPrefix("route")
-        static let prefix = packedPrefix("prefix")
-        static let reason = packedPrefix("reason")
-        static let context = packedPrefix("context")
-        static let request = packedPrefix("request")
-        static let variant = packedPrefix("variant")
+        static let id = packedPrefix("id"), op = packedPrefix("op"), at = packedPrefix("at")
+        static let key = packedPrefix("key"), ttl = packedPrefix("ttl"), flag = packedPrefix("flag")
+        static let path = packedPrefix("path"), route = packedPrefix("route"), prefix = packedPrefix("prefix")
+        static let reason = packedPrefix("reason"), context = packedPrefix("context")
+        static let request = packedPrefix("request"), variant = packedPrefix("variant")
         static let revision = packedPrefix("revision")
-    }
-
-    /// The operations' names (beyond those that are also member names) as packed words.
-    private enum Operations {
-        static let ping = packedPrefix("ping")
-        static let show = packedPrefix("show")
-        static let flags = packedPrefix("flags")
-        static let watch = packedPrefix("watch")
-        static let config = packedPrefix("config")
-        static let status = packedPrefix("status")
-        static let reload = packedPrefix("reload")
-        static let resume = packedPrefix("resume")
-        static let explain = packedPrefix("explain")
-        static let metrics = packedPrefix("metrics")
-        static let capture = packedPrefix("capture")
-        static let history = packedPrefix("history")
+        static let ping = packedPrefix("ping"), show = packedPrefix("show"), flags = packedPrefix("flags")
+        static let watch = packedPrefix("watch"), config = packedPrefix("config"), status = packedPrefix("status")
+        static let reload = packedPrefix("reload"), resume = packedPrefix("resume")
+        static let explain = packedPrefix("explain"), metrics = packedPrefix("metrics")
+        static let capture = packedPrefix("capture"), history = packedPrefix("history")
         static let rollback = packedPrefix("rollback")
     }
 
@@ -498,23 +480,23 @@ public struct RequestDecoder {
             switch content.count {
             case 4:
                 if word == Names.flag { return .flag }
-                if word == Operations.ping { return .ping }
-                if word == Operations.show { return .show }
+                if word == Names.ping { return .ping }
+                if word == Names.show { return .show }
             case 5:
-                if word == Operations.flags { return .flags }
+                if word == Names.flags { return .flags }
                 if word == Names.route { return .route }
-                if word == Operations.watch { return .watch }
+                if word == Names.watch { return .watch }
             case 6:
-                if word == Operations.config { return .config }
-                if word == Operations.status { return .status }
-                if word == Operations.reload { return .reload }
-                if word == Operations.resume { return .resume }
+                if word == Names.config { return .config }
+                if word == Names.status { return .status }
+                if word == Names.reload { return .reload }
+                if word == Names.resume { return .resume }
             case 7:
-                if word == Operations.explain { return .explain }
-                if word == Operations.metrics { return .metrics }
-                if word == Operations.capture { return .capture }
-                if word == Operations.history { return .history }
-            case 8: if word == Operations.rollback { return .rollback }
+                if word == Names.explain { return .explain }
+                if word == Names.metrics { return .metrics }
+                if word == Names.capture { return .capture }
+                if word == Names.history { return .history }
+            case 8: if word == Names.rollback { return .rollback }
             case 12: if JSONObjectScanner.key(content, equals: "override_set") { return .overrideSet }
             case 13: if JSONObjectScanner.key(content, equals: "override_list") { return .overrideList }
             case 14: if JSONObjectScanner.key(content, equals: "override_clear") { return .overrideClear }
