@@ -36,15 +36,21 @@ typedef struct jp {
 
 /* The keys of top-level members, interned once per state: the same few keys arrive with every context, and pushing a
  * kept string costs a fraction of interning its bytes again (hashing, the string table's chain, the allocator's
- * check). Direct-mapped: a key takes the slot of its hash, replacing whatever was there. The strings are the user
- * values of the cache's userdata, so that they stay alive while cached and no longer.
+ * check). Set-associative: a key takes a slot of its hash's set, replacing the one set longest ago. The strings are
+ * the user values of the cache's userdata, so that they stay alive while cached and no longer.
  *
  * The cache also keeps track of which keys the reused context storage holds (rs_env.c), so that a conversion need
  * not empty the storage first (walking a table with lua_next costs more than building a new one): it overwrites the
  * members it has, then removes the keys the last conversion set and this one did not. When the storage may hold a
  * key that the cache cannot name (a key not cached, a cached key replaced while its member was set, a conversion
  * that failed half-way), the next conversion empties it whole instead. */
-#define KEY_CACHE_SLOTS 64
+#define KEY_CACHE_SLOTS 256
+/* Four slots a key may take, in 64 sets: with 64 slots in sets of two, a context of 20 keys had three in one set one
+ * time in four, and then lost track of its storage (and emptied it whole) at every conversion, three times the cost
+ * of tracking it. Now a set overflows about one time in twenty for 40 keys. */
+#define KEY_CACHE_WAYS 4
+#define KEY_CACHE_SET_BITS 6 /* KEY_CACHE_SLOTS / KEY_CACHE_WAYS sets */
+_Static_assert(KEY_CACHE_WAYS << KEY_CACHE_SET_BITS == KEY_CACHE_SLOTS, "the sets fill the cache");
 #define KEY_CACHE_MAX_LEN 23
 
 typedef struct key_cache {
@@ -53,7 +59,7 @@ typedef struct key_cache {
     uint8_t len[KEY_CACHE_SLOTS];     /* the key's length + 1; 0 for an empty slot */
     uint8_t last[KEY_CACHE_SLOTS];    /* the slots whose keys the last complete conversion set */
     uint8_t current[KEY_CACHE_SLOTS]; /* the slots whose keys this conversion has set */
-    uint8_t nlast, ncurrent;
+    uint16_t nlast, ncurrent;
     bool untracked; /* the storage may hold keys that `last` does not name: empty it whole first */
     bool lost;      /* this conversion set a key that `current` does not name */
     char bytes[KEY_CACHE_SLOTS][KEY_CACHE_MAX_LEN];
@@ -259,8 +265,18 @@ static void jp_number(jp *j) {
         if (j->p >= j->end || *j->p < '0' || *j->p > '9') jp_fail(j, "invalid number");
         while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
     }
-    char buf[64];
     size_t len = (size_t)(j->p - start);
+    /* Integers of up to 18 digits cannot overflow 64 bits: read directly, without copying them for strtoll. */
+    if (integer && len <= 18 + (*start == '-')) {
+        if (j->build) {
+            const unsigned char *d = start + (*start == '-');
+            lua_Integer v = 0;
+            for (; d < j->p; d++) v = v * 10 + (*d - '0');
+            lua_pushinteger(j->L, *start == '-' ? -v : v);
+        }
+        return;
+    }
+    char buf[64];
     if (len >= sizeof buf) {
         /* Long literals: only the float path can hold them; copy through a Lua string. */
         lua_pushlstring(j->L, (const char *)start, len);
@@ -318,9 +334,9 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
     }
 }
 
-/* The first of the two slots a key may take (the cache is two-way set-associative, so that two keys of one context
- * that hash alike do not evict each other on every conversion): an FNV-1a walk over the bytes (KEY_HASH_STEP, which
- * jp_top_key runs as it scans the key), then its length mixed in. */
+/* The first of the slots a key may take (the cache is set-associative, so that keys of one context that hash alike
+ * do not evict each other on every conversion): an FNV-1a walk over the bytes (KEY_HASH_STEP, which jp_top_key runs
+ * as it scans the key), then its length mixed in. */
 #define KEY_HASH_SEED 0x811C9DC5u
 #define KEY_HASH_STEP(h, byte) ((h) = ((h) ^ (byte)) * 0x01000193u)
 
@@ -328,7 +344,7 @@ static unsigned key_cache_set_from(uint32_t h, size_t n) {
     h ^= (uint32_t)n * 0x9E3779B1u;
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
-    return (h >> 27) * 2; /* the top five bits: one of KEY_CACHE_SLOTS / 2 sets */
+    return (h >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS; /* the top bits choose the set */
 }
 
 static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
@@ -366,7 +382,7 @@ static inline bool key_bytes_equal(const unsigned char *a, const unsigned char *
 
 /* The slot holding the key, or -1. */
 static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes, size_t n) {
-    for (unsigned slot = first; slot < first + 2; slot++)
+    for (unsigned slot = first; slot < first + KEY_CACHE_WAYS; slot++)
         if (kc->len[slot] == n + 1 && key_bytes_equal((const unsigned char *)kc->bytes[slot], bytes, n))
             return (int)slot;
     return -1;
@@ -409,7 +425,13 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
     }
     /* The slot to replace: an empty one, else the one a conversion set longest ago. */
     unsigned slot = first;
-    if (kc->len[first] != 0 && (kc->len[first + 1] == 0 || kc->set_in[first + 1] < kc->set_in[first])) slot++;
+    for (unsigned way = first; way < first + KEY_CACHE_WAYS; way++) {
+        if (kc->len[way] == 0) {
+            slot = way;
+            break;
+        }
+        if (kc->set_in[way] < kc->set_in[slot]) slot = way;
+    }
     lua_pushlstring(j->L, (const char *)start, n);
     /* The key it replaces: a member of this conversion stays, but the cache no longer names it (the slot stays
      * listed once, for the new key); one that only an earlier conversion set goes now, while the cache names it. */
@@ -437,7 +459,7 @@ static void key_cache_set(key_cache *kc, int slot) {
 
 /* Removes the members of the last conversion that this one has not set (yet). */
 static void key_cache_drop_stale(lua_State *L, key_cache *kc, int t) {
-    for (uint8_t i = 0; i < kc->nlast; i++) {
+    for (unsigned i = 0; i < kc->nlast; i++) {
         unsigned slot = kc->last[i];
         if (kc->set_in[slot] != kc->fill) key_cache_remove(L, t + 1, t, slot);
     }
@@ -669,12 +691,12 @@ static const char key_lazy_meta = 0;
 
 #define JZ_MIN_SLOTS 16u
 
-/* Below this size a context is converted whole. Checking first and converting a member on its first read costs
- * some 100 ns per member read more than converting it with the rest (a C call through __index), while a member not
- * read costs some 110 ns converted and 15 ns checked: with three members read, reading lazily pays from five or six
- * members, about 90 bytes of context. (Measured before whole conversions reused their storage and cached their keys,
- * which made a converted member cheaper: the crossover may now lie higher.) */
-#define RS_LAZY_CONTEXT_BYTES 96
+/* Below this size a context is converted whole. Checking first and converting a member on its first read costs a fixed
+ * ~4,000 instructions more (a storage table per evaluation, the checker's index, a C call through __index per member
+ * read) and saves the conversion of the members not read. Measured with callgrind, a rule reading one or three
+ * members: whole conversion costs less up to about 24 members of ~18 bytes (440 bytes) and 50 integer members
+ * (417 bytes), the reused storage and the key cache making a converted member cheap; lazily reading pays beyond. */
+#define RS_LAZY_CONTEXT_BYTES 384
 
 /* A hash of a key's bytes, eight at a time (keys are short, and hashing is most of checking one). */
 static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj) {

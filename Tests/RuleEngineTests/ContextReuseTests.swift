@@ -92,13 +92,18 @@ struct ContextReuseTests {
         #expect(try Self.members(rules, #"{"ab":null,"c":2}"#).1 == "c=2|nil|0")
         #expect(try Self.members(rules, #"{"a\u0062":3,"\#(long)":4}"#).1 == "ab=3,\(long)=4|nil|0")
         #expect(try Self.members(rules, #"{"ab":5}"#).1 == "ab=5|nil|0")
-        // k23, k48, k59 and k60 share a set of the key cache's slots (rs_json.c's key_cache_set_of): a context with
-        // all of them evicts its own keys.
-        #expect(try Self.members(rules, #"{"k23":1,"k48":2,"k59":3}"#).1 == "k23=1,k48=2,k59=3|nil|0")
-        #expect(try Self.members(rules, #"{"k23":1,"k48":2,"k59":3,"k23":4}"#).0.code == .invalidContext)
-        #expect(try Self.members(rules, #"{"k48":1,"k59":2,"k60":3,"k59":4}"#).0.code == .invalidContext)
-        #expect(try Self.members(rules, #"{"k60":5,"k23":6}"#).1 == "k23=6,k60=5|nil|0")
-        #expect(try Self.members(rules, #"{"k48":7}"#).1 == "k48=7|nil|0")
+        // k21, k85, k92, k104, k150 and k164 share a set of the key cache's four-slot sets (rs_json.c's
+        // key_cache_set_of): a context with five of them evicts its own keys.
+        #expect(
+            try Self.members(rules, #"{"k21":1,"k85":2,"k92":3,"k104":4,"k150":5}"#).1
+                == "k104=4,k150=5,k21=1,k85=2,k92=3|nil|0")
+        #expect(
+            try Self.members(rules, #"{"k21":1,"k85":2,"k92":3,"k104":4,"k150":5,"k21":6}"#).0.code == .invalidContext)
+        #expect(
+            try Self.members(rules, #"{"k85":1,"k92":2,"k104":3,"k150":4,"k164":5,"k92":6}"#).0.code
+                == .invalidContext)
+        #expect(try Self.members(rules, #"{"k164":5,"k21":6}"#).1 == "k164=5,k21=6|nil|0")
+        #expect(try Self.members(rules, #"{"k85":7}"#).1 == "k85=7|nil|0")
         for round in 0..<3 {
             for index in 0..<200 {
                 let key = "key\(index)"

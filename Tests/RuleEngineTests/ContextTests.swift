@@ -20,6 +20,19 @@ struct ContextTests {
         #expect(try observe("ctx.n // 2", json: #"{"n": 9223372036854775807}"#).1 == "4611686018427387903")
     }
 
+    @Test("integers read exactly on both sides of the 18 digits read without strtoll")
+    func integerDigits() throws {
+        for text in [
+            "0", "-0", "7", "-7", "123456789012345678", "-123456789012345678", "999999999999999999",
+            "-999999999999999999", "1234567890123456789", "-1234567890123456789", "9223372036854775807",
+        ] {
+            let expected = text == "-0" ? "0" : text
+            #expect(
+                try observe("math.type(ctx.n) .. ' ' .. ctx.n", json: #"{"n":\#(text)}"#).1 == "integer \(expected)")
+            #expect(try observe("ctx.list[2]", json: #"{"list":[1,\#(text)]}"#).1 == expected)
+        }
+    }
+
     @Test("integers beyond 64 bits become floats instead of wrapping around")
     func hugeIntegers() throws {
         let (_, seen) = try observe(
