@@ -51,7 +51,7 @@ typedef struct jp {
 #define KEY_CACHE_WAYS 4
 #define KEY_CACHE_SET_BITS 6 /* KEY_CACHE_SLOTS / KEY_CACHE_WAYS sets */
 _Static_assert(KEY_CACHE_WAYS << KEY_CACHE_SET_BITS == KEY_CACHE_SLOTS, "the sets fill the cache");
-#define KEY_CACHE_MAX_LEN 23
+#define KEY_CACHE_MAX_LEN 31
 
 typedef struct key_cache {
     uint32_t fill;                    /* the conversion in progress, or the last one */
