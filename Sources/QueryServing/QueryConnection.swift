@@ -146,6 +146,7 @@ final class QueryConnection: EventPollSource {
         interest = RULESD_EPOLLIN
         guard loop.register(descriptor, interest: interest, source: self) else {
             state = .closed
+            home.connection = nil
             Glibc.close(descriptor)
             onClose(loop)
             return false
@@ -183,6 +184,7 @@ final class QueryConnection: EventPollSource {
             lingerTimer = nil
             stopWatching()
             queue.removeAll()
+            home.connection = nil
             loop.deregister(descriptor)
             // Counted out before the descriptor closes, so a client that saw the end of its connection never
             // finds it still counted against the limit.
@@ -680,8 +682,11 @@ final class QueryConnection: EventPollSource {
 /// on, and follow it when it moved after they were sent.
 final class ConnectionHome: Sendable {
     private let current: Mutex<ServingEventLoop>
-    /// The connection; touched only on the thread of the loop `current` names, which ``run(_:)`` checks.
-    private nonisolated(unsafe) weak var _connection: QueryConnection?
+    /// The connection until it closes; touched only on the thread of the loop `current` names, which ``run(_:)``
+    /// checks. A strong reference the connection drops as it closes, not a weak one: a weak reference gives
+    /// the connection a side table, and every retain and release of it (several per request) takes the slow
+    /// path.
+    private nonisolated(unsafe) var _connection: QueryConnection?
 
     init(loop: ServingEventLoop) {
         current = Mutex(loop)
