@@ -388,50 +388,55 @@ final class QueryConnection: EventPollSource {
             responder.recordUndecodable()
             return
         }
-        var decoded = decoder.decode(line)
-        var permitted = false
-        if case .success(let request) = decoded {
-            permitted = permits(request.operation) || permitsInNamespace(request, line: line)
-            // Only the worker's evaluation validates what the decoder skimmed: whatever else answers, validate first.
-            if !request.isValidated, !permitted || admission == .reserve,
-                let failure = request.validationFailure(in: line)
-            {
-                decoded = .failure(failure)
-            }
-        }
-        switch decoded {
+        // The decoded request is bound once and never copied: each `case .success(let request)` tried on the
+        // result copied it (retains included), three copies a request.
+        defer { if output.readableBytes >= Self.outputHighWater { flushOutput() } }
+        let request: DecodedRequest
+        switch decoder.decode(line) {
         case .failure(let failure):
-            ResponseWriter.writeFailure(
-                id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
-            responder.recordUndecodable()
-        case .success(let request) where !permitted:
+            return answerUndecodable(failure, line: line)
+        case .success(let decoded):
+            request = decoded
+        }
+        let permitted = permits(request.operation) || permitsInNamespace(request, line: line)
+        // Only the worker's evaluation validates what the decoder skimmed: whatever else answers, validate first.
+        if !request.isValidated, !permitted || admission == .reserve, let failure = request.validationFailure(in: line)
+        {
+            return answerUndecodable(failure, line: line)
+        }
+        if !permitted {
             let held = roles ?? []
             ResponseWriter.writeFailure(
                 id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) },
                 error: .forbidden(request.operation, held: held), into: &output)
             backend.refused(request.operation, peer: peer, held: held)
             if admission == .reserve { transition(to: .closing(linger: false)) }
-        case .success(let request) where admission == .reserve:
-            answerInReserve(request, line: line)
-        case .success(let request):
-            switch request.operation {
-            case .ping, .flag, .flags, .route, .config, .explain:
-                if let later = responder.answerLater(request, line: line, on: loop) {
-                    awaitAnswer(later, id: request.id.map { Array(line[$0]) })
-                } else {
-                    responder.answer(request, line: line, into: &output)
-                }
-            case .watch:
-                startWatching(
-                    id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, namespace: request.namespace)
-            case .metrics:
-                startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
-            case .status, .reload, .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList,
-                .overrideClear:
-                startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
-            }
+            return
         }
-        if output.readableBytes >= Self.outputHighWater { flushOutput() }
+        if admission == .reserve { return answerInReserve(request, line: line) }
+        switch request.operation {
+        case .ping, .flag, .flags, .route, .config, .explain:
+            if let later = responder.answerLater(request, line: line, on: loop) {
+                awaitAnswer(later, id: request.id.map { Array(line[$0]) })
+            } else {
+                responder.answer(request, line: line, into: &output)
+            }
+        case .watch:
+            startWatching(
+                id: request.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, namespace: request.namespace)
+        case .metrics:
+            startAwaiting(request.operation, id: request.id.map { Array(line[$0]) })
+        case .status, .reload, .history, .show, .rollback, .resume, .capture, .overrideSet, .overrideList,
+            .overrideClear:
+            startAwaiting(request.operation, id: request.id.map { Array(line[$0]) }, request: request)
+        }
+    }
+
+    /// Answers a line that could not be decoded (or whose skimmed part is not valid JSON).
+    private func answerUndecodable(_ failure: RequestDecodingFailure, line: UnsafeRawBufferPointer) {
+        ResponseWriter.writeFailure(
+            id: failure.id.map { UnsafeRawBufferPointer(rebasing: line[$0]) }, error: failure.error, into: &output)
+        responder.recordUndecodable()
     }
 
     /// Whether the peer's roles allow `operation`.

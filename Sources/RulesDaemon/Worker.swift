@@ -51,6 +51,9 @@ final class Worker: QueryResponder {
     private let logger: Logger
     /// `default` first (the namespace of requests that name none), then the declared ones in order.
     let namespaces: [WorkerNamespace]
+    /// Whether any namespace runs its rules in a rule process (fixed with the namespaces): most daemons have none,
+    /// and their requests skip looking for one.
+    private let anyIsolated: Bool
     // Touched at every request, on the worker's loop only, and no access overlaps another (`result` goes `inout`
     // to the answer's encoder, which never reaches the worker): no dynamic exclusivity check, which cost six
     // checks per request (see QueryConnection's state).
@@ -79,6 +82,7 @@ final class Worker: QueryResponder {
         self.namespaces =
             [WorkerNamespace(name: NamespaceSettings.defaultName, store: store, metrics: metrics)]
             + namespaces.map { WorkerNamespace(name: $0.name, store: $0.store, metrics: WorkerMetrics()) }
+        self.anyIsolated = self.namespaces.contains { $0.store.isolated != nil }
         result.reserveCapacity(1024)
     }
 
@@ -350,6 +354,7 @@ final class Worker: QueryResponder {
     func answerLater(
         _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
     ) -> EventLoopFuture<ByteBuffer>? {
+        guard anyIsolated else { return nil }
         switch request.operation {
         case .flag, .flags, .route, .explain: break
         default: return nil
