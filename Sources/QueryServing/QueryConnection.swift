@@ -283,6 +283,8 @@ final class QueryConnection: EventPollSource {
 
     /// Reads what the socket holds (a bounded number of times, so other connections get their turn).
     private func readInput() {
+        // Only a task moves the connection, so the loop stays the same throughout: one retain of it, not one per use.
+        let loop = self.loop
         var reads = 0
         while wantsRead && reads < 16 {
             reads += 1
