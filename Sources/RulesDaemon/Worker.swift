@@ -23,6 +23,8 @@ final class WorkerNamespace {
     /// The name's UTF-8 bytes, compared against a request's `namespace` without making a string.
     let nameBytes: [UInt8]
     let store: GenerationStore
+    /// Whether its rules run in a rule process (`store.isolated` is fixed): asked at every request.
+    let isolated: Bool
     /// Counts this namespace's flag evaluations: flag indexes mean something only within its own rule set.
     let metrics: WorkerMetrics
     // Read (and the overrides synced) at every request, on the worker's loop only, never overlapping: no dynamic
@@ -35,6 +37,7 @@ final class WorkerNamespace {
         self.name = name
         self.nameBytes = Array(name.utf8)
         self.store = store
+        self.isolated = store.isolated != nil
         self.metrics = metrics
     }
 }
@@ -82,7 +85,7 @@ final class Worker: QueryResponder {
         self.namespaces =
             [WorkerNamespace(name: NamespaceSettings.defaultName, store: store, metrics: metrics)]
             + namespaces.map { WorkerNamespace(name: $0.name, store: $0.store, metrics: WorkerMetrics()) }
-        self.anyIsolated = self.namespaces.contains { $0.store.isolated != nil }
+        self.anyIsolated = self.namespaces.contains { $0.isolated }
         result.reserveCapacity(1024)
     }
 
@@ -190,7 +193,7 @@ final class Worker: QueryResponder {
         // A context the decoder only skimmed is validated by the sandbox as flag, flags and route evaluate it (they
         // refuse it below if it is not valid); an explain, an override and a rule process answer without that.
         if !request.isValidated,
-            request.operation == .explain || namespace.overrides.isActive || namespace.store.isolated != nil,
+            request.operation == .explain || namespace.overrides.isActive || namespace.isolated,
             refuseUnvalidated(request, line: line, into: &out)
         {
             return
