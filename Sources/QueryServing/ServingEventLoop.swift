@@ -34,7 +34,9 @@ public protocol EventPollSource: AnyObject {
 ///
 /// Mutable state has one owner: what only the loop's thread touches (registrations, timers, the read
 /// buffer) is plain; what other threads hand in (tasks) goes through one lock, and the eventfd is written
-/// only when the queue goes from empty to not empty, so a burst of tasks costs one wake-up.
+/// only when the queue goes from empty to not empty, so a burst of tasks costs one wake-up. Two atomic flags
+/// mirror what the lock guards, so that an iteration with nothing queued and no shutdown asked takes no lock:
+/// a busy loop answering a request per iteration took it twice per request.
 public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     /// Where the loop is in its life.
     public enum Lifecycle: Sendable, Equatable {
@@ -71,18 +73,27 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private let shared = Mutex(Shared())
     /// `shared.lifecycle == .closed`, readable without the lock.
     private let isClosed = Atomic<Bool>(false)
+    /// `!shared.tasks.isEmpty`, readable without the lock: set under the lock by whoever queues a task, cleared
+    /// under it by the loop as it takes the queue. A loop that reads it clear while a task is being queued on
+    /// another thread still runs that task: the queue was empty, so the task's thread writes the eventfd.
+    private let tasksQueued = Atomic<Bool>(false)
+    /// `shared.lifecycle != .open`, readable without the lock; set under it, never cleared.
+    private let closingRequested = Atomic<Bool>(false)
+    /// Iterations that took the lock to run queued tasks (for tests: an idle iteration takes none).
+    let queueTakes = Atomic<Int>(0)
     private let onFailure: (@Sendable (Error) -> Void)?
 
-    // Owned by the loop's thread.
-    private var sources: [EventPollSource?] = []
+    // Owned by the loop's thread. What every iteration or request touches skips the dynamic exclusivity check
+    // (see QueryConnection's state): one thread, and no access to these overlaps another.
+    @exclusivity(unchecked) private var sources: [EventPollSource?] = []
     private var timers = TimerHeap()
     private var nextTimerSequence: UInt64 = 0
     /// Reused by every connection of this loop for its reads.
-    var readBuffer = ByteBufferAllocator().buffer(capacity: 64 << 10)
+    @exclusivity(unchecked) var readBuffer = ByteBufferAllocator().buffer(capacity: 64 << 10)
     /// Descriptors registered, the loop's own eventfd not counted.
     private(set) var registeredCount = 0
-    private var loadWindow: LoadWindow?
-    private var spin = SpinPolicy()
+    @exclusivity(unchecked) private var loadWindow: LoadWindow?
+    @exclusivity(unchecked) private var spin = SpinPolicy()
 
     private static let wakeToken = UInt64.max
 
@@ -155,6 +166,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         return shared.withLock { shared -> Bool in
             guard shared.lifecycle != .closed else { return false }
             shared.tasks.append(task)
+            tasksQueued.store(true, ordering: .releasing)
             // One wake-up per batch: later tasks find the queue non-empty and the eventfd already written. The
             // write happens under the lock, so it can never meet an eventfd that the closing loop has closed
             // (that happens under the same lock); a closing loop no longer waits, so it needs no wake-up.
@@ -226,6 +238,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
                 return (true, shared.failure)
             case .open:
                 shared.lifecycle = .closing
+                closingRequested.store(true, ordering: .releasing)
                 shared.shutdownCallbacks.append((queue, callback))
                 if !onLoop { wake() }
                 return (false, nil)
@@ -295,9 +308,9 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 
-    /// Closes the load window if it has run its length.
-    private func endLoadWindow(now: UInt64) {
-        guard var window = loadWindow, now &- window.start >= window.length else { return }
+    /// Closes the load window if it has run its length; true when it did (and told its observer).
+    private func endLoadWindow(now: UInt64) -> Bool {
+        guard var window = loadWindow, now &- window.start >= window.length else { return false }
         let cpu = Self.threadCPUNanoseconds()
         let load = LoopLoad(
             wallNanoseconds: now &- window.start, blockedNanoseconds: window.blocked,
@@ -307,6 +320,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         window.blocked = 0
         loadWindow = window
         window.observer(load)
+        return true
     }
 
     // MARK: - the loop
@@ -322,15 +336,20 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         var masks = [UInt32](repeating: 0, count: 64)
         var failure: Error?
         while true {
-            let moreQueued = runQueuedTasks()
+            // Tasks queued from this thread (by a task, a timer or a descriptor's handler) set the flag without a
+            // wake-up; tasks from elsewhere set it, and wrote the eventfd if the queue was empty.
+            if tasksQueued.load(ordering: .acquiring) { runQueuedTasks() }
             let now = NIODeadline.now()
-            runDueTimers(now: now)
-            if loadWindow != nil { endLoadWindow(now: now.uptimeNanoseconds) }
-            if shared.withLock({ $0.lifecycle }) != .open { break }
-            let timeout: Int32 = moreQueued ? 0 : timers.millisecondsUntilNext(now: now)
+            // The reading also starts the wait, unless timers or a load report ran since: one clock reading
+            // fewer per iteration, and the wait still measured from the moment the loop had nothing to do.
+            var idleSince: UInt64? = now.uptimeNanoseconds
+            if runDueTimers(now: now) { idleSince = nil }
+            if loadWindow != nil, endLoadWindow(now: now.uptimeNanoseconds) { idleSince = nil }
+            if closingRequested.load(ordering: .acquiring) { break }
+            let timeout: Int32 = tasksQueued.load(ordering: .acquiring) ? 0 : timers.millisecondsUntilNext(now: now)
             let count = tokens.withUnsafeMutableBufferPointer { tokens in
                 masks.withUnsafeMutableBufferPointer { masks in
-                    wait(tokens: tokens.baseAddress!, masks: masks.baseAddress!, timeout: timeout)
+                    wait(tokens: tokens.baseAddress!, masks: masks.baseAddress!, timeout: timeout, since: idleSince)
                 }
             }
             if count < 0 {
@@ -343,6 +362,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
                     shared.lifecycle = .closing
                     shared.failure = failure
                 }
+                closingRequested.store(true, ordering: .releasing)
                 break
             }
             for index in 0..<Int(count) {
@@ -358,7 +378,7 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         // What was accepted before the stop still runs, including what arrives while it runs: the queue is
         // found empty and the loop marked closed under the same lock, so no task is accepted and then lost.
         while true {
-            _ = runQueuedTasks()
+            runQueuedTasks()
             let closedNow = shared.withLock { shared -> Bool in
                 guard shared.tasks.isEmpty else { return false }
                 shared.lifecycle = .closed
@@ -381,11 +401,12 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
 
     /// Waits for events; with nothing to do (`timeout` not 0), polls first when ``SpinPolicy`` says it pays.
     /// The time until the next event counts as blocked in the load window, polling included.
-    private func wait(tokens: UnsafeMutablePointer<UInt64>, masks: UnsafeMutablePointer<UInt32>, timeout: Int32)
-        -> Int32
-    {
+    /// - Parameter since: a clock reading taken just before, when nothing ran since; nil to read the clock.
+    private func wait(
+        tokens: UnsafeMutablePointer<UInt64>, masks: UnsafeMutablePointer<UInt32>, timeout: Int32, since: UInt64?
+    ) -> Int32 {
         if timeout == 0 { return rulesd_epoll_wait(epoll, tokens, masks, 64, 0) }
-        let start = NIODeadline.now().uptimeNanoseconds
+        let start = since ?? NIODeadline.now().uptimeNanoseconds
         var count: Int32 = 0
         let budget = spin.budget(limit: spinLimit.load(ordering: .relaxed))
         if budget > 0 {
@@ -407,22 +428,27 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
         return count
     }
 
-    /// Runs the tasks queued so far; true when more were queued meanwhile.
-    private func runQueuedTasks() -> Bool {
+    /// Runs the tasks queued so far (those queued meanwhile wait for the next call).
+    private func runQueuedTasks() {
+        queueTakes.store(queueTakes.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
         let tasks = shared.withLock { shared -> [@Sendable () -> Void] in
+            tasksQueued.store(false, ordering: .relaxed)
             if shared.tasks.isEmpty { return [] }
             defer { shared.tasks.removeAll(keepingCapacity: true) }
             return shared.tasks
         }
         for task in tasks { task() }
-        return !tasks.isEmpty && shared.withLock { !$0.tasks.isEmpty }
     }
 
-    private func runDueTimers(now: NIODeadline) {
+    /// Runs the timers due by `now`; true when any ran.
+    private func runDueTimers(now: NIODeadline) -> Bool {
+        var ran = false
         while let timer = timers.first, timer.deadline <= now {
             _ = timers.popFirst()
             timer.run()
+            ran = true
         }
+        return ran
     }
 }
 

@@ -23,16 +23,21 @@ final class WorkerNamespace {
     /// The name's UTF-8 bytes, compared against a request's `namespace` without making a string.
     let nameBytes: [UInt8]
     let store: GenerationStore
+    /// Whether its rules run in a rule process (`store.isolated` is fixed): asked at every request.
+    let isolated: Bool
     /// Counts this namespace's flag evaluations: flag indexes mean something only within its own rule set.
     let metrics: WorkerMetrics
-    var generation: ServingGeneration?
-    var evaluator: RuleEvaluator?
-    var overrides = WorkerOverrides()
+    // Read (and the overrides synced) at every request, on the worker's loop only, never overlapping: no dynamic
+    // exclusivity check (see QueryConnection's state).
+    @exclusivity(unchecked) var generation: ServingGeneration?
+    @exclusivity(unchecked) var evaluator: RuleEvaluator?
+    @exclusivity(unchecked) var overrides = WorkerOverrides()
 
     init(name: String, store: GenerationStore, metrics: WorkerMetrics) {
         self.name = name
         self.nameBytes = Array(name.utf8)
         self.store = store
+        self.isolated = store.isolated != nil
         self.metrics = metrics
     }
 }
@@ -49,12 +54,18 @@ final class Worker: QueryResponder {
     private let logger: Logger
     /// `default` first (the namespace of requests that name none), then the declared ones in order.
     let namespaces: [WorkerNamespace]
-    private var result: [UInt8] = []
-    private var batchStarted: UInt64 = 0
-    private var batchRequests = 0
-    private var batchDepth = 0
+    /// Whether any namespace runs its rules in a rule process (fixed with the namespaces): most daemons have none,
+    /// and their requests skip looking for one.
+    private let anyIsolated: Bool
+    // Touched at every request, on the worker's loop only, and no access overlaps another (`result` goes `inout`
+    // to the answer's encoder, which never reaches the worker): no dynamic exclusivity check, which cost six
+    // checks per request (see QueryConnection's state).
+    @exclusivity(unchecked) private var result: [UInt8] = []
+    @exclusivity(unchecked) private var batchStarted: UInt64 = 0
+    @exclusivity(unchecked) private var batchRequests = 0
+    @exclusivity(unchecked) private var batchDepth = 0
     /// The time rules see as `now()` for the requests of one batch (one read's lines).
-    private var batchNow: Double = 0
+    @exclusivity(unchecked) private var batchNow: Double = 0
     private var ruleLogBudget = RateLimiter(perSecond: 20)
     /// Recent distinct requests, when `capture = on`.
     let capture: CaptureRecorder?
@@ -74,6 +85,7 @@ final class Worker: QueryResponder {
         self.namespaces =
             [WorkerNamespace(name: NamespaceSettings.defaultName, store: store, metrics: metrics)]
             + namespaces.map { WorkerNamespace(name: $0.name, store: $0.store, metrics: WorkerMetrics()) }
+        self.anyIsolated = self.namespaces.contains { $0.isolated }
         result.reserveCapacity(1024)
     }
 
@@ -181,7 +193,7 @@ final class Worker: QueryResponder {
         // A context the decoder only skimmed is validated by the sandbox as flag, flags and route evaluate it (they
         // refuse it below if it is not valid); an explain, an override and a rule process answer without that.
         if !request.isValidated,
-            request.operation == .explain || namespace.overrides.isActive || namespace.store.isolated != nil,
+            request.operation == .explain || namespace.overrides.isActive || namespace.isolated,
             refuseUnvalidated(request, line: line, into: &out)
         {
             return
@@ -345,6 +357,7 @@ final class Worker: QueryResponder {
     func answerLater(
         _ request: DecodedRequest, line: UnsafeRawBufferPointer, on loop: ServingEventLoop
     ) -> EventLoopFuture<ByteBuffer>? {
+        guard anyIsolated else { return nil }
         switch request.operation {
         case .flag, .flags, .route, .explain: break
         default: return nil

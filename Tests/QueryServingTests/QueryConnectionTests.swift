@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import NIOCore
 import RuleModel
@@ -235,6 +236,46 @@ struct QueryConnectionTests {
         #expect(answer["id"] == .integer(3))
         #expect(try await refused.readLine() == nil)
         await refused.stop()
+    }
+}
+
+@Suite("A query connection's memory")
+struct QueryConnectionMemoryTests {
+    /// Holds a connection without keeping it alive; read and written on its loop only.
+    private final class WeakConnection: @unchecked Sendable {
+        weak var connection: QueryConnection?
+    }
+
+    @Test("a closed connection is freed: what its home holds of it is let go as it closes")
+    func closedConnectionIsFreed() async throws {
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        let served = pair[0]
+        _ = fcntl(served, F_SETFL, fcntl(served, F_GETFL) | O_NONBLOCK)
+        let loop = try ServingEventLoop(name: "test-connection")
+        let backend = EchoBackend()
+        let closed = DispatchSemaphore(value: 0)
+        let held = WeakConnection()
+        let home = try await loop.submit {
+            let connection = QueryConnection(
+                descriptor: served, loop: loop, responder: backend.responder(on: loop), backend: backend,
+                limits: ConnectionHarness.limits(), peer: nil, onClose: { _ in closed.signal() })
+            _ = connection.start()
+            held.connection = connection
+            return connection.home
+        }.get()
+        let client = LineClient(descriptor: pair[1], timeout: 20)
+        try client.send(#"{"op":"ping","id":1}"# + "\n")
+        #expect(try await offPool { try client.readJSON() }["id"] == .integer(1))
+        #expect(try await loop.submit { held.connection != nil }.get())
+        // The client shuts its side: the connection answers what it read (nothing), then closes.
+        shutdown(client.fd, Int32(SHUT_WR))
+        let closedInTime = try await offPool { closed.wait(timeout: .now() + 30) == .success }
+        #expect(closedInTime)
+        // The home outlives the connection (the shutdown's drain holds it); it must not keep it.
+        #expect(try await loop.submit { held.connection == nil }.get())
+        withExtendedLifetime(home) {}
+        try await loop.shutdownGracefully()
     }
 }
 

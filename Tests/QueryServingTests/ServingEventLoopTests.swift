@@ -135,6 +135,19 @@ private final class CountingSource: EventPollSource, Sendable {
     }
 }
 
+/// Signals once per read.
+private final class SignallingSource: EventPollSource, Sendable {
+    let descriptor: Int32
+    let reads = DispatchSemaphore(value: 0)
+
+    init(descriptor: Int32) { self.descriptor = descriptor }
+
+    func ready(_ events: UInt32) {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        if read(descriptor, &buffer, buffer.count) > 0 { reads.signal() }
+    }
+}
+
 @Suite("The loop's timer heap")
 struct TimerHeapTests {
     private func timer(_ milliseconds: Int64, _ sequence: UInt64) -> LoopTimer {
@@ -219,6 +232,88 @@ struct ServingEventLoopLifecycleTests {
         gate.signal()
         try await loop.submit {}.get()
         #expect(done.current == 100)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("a task queued on the loop by a task runs next, without a wake-up")
+    func taskQueuedOnTheLoopRuns() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        try await loop.submit {}.get()
+        let before = loop.wakeUps.load(ordering: .relaxed)
+        let ran = DispatchSemaphore(value: 0)
+        // Nothing else happens on this loop: only the flag set by the inner task's queueing gets it run. (No
+        // future is awaited meanwhile: NIO hands the callback of an awaited future to the loop as a task.)
+        loop.execute { loop.execute { ran.signal() } }
+        let ranInTime = try await offPool { ran.wait(timeout: .now() + 30) == .success }
+        #expect(ranInTime)
+        #expect(loop.wakeUps.load(ordering: .relaxed) - before <= 1)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("a task queued from another thread while the loop runs a task is run after it")
+    func taskQueuedWhileBusyRuns() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let gate = DispatchSemaphore(value: 0)
+        let entered = DispatchSemaphore(value: 0)
+        loop.execute {
+            entered.signal()
+            gate.wait()
+        }
+        try await offPool { entered.wait() }
+        let ran = DispatchSemaphore(value: 0)
+        loop.execute { ran.signal() }
+        gate.signal()
+        let ranInTime = try await offPool { ran.wait(timeout: .now() + 30) == .success }
+        #expect(ranInTime)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test("shutting down runs every task queued before, including those queued by a task that asked for it")
+    func shutdownRunsQueuedTasks() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let gate = DispatchSemaphore(value: 0)
+        let entered = DispatchSemaphore(value: 0)
+        loop.execute {
+            entered.signal()
+            gate.wait()
+        }
+        try await offPool { entered.wait() }
+        let done = Counter()
+        for _ in 0..<50 { loop.execute { done.add() } }
+        let stopped = DispatchSemaphore(value: 0)
+        // Asked on the loop itself, which writes no eventfd: the loop must still notice it.
+        loop.execute {
+            loop.execute { done.add() }
+            loop.shutdownGracefully(queue: .global()) { _ in stopped.signal() }
+        }
+        gate.signal()
+        let stoppedInTime = try await offPool { stopped.wait(timeout: .now() + 30) == .success }
+        #expect(stoppedInTime)
+        #expect(done.current == 51)
+        #expect(loop.lifecycle == .closed)
+    }
+
+    @Test("an iteration with nothing queued takes no lock")
+    func idleIterationsTakeNoLock() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
+        let ends = pair
+        defer {
+            close(ends[0])
+            close(ends[1])
+        }
+        let source = SignallingSource(descriptor: ends[0])
+        #expect(try await loop.submit { loop.register(ends[0], interest: RULESD_EPOLLIN, source: source) }.get())
+        let before = loop.queueTakes.load(ordering: .relaxed)
+        for _ in 0..<50 {
+            _ = write(ends[1], "x", 1)
+            let readInTime = try await offPool { source.reads.wait(timeout: .now() + 30) == .success }
+            #expect(readInTime)
+        }
+        // 50 iterations at least, each woken by the descriptor alone.
+        #expect(loop.queueTakes.load(ordering: .relaxed) == before)
+        try await loop.submit { loop.deregister(ends[0]) }.get()
         try await loop.shutdownGracefully()
     }
 
