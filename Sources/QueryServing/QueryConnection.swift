@@ -83,16 +83,10 @@ final class QueryConnection: EventPollSource {
         case tooLarge(limit: Int)
     }
 
-    // The state a request touches is marked `@exclusivity(unchecked)`: everything here runs on the connection's
-    // loop, and no access to these overlaps another (what is passed `inout` goes to code that never reaches the
-    // connection), so the runtime's dynamic exclusivity check proves nothing here. With the loop's, the worker's
-    // and its metrics' (marked alike), that check cost 26 calls per request of about 110 instructions each (a
-    // thread-local lookup and a set insertion): 14% of the daemon's own instructions per request (callgrind,
-    // 8 connections).
-    @exclusivity(unchecked) private(set) var state = ConnectionState.open
+    private(set) var state = ConnectionState.open
     private let descriptor: Int32
-    @exclusivity(unchecked) private(set) var loop: ServingEventLoop
-    @exclusivity(unchecked) private var responder: QueryResponder
+    private(set) var loop: ServingEventLoop
+    private var responder: QueryResponder
     /// Where other threads reach this connection.
     let home: ConnectionHome
     private let backend: QueryBackend
@@ -101,28 +95,28 @@ final class QueryConnection: EventPollSource {
     private let peer: PeerCredentials?
     /// The peer's roles, asked of the backend at the first request; looked up again with the account database
     /// once, when a request needs a role the quick answer lacks.
-    @exclusivity(unchecked) private var roles: AccessRoles?
+    private var roles: AccessRoles?
     private var rolesLookedUp = false
     private let onClose: (ServingEventLoop) -> Void
-    @exclusivity(unchecked) private var decoder: RequestDecoder
-    @exclusivity(unchecked) private var framer: LineFrameDecoder
+    private var decoder: RequestDecoder
+    private var framer: LineFrameDecoder
     /// Input after the last complete line, waiting for the rest of its line.
-    @exclusivity(unchecked) private var partialLine: ByteBuffer?
+    private var partialLine: ByteBuffer?
     /// Answers not yet written; while a write is blocked they wait here and the loop polls for writability.
-    @exclusivity(unchecked) private var output: ByteBuffer
-    @exclusivity(unchecked) private var queue = CircularBuffer<Queued>()
-    @exclusivity(unchecked) private var watching = false
-    @exclusivity(unchecked) private var interest: UInt32 = 0
+    private var output: ByteBuffer
+    private var queue = CircularBuffer<Queued>()
+    private var watching = false
+    private var interest: UInt32 = 0
     /// Complete requests since the idle timer last looked, and how many of its looks in a row found none:
     /// counting spares every read a clock reading. Bytes of an unfinished line are not activity.
-    @exclusivity(unchecked) private var requestsSinceIdleCheck = 0
+    private var requestsSinceIdleCheck = 0
     private var quietIdleChecks = 0
     private var idleCheck: Scheduled<Void>?
     /// When the pending idle check is due: a connection that moves keeps it, so moving never extends the timeout.
     private var idleCheckDue = NIODeadline.uptimeNanoseconds(0)
     private var lingerTimer: Scheduled<Void>?
     /// Calls to `send` that wrote something: the answers to the lines of one read go out in one.
-    @exclusivity(unchecked) private(set) var writes = 0
+    private(set) var writes = 0
 
     /// - Parameter onClose: runs once, on the loop the connection is on then, when the connection is closed.
     init(

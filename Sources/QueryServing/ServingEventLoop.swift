@@ -83,17 +83,16 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     let queueTakes = Atomic<Int>(0)
     private let onFailure: (@Sendable (Error) -> Void)?
 
-    // Owned by the loop's thread. What every iteration or request touches skips the dynamic exclusivity check
-    // (see QueryConnection's state): one thread, and no access to these overlaps another.
-    @exclusivity(unchecked) private var sources: [EventPollSource?] = []
+    // Owned by the loop's thread.
+    private var sources: [EventPollSource?] = []
     private var timers = TimerHeap()
     private var nextTimerSequence: UInt64 = 0
     /// Reused by every connection of this loop for its reads.
-    @exclusivity(unchecked) var readBuffer = ByteBufferAllocator().buffer(capacity: 64 << 10)
+    var readBuffer = ByteBufferAllocator().buffer(capacity: 64 << 10)
     /// Descriptors registered, the loop's own eventfd not counted.
     private(set) var registeredCount = 0
-    @exclusivity(unchecked) private var loadWindow: LoadWindow?
-    @exclusivity(unchecked) private var spin = SpinPolicy()
+    private var loadWindow: LoadWindow?
+    private var spin = SpinPolicy()
 
     private static let wakeToken = UInt64.max
 

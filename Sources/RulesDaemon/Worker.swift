@@ -27,11 +27,9 @@ final class WorkerNamespace {
     let isolated: Bool
     /// Counts this namespace's flag evaluations: flag indexes mean something only within its own rule set.
     let metrics: WorkerMetrics
-    // Read (and the overrides synced) at every request, on the worker's loop only, never overlapping: no dynamic
-    // exclusivity check (see QueryConnection's state).
-    @exclusivity(unchecked) var generation: ServingGeneration?
-    @exclusivity(unchecked) var evaluator: RuleEvaluator?
-    @exclusivity(unchecked) var overrides = WorkerOverrides()
+    var generation: ServingGeneration?
+    var evaluator: RuleEvaluator?
+    var overrides = WorkerOverrides()
 
     init(name: String, store: GenerationStore, metrics: WorkerMetrics) {
         self.name = name
@@ -57,15 +55,12 @@ final class Worker: QueryResponder {
     /// Whether any namespace runs its rules in a rule process (fixed with the namespaces): most daemons have none,
     /// and their requests skip looking for one.
     private let anyIsolated: Bool
-    // Touched at every request, on the worker's loop only, and no access overlaps another (`result` goes `inout`
-    // to the answer's encoder, which never reaches the worker): no dynamic exclusivity check, which cost six
-    // checks per request (see QueryConnection's state).
-    @exclusivity(unchecked) private var result: [UInt8] = []
-    @exclusivity(unchecked) private var batchStarted: UInt64 = 0
-    @exclusivity(unchecked) private var batchRequests = 0
-    @exclusivity(unchecked) private var batchDepth = 0
+    private var result: [UInt8] = []
+    private var batchStarted: UInt64 = 0
+    private var batchRequests = 0
+    private var batchDepth = 0
     /// The time rules see as `now()` for the requests of one batch (one read's lines).
-    @exclusivity(unchecked) private var batchNow: Double = 0
+    private var batchNow: Double = 0
     private var ruleLogBudget = RateLimiter(perSecond: 20)
     /// Recent distinct requests, when `capture = on`.
     let capture: CaptureRecorder?

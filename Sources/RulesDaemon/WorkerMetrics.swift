@@ -13,26 +13,22 @@ final class WorkerMetrics: EvaluationObserver {
     ]
     static let operations = RequestOperation.allCases
 
-    // Counted at every request on the worker's thread, never overlapping: no dynamic exclusivity check (see
-    // QueryConnection's state).
-    @exclusivity(unchecked) private(set) var requests = [Int](
-        repeating: 0, count: RequestOperation.allCases.count * 2)
-    @exclusivity(unchecked) private(set) var latencyCounts = [Int](
-        repeating: 0, count: WorkerMetrics.latencyBuckets.count + 1)
-    @exclusivity(unchecked) private(set) var latencySumNanoseconds = 0
+    private(set) var requests = [Int](repeating: 0, count: RequestOperation.allCases.count * 2)
+    private(set) var latencyCounts = [Int](repeating: 0, count: WorkerMetrics.latencyBuckets.count + 1)
+    private(set) var latencySumNanoseconds = 0
     /// Evaluations of the current generation, by flag index and reason (flat: flag * reasons + reason).
     ///
     /// In memory from `calloc` rather than an array: an array of zeros is written whole, while the kernel hands
     /// out a large calloc'd block as untouched zero pages, so the counters of flags a worker never evaluates cost
     /// no resident memory (with 10,000 flags, 800 KB a worker of which a daemon asked about a few flags touches
     /// a page or two).
-    @exclusivity(unchecked) private var evaluations = UnsafeMutableBufferPointer<Int>(start: nil, count: 0)
+    private var evaluations = UnsafeMutableBufferPointer<Int>(start: nil, count: 0)
 
     deinit { free(evaluations.baseAddress) }
     private var flagKeys: [String] = []
     /// Evaluations of earlier generations, by flag key: counters never go backwards across reloads.
     private var retired: [String: [Int]] = [:]
-    @exclusivity(unchecked) private(set) var ruleErrors = [Int](repeating: 0, count: RuleErrorCode.allCases.count)
+    private(set) var ruleErrors = [Int](repeating: 0, count: RuleErrorCode.allCases.count)
 
     @inline(__always)
     func clock() -> UInt64 { SystemClock.monotonicNanoseconds() }
