@@ -21,9 +21,11 @@ import Synchronization
 ///   its last load window: it ran, or waited for a core (on a machine short of cores, another thread still
 ///   gets the loops a larger share of them). The trial keeps the loop only when
 ///   the requests answered per second over ``trialPeriods`` whole rate periods inside the trial beat the rate of
-///   the two periods before it by ``trialGain``; otherwise the loop is given up and the next trial waits a back-off that doubles each time
-///   (``firstBackoff`` up to ``maxBackoff``: short, because the load changes, and a trial that does not pay
-///   costs little). A loop with a single connection starts no trial: it would have nothing to hand over.
+///   the two periods before it by ``trialGain``; otherwise the loop is given up and the next trial waits a back-off
+///   that doubles each time (``firstBackoff`` up to ``maxBackoff``), unless the rate rises to ``heavierLoad`` times
+///   the losing trial's baseline first: a heavier load than the one the trial was judged on is tried at once. (With
+///   the back-off capped at 2 s, a steady load that one loop serves best spent a sixth of its time in trials that
+///   lost.) A loop with a single connection starts no trial: it would have nothing to hand over.
 /// - One loop fewer is active when, in ``shrinkReports`` reports in a row, the active loops' busy shares add up
 ///   to less than ``shrinkShare`` times one loop fewer: the load fits, and fewer loops batch more per wake-up.
 ///   (One report is not enough: the first after a pause covers the pause.)
@@ -43,7 +45,9 @@ public struct LoopPlacement: Sendable, Equatable {
     /// Reports in a row that must find the load fitting in fewer loops before one is given up.
     public static let shrinkReports = 4
     public static let firstBackoff: UInt64 = 500_000_000
-    public static let maxBackoff: UInt64 = 2_000_000_000
+    public static let maxBackoff: UInt64 = 8_000_000_000
+    /// A rate this many times a lost trial's baseline ends that trial's back-off.
+    public static let heavierLoad = 1.25
     /// With more than one loop active and steady, a trial of one loop fewer after this long, doubling (up to
     /// ``maxRecheck``) each time one fewer did not keep the rate.
     public static let recheckAfter: UInt64 = 1_000_000_000
@@ -77,6 +81,8 @@ public struct LoopPlacement: Sendable, Equatable {
     private var backoffUntil: UInt64 = 0
     private var fittingReports = 0
     private var backoff = LoopPlacement.firstBackoff
+    /// The baseline of the last trial of one loop more that did not pay, while its back-off runs.
+    private var lostBaseline: Double?
     /// When a trial of one loop fewer is due, and the wait before the next one after a trial that did not pay.
     private var recheckAt: UInt64 = 0
     private var recheckBackoff = LoopPlacement.recheckAfter
@@ -182,12 +188,14 @@ public struct LoopPlacement: Sendable, Equatable {
             if growing {
                 if trialRate >= baseline * Self.trialGain {
                     backoff = Self.firstBackoff
+                    lostBaseline = nil
                     recheckAt = now &+ recheckBackoff
                     return false
                 }
                 active -= 1
                 backoffUntil = now &+ backoff
                 backoff = min(backoff * 2, Self.maxBackoff)
+                lostBaseline = baseline
             } else {
                 // One loop fewer that keeps the rate (within the gain a loop more must bring) is kept: fewer
                 // wake-ups and context switches, and a core left for the clients.
@@ -215,8 +223,8 @@ public struct LoopPlacement: Sendable, Equatable {
                 }
             }
             // A loop with one connection would have nothing to hand over.
-            if active < loopCount, busiest >= Self.growShare, busiestConnections >= 2, now >= backoffUntil,
-                let rate = lastRate
+            if active < loopCount, busiest >= Self.growShare, busiestConnections >= 2, let rate = lastRate,
+                now >= backoffUntil || lostBaseline.map({ rate >= $0 * Self.heavierLoad }) == true
             {
                 phase = .trial(since: now, baseline: baseline(rate), growing: true)
                 active += 1
@@ -231,6 +239,7 @@ public struct LoopPlacement: Sendable, Equatable {
                 // The load went down: the next saturation is a new situation, worth a trial at once.
                 backoff = Self.firstBackoff
                 backoffUntil = 0
+                lostBaseline = nil
                 return true
             }
             // Whether the loops still pay is rechecked now and then: the load that made a trial win may have

@@ -104,6 +104,22 @@ struct LoopPlacementTests {
         #expect(changes[4].at - changes[3].at >= 1_000)
     }
 
+    @Test("a load heavier than a lost trial's baseline ends its back-off: it is tried at once")
+    func heavierLoadEndsBackoff() {
+        var placement = LoopPlacement(loopCount: 2, now: 0)
+        _ = (placement.place(), placement.place())
+        var answered = 0
+        // Three trials at 100k/s lose (two loops answer no more); the next would wait 4 s.
+        let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
+        #expect(lost.map(\.active) == [2, 1, 2, 1, 2, 1])
+        // Then the load doubles, and two loops answer more than one: a trial within a few rate periods, kept.
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 3_025, to: 4_000) {
+            $0 == 1 ? 200_000 : 260_000
+        }
+        #expect(changes.map(\.active) == [2])
+        #expect((changes.first?.at ?? .max) <= 3_400)
+    }
+
     @Test("a rate period stretched by an idle stretch is no baseline: a trial after a pause is judged on the load")
     func idleStretchIsNoBaseline() {
         var placement = LoopPlacement(loopCount: 2, now: 0)
