@@ -23,9 +23,10 @@ import Synchronization
 ///   the requests answered per second over ``trialPeriods`` whole rate periods inside the trial beat the rate of
 ///   the two periods before it by ``trialGain``; otherwise the loop is given up and the next trial waits a back-off
 ///   that doubles each time (``firstBackoff`` up to ``maxBackoff``), unless the rate rises to ``heavierLoad`` times
-///   the losing trial's baseline first: a heavier load than the one the trial was judged on is tried at once. (With
-///   the back-off capped at 2 s, a steady load that one loop serves best spent a sixth of its time in trials that
-///   lost.) A loop with a single connection starts no trial: it would have nothing to hand over.
+///   the losing trial's baseline first: a heavier load than the one the trial was judged on is tried at once, so the
+///   back-off need not be short to follow a load that grows. (With back-offs of 0.5, 1 and 2 s, a steady load that
+///   one loop serves best spent a sixth of its time in trials that lost.) A loop with a single connection starts no
+///   trial: it would have nothing to hand over.
 /// - One loop fewer is active when, in ``shrinkReports`` reports in a row, the active loops' busy shares add up
 ///   to less than ``shrinkShare`` times one loop fewer: the load fits, and fewer loops batch more per wake-up.
 ///   (One report is not enough: the first after a pause covers the pause.)
@@ -44,7 +45,7 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let trialGain = 1.05
     /// Reports in a row that must find the load fitting in fewer loops before one is given up.
     public static let shrinkReports = 4
-    public static let firstBackoff: UInt64 = 500_000_000
+    public static let firstBackoff: UInt64 = 4_000_000_000
     public static let maxBackoff: UInt64 = 8_000_000_000
     /// A rate this many times a lost trial's baseline ends that trial's back-off.
     public static let heavierLoad = 1.25

@@ -95,13 +95,13 @@ struct LoopPlacementTests {
         var placement = LoopPlacement(loopCount: 2, now: 0)
         _ = (placement.place(), placement.place())
         var answered = 0
-        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 14_000) { _ in 100_000 }
         #expect(changes.map(\.active) == [2, 1, 2, 1, 2, 1])
         guard changes.count == 6 else { return }
-        // Each trial lasts a settling window and two rate periods; the back-offs are half a second, then one.
+        // Each trial lasts a settling window and two rate periods; the back-offs are 4 s, then 8 s.
         #expect(changes[1].at - changes[0].at >= 225)
-        #expect(changes[2].at - changes[1].at >= 500)
-        #expect(changes[4].at - changes[3].at >= 1_000)
+        #expect(changes[2].at - changes[1].at >= 4_000)
+        #expect(changes[4].at - changes[3].at >= 8_000)
     }
 
     @Test("a load heavier than a lost trial's baseline ends its back-off: it is tried at once")
@@ -109,15 +109,15 @@ struct LoopPlacementTests {
         var placement = LoopPlacement(loopCount: 2, now: 0)
         _ = (placement.place(), placement.place())
         var answered = 0
-        // Three trials at 100k/s lose (two loops answer no more); the next would wait 4 s.
-        let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
-        #expect(lost.map(\.active) == [2, 1, 2, 1, 2, 1])
+        // A trial at 100k/s loses (two loops answer no more); the next would wait 4 s.
+        let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 1_000) { _ in 100_000 }
+        #expect(lost.map(\.active) == [2, 1])
         // Then the load doubles, and two loops answer more than one: a trial within a few rate periods, kept.
-        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 3_025, to: 4_000) {
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 1_025, to: 2_000) {
             $0 == 1 ? 200_000 : 260_000
         }
         #expect(changes.map(\.active) == [2])
-        #expect((changes.first?.at ?? .max) <= 3_400)
+        #expect((changes.first?.at ?? .max) <= 1_400)
     }
 
     @Test("a rate period stretched by an idle stretch is no baseline: a trial after a pause is judged on the load")
