@@ -566,7 +566,7 @@ static bool read_flag_fields(lua_State *L, rs_state *S, decl_view *d, int def, i
         } else if (strcmp(name, "description") == 0) {
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
-            f->description = rs_strndup(s, len);
+            f->description = rs_keep_string(S, s, len);
         } else if (strcmp(name, "invalid") == 0) {
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
@@ -598,7 +598,7 @@ static bool add_variant(lua_State *L, rs_state *S, decl_view *d, rs_flag_entry *
         return false;
     }
     rs_variant_entry *v = &f->variants[f->variant_count];
-    v->name = rs_strndup(name->name, name->len);
+    v->name = rs_keep_string(S, name->name, name->len);
     v->name_len = name->len;
     v->json = json;
     v->json_len = jlen;
@@ -788,7 +788,9 @@ static void validate_route(lua_State *L, rs_state *S, decl_view *d, int def, rs_
         }
         int vt = lua_type(L, -1);
         if (strcmp(name, "description") == 0 && vt == LUA_TSTRING) {
-            r->description = rs_strdup(lua_tostring(L, -1));
+            size_t len;
+            const char *text = lua_tolstring(L, -1, &len);
+            r->description = rs_keep_string(S, text, len);
         } else if (strcmp(name, "priority") == 0 && vt == LUA_TNUMBER) {
             lua_Integer p;
             if (lua_isinteger(L, -1)) p = lua_tointeger(L, -1);
@@ -947,9 +949,9 @@ static void reject_duplicates_and_allocate(rs_state *S, decl_view *views, size_t
 
 static void add_flag(lua_State *L, rs_state *S, decl_view *d, int def, int flag_index) {
     rs_flag_entry *f = &S->flags[S->flag_count++];
-    f->key = rs_strndup(d->key, d->key_len);
+    f->key = rs_keep_string(S, d->key, d->key_len);
     f->key_len = d->key_len;
-    f->file = rs_strdup(d->file);
+    f->file = rs_keep_file(S, d->file);
     f->line = d->line;
     f->seq = d->seq;
     f->rule_ref = f->variants_ref = f->values_ref = LUA_NOREF;
@@ -961,9 +963,9 @@ static void add_flag(lua_State *L, rs_state *S, decl_view *d, int def, int flag_
 
 static void add_route(lua_State *L, rs_state *S, decl_view *d, int def) {
     rs_route_entry *r = &S->routes[S->route_count++];
-    r->name = rs_strndup(d->key, d->key_len);
+    r->name = rs_keep_string(S, d->key, d->key_len);
     r->name_len = d->key_len;
-    r->file = rs_strdup(d->file);
+    r->file = rs_keep_file(S, d->file);
     r->line = d->line;
     r->seq = d->seq;
     r->match_ref = r->target_ref = LUA_NOREF;
@@ -972,8 +974,8 @@ static void add_route(lua_State *L, rs_state *S, decl_view *d, int def) {
 
 static void add_config(lua_State *L, rs_state *S, decl_view *d, int def) {
     rs_config_entry *c = &S->configs[S->config_count++];
-    c->key = rs_strndup(d->key, d->key_len);
-    c->file = rs_strdup(d->file);
+    c->key = rs_keep_string(S, d->key, d->key_len);
+    c->file = rs_keep_file(S, d->file);
     c->line = d->line;
     size_t len = 0;
     c->json = json_or_diag(L, S, d, def, "value", &len);

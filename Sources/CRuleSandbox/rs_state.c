@@ -269,6 +269,39 @@ char *rs_strndup(const char *s, size_t n) {
     return d;
 }
 
+/* Arena blocks hold this much at least; a longer string takes a block of its own. */
+#define RS_STRING_BLOCK_BYTES 8192
+
+char *rs_keep_string(rs_state *S, const char *s, size_t n) {
+    rs_string_block *b = S->strings;
+    if (b == NULL || b->cap - b->used < n + 1) {
+        size_t cap = n + 1 > RS_STRING_BLOCK_BYTES ? n + 1 : RS_STRING_BLOCK_BYTES;
+        rs_string_block *fresh = malloc(sizeof *fresh + cap);
+        if (fresh == NULL) abort(); /* host memory exhausted, as for rs_strndup */
+        fresh->used = 0;
+        fresh->cap = cap;
+        /* A block taken by one long string goes behind the current one, which keeps filling. */
+        if (b != NULL && cap > RS_STRING_BLOCK_BYTES) {
+            fresh->next = b->next;
+            b->next = fresh;
+        } else {
+            fresh->next = b;
+            S->strings = fresh;
+        }
+        b = fresh;
+    }
+    char *d = b->data + b->used;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    b->used += n + 1;
+    return d;
+}
+
+char *rs_keep_file(rs_state *S, const char *file) {
+    if (S->kept_file == NULL || strcmp(S->kept_file, file) != 0) S->kept_file = rs_keep_string(S, file, strlen(file));
+    return (char *)S->kept_file;
+}
+
 char *rs_strdup(const char *s) { return s ? rs_strndup(s, strlen(s)) : NULL; }
 
 /* Length of the valid UTF-8 sequence starting at p (1..4), or 0 when invalid. */
@@ -496,14 +529,10 @@ void rs_state_free(rs_state *S) {
     free(S->diags);
     for (size_t i = 0; i < S->flag_count; i++) {
         rs_flag_entry *f = &S->flags[i];
-        free(f->key);
-        free(f->description);
         free(f->metadata_json);
         free(f->invalid);
-        free(f->file);
         if (f->variants != rs_boolean_variants) {
             for (int32_t v = 0; v < f->variant_count; v++) {
-                free(f->variants[v].name);
                 free(f->variants[v].json);
             }
             free(f->variants);
@@ -511,9 +540,6 @@ void rs_state_free(rs_state *S) {
     }
     free(S->flags);
     for (size_t i = 0; i < S->route_count; i++) {
-        free(S->routes[i].name);
-        free(S->routes[i].description);
-        free(S->routes[i].file);
         free(S->routes[i].static_target);
     }
     free(S->routes);
@@ -524,11 +550,13 @@ void rs_state_free(rs_state *S) {
     }
     free(S->tests);
     for (size_t i = 0; i < S->config_count; i++) {
-        free(S->configs[i].key);
-        free(S->configs[i].file);
         free(S->configs[i].json);
     }
     free(S->configs);
+    for (rs_string_block *b = S->strings, *next; b != NULL; b = next) {
+        next = b->next;
+        free(b);
+    }
     rs_data_state_free(S);
     rs_dispatch_free(S);
     rs_log_clear(S);
