@@ -11,15 +11,7 @@
 #include "rule_data.h"
 #include "rule_sandbox.h"
 
-static int checks, failures;
-
-static void check(int ok, const char *label) {
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "FAIL %s\n", label);
-    }
-}
+#include "check.h"
 
 static rs_data *parse(int format, const char *text, int32_t *line, char *error) {
     return rs_data_parse(format, text, strlen(text), line, error, 256);

@@ -10,16 +10,7 @@
 
 #include "rs_state.h"
 
-static int checks, failures;
-
-static void check(int ok, const char *label)
-{
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "FAIL %s\n", label);
-    }
-}
+#include "check.h"
 
 static const char rules[] = "flag \"base\" { default = \"off\", "
                             "rule = function(ctx) if ctx.beta then return \"on\" end end }\n"

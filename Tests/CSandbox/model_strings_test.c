@@ -11,16 +11,7 @@
 
 #include "rs_state.h"
 
-static int checks, failures;
-
-static void check(int ok, const char *label)
-{
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "FAIL %s\n", label);
-    }
-}
+#include "check.h"
 
 #define FILES 3
 #define FLAGS_PER_FILE 400

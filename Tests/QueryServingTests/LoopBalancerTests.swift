@@ -45,6 +45,13 @@ private func steadyLoad(
     return changes
 }
 
+/// A placement over two loops holding two connections (a loop with one connection starts no trial).
+private func twoConnectionsOnTwoLoops() -> LoopPlacement {
+    var placement = LoopPlacement(loopCount: 2, now: 0)
+    _ = (placement.place(), placement.place())
+    return placement
+}
+
 @Suite("Which loops take connections: the policy")
 struct LoopPlacementTests {
     @Test("new connections go to the active loop with the fewest connections")
@@ -62,8 +69,7 @@ struct LoopPlacementTests {
 
     @Test("a loop that is not saturated brings no other loop in")
     func unsaturatedStaysAlone() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
+        var placement = twoConnectionsOnTwoLoops()
         #expect(!report(&placement, loop: 0, share: 0.6, answered: 10_000, at: 100))
         #expect(!report(&placement, loop: 0, share: 0.8, answered: 20_000, at: 200))
         #expect(placement.active == 1)
@@ -79,8 +85,7 @@ struct LoopPlacementTests {
 
     @Test("a trial that raised the answered rate over two rate periods keeps the loop")
     func trialThatPaysIsKept() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
+        var placement = twoConnectionsOnTwoLoops()
         var answered = 0
         let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 600) {
             $0 == 1 ? 100_000 : 130_000
@@ -92,8 +97,7 @@ struct LoopPlacementTests {
 
     @Test("a trial that did not raise the rate gives the loop up, and the next trial waits a doubling back-off")
     func trialThatDoesNotPayBacksOff() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
+        var placement = twoConnectionsOnTwoLoops()
         var answered = 0
         let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 14_000) { _ in 100_000 }
         #expect(changes.map(\.active) == [2, 1, 2, 1, 2, 1])
@@ -106,8 +110,7 @@ struct LoopPlacementTests {
 
     @Test("a load heavier than a lost trial's baseline ends its back-off: it is tried at once")
     func heavierLoadEndsBackoff() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
+        var placement = twoConnectionsOnTwoLoops()
         var answered = 0
         // A trial at 100k/s loses (two loops answer no more); the next would wait 4 s.
         let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 1_000) { _ in 100_000 }
@@ -122,8 +125,7 @@ struct LoopPlacementTests {
 
     @Test("a rate period stretched by an idle stretch is no baseline: a trial after a pause is judged on the load")
     func idleStretchIsNoBaseline() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        _ = (placement.place(), placement.place())
+        var placement = twoConnectionsOnTwoLoops()
         var answered = 0
         // A light load, then five silent seconds (loops report only when they wake), then saturation that a
         // second loop does not serve any faster. Judged against the silence, the trial would look like a gain.

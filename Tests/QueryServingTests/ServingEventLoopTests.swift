@@ -10,6 +10,13 @@ import Testing
     import Glibc
 #endif
 
+/// A connected pair of non-blocking Unix stream sockets; the caller closes both.
+private func socketPair() -> [Int32] {
+    var pair: [Int32] = [0, 0]
+    #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
+    return pair
+}
+
 @Suite("The workers' event loop")
 struct ServingEventLoopTests {
     @Test("tasks handed in from other threads run on the loop's own thread, in order")
@@ -93,9 +100,7 @@ struct ServingEventLoopTests {
     @Test("a registered descriptor is reported ready on the loop, and not after it is deregistered")
     func pollsDescriptors() async throws {
         let loop = try ServingEventLoop(name: "test-loop")
-        var pair: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
-        let ends = pair
+        let ends = socketPair()
         defer {
             close(ends[0])
             close(ends[1])
@@ -250,9 +255,8 @@ struct ServingEventLoopLifecycleTests {
         try await loop.shutdownGracefully()
     }
 
-    @Test("a task queued from another thread while the loop runs a task is run after it")
-    func taskQueuedWhileBusyRuns() async throws {
-        let loop = try ServingEventLoop(name: "test-loop")
+    /// Queues a task that holds `loop` busy until the returned semaphore is signalled, once it runs.
+    static func holdLoop(_ loop: ServingEventLoop) async throws -> DispatchSemaphore {
         let gate = DispatchSemaphore(value: 0)
         let entered = DispatchSemaphore(value: 0)
         loop.execute {
@@ -260,6 +264,13 @@ struct ServingEventLoopLifecycleTests {
             gate.wait()
         }
         try await offPool { entered.wait() }
+        return gate
+    }
+
+    @Test("a task queued from another thread while the loop runs a task is run after it")
+    func taskQueuedWhileBusyRuns() async throws {
+        let loop = try ServingEventLoop(name: "test-loop")
+        let gate = try await Self.holdLoop(loop)
         let ran = DispatchSemaphore(value: 0)
         loop.execute { ran.signal() }
         gate.signal()
@@ -271,13 +282,7 @@ struct ServingEventLoopLifecycleTests {
     @Test("shutting down runs every task queued before, including those queued by a task that asked for it")
     func shutdownRunsQueuedTasks() async throws {
         let loop = try ServingEventLoop(name: "test-loop")
-        let gate = DispatchSemaphore(value: 0)
-        let entered = DispatchSemaphore(value: 0)
-        loop.execute {
-            entered.signal()
-            gate.wait()
-        }
-        try await offPool { entered.wait() }
+        let gate = try await Self.holdLoop(loop)
         let done = Counter()
         for _ in 0..<50 { loop.execute { done.add() } }
         let stopped = DispatchSemaphore(value: 0)
@@ -296,9 +301,7 @@ struct ServingEventLoopLifecycleTests {
     @Test("an iteration with nothing queued takes no lock")
     func idleIterationsTakeNoLock() async throws {
         let loop = try ServingEventLoop(name: "test-loop")
-        var pair: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &pair) == 0)
-        let ends = pair
+        let ends = socketPair()
         defer {
             close(ends[0])
             close(ends[1])
