@@ -693,10 +693,13 @@ static const char key_lazy_meta = 0;
 
 /* Below this size a context is converted whole. Checking first and converting a member on its first read costs a fixed
  * ~4,000 instructions more (a storage table per evaluation, the checker's index, a C call through __index per member
- * read) and saves the conversion of the members not read. Measured with callgrind, a rule reading one or three
- * members: whole conversion costs less up to about 24 members of ~18 bytes (440 bytes) and 50 integer members
- * (417 bytes), the reused storage and the key cache making a converted member cheap; lazily reading pays beyond. */
-#define RS_LAZY_CONTEXT_BYTES 384
+ * read) and saves the conversion of the members not read, whose cost depends on their values (callgrind and
+ * `rulesbench growth`, a rule reading one or three members). A string value unique to the request (an id, a
+ * timestamp) costs a new string and its collection, ~500 instructions: for such contexts lazy reading pays from
+ * about six members, 90 bytes. Values that repeat from one context to the next are cheaper whole up to about 24
+ * members (440 bytes), thanks to the reused storage and the key cache, but lazily read past this size they cost at
+ * most ~12% more, where whole conversion of unique values cost up to 56% more: so the bound stays low. */
+#define RS_LAZY_CONTEXT_BYTES 96
 
 /* A hash of a key's bytes, eight at a time (keys are short, and hashing is most of checking one). */
 static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj) {
