@@ -247,10 +247,10 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
 
 void rs_disarm(rs_state *S) {
     /* The hook as armed is the host's one already (a count hook at the usual interval) unless a kill made it fire
-     * at every instruction, the interval was shortened for a large state, or an explain traced lines. Left as it
-     * is, it fires in the host phase and returns at once; the next arming restarts its count. */
-    bool rehook = S->killed != RS_KILL_NONE || S->hook_interval != RS_HOOK_INTERVAL || rs_trace_mask(S) != 0 ||
-                  lua_gethook(S->L) != rs_hook || lua_gethookmask(S->L) != LUA_MASKCOUNT ||
+     * at every instruction, the interval was shortened for a large state, or an explain traced lines: all of which
+     * the hook itself shows. Left as it is, it fires in the host phase and returns at once; the next arming
+     * restarts its count. */
+    bool rehook = lua_gethook(S->L) != rs_hook || lua_gethookmask(S->L) != LUA_MASKCOUNT ||
                   lua_gethookcount(S->L) != RS_HOOK_INTERVAL;
     S->phase = RS_PHASE_HOST;
     S->killed = RS_KILL_NONE;

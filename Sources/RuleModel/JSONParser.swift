@@ -842,12 +842,8 @@ enum JSONLexer {
     static func attentionMask(_ word: UInt64) -> UInt64 {
         let ones: UInt64 = 0x0101_0101_0101_0101
         let high: UInt64 = 0x8080_8080_8080_8080
-        let quote = word ^ (ones &* 0x22)
-        let backslash = word ^ (ones &* 0x5C)
-        let hasQuote = (quote &- ones) & ~quote
-        let hasBackslash = (backslash &- ones) & ~backslash
         let hasControl = (word &- ones &* 0x20) & ~word
-        return (hasQuote | hasBackslash | hasControl | word) & high
+        return quoteOrBackslashMask(word) | ((hasControl | word) & high)
     }
 
     /// For 8 bytes loaded little-endian: a mask whose lowest set bit lies in the first byte that is a quote or a

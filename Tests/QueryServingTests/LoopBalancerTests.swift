@@ -52,6 +52,14 @@ private func twoConnectionsOnTwoLoops() -> LoopPlacement {
     return placement
 }
 
+/// A placement with both of its two loops active, holding eight connections (the state a trial that paid leaves).
+private func eightConnectionsOnTwoActiveLoops() -> LoopPlacement {
+    var placement = LoopPlacement(loopCount: 2, now: 0)
+    placement.setActive(2, now: 0)
+    for _ in 0..<8 { _ = placement.place() }
+    return placement
+}
+
 @Suite("Which loops take connections: the policy")
 struct LoopPlacementTests {
     @Test("new connections go to the active loop with the fewest connections")
@@ -139,9 +147,7 @@ struct LoopPlacementTests {
 
     @Test("with loops to spare, one fewer is tried after a while and kept when it keeps the rate")
     func recheckKeepsFewerLoops() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        placement.setActive(2, now: 0)
-        for _ in 0..<8 { _ = placement.place() }
+        var placement = eightConnectionsOnTwoActiveLoops()
         var answered = 0
         // Busy enough that the shares never fit in one loop, yet one loop answers as many.
         let changes = steadyLoad(&placement, share: 0.7, answered: &answered, from: 25, to: 2_000) { _ in 150_000 }
@@ -152,9 +158,7 @@ struct LoopPlacementTests {
 
     @Test("a recheck that lost the rate brings the loop back, and the next waits twice as long")
     func recheckThatLosesBacksOff() {
-        var placement = LoopPlacement(loopCount: 2, now: 0)
-        placement.setActive(2, now: 0)
-        for _ in 0..<8 { _ = placement.place() }
+        var placement = eightConnectionsOnTwoActiveLoops()
         var answered = 0
         let changes = steadyLoad(&placement, share: 0.7, answered: &answered, from: 25, to: 5_000) {
             $0 == 1 ? 100_000 : 160_000
