@@ -610,6 +610,20 @@ void rs_freeze_table(lua_State *L, int idx) {
         lua_pushcclosure(L, frozen_index, 2);
     } else {
         if (!lua_isnil(L, user_index)) {
+            /* A frozen table is an empty proxy that reads through its metatable's __index table (its storage, and
+             * what chains behind that): chaining to that table directly answers every read alike, with one
+             * metatable step less. A file's globals chain to the library this way, so every library name a rule
+             * reads (rollout, split, string...) saves a step. */
+            if (rs_is_frozen(L, user_index) && lua_getmetatable(L, user_index)) {
+                lua_pushliteral(L, "__index");
+                lua_rawget(L, -2);
+                if (lua_type(L, -1) == LUA_TTABLE) {
+                    lua_replace(L, user_index);
+                    lua_pop(L, 1);
+                } else {
+                    lua_pop(L, 2);
+                }
+            }
             lua_createtable(L, 0, 1);
             lua_pushliteral(L, "__index");
             lua_pushvalue(L, user_index);

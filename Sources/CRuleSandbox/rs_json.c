@@ -32,6 +32,8 @@ typedef struct jp {
     bool trusted; /* building text already checked: no duplicate keys to look for */
     jctx *z;      /* checking: where keys go */
     int zidx;     /* checking: stack index of z's userdata (its buffers grow through it) */
+    struct key_cache *kc; /* building a context whole: the state's cache of interned strings, at stack index kcidx */
+    int kcidx;
 } jp;
 
 /* The keys of top-level members, interned once per state: the same few keys arrive with every context, and pushing a
@@ -53,6 +55,17 @@ typedef struct jp {
 _Static_assert(KEY_CACHE_WAYS << KEY_CACHE_SET_BITS == KEY_CACHE_SLOTS, "the sets fill the cache");
 #define KEY_CACHE_MAX_LEN 31
 
+/* Short string values are interned once per state too, in a cache of the same shape behind the keys' one: the same
+ * countries, plans, versions and regions arrive in context after context, and pushing a kept string costs ~30
+ * instructions where interning its bytes again costs ~270 (hashing, the string table's chain, and for a string no
+ * longer alive, an allocation and its collection). Values unique to a request (user ids) would only churn such a
+ * cache, so a string is cached at the second miss in a row of its set, and replaces the way used longest ago. */
+#define STRING_CACHE_SLOTS 256
+#define STRING_CACHE_WAYS 4
+#define STRING_CACHE_SET_BITS 6
+_Static_assert(STRING_CACHE_WAYS << STRING_CACHE_SET_BITS == STRING_CACHE_SLOTS, "the sets fill the cache");
+#define STRING_CACHE_MAX_LEN 31
+
 typedef struct key_cache {
     uint32_t fill;                    /* the conversion in progress, or the last one */
     uint32_t set_in[KEY_CACHE_SLOTS]; /* the conversion that last set the slot's key in the storage (0: none) */
@@ -63,6 +76,11 @@ typedef struct key_cache {
     bool untracked; /* the storage may hold keys that `last` does not name: empty it whole first */
     bool lost;      /* this conversion set a key that `current` does not name */
     char bytes[KEY_CACHE_SLOTS][KEY_CACHE_MAX_LEN];
+    /* Short strings met as values (and as the keys of nested objects): see push_short_string. */
+    uint32_t str_used[STRING_CACHE_SLOTS];                     /* the conversion that last used the slot */
+    uint32_t str_candidate[1u << STRING_CACHE_SET_BITS];       /* per set: the hash of the last string it missed */
+    uint8_t str_len[STRING_CACHE_SLOTS];                       /* the string's length + 1; 0 for an empty slot */
+    char str_bytes[STRING_CACHE_SLOTS][STRING_CACHE_MAX_LEN];
 } key_cache;
 
 static void jz_key(jp *j, uint32_t obj, bool in_arena, uint32_t off, uint32_t len);
@@ -71,12 +89,14 @@ static uint32_t jz_arena_mark(const jp *j);
 static uint32_t jz_next_object(jp *j);
 static void jz_set_value(jp *j);
 static void jz_drop_if_null(jp *j);
+static void push_short_string(jp *j, const unsigned char *bytes, size_t n);
 
 static int jp_fail(jp *j, const char *what) {
     return luaL_error(j->L, "invalid JSON at byte %d: %s", (int)(j->p - j->s), what);
 }
 
-static void jp_ws(jp *j) {
+static inline void jp_ws(jp *j) {
+    if (j->p < j->end && *j->p > ' ') return; /* most tokens follow the last one directly */
     while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
 }
 
@@ -157,19 +177,88 @@ static const unsigned char plain_ascii[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
+/* A hash of n bytes (at most 31: KEY_CACHE_MAX_LEN, STRING_CACHE_MAX_LEN) from overlapping word loads that cover them all. */
+static uint32_t short_string_hash(const unsigned char *p, size_t n) {
+    uint64_t a = 0, b = 0;
+    if (n >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        if (n > 16) {
+            uint64_t c, d;
+            memcpy(&c, p + 8, 8);
+            memcpy(&d, p + n - 16, 8);
+            a ^= c * 0xFF51AFD7ED558CCDull;
+            b ^= d * 0xC4CEB9FE1A85EC53ull;
+        }
+    } else if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, p, 4);
+        memcpy(&y, p + n - 4, 4);
+        a = x;
+        b = y;
+    } else if (n > 0) {
+        a = (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 | (uint64_t)p[n - 1] << 16;
+    }
+    uint64_t h = a ^ (b * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56);
+    /* splitmix64's finaliser: every input bit reaches the top bits, which choose the set */
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    return (uint32_t)((h ^ (h >> 31)) >> 32);
+}
+
+/* Where the plain ASCII from p ends (printable, neither '"' nor '\\'), at most at end; begin is the text's start.
+ * Eight bytes at a time where the text allows, since strings are most of a context's bytes: a byte is special when it
+ * is below 0x20, at least 0x80, a quote or a backslash, and the lowest special byte of a word is found exactly by the
+ * usual subtract-and-mask tests (a borrow only runs upwards from a byte that is itself special). */
+static inline const unsigned char *skip_plain(const unsigned char *begin, const unsigned char *p,
+                                              const unsigned char *end) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    for (;;) {
+        uint64_t w;
+        size_t left = (size_t)(end - p);
+        if (left >= 8) {
+            memcpy(&w, p, 8);
+        } else if (left > 0 && end - begin >= 8) {
+            /* The last bytes, read as the tail of the text's last word: the bytes past end shift in as zeros, which
+             * count as special, so the scan stops at end at the latest. */
+            memcpy(&w, end - 8, 8);
+            w >>= 8 * (8 - left);
+        } else {
+            break;
+        }
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        uint64_t m = (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b) | w) & high;
+        if (m != 0) {
+            size_t at = (size_t)__builtin_ctzll(m) >> 3;
+            return at < left ? p + at : end;
+        }
+        if (left <= 8) return end;
+        p += 8;
+    }
+#else
+    (void)begin;
+#endif
+    while (p < end && plain_ascii[*p]) p++;
+    return p;
+}
+
 /* The string starting after the opening quote: pushed when building; when checking, only a key is kept (in z). */
 static void jp_string(jp *j, bool key, uint32_t obj) {
     const unsigned char *start = j->p;
     /* Fast path: no escapes, so the bytes can be pushed as they are. */
     while (j->p < j->end) {
         /* Plain ASCII goes by a table lookup per byte: strings are most of a context's bytes. */
-        while (j->p < j->end && plain_ascii[*j->p]) j->p++;
+        j->p = skip_plain(j->s, j->p, j->end);
         if (j->p >= j->end) break;
         unsigned char c = *j->p;
         if (c == '"') {
             size_t n = (size_t)(j->p - start);
             j->p++; /* a duplicate key is reported after its closing quote */
-            if (j->build) lua_pushlstring(j->L, (const char *)start, n);
+            if (j->build) {
+                if (j->kc != NULL && n <= STRING_CACHE_MAX_LEN) push_short_string(j, start, n);
+                else lua_pushlstring(j->L, (const char *)start, n);
+            }
             else if (key) jz_key(j, obj, false, (uint32_t)(start - j->s), (uint32_t)n);
             return;
         }
@@ -335,22 +424,9 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
 }
 
 /* The first of the slots a key may take (the cache is set-associative, so that keys of one context that hash alike
- * do not evict each other on every conversion): an FNV-1a walk over the bytes (KEY_HASH_STEP, which jp_top_key runs
- * as it scans the key), then its length mixed in. */
-#define KEY_HASH_SEED 0x811C9DC5u
-#define KEY_HASH_STEP(h, byte) ((h) = ((h) ^ (byte)) * 0x01000193u)
-
-static unsigned key_cache_set_from(uint32_t h, size_t n) {
-    h ^= (uint32_t)n * 0x9E3779B1u;
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    return (h >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS; /* the top bits choose the set */
-}
-
+ * do not evict each other on every conversion): the top bits of the key's hash choose the set. */
 static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
-    uint32_t h = KEY_HASH_SEED;
-    for (size_t i = 0; i < n; i++) KEY_HASH_STEP(h, p[i]);
-    return key_cache_set_from(h, n);
+    return (short_string_hash(p, n) >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS;
 }
 
 /* Whether n bytes (at most KEY_CACHE_MAX_LEN) at a and b are equal: a few word loads, overlapping at the end and
@@ -388,6 +464,40 @@ static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes
     return -1;
 }
 
+/* Pushes the string of n bytes (at most STRING_CACHE_MAX_LEN, no escapes) from the cache of interned strings, or
+ * interns it, and caches it when its set missed the same string last time. */
+static void push_short_string(jp *j, const unsigned char *bytes, size_t n) {
+    key_cache *kc = j->kc;
+    uint32_t h = short_string_hash(bytes, n);
+    unsigned set = h >> (32 - STRING_CACHE_SET_BITS), first = set * STRING_CACHE_WAYS;
+    for (unsigned slot = first; slot < first + STRING_CACHE_WAYS; slot++) {
+        if (kc->str_len[slot] == n + 1 && key_bytes_equal((const unsigned char *)kc->str_bytes[slot], bytes, n)) {
+            kc->str_used[slot] = kc->fill;
+            lua_getiuservalue(j->L, j->kcidx, KEY_CACHE_SLOTS + (int)slot + 1);
+            return;
+        }
+    }
+    lua_pushlstring(j->L, (const char *)bytes, n);
+    if (kc->str_candidate[set] != h) {
+        kc->str_candidate[set] = h;
+        return;
+    }
+    unsigned slot = first;
+    for (unsigned way = first; way < first + STRING_CACHE_WAYS; way++) {
+        if (kc->str_len[way] == 0) {
+            slot = way;
+            break;
+        }
+        if (kc->str_used[way] < kc->str_used[slot]) slot = way;
+    }
+    lua_pushvalue(j->L, -1);
+    lua_setiuservalue(j->L, j->kcidx, KEY_CACHE_SLOTS + (int)slot + 1);
+    memcpy(kc->str_bytes[slot], bytes, n);
+    kc->str_len[slot] = (uint8_t)(n + 1);
+    kc->str_used[slot] = kc->fill;
+    kc->str_candidate[set] = ~h; /* the next string to be cached here must miss twice as well */
+}
+
 /* Removes the member named by cached slot `slot` from the storage at t (the cache at kcidx). */
 static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
     lua_getiuservalue(L, kcidx, (int)slot + 1);
@@ -401,11 +511,7 @@ static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
 static int jp_top_key(jp *j, key_cache *kc, int t) {
     int kcidx = t + 1;
     const unsigned char *start = j->p;
-    uint32_t h = KEY_HASH_SEED;
-    while (j->p < j->end && plain_ascii[*j->p]) {
-        KEY_HASH_STEP(h, *j->p);
-        j->p++;
-    }
+    j->p = skip_plain(j->s, j->p, j->end);
     size_t n = (size_t)(j->p - start);
     if (j->p >= j->end || *j->p != '"' || n > KEY_CACHE_MAX_LEN) {
         j->p = start;
@@ -417,7 +523,7 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
         return key_cache_find(kc, key_cache_set_of((const unsigned char *)key, len), key, len);
     }
     j->p++;
-    unsigned first = key_cache_set_from(h, n);
+    unsigned first = key_cache_set_of(start, n);
     int found = key_cache_find(kc, first, start, n);
     if (found >= 0) {
         lua_getiuservalue(j->L, kcidx, found + 1);
@@ -475,6 +581,7 @@ static key_cache *context_fill_begin(lua_State *L) {
     if (kc->untracked) kc->nlast = 0;
     if (++kc->fill == 0) {
         memset(kc->set_in, 0, sizeof kc->set_in);
+        memset(kc->str_used, 0, sizeof kc->str_used);
         kc->fill = 1;
     }
     kc->ncurrent = 0;
@@ -493,15 +600,15 @@ static void context_fill_end(lua_State *L, key_cache *kc, int t) {
 }
 
 void rs_create_key_cache(lua_State *L) {
-    key_cache *kc = lua_newuserdatauv(L, sizeof *kc, KEY_CACHE_SLOTS);
+    key_cache *kc = lua_newuserdatauv(L, sizeof *kc, KEY_CACHE_SLOTS + STRING_CACHE_SLOTS);
     memset(kc, 0, sizeof *kc);
     rs_state *S = rs_state_of(L);
     S->key_cache = kc;
     S->key_cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* Pushes one value when building (JSON null pushes nil); checks it otherwise. */
-static void jp_value(jp *j, uint32_t depth) {
+/* Pushes one value when building (JSON null pushes nil, and answers true); checks it otherwise. */
+static bool jp_value(jp *j, uint32_t depth) {
     jp_ws(j);
     if (j->p >= j->end) jp_fail(j, "unexpected end of input");
     /* The object itself is not one of its values: a context of exactly max_values members is accepted. */
@@ -522,6 +629,8 @@ static void jp_value(jp *j, uint32_t depth) {
         if (j->build && depth == 0) {
             kc = context_fill_begin(j->L);
             t = lua_gettop(j->L) - 1;
+            j->kc = kc;
+            j->kcidx = t + 1;
         } else if (j->build) {
             lua_createtable(j->L, object ? 0 : 4, object ? 4 : 0);
             t = lua_gettop(j->L);
@@ -532,19 +641,24 @@ static void jp_value(jp *j, uint32_t depth) {
         if (j->p < j->end && *j->p == (object ? '}' : ']')) {
             j->p++;
             if (j->build) {
-                if (kc != NULL) context_fill_end(j->L, kc, t);
+                if (kc != NULL) {
+                    context_fill_end(j->L, kc, t);
+                    j->kc = NULL;
+                }
                 if (depth == 0) rs_make_readonly_context(j->L);
                 else rs_make_readonly(j->L);
             }
-            return;
+            return false;
         }
         lua_Integer index = 0;
         jp_seen seen;
         seen.count = 0;
         for (;;) {
             if (object) {
-                jp_ws(j);
-                if (j->p >= j->end || *j->p != '"') jp_fail(j, "expected a string key");
+                if (j->p >= j->end || *j->p != '"') {
+                    jp_ws(j);
+                    if (j->p >= j->end || *j->p != '"') jp_fail(j, "expected a string key");
+                }
                 j->p++;
                 int slot = -1;
                 if (kc != NULL) {
@@ -562,14 +676,16 @@ static void jp_value(jp *j, uint32_t depth) {
                     jp_string(j, true, obj);
                     if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
                 }
-                jp_ws(j);
-                if (j->p >= j->end || *j->p != ':') jp_fail(j, "expected ':'");
+                if (j->p >= j->end || *j->p != ':') {
+                    jp_ws(j);
+                    if (j->p >= j->end || *j->p != ':') jp_fail(j, "expected ':'");
+                }
                 j->p++;
                 if (!j->build) jz_set_value(j);
-                jp_value(j, depth + 1);
+                bool null = jp_value(j, depth + 1);
                 if (!j->build) {
                     jz_drop_if_null(j);
-                } else if (lua_isnil(j->L, -1)) {
+                } else if (null) {
                     /* null: the key is absent (and the reused storage may have it from an earlier context) */
                     if (kc != NULL) lua_rawset(j->L, t);
                     else lua_pop(j->L, 2);
@@ -602,34 +718,37 @@ static void jp_value(jp *j, uint32_t depth) {
             jp_fail(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
         }
         if (j->build) {
-            if (kc != NULL) context_fill_end(j->L, kc, t);
+            if (kc != NULL) {
+                context_fill_end(j->L, kc, t);
+                j->kc = NULL;
+            }
             if (depth == 0) rs_make_readonly_context(j->L);
             else rs_make_readonly(j->L);
         }
-        return;
+        return false;
     }
     if (c == '"') {
         j->p++;
         jp_string(j, false, 0);
-        return;
+        return false;
     }
     if (c == '-' || (c >= '0' && c <= '9')) {
         jp_number(j);
-        return;
+        return false;
     }
     bool truth = jp_literal(j, "true", 4);
     if (truth || jp_literal(j, "false", 5)) {
         if (j->build) lua_pushboolean(j->L, truth);
-    } else if (jp_literal(j, "null", 4)) {
-        if (j->build) lua_pushnil(j->L);
-    } else {
-        jp_fail(j, "unexpected character");
+        return false;
     }
+    if (!jp_literal(j, "null", 4)) jp_fail(j, "unexpected character");
+    if (j->build) lua_pushnil(j->L);
+    return j->build;
 }
 
 void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t max_depth, uint32_t max_values) {
     jp j = {L, (const unsigned char *)json, (const unsigned char *)json, (const unsigned char *)json + len, max_depth,
-            max_values, max_values, true, false, NULL, 0};
+            max_values, max_values, true, false, NULL, 0, NULL, 0};
     jp_ws(&j);
     if (j.p >= j.end) {
         /* An absent context is an empty one. */
@@ -844,7 +963,7 @@ static jctx *jz_push(lua_State *L) {
 /* Pushes top-level member k of the context being read (nil for null), converted whole. The text was checked. */
 static void jz_convert(lua_State *L, jctx *z, jkey *k) {
     jp j = {L, z->json, z->json + k->value, z->json + z->json_len, z->max_depth, UINT32_MAX, UINT32_MAX, true,
-            true, NULL, 0};
+            true, NULL, 0, NULL, 0};
     jp_value(&j, 1);
     k->converted = 1;
 }
@@ -890,7 +1009,7 @@ bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t m
     }
     jctx *z = jz_push(L);
     int zidx = lua_gettop(L);
-    jp j = {L, text, first, text + len, max_depth, max_values, max_values, false, false, z, zidx};
+    jp j = {L, text, first, text + len, max_depth, max_values, max_values, false, false, z, zidx, NULL, 0};
     /* Nothing is read from the last context any more. Until the storage is made below, no table is recognised as
      * this context's (z->storage is NULL), so a check that fails leaves nothing that could read the text later. */
     z->json = NULL;

@@ -92,18 +92,17 @@ struct ContextReuseTests {
         #expect(try Self.members(rules, #"{"ab":null,"c":2}"#).1 == "c=2|nil|0")
         #expect(try Self.members(rules, #"{"a\u0062":3,"\#(long)":4}"#).1 == "ab=3,\(long)=4|nil|0")
         #expect(try Self.members(rules, #"{"ab":5}"#).1 == "ab=5|nil|0")
-        // k21, k85, k92, k104, k150 and k164 share a set of the key cache's four-slot sets (rs_json.c's
-        // key_cache_set_of): a context with five of them evicts its own keys.
+        // k2, k9, k21, k23, k40 and k50 share one of the key cache's four-slot sets (rs_json.c's key_cache_set_of):
+        // a context with five of them evicts its own keys.
         #expect(
-            try Self.members(rules, #"{"k21":1,"k85":2,"k92":3,"k104":4,"k150":5}"#).1
-                == "k104=4,k150=5,k21=1,k85=2,k92=3|nil|0")
+            try Self.members(rules, #"{"k2":1,"k9":2,"k21":3,"k23":4,"k40":5}"#).1
+                == "k21=3,k23=4,k2=1,k40=5,k9=2|nil|0")
         #expect(
-            try Self.members(rules, #"{"k21":1,"k85":2,"k92":3,"k104":4,"k150":5,"k21":6}"#).0.code == .invalidContext)
+            try Self.members(rules, #"{"k2":1,"k9":2,"k21":3,"k23":4,"k40":5,"k2":6}"#).0.code == .invalidContext)
         #expect(
-            try Self.members(rules, #"{"k85":1,"k92":2,"k104":3,"k150":4,"k164":5,"k92":6}"#).0.code
-                == .invalidContext)
-        #expect(try Self.members(rules, #"{"k164":5,"k21":6}"#).1 == "k164=5,k21=6|nil|0")
-        #expect(try Self.members(rules, #"{"k85":7}"#).1 == "k85=7|nil|0")
+            try Self.members(rules, #"{"k9":1,"k21":2,"k23":3,"k40":4,"k50":5,"k21":6}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"k50":5,"k2":6}"#).1 == "k2=6,k50=5|nil|0")
+        #expect(try Self.members(rules, #"{"k9":7}"#).1 == "k9=7|nil|0")
         for round in 0..<3 {
             for index in 0..<200 {
                 let key = "key\(index)"
@@ -116,8 +115,8 @@ struct ContextReuseTests {
     @Test("keys that differ in one byte are told apart, at every length the key cache holds")
     func keysDifferingInOneByte() throws {
         let rules = try Self.loaded(.whole)
-        // 36 spellings of one position share 32 sets of two slots, so some share a set and are compared byte for
-        // byte: at the first, a middle and the last byte, for keys of 1 to 32 bytes (31 is the longest cached).
+        // 36 spellings of one position spread over 64 sets of four slots, so some share a set and are compared byte
+        // for byte: at the first, a middle and the last byte, for keys of 1 to 32 bytes (31 is the longest cached).
         let spellings = Array("abcdefghijklmnopqrstuvwxyz0123456789")
         for length in 1...32 {
             for position in Set([0, length / 2, length - 1]) {
@@ -131,6 +130,69 @@ struct ContextReuseTests {
                     }
                 }
             }
+        }
+    }
+
+    @Test("string values that differ in one byte read back exactly, from the string cache or not, at every length")
+    func valuesDifferingInOneByte() throws {
+        let rules = try Self.loaded(.whole)
+        // A string is cached at its set's second miss in a row, so each value is read three times in a row (a miss,
+        // a miss that caches it, a hit), then all of them once more: similar values meet in shared sets, evict each
+        // other and are compared byte for byte, for values of 0 to 32 bytes (31 is the longest cached).
+        let spellings = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        var values: [String] = [""]
+        for length in 1...32 {
+            for position in Set([0, length / 2, length - 1]).sorted() {
+                for spelling in spellings {
+                    var bytes = Array(repeating: Character("q"), count: length)
+                    bytes[position] = spelling
+                    values.append(String(bytes))
+                }
+            }
+        }
+        for value in values {
+            for _ in 0..<3 {
+                #expect(try Self.members(rules, #"{"v":"\#(value)","n":1}"#).1 == "n=1,v=\(value)|nil|0")
+            }
+        }
+        for value in values.reversed() {
+            #expect(try Self.members(rules, #"{"n":2,"v":"\#(value)"}"#).1 == "n=2,v=\(value)|nil|0")
+        }
+        // Spelled with an escape, a value equal to a cached one reads the same; a nested object's strings too.
+        #expect(try Self.members(rules, #"{"v":"q\u0071"}"#).1 == "v=qq|nil|0")
+        #expect(try Self.members(rules, #"{"v":"qq","w":{"qq":"qq"}}"#).1?.hasPrefix("v=qq,w=table") == true)
+    }
+
+    @Test("strings are read to their last byte, whatever byte ends them and wherever they lie in the text")
+    func stringEnds() throws {
+        let rules = try Self.loaded(.whole)
+        // Strings are scanned eight bytes at a time, the last few bytes as the tail of the text's last word: a
+        // special byte at every position of strings of 0 to 20 bytes, with the string starting at every alignment.
+        for shift in 0..<8 {
+            let key = "k" + String(repeating: "p", count: shift)
+            for length in 0...20 {
+                let plain = String(repeating: "s", count: length)
+                let prefix = #"{"\#(key)":""#
+                #expect(try Self.members(rules, prefix + plain + #""}"#).1 == "\(key)=\(plain)|nil|0")
+                for position in 0..<max(length, 1) {
+                    let head = String(plain.prefix(position)), tail = String(plain.dropFirst(position + 1))
+                    let accented = head + "\u{E9}" + tail
+                    #expect(try Self.members(rules, prefix + accented + #""}"#).1 == "\(key)=\(accented)|nil|0")
+                    let escaped = try Self.members(rules, prefix + head + #"\u0041"# + tail + #""}"#).1
+                    #expect(escaped == "\(key)=\(head)A\(tail)|nil|0")
+                    // A raw control byte or a byte that is not UTF-8 is refused at its own offset.
+                    let at = prefix.utf8.count + position
+                    for (bad, why) in [(UInt8(0x01), "control character"), (0xFF, "invalid UTF-8")] {
+                        var text = Array((prefix + plain + #""}"#).utf8)
+                        if length == 0 { text.insert(bad, at: at) } else { text[at] = bad }
+                        let answer = try rules.flag("members", rawContext: text)
+                        #expect(answer.code == .invalidContext)
+                        #expect(answer.message?.contains("at byte \(at): \(why)") == true, "\(answer.message ?? "")")
+                    }
+                }
+            }
+            // An unterminated string ends the text at any length.
+            #expect(try rules.flag("members", rawContext: Array(#"{"\#(key)":"ss"#.utf8)).code == .invalidContext)
         }
     }
 
