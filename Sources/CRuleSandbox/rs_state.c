@@ -80,11 +80,52 @@ rs_state *rs_state_of(lua_State *L) {
  */
 #define RS_DEADLINE_CHECK_BYTES (64u << 10)
 
+/*
+ * Small blocks that Lua frees are kept, per state, for its next allocations of the same size class. Every context
+ * value unique to a request (a user id) is a new string, and a collection frees hundreds of them at once: far more
+ * than glibc's per-thread cache holds (seven blocks a size), so most went through its slower bins both ways, about
+ * 200 instructions per string made and collected (3% of a flag evaluation). A free list per class, bounded in bytes,
+ * takes them back in a few instructions. The classes are the chunk sizes glibc would use for the same requests, so
+ * no block takes more memory than it did; only the state itself touches its lists (one owner, no locks).
+ */
+#define RS_SMALL_MAX 120                   /* the largest size served from the lists */
+#define RS_SMALL_KEEP_BYTES (64u << 10)    /* what a state keeps at most */
+
+static inline unsigned small_class(size_t n) { return n <= 24 ? 0 : (unsigned)((n - 9) >> 4); }
+static inline size_t small_class_bytes(unsigned c) { return 24 + 16 * (size_t)c; }
+_Static_assert((RS_SMALL_MAX - 9) >> 4 == RS_SMALL_CLASSES - 1, "the classes cover the small sizes");
+
+static void small_release(rs_state *S, void *p, size_t size) {
+    unsigned c = small_class(size);
+    size_t bytes = small_class_bytes(c);
+    if (S->small_kept_bytes + bytes > RS_SMALL_KEEP_BYTES) {
+        free(p);
+        return;
+    }
+    *(void **)p = S->small_free[c];
+    S->small_free[c] = p;
+    S->small_kept_bytes += bytes;
+}
+
+static void *small_take(rs_state *S, size_t size) {
+    unsigned c = small_class(size);
+    void *p = S->small_free[c];
+    if (p == NULL) return malloc(small_class_bytes(c));
+    S->small_free[c] = *(void **)p;
+    S->small_kept_bytes -= small_class_bytes(c);
+    return p;
+}
+
+static void release_block(rs_state *S, void *p, size_t size) {
+    if (size <= RS_SMALL_MAX) small_release(S, p, size);
+    else free(p);
+}
+
 static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     rs_state *S = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        if (ptr != NULL) release_block(S, ptr, old);
         S->memory_in_use -= old;
         return NULL;
     }
@@ -98,8 +139,24 @@ static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
             return NULL;
         }
     }
-    void *p = realloc(ptr, nsize);
-    if (p == NULL) return NULL;
+    void *p;
+    if (ptr != NULL && old <= RS_SMALL_MAX && nsize <= RS_SMALL_MAX && small_class(old) == small_class(nsize)) {
+        p = ptr; /* the block already has room */
+    } else if (nsize <= RS_SMALL_MAX || (ptr != NULL && old <= RS_SMALL_MAX)) {
+        /* Into a small block, or out of one: a new block and a copy. A block that cannot shrink into a new small
+         * one stays as it is; being larger than its class, it serves that class as well as any. */
+        p = nsize <= RS_SMALL_MAX ? small_take(S, nsize) : malloc(nsize);
+        if (p == NULL) {
+            if (ptr == NULL || nsize > old) return NULL;
+            p = ptr;
+        } else if (ptr != NULL) {
+            memcpy(p, ptr, old < nsize ? old : nsize);
+            release_block(S, ptr, old);
+        }
+    } else {
+        p = realloc(ptr, nsize);
+        if (p == NULL) return NULL;
+    }
     S->memory_in_use = S->memory_in_use - old + nsize;
     return p;
 }
@@ -484,6 +541,12 @@ rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
     if (status != LUA_OK) {
         rs_error_text(S->L, -1, error, error_cap);
         lua_close(S->L);
+    for (unsigned c = 0; c < RS_SMALL_CLASSES; c++) {
+        for (void *p = S->small_free[c], *next; p != NULL; p = next) {
+            next = *(void **)p;
+            free(p);
+        }
+    }
     rs_trace_free(S);
         free(S);
         return NULL;
@@ -521,6 +584,12 @@ void rs_state_free(rs_state *S) {
     /* Finalizers are refused by the sandbox (setmetatable rejects __gc), so closing runs no user code. */
     S->phase = RS_PHASE_HOST;
     lua_close(S->L);
+    for (unsigned c = 0; c < RS_SMALL_CLASSES; c++) {
+        for (void *p = S->small_free[c], *next; p != NULL; p = next) {
+            next = *(void **)p;
+            free(p);
+        }
+    }
     rs_trace_free(S);
     for (size_t i = 0; i < S->diag_count; i++) {
         free(S->diags[i].file);

@@ -122,6 +122,9 @@ typedef struct rs_originals {
 } rs_originals;
 
 /* A block of the state's string arena (rs_keep_string). */
+/* Size classes of the small blocks a state keeps (rs_state.c): 24, 40, ..., 120 usable bytes. */
+#define RS_SMALL_CLASSES 7
+
 typedef struct rs_string_block {
     struct rs_string_block *next;
     size_t used, cap;
@@ -136,6 +139,9 @@ struct rs_state {
     /* Allocator accounting. */
     uint64_t memory_in_use;
     uint64_t memory_limit;
+    /* Small blocks freed by Lua, kept for its next allocations of their size class (rs_alloc). */
+    void *small_free[RS_SMALL_CLASSES];
+    size_t small_kept_bytes;
 
     /* The running transaction's guard. */
     int phase;
