@@ -508,6 +508,23 @@ void rs_push_reusable_context_storage(lua_State *L, bool empty) {
     }
 }
 
+void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
+    rs_push_reusable_context_storage(L, empty);
+}
+
+void rs_end_context_fill(lua_State *L, rs_state *S) {
+    const void *target = lua_topointer(L, -1);
+    /* As in rs_make_readonly_context: an equal pointer is the same table, nothing to re-point. */
+    if (target != S->context_target) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
+        point_readonly_meta(L, lua_gettop(L) - 1);
+        lua_pop(L, 1);
+        S->context_target = target;
+    }
+    lua_pop(L, 1);
+}
+
 void rs_make_readonly_context(lua_State *L) {
     rs_state *S = rs_state_of(L);
     int storage = lua_gettop(L);

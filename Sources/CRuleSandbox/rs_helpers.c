@@ -334,18 +334,20 @@ static int h_rollout(lua_State *L)
     const uint64_t total = 100 * ROLLOUT_SCALE;
     if (on > total)
         on = total;
-    /* The strings' bytes, and a walk over two buckets as split would charge: one charge before any hashing. */
-    rs_charge(L, string_steps(L, 3, 16) + 2);
+    /* The strings' bytes (the unit's, and the seed's when it is an argument), and a walk over two buckets as split
+     * would charge: one charge before any hashing. Each type is asked once: this runs for every rollout. */
+    size_t unit_len = 0;
+    const char *unit = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &unit_len) : NULL;
+    size_t seed_bytes = lua_type(L, 3) == LUA_TSTRING ? seed_len : 0;
+    rs_charge(L, (unit_len + seed_bytes) / 16 + 2);
 
-    if (lua_type(L, 1) != LUA_TSTRING) {
+    if (unit == NULL) {
         lua_pushnil(L);
         if (rs_tracing(L))
             rs_trace_call(L, "rollout", lua_type(L, 3) == LUA_TSTRING ? 3 : 2, -1,
                           "\"why\":\"the unit is not a string\"");
         return 1;
     }
-    size_t unit_len;
-    const char *unit = lua_tolstring(L, 1, &unit_len);
     /* Walking {true, on}, {false, total - on}: the first bucket wins iff its running sum `on` exceeds b. */
     uint64_t b = bucket_point(seed, seed_len, unit, unit_len, total);
     lua_pushboolean(L, b < on);

@@ -59,14 +59,19 @@ _Static_assert(KEY_CACHE_WAYS << KEY_CACHE_SET_BITS == KEY_CACHE_SLOTS, "the set
  * countries, plans, versions and regions arrive in context after context, and pushing a kept string costs ~30
  * instructions where interning its bytes again costs ~270 (hashing, the string table's chain, and for a string no
  * longer alive, an allocation and its collection). Values unique to a request (user ids) would only churn such a
- * cache, so a string is cached at the second miss in a row of its set, and replaces the way used longest ago. */
+ * cache, so a string is cached at its second miss (see STRING_CANDIDATES), and replaces the way used longest ago. */
 #define STRING_CACHE_SLOTS 256
 #define STRING_CACHE_WAYS 4
 #define STRING_CACHE_SET_BITS 6
 _Static_assert(STRING_CACHE_WAYS << STRING_CACHE_SET_BITS == STRING_CACHE_SLOTS, "the sets fill the cache");
 #define STRING_CACHE_MAX_LEN 31
+/* The strings missed once, by the low bits of their hash (the set takes the top bits): a string is cached when it is
+ * missed again before another string with the same low bits is, so that strings of one set in one context (which
+ * take turns in their set's entry) still get in. */
+#define STRING_CANDIDATES 256
 
 typedef struct key_cache {
+    struct rs_state *S;               /* the state whose cache this is */
     uint32_t fill;                    /* the conversion in progress, or the last one */
     uint32_t set_in[KEY_CACHE_SLOTS]; /* the conversion that last set the slot's key in the storage (0: none) */
     uint8_t len[KEY_CACHE_SLOTS];     /* the key's length + 1; 0 for an empty slot */
@@ -75,11 +80,17 @@ typedef struct key_cache {
     uint16_t nlast, ncurrent;
     bool untracked; /* the storage may hold keys that `last` does not name: empty it whole first */
     bool lost;      /* this conversion set a key that `current` does not name */
+    bool kept;      /* the storage still holds what the last conversion set (it was not emptied) */
     char bytes[KEY_CACHE_SLOTS][KEY_CACHE_MAX_LEN];
+    /* Per key slot: the cached string (its slot + 1; 0: none) the member was last set to, and that slot's
+     * generation then; see jp_top_string_member. */
+    uint16_t kept_str[KEY_CACHE_SLOTS];
+    uint32_t kept_gen[KEY_CACHE_SLOTS];
     /* Short strings met as values (and as the keys of nested objects): see push_short_string. */
     uint32_t str_used[STRING_CACHE_SLOTS];                     /* the conversion that last used the slot */
-    uint32_t str_candidate[1u << STRING_CACHE_SET_BITS];       /* per set: the hash of the last string it missed */
+    uint32_t str_candidate[STRING_CANDIDATES];                 /* hashes of strings missed once, by their low bits */
     uint8_t str_len[STRING_CACHE_SLOTS];                       /* the string's length + 1; 0 for an empty slot */
+    uint32_t str_gen[STRING_CACHE_SLOTS];                      /* counts the strings the slot has held */
     char str_bytes[STRING_CACHE_SLOTS][STRING_CACHE_MAX_LEN];
 } key_cache;
 
@@ -200,10 +211,11 @@ static uint32_t short_string_hash(const unsigned char *p, size_t n) {
         a = (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 | (uint64_t)p[n - 1] << 16;
     }
     uint64_t h = a ^ (b * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)n << 56);
-    /* splitmix64's finaliser: every input bit reaches the top bits, which choose the set */
-    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
-    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
-    return (uint32_t)((h ^ (h >> 31)) >> 32);
+    /* One xor-shift before the multiply: a multiply alone is linear, and keys that differ by a step (k0, k1, k2...)
+     * then landed in one set; the shift lets every input bit reach the top bits, which choose the set. */
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    return (uint32_t)(h >> 32);
 }
 
 /* Where the plain ASCII from p ends (printable, neither '"' nor '\\'), at most at end; begin is the text's start.
@@ -464,24 +476,32 @@ static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes
     return -1;
 }
 
-/* Pushes the string of n bytes (at most STRING_CACHE_MAX_LEN, no escapes) from the cache of interned strings, or
- * interns it, and caches it when its set missed the same string last time. */
-static void push_short_string(jp *j, const unsigned char *bytes, size_t n) {
+/* The slot of the cached string of n bytes (at most STRING_CACHE_MAX_LEN) and hash h, or -1. */
+static int string_cache_find(const key_cache *kc, uint32_t h, const unsigned char *bytes, size_t n) {
+    unsigned first = (h >> (32 - STRING_CACHE_SET_BITS)) * STRING_CACHE_WAYS;
+    for (unsigned slot = first; slot < first + STRING_CACHE_WAYS; slot++)
+        if (kc->str_len[slot] == n + 1 && key_bytes_equal((const unsigned char *)kc->str_bytes[slot], bytes, n))
+            return (int)slot;
+    return -1;
+}
+
+/* Pushes cached string `slot`. */
+static void string_cache_push(jp *j, int slot) {
+    j->kc->str_used[slot] = j->kc->fill;
+    lua_getiuservalue(j->L, j->kcidx, KEY_CACHE_SLOTS + slot + 1);
+}
+
+/* Interns and pushes a string the cache does not hold (hash h), and caches it at its second miss (see
+ * STRING_CANDIDATES); returns its slot then, else -1. */
+static int string_cache_add(jp *j, uint32_t h, const unsigned char *bytes, size_t n) {
     key_cache *kc = j->kc;
-    uint32_t h = short_string_hash(bytes, n);
-    unsigned set = h >> (32 - STRING_CACHE_SET_BITS), first = set * STRING_CACHE_WAYS;
-    for (unsigned slot = first; slot < first + STRING_CACHE_WAYS; slot++) {
-        if (kc->str_len[slot] == n + 1 && key_bytes_equal((const unsigned char *)kc->str_bytes[slot], bytes, n)) {
-            kc->str_used[slot] = kc->fill;
-            lua_getiuservalue(j->L, j->kcidx, KEY_CACHE_SLOTS + (int)slot + 1);
-            return;
-        }
-    }
     lua_pushlstring(j->L, (const char *)bytes, n);
-    if (kc->str_candidate[set] != h) {
-        kc->str_candidate[set] = h;
-        return;
+    uint32_t *candidate = &kc->str_candidate[h % STRING_CANDIDATES];
+    if (*candidate != h) {
+        *candidate = h;
+        return -1;
     }
+    unsigned first = (h >> (32 - STRING_CACHE_SET_BITS)) * STRING_CACHE_WAYS;
     unsigned slot = first;
     for (unsigned way = first; way < first + STRING_CACHE_WAYS; way++) {
         if (kc->str_len[way] == 0) {
@@ -495,11 +515,22 @@ static void push_short_string(jp *j, const unsigned char *bytes, size_t n) {
     memcpy(kc->str_bytes[slot], bytes, n);
     kc->str_len[slot] = (uint8_t)(n + 1);
     kc->str_used[slot] = kc->fill;
-    kc->str_candidate[set] = ~h; /* the next string to be cached here must miss twice as well */
+    kc->str_gen[slot]++; /* members kept as the string it held are no longer known to hold this one */
+    *candidate = ~h; /* the next string to be cached here must miss twice as well */
+    return (int)slot;
+}
+
+/* Pushes the string of n bytes (at most STRING_CACHE_MAX_LEN, no escapes), from the cache of interned strings. */
+static void push_short_string(jp *j, const unsigned char *bytes, size_t n) {
+    uint32_t h = short_string_hash(bytes, n);
+    int slot = string_cache_find(j->kc, h, bytes, n);
+    if (slot >= 0) string_cache_push(j, slot);
+    else (void)string_cache_add(j, h, bytes, n);
 }
 
 /* Removes the member named by cached slot `slot` from the storage at t (the cache at kcidx). */
-static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
+static void key_cache_remove(lua_State *L, key_cache *kc, int kcidx, int t, unsigned slot) {
+    kc->kept_str[slot] = 0;
     lua_getiuservalue(L, kcidx, (int)slot + 1);
     lua_pushnil(L);
     lua_rawset(L, t);
@@ -508,8 +539,9 @@ static void key_cache_remove(lua_State *L, int kcidx, int t, unsigned slot) {
 /* Pushes the key of a top-level member (after its opening quote), from the cache when it holds it; returns its slot,
  * or -1 for a key that is not cached. A key with escapes, non-ASCII bytes or of more than KEY_CACHE_MAX_LEN bytes
  * goes through jp_string, from its first byte, so that every error is raised at the same byte as before. */
-static int jp_top_key(jp *j, key_cache *kc, int t) {
+static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
     int kcidx = t + 1;
+    *pushed = true;
     const unsigned char *start = j->p;
     j->p = skip_plain(j->s, j->p, j->end);
     size_t n = (size_t)(j->p - start);
@@ -526,7 +558,7 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
     unsigned first = key_cache_set_of(start, n);
     int found = key_cache_find(kc, first, start, n);
     if (found >= 0) {
-        lua_getiuservalue(j->L, kcidx, found + 1);
+        *pushed = false; /* the caller pushes it when the member needs setting */
         return found;
     }
     /* The slot to replace: an empty one, else the one a conversion set longest ago. */
@@ -544,13 +576,14 @@ static int jp_top_key(jp *j, key_cache *kc, int t) {
     if (kc->set_in[slot] == kc->fill) {
         kc->lost = true;
     } else {
-        if (kc->len[slot] != 0) key_cache_remove(j->L, kcidx, t, slot);
+        if (kc->len[slot] != 0) key_cache_remove(j->L, kc, kcidx, t, slot);
         kc->set_in[slot] = 0;
     }
     lua_pushvalue(j->L, -1);
     lua_setiuservalue(j->L, kcidx, (int)slot + 1);
     memcpy(kc->bytes[slot], start, n);
     kc->len[slot] = (uint8_t)(n + 1);
+    kc->kept_str[slot] = 0;
     return (int)slot;
 }
 
@@ -563,25 +596,64 @@ static void key_cache_set(key_cache *kc, int slot) {
     }
 }
 
+/* Converts a top-level member whose value (after the ':') is a string of at most STRING_CACHE_MAX_LEN plain bytes,
+ * the common case, for the key of cached slot `slot` (on the stack when `pushed`); answers false, having read
+ * nothing, for any other value. The string comes from the cache of interned strings; and when the storage already
+ * holds this key with this very string (the last conversion set it, and nothing removed it or reused the string's
+ * slot since), neither is pushed and the table is not touched (~150 instructions less): a country, plan or version
+ * often repeats from one context to the next, and a service asking for several flags sends one context each time. */
+static bool jp_top_string_member(jp *j, key_cache *kc, int t, int slot, bool pushed) {
+    jp_ws(j);
+    if (j->p >= j->end || *j->p != '"') return false;
+    const unsigned char *start = j->p + 1, *close = skip_plain(j->s, start, j->end);
+    size_t n = (size_t)(close - start);
+    if (close >= j->end || *close != '"' || n > STRING_CACHE_MAX_LEN) return false;
+    /* as jp_value counts it, at its opening quote */
+    if (j->values_left-- == 0)
+        luaL_error(j->L, "more than %I values (at byte %d)", (lua_Integer)j->max_values, (int)(j->p - j->s));
+    j->p = close + 1;
+    uint32_t h = short_string_hash(start, n);
+    int v = string_cache_find(kc, h, start, n);
+    /* Not when the key is on the stack already: spelled with escapes, or pushed for the duplicate check of a
+     * conversion that lost track of its storage (the skipped key would stay on the stack). */
+    if (v >= 0 && !pushed && kc->kept && kc->set_in[slot] == kc->fill - 1 && kc->kept_str[slot] == v + 1 &&
+        kc->kept_gen[slot] == kc->str_gen[v]) {
+        kc->str_used[v] = kc->fill;
+        key_cache_set(kc, slot);
+        return true;
+    }
+    if (!pushed) lua_getiuservalue(j->L, t + 1, slot + 1);
+    if (v >= 0) string_cache_push(j, v);
+    else v = string_cache_add(j, h, start, n);
+    lua_rawset(j->L, t);
+    key_cache_set(kc, slot);
+    kc->kept_str[slot] = (uint16_t)(v + 1);
+    kc->kept_gen[slot] = v >= 0 ? kc->str_gen[v] : 0;
+    return true;
+}
+
 /* Removes the members of the last conversion that this one has not set (yet). */
 static void key_cache_drop_stale(lua_State *L, key_cache *kc, int t) {
     for (unsigned i = 0; i < kc->nlast; i++) {
         unsigned slot = kc->last[i];
-        if (kc->set_in[slot] != kc->fill) key_cache_remove(L, t + 1, t, slot);
+        if (kc->set_in[slot] != kc->fill) key_cache_remove(L, kc, t + 1, t, slot);
     }
     kc->nlast = 0;
 }
 
-/* Starts converting a top-level object: pushes the reused storage (at t) and the key cache (at t + 1). */
+/* Starts converting a top-level object: pushes the context's proxy, the reused storage (at t) and the key cache (at
+ * t + 1). */
 static key_cache *context_fill_begin(lua_State *L) {
     rs_state *S = rs_state_of(L);
     key_cache *kc = S->key_cache;
-    rs_push_reusable_context_storage(L, kc->untracked);
+    rs_begin_context_fill(L, S, kc->untracked);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->key_cache_ref);
     if (kc->untracked) kc->nlast = 0;
+    kc->kept = !kc->untracked; /* an untracked storage was emptied above */
     if (++kc->fill == 0) {
         memset(kc->set_in, 0, sizeof kc->set_in);
         memset(kc->str_used, 0, sizeof kc->str_used);
+        memset(kc->kept_str, 0, sizeof kc->kept_str);
         kc->fill = 1;
     }
     kc->ncurrent = 0;
@@ -590,19 +662,22 @@ static key_cache *context_fill_begin(lua_State *L) {
     return kc;
 }
 
-/* Completes a conversion of the storage at t: it then holds exactly the object's members. Pops the cache. */
+/* Completes a conversion of the storage at t: it then holds exactly the object's members. Leaves the proxy, pointed
+ * at the storage, at t - 1 and on top. */
 static void context_fill_end(lua_State *L, key_cache *kc, int t) {
     key_cache_drop_stale(L, kc, t);
     memcpy(kc->last, kc->current, kc->ncurrent);
     kc->nlast = kc->ncurrent;
     kc->untracked = kc->lost;
     lua_settop(L, t);
+    rs_end_context_fill(L, kc->S);
 }
 
 void rs_create_key_cache(lua_State *L) {
     key_cache *kc = lua_newuserdatauv(L, sizeof *kc, KEY_CACHE_SLOTS + STRING_CACHE_SLOTS);
     memset(kc, 0, sizeof *kc);
     rs_state *S = rs_state_of(L);
+    kc->S = S;
     S->key_cache = kc;
     S->key_cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -644,9 +719,9 @@ static bool jp_value(jp *j, uint32_t depth) {
                 if (kc != NULL) {
                     context_fill_end(j->L, kc, t);
                     j->kc = NULL;
+                } else {
+                    rs_make_readonly(j->L);
                 }
-                if (depth == 0) rs_make_readonly_context(j->L);
-                else rs_make_readonly(j->L);
             }
             return false;
         }
@@ -661,11 +736,16 @@ static bool jp_value(jp *j, uint32_t depth) {
                 }
                 j->p++;
                 int slot = -1;
+                bool pushed = true; /* the key is on the stack */
                 if (kc != NULL) {
                     /* While every member set so far is named by the cache, its slot tells a duplicate; after a key
                      * it cannot name, the table answers, once it holds this object's members only. */
-                    slot = jp_top_key(j, kc, t);
+                    slot = jp_top_key(j, kc, t, &pushed);
                     if (slot < 0) kc->lost = true;
+                    if (kc->lost && !pushed) {
+                        lua_getiuservalue(j->L, t + 1, slot + 1);
+                        pushed = true;
+                    }
                     if (kc->lost && seen.count <= JP_SEEN_KEYS) {
                         key_cache_drop_stale(j->L, kc, t);
                         seen.count = JP_SEEN_KEYS + 1;
@@ -682,6 +762,11 @@ static bool jp_value(jp *j, uint32_t depth) {
                 }
                 j->p++;
                 if (!j->build) jz_set_value(j);
+                if (slot >= 0) {
+                    if (jp_top_string_member(j, kc, t, slot, pushed)) goto member_done;
+                    if (!pushed) lua_getiuservalue(j->L, t + 1, slot + 1);
+                    kc->kept_str[slot] = 0;
+                }
                 bool null = jp_value(j, depth + 1);
                 if (!j->build) {
                     jz_drop_if_null(j);
@@ -705,6 +790,7 @@ static bool jp_value(jp *j, uint32_t depth) {
                 jp_value(j, depth + 1);
                 if (j->build) lua_rawseti(j->L, t, ++index);
             }
+        member_done:
             jp_ws(j);
             if (j->p >= j->end) jp_fail(j, "unexpected end of input");
             if (*j->p == ',') {
@@ -721,9 +807,9 @@ static bool jp_value(jp *j, uint32_t depth) {
             if (kc != NULL) {
                 context_fill_end(j->L, kc, t);
                 j->kc = NULL;
+            } else {
+                rs_make_readonly(j->L);
             }
-            if (depth == 0) rs_make_readonly_context(j->L);
-            else rs_make_readonly(j->L);
         }
         return false;
     }
@@ -754,7 +840,6 @@ void rs_push_json_object(lua_State *L, const char *json, size_t len, uint32_t ma
         /* An absent context is an empty one. */
         key_cache *kc = context_fill_begin(L);
         context_fill_end(L, kc, lua_gettop(L) - 1);
-        rs_make_readonly_context(L);
         return;
     }
     if (*j.p != '{') jp_fail(&j, "expected an object");

@@ -293,6 +293,10 @@ void rs_create_key_cache(lua_State *L);
 /* Pushes the reusable storage of the top-level context, for a conversion to fill and then hand to
  * rs_make_readonly_context; `empty`: emptied first (otherwise the conversion removes what it does not replace). */
 void rs_push_reusable_context_storage(lua_State *L, bool empty);
+/* Pushes the context's proxy, then its reusable storage as rs_push_reusable_context_storage does; once the storage
+ * (at the top) is filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. */
+void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty);
+void rs_end_context_fill(lua_State *L, rs_state *S);
 /* The kinds of declaration records (rs_rules.c), which are also roots of rs_freeze_reachable. */
 enum rs_decl_kind { DECL_FLAG = 1, DECL_ROUTE = 2, DECL_CONFIG = 3 };
 

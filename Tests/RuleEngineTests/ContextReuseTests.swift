@@ -92,17 +92,19 @@ struct ContextReuseTests {
         #expect(try Self.members(rules, #"{"ab":null,"c":2}"#).1 == "c=2|nil|0")
         #expect(try Self.members(rules, #"{"a\u0062":3,"\#(long)":4}"#).1 == "ab=3,\(long)=4|nil|0")
         #expect(try Self.members(rules, #"{"ab":5}"#).1 == "ab=5|nil|0")
-        // k2, k9, k21, k23, k40 and k50 share one of the key cache's four-slot sets (rs_json.c's key_cache_set_of):
-        // a context with five of them evicts its own keys.
+        // k41, k92, k103, k143, k147 and k155 share one of the key cache's four-slot sets (rs_json.c's
+        // key_cache_set_of): a context with five of them evicts its own keys.
         #expect(
-            try Self.members(rules, #"{"k2":1,"k9":2,"k21":3,"k23":4,"k40":5}"#).1
-                == "k21=3,k23=4,k2=1,k40=5,k9=2|nil|0")
+            try Self.members(rules, #"{"k41":1,"k92":2,"k103":3,"k143":4,"k147":5}"#).1
+                == "k103=3,k143=4,k147=5,k41=1,k92=2|nil|0")
         #expect(
-            try Self.members(rules, #"{"k2":1,"k9":2,"k21":3,"k23":4,"k40":5,"k2":6}"#).0.code == .invalidContext)
+            try Self.members(rules, #"{"k41":1,"k92":2,"k103":3,"k143":4,"k147":5,"k41":6}"#).0.code
+                == .invalidContext)
         #expect(
-            try Self.members(rules, #"{"k9":1,"k21":2,"k23":3,"k40":4,"k50":5,"k21":6}"#).0.code == .invalidContext)
-        #expect(try Self.members(rules, #"{"k50":5,"k2":6}"#).1 == "k2=6,k50=5|nil|0")
-        #expect(try Self.members(rules, #"{"k9":7}"#).1 == "k9=7|nil|0")
+            try Self.members(rules, #"{"k92":1,"k103":2,"k143":3,"k147":4,"k155":5,"k103":6}"#).0.code
+                == .invalidContext)
+        #expect(try Self.members(rules, #"{"k155":5,"k41":6}"#).1 == "k155=5,k41=6|nil|0")
+        #expect(try Self.members(rules, #"{"k92":7}"#).1 == "k92=7|nil|0")
         for round in 0..<3 {
             for index in 0..<200 {
                 let key = "key\(index)"
@@ -161,6 +163,39 @@ struct ContextReuseTests {
         // Spelled with an escape, a value equal to a cached one reads the same; a nested object's strings too.
         #expect(try Self.members(rules, #"{"v":"q\u0071"}"#).1 == "v=qq|nil|0")
         #expect(try Self.members(rules, #"{"v":"qq","w":{"qq":"qq"}}"#).1?.hasPrefix("v=qq,w=table") == true)
+    }
+
+    @Test("a member whose string is the same as the last context's stays; a string's cache slot taken over is seen")
+    func keptStringMembers() throws {
+        let rules = try Self.loaded(.whole)
+        // s7, s22, s59, s127 and s132 share one of the string cache's four-slot sets (rs_json.c's
+        // short_string_hash): once four are cached, the fifth takes the slot of one that members still hold.
+        let four = #""a":"s7","b":"s22","c":"s59","d":"s127""#
+        for _ in 0..<3 {  // a miss, a miss that caches them, then members kept as they are
+            #expect(try Self.members(rules, "{" + four + "}").1 == "a=s7,b=s22,c=s59,d=s127|s7|0")
+        }
+        for _ in 0..<2 {  // s132 is cached at its second miss, in the slot s7 held
+            #expect(try Self.members(rules, "{" + four + #","e":"s132"}"#).1 == "a=s7,b=s22,c=s59,d=s127,e=s132|s7|0")
+        }
+        // a still holds s7 from the storage; the slot it came from now holds s132
+        #expect(try Self.members(rules, #"{"a":"s132","b":"s22","c":"s59","d":"s127"}"#).1 == "a=s132,b=s22,c=s59,d=s127|s132|0")
+        #expect(try Self.members(rules, #"{"a":"s7","b":"s22","c":"s59","d":"s127"}"#).1 == "a=s7,b=s22,c=s59,d=s127|s7|0")
+        // kept members beside members that change, disappear, turn null or into other types
+        #expect(try Self.members(rules, #"{"a":"s7","b":"s7","d":null,"e":1}"#).1 == "a=s7,b=s7,e=1|s7|0")
+        #expect(try Self.members(rules, #"{"a":"s7","b":"s7","e":"1"}"#).1 == "a=s7,b=s7,e=1|s7|0")
+        #expect(try Self.members(rules, #"{"a":true,"b":"s7"}"#).1 == "a=true,b=s7|true|0")
+        #expect(try Self.members(rules, #"{"a":"s7","b":"s7"}"#).1 == "a=s7,b=s7|s7|0")
+        // keys spelled with escapes, of members otherwise kept
+        let plain = (0..<60).map { #""k\#($0)":"s7""# }.joined(separator: ",")
+        let escaped = (0..<60).map { #""\u006b\#($0)":"s7""# }.joined(separator: ",")
+        let all = (0..<60).map { "k\($0)=s7" }.sorted().joined(separator: ",")
+        for text in [plain, plain, plain, escaped, escaped, plain] {
+            #expect(try Self.members(rules, "{" + text + "}").1 == all + "|nil|0")
+        }
+        // a context refused after a kept member leaves nothing behind
+        #expect(try Self.members(rules, #"{"a":"s7","b":"s7","c":}"#).0.code == .invalidContext)
+        #expect(try Self.members(rules, #"{"a":"s7"}"#).1 == "a=s7|s7|0")
+        #expect(try Self.members(rules, #"{"a":"s7"}"#).1 == "a=s7|s7|0")
     }
 
     @Test("strings are read to their last byte, whatever byte ends them and wherever they lie in the text")

@@ -160,6 +160,13 @@ struct ContextTests {
         let answer = try rules.flag("hostile", rawContext: context(members: 101))
         #expect(answer.code == .invalidContext)
         #expect(answer.message?.contains("more than 100 values") == true)
+        // String members the last context set are kept as they are, and still counted.
+        func strings(members: Int) -> [UInt8] {
+            Array(("{" + (0..<members).map { "\"k\($0)\":\"v\($0)\"" }.joined(separator: ",") + "}").utf8)
+        }
+        for _ in 0..<3 { #expect(try rules.flag("hostile", rawContext: strings(members: 100)).variant == "off") }
+        let kept = try rules.flag("hostile", rawContext: strings(members: 101))
+        #expect(kept.message?.contains("more than 100 values (at byte 1188)") == true, "\(kept.message ?? "")")
         try expectCanaryAnswers(rules)
     }
 
