@@ -833,7 +833,7 @@ int rs_api_data(lua_State *L) {
         o->built = D;
         /* Parsing is host work bounded by max_data_bytes, not the rule file's: it does not spend the file's
          * wall-clock budget (a 64 MiB list takes about a second on a slow machine). */
-        if (S->deadline_ns) S->deadline_ns += rs_now_ns() - started;
+        if (S->deadline_ns && S->deadline_ns != RS_DEADLINE_UNSTARTED) S->deadline_ns += rs_now_ns() - started;
     }
     if (o->used_order < 0) {
         o->name = rs_strndup(name, len);

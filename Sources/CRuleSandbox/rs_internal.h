@@ -38,6 +38,11 @@
  */
 #define RS_HOOK_INTERVAL 1000
 
+/* An evaluation in a small state starts its wall clock at its first check rather than when it is armed (rs_arm):
+ * the deadline then means "this long after the first RS_FIRST_HOOK_INTERVAL instructions". */
+#define RS_DEADLINE_UNSTARTED UINT64_MAX
+#define RS_FIRST_HOOK_INTERVAL 50
+
 void rs_charge(lua_State *L, uint64_t steps);
 
 /* Raise the sticky resource-limit error directly (e.g. a C function refusing an

@@ -80,6 +80,9 @@ rs_state *rs_state_of(lua_State *L) {
  */
 #define RS_DEADLINE_CHECK_BYTES (64u << 10)
 
+/* States under this size start an evaluation's clock at its first check (rs_arm). */
+#define RS_LAZY_CLOCK_BYTES (1u << 20)
+
 /*
  * Small blocks that Lua frees are kept, per state, for its next allocations of the same size class. Every context
  * value unique to a request (a user id) is a new string, and a collection frees hundreds of them at once: far more
@@ -121,6 +124,14 @@ static void release_block(rs_state *S, void *p, size_t size) {
     else free(p);
 }
 
+/* Whether the running transaction is out of time. An evaluation whose clock has not started starts it now. */
+static bool past_deadline(rs_state *S) {
+    uint64_t now = rs_now_ns();
+    if (S->deadline_ns != RS_DEADLINE_UNSTARTED) return now > S->deadline_ns;
+    S->deadline_ns = now + S->timeout_ns;
+    return false;
+}
+
 static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     rs_state *S = ud;
     size_t old = ptr ? osize : 0;
@@ -134,7 +145,7 @@ static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         if (S->killed != RS_KILL_NONE && S->phase != RS_PHASE_HOST && S->phase != RS_PHASE_SETUP) return NULL;
         if (S->memory_in_use + growth > S->memory_limit) return NULL;
         if (growth >= RS_DEADLINE_CHECK_BYTES && (S->phase == RS_PHASE_LOAD || S->phase == RS_PHASE_EVAL) &&
-            rs_now_ns() > S->deadline_ns) {
+            past_deadline(S)) {
             S->killed = RS_KILL_DEADLINE; /* sticky, like a kill from the hook; reported as the deadline */
             return NULL;
         }
@@ -239,7 +250,7 @@ static void rs_hook(lua_State *L, lua_Debug *ar) {
         S->budget_left -= S->hook_interval;
         if (S->budget_left < 0) rs_mark_killed(L, RS_KILL_INSTRUCTIONS);
         else if (load_cancelled(S)) rs_mark_killed(L, RS_KILL_CANCELLED);
-        else if (rs_now_ns() > S->deadline_ns) rs_mark_killed(L, RS_KILL_DEADLINE);
+        else if (past_deadline(S)) rs_mark_killed(L, RS_KILL_DEADLINE);
         else {
             int interval = hook_interval_for(S);
             if (interval != S->hook_interval) {
@@ -268,7 +279,7 @@ void rs_charge(lua_State *L, uint64_t steps) {
             if (S->steps_since_clock < RS_CLOCK_CHECK_STEPS) return;
             S->steps_since_clock = 0;
             if (load_cancelled(S)) rs_mark_killed(L, RS_KILL_CANCELLED);
-            else if (rs_now_ns() <= S->deadline_ns) return;
+            else if (!past_deadline(S)) return;
             else rs_mark_killed(L, RS_KILL_DEADLINE);
         }
     }
@@ -296,26 +307,36 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
     S->kill_line = 0;
     S->budget_left = instructions > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)instructions;
     S->steps_since_clock = 0;
-    S->deadline_ns = rs_now_ns() + timeout_ns;
+    S->timeout_ns = timeout_ns;
+    /*
+     * Most evaluations end within a few dozen instructions, and reading the clock took 3% of one (23 ns of a
+     * ~700 ns flag evaluation). In a small state, an evaluation therefore starts its clock at its first check: the
+     * hook's first call, after RS_FIRST_HOOK_INTERVAL instructions, a charge that reads the clock, or a large
+     * allocation, whichever comes first. What runs before it is bounded: that many instructions, on operands a
+     * state under RS_LAZY_CLOCK_BYTES can hold, with no allocation large enough to check the clock (a few
+     * milliseconds at worst, against a 50 ms deadline). Larger states, and loads, start the clock when armed.
+     */
+    bool lazy_clock = phase == RS_PHASE_EVAL && S->memory_in_use < RS_LAZY_CLOCK_BYTES;
+    S->deadline_ns = lazy_clock ? RS_DEADLINE_UNSTARTED : rs_now_ns() + timeout_ns;
     /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
-    S->hook_interval = hook_interval_for(S);
+    S->hook_interval = lazy_clock ? RS_FIRST_HOOK_INTERVAL : hook_interval_for(S);
     lua_sethook(S->L, rs_hook, LUA_MASKCOUNT | rs_trace_mask(S), S->hook_interval);
 }
 
 void rs_disarm(rs_state *S) {
-    /* The hook as armed is the host's one already (a count hook at the usual interval) unless a kill made it fire
-     * at every instruction, the interval was shortened for a large state, or an explain traced lines: all of which
-     * the hook itself shows. Left as it is, it fires in the host phase and returns at once; the next arming
-     * restarts its count. */
+    /* The hook as armed is the host's one already (a count hook at the first interval of an evaluation in a small
+     * state) unless the evaluation ran past that interval, a kill made it fire at every instruction, the interval was
+     * set for a large state, or an explain traced lines: all of which the hook itself shows. Left as it is, it fires
+     * in the host phase and returns at once; the next arming restarts its count. */
     bool rehook = lua_gethook(S->L) != rs_hook || lua_gethookmask(S->L) != LUA_MASKCOUNT ||
-                  lua_gethookcount(S->L) != RS_HOOK_INTERVAL;
+                  lua_gethookcount(S->L) != RS_FIRST_HOOK_INTERVAL;
     S->phase = RS_PHASE_HOST;
     S->killed = RS_KILL_NONE;
     S->current_key = NULL;
     S->current_key_len = 0;
     S->flag_depth = 0;
-    S->hook_interval = RS_HOOK_INTERVAL;
-    if (rehook) lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_HOOK_INTERVAL);
+    S->hook_interval = RS_FIRST_HOOK_INTERVAL;
+    if (rehook) lua_sethook(S->L, rs_hook, LUA_MASKCOUNT, RS_FIRST_HOOK_INTERVAL);
 }
 
 char *rs_strndup(const char *s, size_t n) {

@@ -152,7 +152,9 @@ struct rs_state {
     /* Steps charged since the wall clock was last read: reading it on every charge would cost more than
      * most of the work charged (helpers charge a few steps per call). */
     uint64_t steps_since_clock;
+    /* When the running transaction is out of time; RS_DEADLINE_UNSTARTED until its clock starts (rs_arm). */
     uint64_t deadline_ns;
+    uint64_t timeout_ns;
     /* Checked by the hook and by rs_charge while a file loads; NULL when loading cannot be cancelled. */
     const rs_cancel *cancel;
     const char *current_key;
