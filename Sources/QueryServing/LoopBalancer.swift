@@ -21,12 +21,14 @@ import Synchronization
 ///   its last load window: it ran, or waited for a core (on a machine short of cores, another thread still
 ///   gets the loops a larger share of them). The trial keeps the loop only when
 ///   the requests answered per second over ``trialPeriods`` whole rate periods inside the trial beat the rate of
-///   the two periods before it by ``trialGain``; otherwise the loop is given up and the next trial waits a back-off
-///   that doubles each time (``firstBackoff`` up to ``maxBackoff``), unless the rate rises to ``heavierLoad`` times
-///   the losing trial's baseline first: a heavier load than the one the trial was judged on is tried at once, so the
-///   back-off need not be short to follow a load that grows. (With back-offs of 0.5, 1 and 2 s, a steady load that
-///   one loop serves best spent a sixth of its time in trials that lost.) A loop with a single connection starts no
-///   trial: it would have nothing to hand over.
+///   the two periods before it by ``trialGain``; otherwise the loop is given up, and the load it lost on is
+///   remembered: the next trial waits until the rate rises to ``heavierLoad`` times the losing trial's baseline (a
+///   heavier load is tried at once), or, after a back-off that doubles each time (``firstBackoff`` up to
+///   ``maxBackoff``), until the load is another one (more or fewer connections) or ``forgetLoss`` has passed (what
+///   else the machine runs may have changed). The same load tried again loses again: with back-offs of 0.5, 1 and
+///   2 s, a steady load that one loop serves best spent a sixth of its time in trials that lost, and with 4 and 8 s
+///   a load that pauses between bursts longer than that (a benchmark's interleaved runs) paid a trial per burst.
+///   A loop with a single connection starts no trial: it would have nothing to hand over.
 /// - One loop fewer is active when, in ``shrinkReports`` reports in a row, the active loops' busy shares add up
 ///   to less than ``shrinkShare`` times one loop fewer: the load fits, and fewer loops batch more per wake-up.
 ///   (One report is not enough: the first after a pause covers the pause.)
@@ -49,6 +51,9 @@ public struct LoopPlacement: Sendable, Equatable {
     public static let maxBackoff: UInt64 = 8_000_000_000
     /// A rate this many times a lost trial's baseline ends that trial's back-off.
     public static let heavierLoad = 1.25
+    /// How long a lost trial keeps the same load (as many connections, a rate below ``heavierLoad`` times its
+    /// baseline) from being tried again.
+    public static let forgetLoss: UInt64 = 60_000_000_000
     /// With more than one loop active and steady, a trial of one loop fewer after this long, doubling (up to
     /// ``maxRecheck``) each time one fewer did not keep the rate.
     public static let recheckAfter: UInt64 = 1_000_000_000
@@ -82,8 +87,11 @@ public struct LoopPlacement: Sendable, Equatable {
     private var backoffUntil: UInt64 = 0
     private var fittingReports = 0
     private var backoff = LoopPlacement.firstBackoff
-    /// The baseline of the last trial of one loop more that did not pay, while its back-off runs.
+    /// The baseline of the last trial of one loop more that did not pay, the connections it was judged on, and
+    /// when it lost.
     private var lostBaseline: Double?
+    private var lostConnections = 0
+    private var lostAt: UInt64 = 0
     /// When a trial of one loop fewer is due, and the wait before the next one after a trial that did not pay.
     private var recheckAt: UInt64 = 0
     private var recheckBackoff = LoopPlacement.recheckAfter
@@ -197,6 +205,8 @@ public struct LoopPlacement: Sendable, Equatable {
                 backoffUntil = now &+ backoff
                 backoff = min(backoff * 2, Self.maxBackoff)
                 lostBaseline = baseline
+                lostConnections = connections.reduce(0, +)
+                lostAt = now
             } else {
                 // One loop fewer that keeps the rate (within the gain a loop more must bring) is kept: fewer
                 // wake-ups and context switches, and a core left for the clients.
@@ -225,7 +235,7 @@ public struct LoopPlacement: Sendable, Equatable {
             }
             // A loop with one connection would have nothing to hand over.
             if active < loopCount, busiest >= Self.growShare, busiestConnections >= 2, let rate = lastRate,
-                now >= backoffUntil || lostBaseline.map({ rate >= $0 * Self.heavierLoad }) == true
+                mayTryGrowing(rate: rate, now: now)
             {
                 phase = .trial(since: now, baseline: baseline(rate), growing: true)
                 active += 1
@@ -253,6 +263,14 @@ public struct LoopPlacement: Sendable, Equatable {
             }
             return false
         }
+    }
+
+    /// Whether a trial of one loop more may start at `rate`, after the last one that lost (if any).
+    private func mayTryGrowing(rate: Double, now: UInt64) -> Bool {
+        guard let lostBaseline else { return now >= backoffUntil }
+        if rate >= lostBaseline * Self.heavierLoad { return true }
+        guard now >= backoffUntil else { return false }
+        return connections.reduce(0, +) != lostConnections || now &- lostAt >= Self.forgetLoss
     }
 
     /// A trial's baseline: the mean of the last two whole periods when they were consecutive.

@@ -103,17 +103,36 @@ struct LoopPlacementTests {
         #expect(placement.active == 2)
     }
 
-    @Test("a trial that did not raise the rate gives the loop up, and the next trial waits a doubling back-off")
+    @Test("a trial that did not raise the rate gives the loop up; the same load is not tried again for a minute")
     func trialThatDoesNotPayBacksOff() {
         var placement = twoConnectionsOnTwoLoops()
         var answered = 0
-        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 14_000) { _ in 100_000 }
-        #expect(changes.map(\.active) == [2, 1, 2, 1, 2, 1])
-        guard changes.count == 6 else { return }
-        // Each trial lasts a settling window and two rate periods; the back-offs are 4 s, then 8 s.
+        let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 62_000) { _ in 100_000 }
+        #expect(changes.map(\.active) == [2, 1, 2, 1])
+        guard changes.count == 4 else { return }
+        // Each trial lasts a settling window and two rate periods; the same load waits a minute.
         #expect(changes[1].at - changes[0].at >= 225)
-        #expect(changes[2].at - changes[1].at >= 4_000)
-        #expect(changes[4].at - changes[3].at >= 8_000)
+        #expect(changes[2].at - changes[1].at >= 60_000)
+    }
+
+    @Test("after a lost trial's back-off, a load of more or fewer connections is tried; the back-off doubles")
+    func otherConnectionsEndTheWait() {
+        var placement = twoConnectionsOnTwoLoops()
+        var answered = 0
+        let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
+        #expect(lost.map(\.active) == [2, 1])
+        _ = placement.place()  // a third client, at the same rate
+        let third = steadyLoad(&placement, share: 0.95, answered: &answered, from: 3_025, to: 8_000) { _ in 100_000 }
+        #expect(third.map(\.active) == [2, 1])
+        _ = placement.place()  // a fourth
+        let fourth = steadyLoad(&placement, share: 0.95, answered: &answered, from: 8_025, to: 20_000) { _ in
+            100_000
+        }
+        #expect(fourth.map(\.active) == [2, 1])
+        guard let first = lost.last, third.count == 2, fourth.count == 2 else { return }
+        // The back-offs are 4 s, then 8 s.
+        #expect(third[0].at - first.at >= 4_000)
+        #expect(fourth[0].at - third[1].at >= 8_000)
     }
 
     @Test("a load heavier than a lost trial's baseline ends its back-off: it is tried at once")
