@@ -188,7 +188,8 @@ static const unsigned char plain_ascii[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
-/* A hash of n bytes (at most 31: KEY_CACHE_MAX_LEN, STRING_CACHE_MAX_LEN) from overlapping word loads that cover them all. */
+/* A hash of n bytes (at most 31: KEY_CACHE_MAX_LEN, STRING_CACHE_MAX_LEN), from overlapping word loads that cover
+ * them all. */
 static uint32_t short_string_hash(const unsigned char *p, size_t n) {
     uint64_t a = 0, b = 0;
     if (n >= 8) {
@@ -260,7 +261,6 @@ static void jp_string(jp *j, bool key, uint32_t obj) {
     const unsigned char *start = j->p;
     /* Fast path: no escapes, so the bytes can be pushed as they are. */
     while (j->p < j->end) {
-        /* Plain ASCII goes by a table lookup per byte: strings are most of a context's bytes. */
         j->p = skip_plain(j->s, j->p, j->end);
         if (j->p >= j->end) break;
         unsigned char c = *j->p;

@@ -124,6 +124,18 @@ static void release_block(rs_state *S, void *p, size_t size) {
     else free(p);
 }
 
+/* Frees the small blocks a state kept (once its Lua state is closed). */
+static void free_kept_blocks(rs_state *S) {
+    for (unsigned c = 0; c < RS_SMALL_CLASSES; c++) {
+        for (void *p = S->small_free[c], *next; p != NULL; p = next) {
+            next = *(void **)p;
+            free(p);
+        }
+        S->small_free[c] = NULL;
+    }
+    S->small_kept_bytes = 0;
+}
+
 /* Whether the running transaction is out of time. An evaluation whose clock has not started starts it now. */
 static bool past_deadline(rs_state *S) {
     uint64_t now = rs_now_ns();
@@ -562,13 +574,8 @@ rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
     if (status != LUA_OK) {
         rs_error_text(S->L, -1, error, error_cap);
         lua_close(S->L);
-    for (unsigned c = 0; c < RS_SMALL_CLASSES; c++) {
-        for (void *p = S->small_free[c], *next; p != NULL; p = next) {
-            next = *(void **)p;
-            free(p);
-        }
-    }
-    rs_trace_free(S);
+        free_kept_blocks(S);
+        rs_trace_free(S);
         free(S);
         return NULL;
     }
@@ -605,12 +612,7 @@ void rs_state_free(rs_state *S) {
     /* Finalizers are refused by the sandbox (setmetatable rejects __gc), so closing runs no user code. */
     S->phase = RS_PHASE_HOST;
     lua_close(S->L);
-    for (unsigned c = 0; c < RS_SMALL_CLASSES; c++) {
-        for (void *p = S->small_free[c], *next; p != NULL; p = next) {
-            next = *(void **)p;
-            free(p);
-        }
-    }
+    free_kept_blocks(S);
     rs_trace_free(S);
     for (size_t i = 0; i < S->diag_count; i++) {
         free(S->diags[i].file);
