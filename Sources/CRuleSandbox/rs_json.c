@@ -476,6 +476,16 @@ static int key_cache_find(const key_cache *kc, unsigned first, const void *bytes
     return -1;
 }
 
+/* The way of the set at `first` (of `ways`) to fill: an empty one (len 0), else the one with the oldest stamp. */
+static unsigned way_to_replace(const uint8_t *len, const uint32_t *stamp, unsigned first, unsigned ways) {
+    unsigned slot = first;
+    for (unsigned way = first; way < first + ways; way++) {
+        if (len[way] == 0) return way;
+        if (stamp[way] < stamp[slot]) slot = way;
+    }
+    return slot;
+}
+
 /* The slot of the cached string of n bytes (at most STRING_CACHE_MAX_LEN) and hash h, or -1. */
 static int string_cache_find(const key_cache *kc, uint32_t h, const unsigned char *bytes, size_t n) {
     unsigned first = (h >> (32 - STRING_CACHE_SET_BITS)) * STRING_CACHE_WAYS;
@@ -501,15 +511,8 @@ static int string_cache_add(jp *j, uint32_t h, const unsigned char *bytes, size_
         *candidate = h;
         return -1;
     }
-    unsigned first = (h >> (32 - STRING_CACHE_SET_BITS)) * STRING_CACHE_WAYS;
-    unsigned slot = first;
-    for (unsigned way = first; way < first + STRING_CACHE_WAYS; way++) {
-        if (kc->str_len[way] == 0) {
-            slot = way;
-            break;
-        }
-        if (kc->str_used[way] < kc->str_used[slot]) slot = way;
-    }
+    unsigned slot = way_to_replace(kc->str_len, kc->str_used, (h >> (32 - STRING_CACHE_SET_BITS)) * STRING_CACHE_WAYS,
+                                   STRING_CACHE_WAYS);
     lua_pushvalue(j->L, -1);
     lua_setiuservalue(j->L, j->kcidx, KEY_CACHE_SLOTS + (int)slot + 1);
     memcpy(kc->str_bytes[slot], bytes, n);
@@ -562,14 +565,7 @@ static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
         return found;
     }
     /* The slot to replace: an empty one, else the one a conversion set longest ago. */
-    unsigned slot = first;
-    for (unsigned way = first; way < first + KEY_CACHE_WAYS; way++) {
-        if (kc->len[way] == 0) {
-            slot = way;
-            break;
-        }
-        if (kc->set_in[way] < kc->set_in[slot]) slot = way;
-    }
+    unsigned slot = way_to_replace(kc->len, kc->set_in, first, KEY_CACHE_WAYS);
     lua_pushlstring(j->L, (const char *)start, n);
     /* The key it replaces: a member of this conversion stays, but the cache no longer names it (the slot stays
      * listed once, for the new key); one that only an earlier conversion set goes now, while the cache names it. */
@@ -682,6 +678,18 @@ void rs_create_key_cache(lua_State *L) {
     S->key_cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* Ends a container being built (at t): the top-level object's storage is handed to its proxy (kc is its cache), any
+ * other container is made read-only. */
+static void jp_end_container(jp *j, key_cache *kc, int t) {
+    if (!j->build) return;
+    if (kc != NULL) {
+        context_fill_end(j->L, kc, t);
+        j->kc = NULL;
+    } else {
+        rs_make_readonly(j->L);
+    }
+}
+
 /* Pushes one value when building (JSON null pushes nil, and answers true); checks it otherwise. */
 static bool jp_value(jp *j, uint32_t depth) {
     jp_ws(j);
@@ -715,14 +723,7 @@ static bool jp_value(jp *j, uint32_t depth) {
         jp_ws(j);
         if (j->p < j->end && *j->p == (object ? '}' : ']')) {
             j->p++;
-            if (j->build) {
-                if (kc != NULL) {
-                    context_fill_end(j->L, kc, t);
-                    j->kc = NULL;
-                } else {
-                    rs_make_readonly(j->L);
-                }
-            }
+            jp_end_container(j, kc, t);
             return false;
         }
         lua_Integer index = 0;
@@ -803,14 +804,7 @@ static bool jp_value(jp *j, uint32_t depth) {
             }
             jp_fail(j, object ? "expected ',' or '}'" : "expected ',' or ']'");
         }
-        if (j->build) {
-            if (kc != NULL) {
-                context_fill_end(j->L, kc, t);
-                j->kc = NULL;
-            } else {
-                rs_make_readonly(j->L);
-            }
-        }
+        jp_end_container(j, kc, t);
         return false;
     }
     if (c == '"') {

@@ -121,18 +121,20 @@ struct LoopPlacementTests {
         var answered = 0
         let lost = steadyLoad(&placement, share: 0.95, answered: &answered, from: 25, to: 3_000) { _ in 100_000 }
         #expect(lost.map(\.active) == [2, 1])
-        _ = placement.place()  // a third client, at the same rate
-        let third = steadyLoad(&placement, share: 0.95, answered: &answered, from: 3_025, to: 8_000) { _ in 100_000 }
-        #expect(third.map(\.active) == [2, 1])
-        _ = placement.place()  // a fourth
-        let fourth = steadyLoad(&placement, share: 0.95, answered: &answered, from: 8_025, to: 20_000) { _ in
-            100_000
+        // One more client each time, at the same rate: tried after back-offs of 4 s, then 8 s, and lost again.
+        var lastLoss = lost.last?.at ?? 0
+        var from: UInt64 = 3_025
+        for (backoff, until) in [(UInt64(4_000), UInt64(8_000)), (8_000, 20_000)] {
+            _ = placement.place()
+            let changes = steadyLoad(&placement, share: 0.95, answered: &answered, from: from, to: until) { _ in
+                100_000
+            }
+            #expect(changes.map(\.active) == [2, 1])
+            guard changes.count == 2 else { return }
+            #expect(changes[0].at - lastLoss >= backoff)
+            lastLoss = changes[1].at
+            from = until + 25
         }
-        #expect(fourth.map(\.active) == [2, 1])
-        guard let first = lost.last, third.count == 2, fourth.count == 2 else { return }
-        // The back-offs are 4 s, then 8 s.
-        #expect(third[0].at - first.at >= 4_000)
-        #expect(fourth[0].at - third[1].at >= 8_000)
     }
 
     @Test("a load heavier than a lost trial's baseline ends its back-off: it is tried at once")
