@@ -486,8 +486,8 @@ void rs_create_context_proxy(lua_State *L) {
 /* Like the proxy, the storage cannot outlive an evaluation (rules only ever see the proxy, and its metatable is
  * protected), so every conversion of a top-level object fills the same table: a table and its hash part less to
  * allocate and collect per evaluation. */
-void rs_push_reusable_context_storage(lua_State *L, bool empty) {
-    rs_state *S = rs_state_of(L);
+void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_storage_ref);
     if (!empty) return;
     int storage = lua_gettop(L);
@@ -508,34 +508,26 @@ void rs_push_reusable_context_storage(lua_State *L, bool empty) {
     }
 }
 
-void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
-    rs_push_reusable_context_storage(L, empty);
+/* Points the shared context proxy's metatable at the storage on top of the stack. The metatable keeps its storage
+ * alive, so an equal pointer is the same table: nothing to re-point. */
+static void point_context_proxy(lua_State *L, rs_state *S) {
+    const void *target = lua_topointer(L, -1);
+    if (target == S->context_target) return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
+    point_readonly_meta(L, lua_gettop(L) - 1);
+    lua_pop(L, 1);
+    S->context_target = target;
 }
 
 void rs_end_context_fill(lua_State *L, rs_state *S) {
-    const void *target = lua_topointer(L, -1);
-    /* As in rs_make_readonly_context: an equal pointer is the same table, nothing to re-point. */
-    if (target != S->context_target) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
-        point_readonly_meta(L, lua_gettop(L) - 1);
-        lua_pop(L, 1);
-        S->context_target = target;
-    }
+    point_context_proxy(L, S);
     lua_pop(L, 1);
 }
 
 void rs_make_readonly_context(lua_State *L) {
     rs_state *S = rs_state_of(L);
     int storage = lua_gettop(L);
-    const void *target = lua_topointer(L, storage);
-    /* The metatable keeps its storage alive, so an equal pointer is the same table: nothing to re-point. */
-    if (target != S->context_target) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_meta_ref);
-        point_readonly_meta(L, storage);
-        lua_pop(L, 1);
-        S->context_target = target;
-    }
+    point_context_proxy(L, S);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
     lua_replace(L, storage);
 }

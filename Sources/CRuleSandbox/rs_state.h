@@ -121,10 +121,10 @@ typedef struct rs_originals {
     lua_CFunction create, resume;
 } rs_originals;
 
-/* A block of the state's string arena (rs_keep_string). */
 /* Size classes of the small blocks a state keeps (rs_state.c): 24, 40, ..., 120 usable bytes. */
 #define RS_SMALL_CLASSES 7
 
+/* A block of the state's string arena (rs_keep_string). */
 typedef struct rs_string_block {
     struct rs_string_block *next;
     size_t used, cap;
@@ -292,11 +292,9 @@ void rs_make_readonly_context(lua_State *L);
 void rs_create_context_proxy(lua_State *L);
 /* Creates the cache of interned top-level context keys (at setup). */
 void rs_create_key_cache(lua_State *L);
-/* Pushes the reusable storage of the top-level context, for a conversion to fill and then hand to
- * rs_make_readonly_context; `empty`: emptied first (otherwise the conversion removes what it does not replace). */
-void rs_push_reusable_context_storage(lua_State *L, bool empty);
-/* Pushes the context's proxy, then its reusable storage as rs_push_reusable_context_storage does; once the storage
- * (at the top) is filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. */
+/* Pushes the context's proxy, then the reusable storage of the top-level context for a conversion to fill (`empty`:
+ * emptied first; otherwise the conversion removes what it does not replace); once the storage (at the top) is
+ * filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. */
 void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty);
 void rs_end_context_fill(lua_State *L, rs_state *S);
 /* The kinds of declaration records (rs_rules.c), which are also roots of rs_freeze_reachable. */
