@@ -134,6 +134,7 @@ static int sb_setmetatable(lua_State *L) {
     luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
     lua_settop(L, 2);
     if (t == LUA_TTABLE) {
+        S->user_metatables = true; /* its metamethods may be Lua functions: see RS_SHAPE_STRAIGHT_MASK */
         if (rs_is_frozen(L, 2)) {
             push_twin(L, 2);
             lua_replace(L, 2);
@@ -487,7 +488,7 @@ void rs_create_context_proxy(lua_State *L) {
  * protected), so every conversion of a top-level object fills the same table: a table and its hash part less to
  * allocate and collect per evaluation. */
 void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
+    if (!S->bare_context) lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_proxy_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->context_storage_ref);
     if (!empty) return;
     int storage = lua_gettop(L);
@@ -520,6 +521,7 @@ static void point_context_proxy(lua_State *L, rs_state *S) {
 }
 
 void rs_end_context_fill(lua_State *L, rs_state *S) {
+    if (S->bare_context) return; /* the storage itself is the context (RS_SHAPE_SEALED) */
     point_context_proxy(L, S);
     lua_pop(L, 1);
 }

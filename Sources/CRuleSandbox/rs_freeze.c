@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* ---- compiled-code inspection ------------------------------------------------------------ */
 
@@ -55,6 +56,8 @@ typedef struct bc_abs {
 typedef struct bc_proto {
     bc_string source;
     int linedefined;
+    unsigned numparams;
+    bool is_vararg;
     uint32_t *code;
     size_t ncode;
     bc_string *kstr; /* string constants by index (other constants: s == NULL) */
@@ -144,8 +147,8 @@ static void bc_function(bc_reader *r, bc_proto *f, bc_string parent_source, int 
     if (f->source.s == NULL) f->source = parent_source;
     f->linedefined = (int)bc_size(r);
     (void)bc_size(r); /* lastlinedefined */
-    (void)bc_byte(r); /* numparams */
-    (void)bc_byte(r); /* is_vararg */
+    f->numparams = bc_byte(r);
+    f->is_vararg = bc_byte(r) != 0;
     (void)bc_byte(r); /* maxstacksize */
     f->ncode = bc_size(r);
     f->code = bc_alloc(r, f->ncode, sizeof *f->code);
@@ -276,6 +279,238 @@ static int bc_check(rs_state *S, const bc_proto *f, const bool *loadtime, int bu
     return found;
 }
 
+/* ---- rule shapes ---------------------------------------------------------------------------------------------- */
+
+/* More of lopcodes.h (Lua 5.4.0 to 5.4.6 number them alike): what the shape of a rule function is read from. */
+enum {
+    OPC_MOVE = 0,
+    OPC_LFALSESKIP = 6,
+    OPC_GETUPVAL = 9,
+    OPC_SETUPVAL = 10,
+    OPC_GETTABUP = 11,
+    OPC_GETTABLE = 12,
+    OPC_GETI = 13,
+    OPC_GETFIELD = 14,
+    OPC_SETTABUP = 15,
+    OPC_SETTABLE = 16,
+    OPC_SETI = 17,
+    OPC_SETFIELD = 18,
+    OPC_SELF = 20,
+    OPC_ADDI = 21,
+    OPC_SHLI = 33,
+    OPC_ADD = 34,
+    OPC_SHR = 45,
+    OPC_MMBIN = 46,
+    OPC_MMBINK = 48,
+    OPC_UNM = 49,
+    OPC_LEN = 52,
+    OPC_CLOSE = 54,
+    OPC_TBC = 55,
+    OPC_JMP = 56,
+    OPC_EQ = 57,
+    OPC_LE = 59,
+    OPC_EQK = 60,
+    OPC_TEST = 66,
+    OPC_TESTSET = 67,
+    OPC_CALL = 68,
+    OPC_TAILCALL = 69,
+    OPC_FORLOOP = 73,
+    OPC_TFORLOOP = 77,
+    OPC_SETLIST = 78,
+    OPC_EXTRAARG = 82,
+};
+
+#define INS_OP(i) ((unsigned)(i) & 0x7Fu)
+#define INS_A(i) (((unsigned)(i) >> 7) & 0xFFu)
+#define INS_K(i) (((unsigned)(i) >> 15) & 1u)
+#define INS_B(i) (((unsigned)(i) >> 16) & 0xFFu)
+#define INS_C(i) (((unsigned)(i) >> 24) & 0xFFu)
+#define INS_SJ(i) ((int32_t)(((uint32_t)(i) >> 7) & 0x1FFFFFFu) - 0xFFFFFF)
+
+/* Instructions that write no register (their A, if any, is read). */
+static bool writes_no_register(unsigned op) {
+    return (op >= OPC_EQ && op <= OPC_TEST) || op == OPC_SETUPVAL || (op >= OPC_SETTABUP && op <= OPC_SETFIELD) ||
+           op == OPC_SETLIST || op == OPC_CLOSE || op == OPC_JMP || op == OPC_EXTRAARG;
+}
+
+/* Whether field B, and field C, of an instruction name a register (C: or a constant, when k is set). */
+static bool b_is_register(unsigned op) {
+    return op == OPC_MOVE || (op >= OPC_GETTABLE && op <= OPC_GETFIELD) || op == OPC_SETTABLE || op == OPC_SELF ||
+           (op >= OPC_ADDI && op <= OPC_MMBIN) || (op >= OPC_UNM && op <= OPC_LEN) || (op >= OPC_EQ && op <= OPC_LE) ||
+           op == OPC_TESTSET;
+}
+
+static bool c_is_register(uint32_t ins) {
+    unsigned op = INS_OP(ins);
+    if (op == OPC_GETTABLE || (op >= OPC_ADD && op <= OPC_SHR)) return true;
+    return (op == OPC_SETTABUP || (op >= OPC_SETTABLE && op <= OPC_SETFIELD) || op == OPC_SELF) && !INS_K(ins);
+}
+
+/*
+ * Pushes the value register `reg` holds when instruction `pc` runs, when the code before it leaves no doubt: the
+ * register was last written by a load from one of the closure's upvalues, or a constant field of such a value
+ * (loaded the same way), nothing in between wrote it, and nothing jumps in between. Load-time values are frozen and
+ * upvalues cannot be assigned after loading (bc_check), so the value found now is the value every call sees.
+ * Returns false, pushing nothing, otherwise.
+ */
+static bool push_known_register(lua_State *L, int closure, const bc_proto *f, const bool *target, size_t pc,
+                                unsigned reg, int depth) {
+    if (depth > 8 || !lua_checkstack(L, 2)) return false;
+    for (size_t j = pc; j-- > 0;) {
+        if (target[j + 1]) return false;
+        uint32_t ins = f->code[j];
+        unsigned op = INS_OP(ins), a = INS_A(ins);
+        if (writes_no_register(op)) continue;
+        if (op >= OPC_MMBIN && op <= OPC_MMBINK) { /* writes the register of the instruction before it */
+            if (j == 0 || INS_A(f->code[j - 1]) <= reg) return false;
+            continue;
+        }
+        if (a > reg) continue; /* every other instruction writes registers from its A upwards */
+        if (a < reg) return false;
+        switch (op) {
+        case OPC_MOVE: return push_known_register(L, closure, f, target, j, INS_B(ins), depth + 1);
+        case OPC_GETUPVAL: return lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL;
+        case OPC_GETTABUP:
+        case OPC_GETFIELD: {
+            unsigned key = INS_C(ins);
+            if (key >= f->nk || f->kstr[key].s == NULL) return false;
+            bool known = op == OPC_GETTABUP ? lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL
+                                             : push_known_register(L, closure, f, target, j, INS_B(ins), depth + 1);
+            if (!known) return false;
+            if (lua_type(L, -1) != LUA_TTABLE) {
+                lua_pop(L, 1);
+                return false;
+            }
+            lua_pushlstring(L, f->kstr[key].s, f->kstr[key].len);
+            lua_gettable(L, -2); /* through frozen tables' __index tables: no code runs (no metatable is a rule's) */
+            lua_remove(L, -2);
+            return true;
+        }
+        default: return false;
+        }
+    }
+    return false; /* a parameter, or nothing loaded it */
+}
+
+/* The shape (RS_SHAPE_*) of the Lua function at `closure`, whose compiled code is f. */
+static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_proto *f) {
+    if (S->user_metatables) return 0;
+    bool *target = calloc(f->ncode + 2, sizeof *target);
+    if (target == NULL) return 0;
+    for (size_t pc = 0; pc < f->ncode; pc++) {
+        uint32_t ins = f->code[pc];
+        unsigned op = INS_OP(ins);
+        if (op == OPC_JMP) {
+            int64_t to = (int64_t)pc + 1 + INS_SJ(ins);
+            if (to >= 0 && (size_t)to <= f->ncode) target[to] = true;
+        } else if ((op >= OPC_EQ && op <= OPC_TESTSET) || op == OPC_LFALSESKIP) {
+            if (pc + 2 <= f->ncode) target[pc + 2] = true; /* the instruction after the skipped one */
+        }
+    }
+    bool straight = f->ncode > 0 && f->ncode <= RS_SHAPE_STRAIGHT_MASK;
+    bool sealed = f->numparams >= 1 && !f->is_vararg;
+    for (size_t pc = 0; pc < f->ncode && (straight || sealed); pc++) {
+        uint32_t ins = f->code[pc];
+        unsigned op = INS_OP(ins);
+        if (straight) {
+            if ((op == OPC_JMP && INS_SJ(ins) < 0) || (op >= OPC_FORLOOP && op <= OPC_TFORLOOP) || op == OPC_TBC) {
+                straight = false;
+            } else if (op == OPC_CALL || op == OPC_TAILCALL) {
+                int top = lua_gettop(L);
+                straight = push_known_register(L, closure, f, target, pc, INS_A(ins), 0) &&
+                           lua_tocfunction(L, -1) != NULL && rs_helper_runs_no_lua(lua_tocfunction(L, -1));
+                lua_settop(L, top);
+            }
+        }
+        if (sealed) {
+            /* Register 0 is the context. Indexing it is all a sealed function does with it. */
+            bool indexes = (op == OPC_GETFIELD || op == OPC_GETI || op == OPC_GETTABLE) && INS_B(ins) == 0;
+            if (indexes) sealed = INS_A(ins) != 0 && !(op == OPC_GETTABLE && INS_C(ins) == 0);
+            else if (op != OPC_JMP && op != OPC_EXTRAARG && INS_A(ins) == 0) sealed = false;
+            else if (b_is_register(op) && INS_B(ins) == 0) sealed = false;
+            else if (c_is_register(ins) && INS_C(ins) == 0) sealed = false;
+        }
+    }
+    for (size_t i = 0; i < f->nprotos && sealed; i++) {
+        const bc_proto *q = &f->protos[i];
+        for (size_t u = 0; u < q->nup; u++)
+            if (q->up_instack[u] && q->up_idx[u] == 0) sealed = false; /* a closure captures the context */
+    }
+    free(target);
+    return (uint16_t)((straight ? f->ncode : 0) | (sealed ? RS_SHAPE_SEALED : 0));
+}
+
+/*
+ * The shapes found while loading, by closure, until rs_shape_rules hands them to the flags: an open-addressing table
+ * of closure addresses (48 bits on x86-64 and arm64) packed with their shapes into 8 bytes. Its memory is mapped and
+ * unmapped directly: with 10,000 rules a malloc'd table and its growth left about 1 MiB resident per state built.
+ */
+typedef struct rs_shape_slot {
+    uint64_t packed; /* closure address << 16 | shape; 0: empty */
+} rs_shape_slot;
+
+static rs_shape_slot *shape_table_new(size_t cap) {
+    void *p = mmap(NULL, cap * sizeof(rs_shape_slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void shape_table_free(rs_shape_slot *t, size_t cap) {
+    if (t != NULL) munmap(t, cap * sizeof *t);
+}
+
+static size_t shape_home(uint64_t address, size_t cap) {
+    return (size_t)((address * 0x9E3779B97F4A7C15ull) >> 32) & (cap - 1);
+}
+
+static void shape_put(rs_shape_slot *t, size_t cap, uint64_t packed) {
+    size_t h = shape_home(packed >> 16, cap);
+    while (t[h].packed != 0 && (t[h].packed >> 16) != (packed >> 16)) h = (h + 1) & (cap - 1);
+    t[h].packed = packed;
+}
+
+static void remember_shape(rs_state *S, const void *closure, uint16_t shape) {
+    uint64_t address = (uint64_t)(uintptr_t)closure;
+    if (shape == 0 || address >> 48 != 0) return; /* a shape not remembered is a rule evaluated the general way */
+    if ((S->shape_count + 1) * 4 > S->shape_cap * 3) {
+        size_t cap = S->shape_cap ? S->shape_cap * 2 : 512;
+        rs_shape_slot *grown = shape_table_new(cap);
+        if (grown == NULL) return;
+        for (size_t i = 0; i < S->shape_cap; i++)
+            if (S->shapes[i].packed != 0) shape_put(grown, cap, S->shapes[i].packed);
+        shape_table_free(S->shapes, S->shape_cap);
+        S->shapes = grown;
+        S->shape_cap = cap;
+    }
+    S->shape_count++;
+    shape_put(S->shapes, S->shape_cap, address << 16 | shape);
+}
+
+static uint16_t recall_shape(const rs_state *S, const void *closure) {
+    if (S->shape_cap == 0) return 0;
+    uint64_t address = (uint64_t)(uintptr_t)closure;
+    for (size_t h = shape_home(address, S->shape_cap); S->shapes[h].packed != 0; h = (h + 1) & (S->shape_cap - 1))
+        if ((S->shapes[h].packed >> 16) == address) return (uint16_t)S->shapes[h].packed;
+    return 0;
+}
+
+void rs_forget_shapes(rs_state *S) {
+    shape_table_free(S->shapes, S->shape_cap);
+    S->shapes = NULL;
+    S->shape_cap = S->shape_count = 0;
+}
+
+void rs_shape_rules(rs_state *S, lua_State *L) {
+    for (size_t i = 0; i < S->flag_count; i++) {
+        rs_flag_entry *f = &S->flags[i];
+        f->shape = 0;
+        if (f->rule_ref == LUA_NOREF || S->user_metatables) continue;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
+        f->shape = recall_shape(S, lua_topointer(L, -1));
+        lua_pop(L, 1);
+    }
+    rs_forget_shapes(S);
+}
+
 /* lua_dump's writer: appends to the state's scratch buffer, which every closure checked reuses (a Lua string per
  * closure, built through a luaL_Buffer, was a tenth of the build of 10,000 flags). Host memory, freed when the
  * freeze ends (rs_release_scratch) or with the state. */
@@ -339,6 +574,7 @@ int rs_check_closure(rs_state *S, lua_State *L, int idx) {
             for (size_t u = 0; u < f.nup; u++) loadtime[u] = true; /* every cell of a load-time closure */
             found = bc_check(S, &f, loadtime, 20);
             free(loadtime);
+            if (found == 0) remember_shape(S, lua_topointer(L, idx), closure_shape(S, L, idx, &f));
         }
         bc_free(&f);
     }

@@ -820,6 +820,12 @@ static int h_ip_in_cidr(lua_State *L)
 /* Registration                                                                                                   */
 /* ------------------------------------------------------------------------------------------------------------ */
 
+bool rs_helper_runs_no_lua(lua_CFunction f)
+{
+    return f == h_split || f == h_rollout || f == h_starts_with || f == h_ends_with || f == h_semver_compare ||
+           f == h_semver_match || f == h_ip_in_cidr;
+}
+
 void rs_open_helpers(lua_State *L)
 {
     static const luaL_Reg top[] = {

@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,6 +65,10 @@ void rs_trace_call(lua_State *L, const char *name, int nargs, int result, const 
  * starts_with, ends_with) into the table at the top of the stack. Implemented
  * in rs_helpers.c. */
 void rs_open_helpers(lua_State *L);
+
+/* Whether f is one of those helpers. None of them calls a Lua function: the metamethods they may meet (reading a
+ * table of buckets) are the sandbox's own C ones unless rules set metatables (see RS_SHAPE_STRAIGHT_MASK). */
+bool rs_helper_runs_no_lua(lua_CFunction f);
 
 /* Pattern functions with a step budget, replacing string.find, string.match,
  * string.gmatch and string.gsub; same semantics as Lua 5.4's. Implemented in

@@ -637,8 +637,8 @@ static void key_cache_drop_stale(lua_State *L, key_cache *kc, int t) {
     kc->nlast = 0;
 }
 
-/* Starts converting a top-level object: pushes the context's proxy, the reused storage (at t) and the key cache (at
- * t + 1). */
+/* Starts converting a top-level object: pushes the context's proxy (unless S->bare_context), the reused storage (at t)
+ * and the key cache (at t + 1). */
 static key_cache *context_fill_begin(lua_State *L) {
     rs_state *S = rs_state_of(L);
     key_cache *kc = S->key_cache;
@@ -659,7 +659,7 @@ static key_cache *context_fill_begin(lua_State *L) {
 }
 
 /* Completes a conversion of the storage at t: it then holds exactly the object's members. Leaves the proxy, pointed
- * at the storage, at t - 1 and on top. */
+ * at the storage, at t - 1 and on top (with S->bare_context, the storage on top). */
 static void context_fill_end(lua_State *L, key_cache *kc, int t) {
     key_cache_drop_stale(L, kc, t);
     memcpy(kc->last, kc->current, kc->ncurrent);

@@ -1070,6 +1070,7 @@ static int finish_tx(lua_State *L) {
     freeze_rule_data(L, S, decls);
     drop_load_bookkeeping(L);
     rs_dispatch_compile(S, L);
+    rs_shape_rules(S, L);
     return 0;
 }
 
@@ -1298,11 +1299,17 @@ static int eval_flag_tx(lua_State *L) {
     rs_flag_entry *f = &S->flags[a->flag];
     a->stage = STAGE_CONTEXT;
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref); /* below its argument, so that nothing needs moving */
+    S->bare_context = (f->shape & RS_SHAPE_SEALED) && !S->trace;
     push_context(S, L, a);
+    S->bare_context = false;
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_rule(S, f->key, f->key_len);
     S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
+    /* A straight rule shorter than the hook's interval cannot reach the hook (RS_SHAPE_STRAIGHT_MASK). */
+    unsigned straight = f->shape & RS_SHAPE_STRAIGHT_MASK;
+    if (straight != 0 && (int)straight < S->hook_interval && !S->trace && !S->user_metatables)
+        lua_sethook(L, NULL, 0, 0);
     lua_call(L, 1, 1);
     rs_disarm(S);
     a->stage = STAGE_RESULT;

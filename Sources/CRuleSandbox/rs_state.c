@@ -344,6 +344,7 @@ void rs_disarm(rs_state *S) {
                   lua_gethookcount(S->L) != RS_FIRST_HOOK_INTERVAL;
     S->phase = RS_PHASE_HOST;
     S->killed = RS_KILL_NONE;
+    S->bare_context = false; /* a conversion that failed left it set */
     S->current_key = NULL;
     S->current_key_len = 0;
     S->flag_depth = 0;
@@ -614,6 +615,7 @@ void rs_state_free(rs_state *S) {
     lua_close(S->L);
     free_kept_blocks(S);
     rs_trace_free(S);
+    rs_forget_shapes(S); /* left by a rule set whose loading failed before its rules were shaped */
     for (size_t i = 0; i < S->diag_count; i++) {
         free(S->diags[i].file);
         free(S->diags[i].message);

@@ -66,7 +66,23 @@ typedef struct rs_flag_entry {
     char *invalid;       /* `invalid`: why the definition cannot be evaluated (PARSE_ERROR); NULL normally */
     size_t metadata_json_len;
     int32_t override_variant; /* 1-based: the variant an override forces for flag_value(); 0 when none */
+    uint16_t shape;           /* what its evaluation may leave out: RS_SHAPE_* (rs_freeze.c) */
 } rs_flag_entry;
+
+/*
+ * The shape of a rule function, from its compiled code (rs_shape_rules): what an evaluation may leave out without
+ * any difference a rule could observe.
+ *  - RS_SHAPE_STRAIGHT_MASK: its number of instructions (1-255) when the function is straight: no loop, no backward
+ *    jump, and every call is to a helper that runs no Lua code (rs_helper_runs_no_lua). Each instruction then runs
+ *    at most once per call, so while that number is below the count hook's interval the hook cannot fire during the
+ *    call: the evaluation runs it unhooked, which saves the hook's test on every instruction (about a tenth of a
+ *    flag evaluation), and every budget is charged exactly as before.
+ *  - RS_SHAPE_SEALED: its first parameter (the context) is only ever indexed, never compared, passed, returned,
+ *    captured or assigned. Reading the context's storage then answers exactly what reading its read-only proxy
+ *    would, and nothing can write through it or keep it: the evaluation passes the storage itself.
+ */
+#define RS_SHAPE_STRAIGHT_MASK 0xFFu
+#define RS_SHAPE_SEALED 0x100u
 
 /* The variants of every boolean flag ("off" false, "on" true): shared, never freed. */
 extern rs_variant_entry rs_boolean_variants[2];
@@ -187,6 +203,13 @@ struct rs_state {
     /* The cache of top-level context keys (rs_json.c), and its registry reference. */
     struct key_cache *key_cache;
     int key_cache_ref;
+    /* The running conversion hands over the context's storage rather than its proxy (RS_SHAPE_SEALED). */
+    bool bare_context;
+    /* setmetatable has been called in this state: metamethods may be Lua functions, so no rule runs unhooked. */
+    bool user_metatables;
+    /* While loading finishes: the shapes of the closures rs_check_closure inspected, by closure (open addressing). */
+    struct rs_shape_slot *shapes;
+    size_t shape_cap, shape_count;
     /* How contexts are converted (RS_CONTEXTS_*), mirrored from the lazy reader's settings so that a context
      * converted whole does not look the reader up. */
     int context_mode;
@@ -294,7 +317,8 @@ void rs_create_context_proxy(lua_State *L);
 void rs_create_key_cache(lua_State *L);
 /* Pushes the context's proxy, then the reusable storage of the top-level context for a conversion to fill (`empty`:
  * emptied first; otherwise the conversion removes what it does not replace); once the storage (at the top) is
- * filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. */
+ * filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. With S->bare_context, no
+ * proxy is pushed and the filled storage is left. */
 void rs_begin_context_fill(lua_State *L, rs_state *S, bool empty);
 void rs_end_context_fill(lua_State *L, rs_state *S);
 /* The kinds of declaration records (rs_rules.c), which are also roots of rs_freeze_reachable. */
@@ -310,6 +334,10 @@ void rs_freeze_reachable(rs_state *S, lua_State *L, int roots_idx);
 int rs_check_closure(rs_state *S, lua_State *L, int idx);
 /* Frees the scratch buffer that checking closures filled. */
 void rs_release_scratch(rs_state *S);
+/* Sets the shape (RS_SHAPE_*) of every flag's rule from what rs_check_closure found, then forgets the closures. */
+void rs_shape_rules(rs_state *S, lua_State *L);
+/* Frees what rs_check_closure remembered (rs_shape_rules does, and freeing a state). */
+void rs_forget_shapes(rs_state *S);
 
 /* JSON (rs_json.c). */
 /* Pushes a read-only table built from a JSON object; raises on invalid input. */
