@@ -1241,6 +1241,15 @@ static void begin_rule(rs_state *S, const char *key, size_t key_len) {
     S->log_lines_this_eval = 0;
 }
 
+/* Arms the evaluation of flag f's rule. A straight rule shorter than the hook's interval cannot reach the hook
+ * (RS_SHAPE_STRAIGHT_MASK): it runs with the hook off, which rs_disarm sets back. */
+static void begin_flag_rule(rs_state *S, const rs_flag_entry *f) {
+    begin_rule(S, f->key, f->key_len);
+    unsigned straight = f->shape & RS_SHAPE_STRAIGHT_MASK;
+    if (straight != 0 && (int)straight < S->hook_interval && !S->trace && !S->user_metatables)
+        lua_sethook(S->L, NULL, 0, 0);
+}
+
 /* Runs one flag's rule with the context at `ctx`; fills the outcome. Never raises. */
 static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcome *o) {
     rs_flag_entry *f = &S->flags[index];
@@ -1258,7 +1267,7 @@ static void run_flag(rs_state *S, lua_State *L, size_t index, int ctx, rs_outcom
         o->status = RS_STATIC;
         return;
     }
-    begin_rule(S, f->key, f->key_len);
+    begin_flag_rule(S, f);
     S->flag_stack[S->flag_depth++] = (int32_t)index;
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
     lua_pushvalue(L, ctx);
@@ -1304,12 +1313,8 @@ static int eval_flag_tx(lua_State *L) {
     S->bare_context = false;
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
-    begin_rule(S, f->key, f->key_len);
+    begin_flag_rule(S, f);
     S->flag_stack[S->flag_depth++] = (int32_t)a->flag;
-    /* A straight rule shorter than the hook's interval cannot reach the hook (RS_SHAPE_STRAIGHT_MASK). */
-    unsigned straight = f->shape & RS_SHAPE_STRAIGHT_MASK;
-    if (straight != 0 && (int)straight < S->hook_interval && !S->trace && !S->user_metatables)
-        lua_sethook(L, NULL, 0, 0);
     lua_call(L, 1, 1);
     rs_disarm(S);
     a->stage = STAGE_RESULT;

@@ -168,6 +168,19 @@ int main(void) {
         }
     }
     check(S->flag_count == sizeof expected / sizeof *expected, "every flag has its expected shape");
+    /* Every flag at once, converted once (each flag armed on its own), when no rule was shaped wrongly. */
+    if (failures == 0) {
+        rs_outcome *a = calloc(S->flag_count, sizeof *a), *b = calloc(S->flag_count, sizeof *b), ea, eb;
+        for (size_t c = 0; c < ncontexts; c++) {
+            int32_t sa = rs_eval_all_flags(S, contexts[c], strlen(contexts[c]), 1.0, a, &ea);
+            int32_t sb = rs_eval_all_flags(G, contexts[c], strlen(contexts[c]), 1.0, b, &eb);
+            check(sa == sb, "all flags at once: the same context is accepted or refused");
+            for (size_t i = 0; sa == RS_OK && sb == RS_OK && i < S->flag_count; i++)
+                same_outcome(S, &a[i], G, &b[i], S->flags[i].key, contexts[c]);
+        }
+        free(a);
+        free(b);
+    }
     rs_outcome o;
     if (trusted[flag_index(S, "spin")]) {
         rs_eval_flag(S, flag_index(S, "spin"), contexts[0], strlen(contexts[0]), 1.0, &o);
