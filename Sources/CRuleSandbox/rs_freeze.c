@@ -24,12 +24,46 @@
 
 /* ---- compiled-code inspection ------------------------------------------------------------ */
 
-/* Lua 5.4's binary chunk layout (ldump.c) and the opcodes that write upvalues (lopcodes.h). The
- * header is checked in full, so a Lua built differently is refused instead of misread. */
+/* Lua 5.4's binary chunk layout (ldump.c). The header is checked in full, so a Lua built differently is refused
+ * instead of misread. */
 #define BC_VERSION 0x54
 #define BC_FORMAT 0
-#define OP_SETUPVAL 10
-#define OP_SETTABUP 15
+/* The opcodes read here (lopcodes.h; Lua 5.4.0 to 5.4.6 number them alike): those that write upvalues, and those a
+ * rule's shape is read from (a range test names only its ends). */
+enum {
+    OP_MOVE = 0,
+    OP_LFALSESKIP = 6,
+    OP_GETUPVAL = 9,
+    OP_SETUPVAL = 10,
+    OP_GETTABUP = 11,
+    OP_GETTABLE = 12,
+    OP_GETI = 13,
+    OP_GETFIELD = 14,
+    OP_SETTABUP = 15,
+    OP_SETTABLE = 16,
+    OP_SETFIELD = 18,
+    OP_SELF = 20,
+    OP_ADDI = 21,
+    OP_ADD = 34,
+    OP_SHR = 45,
+    OP_MMBIN = 46,
+    OP_MMBINK = 48,
+    OP_UNM = 49,
+    OP_LEN = 52,
+    OP_CLOSE = 54,
+    OP_TBC = 55,
+    OP_JMP = 56,
+    OP_EQ = 57,
+    OP_LE = 59,
+    OP_TEST = 66,
+    OP_TESTSET = 67,
+    OP_CALL = 68,
+    OP_TAILCALL = 69,
+    OP_FORLOOP = 73,
+    OP_TFORLOOP = 77,
+    OP_SETLIST = 78,
+    OP_EXTRAARG = 82,
+};
 #define ABSLINEINFO (-0x80)
 #define TAG_NIL 0x00
 #define TAG_FALSE 0x01
@@ -281,45 +315,6 @@ static int bc_check(rs_state *S, const bc_proto *f, const bool *loadtime, int bu
 
 /* ---- rule shapes ---------------------------------------------------------------------------------------------- */
 
-/* More of lopcodes.h (Lua 5.4.0 to 5.4.6 number them alike): what the shape of a rule function is read from. */
-enum {
-    OPC_MOVE = 0,
-    OPC_LFALSESKIP = 6,
-    OPC_GETUPVAL = 9,
-    OPC_SETUPVAL = 10,
-    OPC_GETTABUP = 11,
-    OPC_GETTABLE = 12,
-    OPC_GETI = 13,
-    OPC_GETFIELD = 14,
-    OPC_SETTABUP = 15,
-    OPC_SETTABLE = 16,
-    OPC_SETI = 17,
-    OPC_SETFIELD = 18,
-    OPC_SELF = 20,
-    OPC_ADDI = 21,
-    OPC_SHLI = 33,
-    OPC_ADD = 34,
-    OPC_SHR = 45,
-    OPC_MMBIN = 46,
-    OPC_MMBINK = 48,
-    OPC_UNM = 49,
-    OPC_LEN = 52,
-    OPC_CLOSE = 54,
-    OPC_TBC = 55,
-    OPC_JMP = 56,
-    OPC_EQ = 57,
-    OPC_LE = 59,
-    OPC_EQK = 60,
-    OPC_TEST = 66,
-    OPC_TESTSET = 67,
-    OPC_CALL = 68,
-    OPC_TAILCALL = 69,
-    OPC_FORLOOP = 73,
-    OPC_TFORLOOP = 77,
-    OPC_SETLIST = 78,
-    OPC_EXTRAARG = 82,
-};
-
 #define INS_OP(i) ((unsigned)(i) & 0x7Fu)
 #define INS_A(i) (((unsigned)(i) >> 7) & 0xFFu)
 #define INS_K(i) (((unsigned)(i) >> 15) & 1u)
@@ -329,21 +324,21 @@ enum {
 
 /* Instructions that write no register (their A, if any, is read). */
 static bool writes_no_register(unsigned op) {
-    return (op >= OPC_EQ && op <= OPC_TEST) || op == OPC_SETUPVAL || (op >= OPC_SETTABUP && op <= OPC_SETFIELD) ||
-           op == OPC_SETLIST || op == OPC_CLOSE || op == OPC_JMP || op == OPC_EXTRAARG;
+    return (op >= OP_EQ && op <= OP_TEST) || op == OP_SETUPVAL || (op >= OP_SETTABUP && op <= OP_SETFIELD) ||
+           op == OP_SETLIST || op == OP_CLOSE || op == OP_JMP || op == OP_EXTRAARG;
 }
 
 /* Whether field B, and field C, of an instruction name a register (C: or a constant, when k is set). */
 static bool b_is_register(unsigned op) {
-    return op == OPC_MOVE || (op >= OPC_GETTABLE && op <= OPC_GETFIELD) || op == OPC_SETTABLE || op == OPC_SELF ||
-           (op >= OPC_ADDI && op <= OPC_MMBIN) || (op >= OPC_UNM && op <= OPC_LEN) || (op >= OPC_EQ && op <= OPC_LE) ||
-           op == OPC_TESTSET;
+    return op == OP_MOVE || (op >= OP_GETTABLE && op <= OP_GETFIELD) || op == OP_SETTABLE || op == OP_SELF ||
+           (op >= OP_ADDI && op <= OP_MMBIN) || (op >= OP_UNM && op <= OP_LEN) || (op >= OP_EQ && op <= OP_LE) ||
+           op == OP_TESTSET;
 }
 
 static bool c_is_register(uint32_t ins) {
     unsigned op = INS_OP(ins);
-    if (op == OPC_GETTABLE || (op >= OPC_ADD && op <= OPC_SHR)) return true;
-    return (op == OPC_SETTABUP || (op >= OPC_SETTABLE && op <= OPC_SETFIELD) || op == OPC_SELF) && !INS_K(ins);
+    if (op == OP_GETTABLE || (op >= OP_ADD && op <= OP_SHR)) return true;
+    return (op == OP_SETTABUP || (op >= OP_SETTABLE && op <= OP_SETFIELD) || op == OP_SELF) && !INS_K(ins);
 }
 
 /*
@@ -361,20 +356,20 @@ static bool push_known_register(lua_State *L, int closure, const bc_proto *f, co
         uint32_t ins = f->code[j];
         unsigned op = INS_OP(ins), a = INS_A(ins);
         if (writes_no_register(op)) continue;
-        if (op >= OPC_MMBIN && op <= OPC_MMBINK) { /* writes the register of the instruction before it */
+        if (op >= OP_MMBIN && op <= OP_MMBINK) { /* writes the register of the instruction before it */
             if (j == 0 || INS_A(f->code[j - 1]) <= reg) return false;
             continue;
         }
         if (a > reg) continue; /* every other instruction writes registers from its A upwards */
         if (a < reg) return false;
         switch (op) {
-        case OPC_MOVE: return push_known_register(L, closure, f, target, j, INS_B(ins), depth + 1);
-        case OPC_GETUPVAL: return lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL;
-        case OPC_GETTABUP:
-        case OPC_GETFIELD: {
+        case OP_MOVE: return push_known_register(L, closure, f, target, j, INS_B(ins), depth + 1);
+        case OP_GETUPVAL: return lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL;
+        case OP_GETTABUP:
+        case OP_GETFIELD: {
             unsigned key = INS_C(ins);
             if (key >= f->nk || f->kstr[key].s == NULL) return false;
-            bool known = op == OPC_GETTABUP ? lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL
+            bool known = op == OP_GETTABUP ? lua_getupvalue(L, closure, (int)INS_B(ins) + 1) != NULL
                                              : push_known_register(L, closure, f, target, j, INS_B(ins), depth + 1);
             if (!known) return false;
             if (lua_type(L, -1) != LUA_TTABLE) {
@@ -400,10 +395,10 @@ static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_p
     for (size_t pc = 0; pc < f->ncode; pc++) {
         uint32_t ins = f->code[pc];
         unsigned op = INS_OP(ins);
-        if (op == OPC_JMP) {
+        if (op == OP_JMP) {
             int64_t to = (int64_t)pc + 1 + INS_SJ(ins);
             if (to >= 0 && (size_t)to <= f->ncode) target[to] = true;
-        } else if ((op >= OPC_EQ && op <= OPC_TESTSET) || op == OPC_LFALSESKIP) {
+        } else if ((op >= OP_EQ && op <= OP_TESTSET) || op == OP_LFALSESKIP) {
             if (pc + 2 <= f->ncode) target[pc + 2] = true; /* the instruction after the skipped one */
         }
     }
@@ -413,9 +408,9 @@ static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_p
         uint32_t ins = f->code[pc];
         unsigned op = INS_OP(ins);
         if (straight) {
-            if ((op == OPC_JMP && INS_SJ(ins) < 0) || (op >= OPC_FORLOOP && op <= OPC_TFORLOOP) || op == OPC_TBC) {
+            if ((op == OP_JMP && INS_SJ(ins) < 0) || (op >= OP_FORLOOP && op <= OP_TFORLOOP) || op == OP_TBC) {
                 straight = false;
-            } else if (op == OPC_CALL || op == OPC_TAILCALL) {
+            } else if (op == OP_CALL || op == OP_TAILCALL) {
                 int top = lua_gettop(L);
                 straight = push_known_register(L, closure, f, target, pc, INS_A(ins), 0) &&
                            lua_tocfunction(L, -1) != NULL && rs_helper_runs_no_lua(lua_tocfunction(L, -1));
@@ -424,9 +419,9 @@ static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_p
         }
         if (sealed) {
             /* Register 0 is the context. Indexing it is all a sealed function does with it. */
-            bool indexes = (op == OPC_GETFIELD || op == OPC_GETI || op == OPC_GETTABLE) && INS_B(ins) == 0;
-            if (indexes) sealed = INS_A(ins) != 0 && !(op == OPC_GETTABLE && INS_C(ins) == 0);
-            else if (op != OPC_JMP && op != OPC_EXTRAARG && INS_A(ins) == 0) sealed = false;
+            bool indexes = (op == OP_GETFIELD || op == OP_GETI || op == OP_GETTABLE) && INS_B(ins) == 0;
+            if (indexes) sealed = INS_A(ins) != 0 && !(op == OP_GETTABLE && INS_C(ins) == 0);
+            else if (op != OP_JMP && op != OP_EXTRAARG && INS_A(ins) == 0) sealed = false;
             else if (b_is_register(op) && INS_B(ins) == 0) sealed = false;
             else if (c_is_register(ins) && INS_C(ins) == 0) sealed = false;
         }
