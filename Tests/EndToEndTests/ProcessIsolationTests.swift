@@ -113,7 +113,8 @@ struct ProcessIsolationTests {
         let daemon = try DaemonHarness(rules: ["a.lua": Self.hog])
         try daemon.start(arguments: ["--isolation", "process"])
         defer { _ = try? daemon.stop() }
-        #expect(try daemon.request(#"{"op":"flag","flag":"calm"}"#)["ok"]?.boolValue == true)
+        let calm = try daemon.request(#"{"op":"flag","flag":"calm"}"#)
+        #expect(calm["ok"]?.boolValue == true, "\(calm)\n\(daemon.logs)")
         let pid = try #require(try Self.rulePID(daemon))
         #expect(pid != daemon.process?.processIdentifier)
         #expect(try Self.procStatus(pid, "NoNewPrivs") == "1")
@@ -161,6 +162,8 @@ struct ProcessIsolationTests {
         #expect(try daemon.request(#"{"op":"flag","flag":"calm"}"#)["ok"]?.boolValue == true)
         let first = try #require(try Self.rulePID(daemon))
         kill(first, SIGSTOP)
+        // A stop signal takes effect when the process is next scheduled: ask only once it has.
+        #expect(try eventually(timeout: 5) { try Self.procStatus(first, "State")?.hasPrefix("T") == true })
         let answer = try daemon.request(#"{"id":1,"op":"flag","flag":"calm"}"#)
         #expect(answer["ok"]?.boolValue == false, "\(answer)\n\(daemon.logs)")
         #expect(answer["id"]?.intValue == 1)
