@@ -387,8 +387,43 @@ static bool push_known_register(lua_State *L, int closure, const bc_proto *f, co
     return false; /* a parameter, or nothing loaded it */
 }
 
-/* The shape (RS_SHAPE_*) of the Lua function at `closure`, whose compiled code is f. */
-static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_proto *f) {
+/* The context keys (RS_CONTEXT_KEYS_KNOWN and their bits) that the sealed function f reads, when it reads the
+ * context (register 0) only with constant string keys; 0 otherwise, or when its keys do not all fit in the state's
+ * list (then it adds none of them, so that one rule reading many keys leaves room for the others). */
+static uint64_t context_keys_read(rs_state *S, const bc_proto *f) {
+    const bc_string *fresh[RS_CONTEXT_KEY_NAMES]; /* keys not numbered yet, each once */
+    unsigned nfresh = 0, room = RS_CONTEXT_KEY_NAMES - S->context_key_count;
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t keys = RS_CONTEXT_KEYS_KNOWN;
+        for (size_t pc = 0; pc < f->ncode; pc++) {
+            uint32_t ins = f->code[pc];
+            unsigned op = INS_OP(ins);
+            if ((op != OP_GETFIELD && op != OP_GETI && op != OP_GETTABLE) || INS_B(ins) != 0) continue;
+            if (op != OP_GETFIELD || INS_C(ins) >= f->nk || f->kstr[INS_C(ins)].s == NULL) return 0;
+            const bc_string *k = &f->kstr[INS_C(ins)];
+            if (k->len > RS_CONTEXT_KEY_MAX_LEN) return 0;
+            unsigned number = rs_context_key_number(S, k->s, k->len, pass == 1);
+            if (pass == 1) {
+                keys |= 1ull << (number - 1); /* every key fits: each has a number now */
+                continue;
+            }
+            if (number != 0) continue;
+            bool listed = false;
+            for (unsigned i = 0; i < nfresh && !listed; i++)
+                listed = fresh[i]->len == k->len && memcmp(fresh[i]->s, k->s, k->len) == 0;
+            if (listed) continue;
+            if (nfresh == room) return 0;
+            fresh[nfresh++] = k;
+        }
+        if (pass == 1) return keys;
+    }
+    return 0;
+}
+
+/* The shape (RS_SHAPE_*) of the Lua function at `closure`, whose compiled code is f; and, for a sealed one, the
+ * context keys it reads (context_keys_read). */
+static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_proto *f, uint64_t *keys) {
+    *keys = 0;
     if (S->user_metatables) return 0;
     bool *target = calloc(f->ncode + 2, sizeof *target);
     if (target == NULL) return 0;
@@ -432,6 +467,7 @@ static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_p
             if (q->up_instack[u] && q->up_idx[u] == 0) sealed = false; /* a closure captures the context */
     }
     free(target);
+    if (sealed) *keys = context_keys_read(S, f);
     return (uint16_t)((straight ? f->ncode : 0) | (sealed ? RS_SHAPE_SEALED : 0));
 }
 
@@ -442,6 +478,7 @@ static uint16_t closure_shape(rs_state *S, lua_State *L, int closure, const bc_p
  */
 typedef struct rs_shape_slot {
     uint64_t packed; /* closure address << 16 | shape; 0: empty */
+    uint64_t keys;   /* the context keys a sealed closure reads (context_keys_read) */
 } rs_shape_slot;
 
 static rs_shape_slot *shape_table_new(size_t cap) {
@@ -457,13 +494,13 @@ static size_t shape_home(uint64_t address, size_t cap) {
     return (size_t)((address * 0x9E3779B97F4A7C15ull) >> 32) & (cap - 1);
 }
 
-static void shape_put(rs_shape_slot *t, size_t cap, uint64_t packed) {
-    size_t h = shape_home(packed >> 16, cap);
-    while (t[h].packed != 0 && (t[h].packed >> 16) != (packed >> 16)) h = (h + 1) & (cap - 1);
-    t[h].packed = packed;
+static void shape_put(rs_shape_slot *t, size_t cap, rs_shape_slot slot) {
+    size_t h = shape_home(slot.packed >> 16, cap);
+    while (t[h].packed != 0 && (t[h].packed >> 16) != (slot.packed >> 16)) h = (h + 1) & (cap - 1);
+    t[h] = slot;
 }
 
-static void remember_shape(rs_state *S, const void *closure, uint16_t shape) {
+static void remember_shape(rs_state *S, const void *closure, uint16_t shape, uint64_t keys) {
     uint64_t address = (uint64_t)(uintptr_t)closure;
     if (shape == 0 || address >> 48 != 0) return; /* a shape not remembered is a rule evaluated the general way */
     if ((S->shape_count + 1) * 4 > S->shape_cap * 3) {
@@ -471,21 +508,22 @@ static void remember_shape(rs_state *S, const void *closure, uint16_t shape) {
         rs_shape_slot *grown = shape_table_new(cap);
         if (grown == NULL) return;
         for (size_t i = 0; i < S->shape_cap; i++)
-            if (S->shapes[i].packed != 0) shape_put(grown, cap, S->shapes[i].packed);
+            if (S->shapes[i].packed != 0) shape_put(grown, cap, S->shapes[i]);
         shape_table_free(S->shapes, S->shape_cap);
         S->shapes = grown;
         S->shape_cap = cap;
     }
     S->shape_count++;
-    shape_put(S->shapes, S->shape_cap, address << 16 | shape);
+    shape_put(S->shapes, S->shape_cap, (rs_shape_slot){address << 16 | shape, keys});
 }
 
-static uint16_t recall_shape(const rs_state *S, const void *closure) {
-    if (S->shape_cap == 0) return 0;
+static rs_shape_slot recall_shape(const rs_state *S, const void *closure) {
+    rs_shape_slot none = {0, 0};
+    if (S->shape_cap == 0) return none;
     uint64_t address = (uint64_t)(uintptr_t)closure;
     for (size_t h = shape_home(address, S->shape_cap); S->shapes[h].packed != 0; h = (h + 1) & (S->shape_cap - 1))
-        if ((S->shapes[h].packed >> 16) == address) return (uint16_t)S->shapes[h].packed;
-    return 0;
+        if ((S->shapes[h].packed >> 16) == address) return S->shapes[h];
+    return none;
 }
 
 void rs_forget_shapes(rs_state *S) {
@@ -498,12 +536,16 @@ void rs_shape_rules(rs_state *S, lua_State *L) {
     for (size_t i = 0; i < S->flag_count; i++) {
         rs_flag_entry *f = &S->flags[i];
         f->shape = 0;
+        f->context_keys = 0;
         if (f->rule_ref == LUA_NOREF || S->user_metatables) continue;
         lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref);
-        f->shape = recall_shape(S, lua_topointer(L, -1));
+        rs_shape_slot found = recall_shape(S, lua_topointer(L, -1));
+        f->shape = (uint16_t)found.packed;
+        if (f->shape & RS_SHAPE_SEALED) f->context_keys = found.keys;
         lua_pop(L, 1);
     }
     rs_forget_shapes(S);
+    rs_renumber_cached_keys(S);
 }
 
 /* lua_dump's writer: appends to the state's scratch buffer, which every closure checked reuses (a Lua string per
@@ -569,7 +611,11 @@ int rs_check_closure(rs_state *S, lua_State *L, int idx) {
             for (size_t u = 0; u < f.nup; u++) loadtime[u] = true; /* every cell of a load-time closure */
             found = bc_check(S, &f, loadtime, 20);
             free(loadtime);
-            if (found == 0) remember_shape(S, lua_topointer(L, idx), closure_shape(S, L, idx, &f));
+            if (found == 0) {
+                uint64_t keys;
+                uint16_t shape = closure_shape(S, L, idx, &f, &keys);
+                remember_shape(S, lua_topointer(L, idx), shape, keys);
+            }
         }
         bc_free(&f);
     }

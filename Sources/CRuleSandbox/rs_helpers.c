@@ -175,12 +175,12 @@ uint32_t rs_murmur3_x86_32(const void *data, size_t len, uint32_t seed)
 #define ROLLOUT_SCALE 1000
 
 /*
- * The hash seed of split/rollout: the explicit seed argument at `idx`, or else the key of the flag or route being
- * evaluated, which makes cohorts independent from one flag to the next, exactly as flagd's implicit seed does.
+ * The hash seed of split/rollout: the explicit seed argument at `idx` (of type t), or else the key of the flag or
+ * route being evaluated, which makes cohorts independent from one flag to the next, exactly as flagd's implicit seed
+ * does.
  */
-static const char *hash_seed(lua_State *L, int idx, const char *fname, size_t *len)
+static const char *hash_seed_of_type(lua_State *L, int idx, int t, const char *fname, size_t *len)
 {
-    int t = lua_type(L, idx);
     if (t == LUA_TSTRING)
         return lua_tolstring(L, idx, len);
     if (t != LUA_TNONE && t != LUA_TNIL)
@@ -189,6 +189,11 @@ static const char *hash_seed(lua_State *L, int idx, const char *fname, size_t *l
     if (key == NULL)
         luaL_error(L, "%s: a seed is required outside rules (no flag or route is being evaluated)", fname);
     return key;
+}
+
+static const char *hash_seed(lua_State *L, int idx, const char *fname, size_t *len)
+{
+    return hash_seed_of_type(L, idx, lua_type(L, idx), fname, len);
 }
 
 /*
@@ -318,11 +323,13 @@ static int h_split(lua_State *L)
  */
 static int h_rollout(lua_State *L)
 {
+    /* Each argument's type is asked once, and an integer percent read as one: this runs for every rollout. */
     size_t seed_len;
-    const char *seed = hash_seed(L, 3, "rollout", &seed_len);
+    int seed_type = lua_type(L, 3);
+    const char *seed = hash_seed_of_type(L, 3, seed_type, "rollout", &seed_len);
     if (lua_type(L, 2) != LUA_TNUMBER)
         return luaL_error(L, "rollout: percent must be a number");
-    lua_Number p = lua_tonumber(L, 2);
+    lua_Number p = lua_isinteger(L, 2) ? (lua_Number)lua_tointeger(L, 2) : lua_tonumber(L, 2);
     if (isnan(p))
         return luaL_error(L, "rollout: percent must not be NaN");
     if (p < 0)
@@ -335,10 +342,10 @@ static int h_rollout(lua_State *L)
     if (on > total)
         on = total;
     /* The strings' bytes (the unit's, and the seed's when it is an argument), and a walk over two buckets as split
-     * would charge: one charge before any hashing. Each type is asked once: this runs for every rollout. */
+     * would charge: one charge before any hashing. */
     size_t unit_len = 0;
     const char *unit = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &unit_len) : NULL;
-    size_t seed_bytes = lua_type(L, 3) == LUA_TSTRING ? seed_len : 0;
+    size_t seed_bytes = seed_type == LUA_TSTRING ? seed_len : 0;
     rs_charge(L, (unit_len + seed_bytes) / 16 + 2);
 
     if (unit == NULL) {

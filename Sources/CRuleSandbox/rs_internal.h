@@ -46,6 +46,13 @@
 
 void rs_charge(lua_State *L, uint64_t steps);
 
+/* The sandbox state that the Lua state L belongs to. It is kept in the Lua state's extra space, which every thread
+ * (coroutine) copies from the main one when created, so that finding it is one load: asking for the allocator's user
+ * data instead was a call into the Lua library, several times an evaluation. */
+struct rs_state;
+_Static_assert(LUA_EXTRASPACE >= sizeof(void *), "the Lua state's extra space holds a pointer");
+static inline struct rs_state *rs_state_of(lua_State *L) { return *(struct rs_state **)lua_getextraspace(L); }
+
 /* Raise the sticky resource-limit error directly (e.g. a C function refusing an
  * input whose processing could not be bounded). `what` is a short reason. */
 int rs_resource_error(lua_State *L, const char *what);

@@ -234,6 +234,19 @@ static int find_flag(lua_State *L, const char *key, size_t len) {
 /* Checks a rule's return value at the top against flag f; replaces it with nothing on success
  * and returns the variant index (-1: no decision), or raises a type-mismatch message. */
 static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t why_cap) {
+    /* A rule returns one of its variant names as a constant of its code, which is the very string the flag's name map
+     * holds when the name is short (Lua interns short strings): the same object is the same name. */
+    const void *result = lua_topointer(L, -1);
+    if (result != NULL) {
+        const void *const *booleans = rs_state_of(L)->boolean_interned;
+        bool boolean = f->variants == rs_boolean_variants;
+        for (int i = 0; i < f->variant_count; i++) {
+            if ((boolean ? booleans[i] : f->variants[i].interned) == result) {
+                lua_pop(L, 1);
+                return i;
+            }
+        }
+    }
     int t = lua_type(L, -1);
     if (t == LUA_TNIL) {
         lua_pop(L, 1);
@@ -413,7 +426,7 @@ static int load_tx(lua_State *L) {
     a->stage = 1;
     S->current_file = a->path;
     S->log_lines_this_eval = 0;
-    rs_arm(S, RS_PHASE_LOAD, S->limits.load_instruction_limit, S->limits.load_timeout_ns);
+    rs_arm(S, RS_PHASE_LOAD, S->limits.load_instruction_limit, S->limits.load_timeout_ns, 0);
     lua_call(L, 0, 0);
     return 0;
 }
@@ -602,6 +615,7 @@ static bool add_variant(lua_State *L, rs_state *S, decl_view *d, rs_flag_entry *
     v->name_len = name->len;
     v->json = json;
     v->json_len = jlen;
+    v->interned = lua_topointer(L, -2);
     f->variant_count++;
     lua_rawseti(L, values, f->variant_count); /* the value */
     lua_pushinteger(L, f->variant_count);
@@ -668,7 +682,8 @@ done:
 /* Phase 2b: a flag without variants is a boolean flag: "off" (false) and "on" (true). Every boolean flag shares one
  * variant array (C) and one name map and value list (Lua): a rule set of 10,000 such flags would otherwise hold
  * 10,000 copies of each, about 500 bytes a flag. */
-rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", 3, (char *)"false", 5}, {(char *)"on", 2, (char *)"true", 4}};
+rs_variant_entry rs_boolean_variants[2] = {{(char *)"off", 3, (char *)"false", 5, NULL},
+                                          {(char *)"on", 2, (char *)"true", 4, NULL}};
 
 static void use_boolean_variants(lua_State *L, rs_state *S, rs_flag_entry *f) {
     f->variants = rs_boolean_variants;
@@ -680,6 +695,7 @@ static void use_boolean_variants(lua_State *L, rs_state *S, rs_flag_entry *f) {
         lua_pushboolean(L, i);
         lua_rawseti(L, -2, i + 1);
         lua_pushstring(L, rs_boolean_variants[i].name);
+        S->boolean_interned[i] = lua_topointer(L, -1);
         lua_pushinteger(L, i + 1);
         lua_rawset(L, -4);
     }
@@ -1233,8 +1249,8 @@ static void classify_failure(rs_state *S, lua_State *L, int status, rs_outcome *
     set_message(S, o, msg, len);
 }
 
-static void begin_rule(rs_state *S, const char *key, size_t key_len) {
-    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
+static void begin_rule(rs_state *S, const char *key, size_t key_len, unsigned straight) {
+    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns, straight);
     S->current_key = key;
     S->current_key_len = key_len;
     S->flag_depth = 0;
@@ -1242,12 +1258,9 @@ static void begin_rule(rs_state *S, const char *key, size_t key_len) {
 }
 
 /* Arms the evaluation of flag f's rule. A straight rule shorter than the hook's interval cannot reach the hook
- * (RS_SHAPE_STRAIGHT_MASK): it runs with the hook off, which rs_disarm sets back. */
+ * (RS_SHAPE_STRAIGHT_MASK): it runs with the hook off, which rs_disarm sets back (rs_arm). */
 static void begin_flag_rule(rs_state *S, const rs_flag_entry *f) {
-    begin_rule(S, f->key, f->key_len);
-    unsigned straight = f->shape & RS_SHAPE_STRAIGHT_MASK;
-    if (straight != 0 && (int)straight < S->hook_interval && !S->trace && !S->user_metatables)
-        lua_sethook(S->L, NULL, 0, 0);
+    begin_rule(S, f->key, f->key_len, f->shape & RS_SHAPE_STRAIGHT_MASK);
 }
 
 /* Runs one flag's rule with the context at `ctx`; fills the outcome. Never raises. */
@@ -1309,8 +1322,10 @@ static int eval_flag_tx(lua_State *L) {
     a->stage = STAGE_CONTEXT;
     lua_rawgeti(L, LUA_REGISTRYINDEX, f->rule_ref); /* below its argument, so that nothing needs moving */
     S->bare_context = (f->shape & RS_SHAPE_SEALED) && !S->trace;
+    S->context_filter = S->bare_context ? f->context_keys : 0;
     push_context(S, L, a);
     S->bare_context = false;
+    S->context_filter = 0;
     if (S->trace) rs_trace_context(L, -1);
     a->stage = STAGE_RULE;
     begin_flag_rule(S, f);
@@ -1456,7 +1471,7 @@ static int eval_route_tx(lua_State *L) {
     o->status = RS_NO_DECISION;
     o->index = -1;
     /* One budget for the whole routing decision, however many routes it tries. */
-    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns);
+    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, S->limits.eval_timeout_ns, 0);
     S->log_lines_this_eval = 0;
     /* Compiled matches read the request's storage table directly; an explain calls every match function, so
      * that its trace shows their lines. */

@@ -61,12 +61,6 @@ static bool load_cancelled(const rs_state *S) {
     return S->phase == RS_PHASE_LOAD && S->cancel != NULL && rs_cancel_requested(S->cancel);
 }
 
-rs_state *rs_state_of(lua_State *L) {
-    void *ud = NULL;
-    lua_getallocf(L, &ud);
-    return (rs_state *)ud;
-}
-
 /*
  * The allocator enforces the state's byte cap. Once a rule has been killed it
  * refuses all growth, which turns allocating C loops (which the count hook
@@ -313,7 +307,7 @@ const char *rs_current_key(lua_State *L, size_t *len) {
     return S->current_key;
 }
 
-void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) {
+void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns, unsigned straight) {
     S->phase = phase;
     S->killed = RS_KILL_NONE;
     S->kill_line = 0;
@@ -332,7 +326,9 @@ void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns) 
     S->deadline_ns = lazy_clock ? RS_DEADLINE_UNSTARTED : rs_now_ns() + timeout_ns;
     /* Re-arming resets the hook's countdown, so a previous run's partial count is not carried over. */
     S->hook_interval = lazy_clock ? RS_FIRST_HOOK_INTERVAL : hook_interval_for(S);
-    lua_sethook(S->L, rs_hook, LUA_MASKCOUNT | rs_trace_mask(S), S->hook_interval);
+    S->hook_off = straight != 0 && (int)straight < S->hook_interval && !S->trace && !S->user_metatables;
+    if (S->hook_off) lua_sethook(S->L, NULL, 0, 0);
+    else lua_sethook(S->L, rs_hook, LUA_MASKCOUNT | rs_trace_mask(S), S->hook_interval);
 }
 
 void rs_disarm(rs_state *S) {
@@ -340,11 +336,13 @@ void rs_disarm(rs_state *S) {
      * state) unless the evaluation ran past that interval, a kill made it fire at every instruction, the interval was
      * set for a large state, or an explain traced lines: all of which the hook itself shows. Left as it is, it fires
      * in the host phase and returns at once; the next arming restarts its count. */
-    bool rehook = lua_gethook(S->L) != rs_hook || lua_gethookmask(S->L) != LUA_MASKCOUNT ||
+    bool rehook = S->hook_off || lua_gethook(S->L) != rs_hook || lua_gethookmask(S->L) != LUA_MASKCOUNT ||
                   lua_gethookcount(S->L) != RS_FIRST_HOOK_INTERVAL;
+    S->hook_off = false;
     S->phase = RS_PHASE_HOST;
     S->killed = RS_KILL_NONE;
     S->bare_context = false; /* a conversion that failed left it set */
+    S->context_filter = 0;
     S->current_key = NULL;
     S->current_key_len = 0;
     S->flag_depth = 0;
@@ -566,6 +564,7 @@ rs_state *rs_state_new(const rs_limits *limits, char *error, size_t error_cap) {
         free(S);
         return NULL;
     }
+    *(rs_state **)lua_getextraspace(S->L) = S; /* rs_state_of; before any thread is made, so that each copies it */
     lua_atpanic(S->L, rs_panic);
     /* Generational collection suits the workload: every evaluation makes short-lived garbage
      * (the context tables) while the rule set itself never changes. */

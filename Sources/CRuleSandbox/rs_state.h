@@ -46,6 +46,7 @@ typedef struct rs_variant_entry {
     size_t name_len;
     char *json;
     size_t json_len;
+    const void *interned; /* the name as a Lua string of the state (its name map keeps it alive); NULL: none */
 } rs_variant_entry;
 
 typedef struct rs_flag_entry {
@@ -67,6 +68,7 @@ typedef struct rs_flag_entry {
     size_t metadata_json_len;
     int32_t override_variant; /* 1-based: the variant an override forces for flag_value(); 0 when none */
     uint16_t shape;           /* what its evaluation may leave out: RS_SHAPE_* (rs_freeze.c) */
+    uint64_t context_keys;    /* a sealed rule's reads: RS_CONTEXT_KEYS_KNOWN and its keys' bits; 0: not known */
 } rs_flag_entry;
 
 /*
@@ -83,6 +85,23 @@ typedef struct rs_flag_entry {
  */
 #define RS_SHAPE_STRAIGHT_MASK 0xFFu
 #define RS_SHAPE_SEALED 0x100u
+
+/*
+ * The context members a sealed rule can read, when its code names them all: it indexes the context only with
+ * constant string keys (GETFIELD), so no other member can make a difference to it. Each key a rule set's rules read
+ * so gets a number from 1 to RS_CONTEXT_KEY_NAMES (rs_context_key_number), in the state's list of such keys; a
+ * rule's set is a mask with bit n - 1 for key n, and RS_CONTEXT_KEYS_KNOWN (so that a rule reading no member has a
+ * set too). A rule whose keys did not all get a number has none. Converting its context leaves the other members out
+ * (rs_json.c), after checking them exactly as converting them would.
+ */
+#define RS_CONTEXT_KEY_NAMES 63
+#define RS_CONTEXT_KEY_MAX_LEN 31
+#define RS_CONTEXT_KEYS_KNOWN (1ull << 63)
+
+typedef struct rs_context_key_name {
+    uint8_t len;
+    char bytes[RS_CONTEXT_KEY_MAX_LEN];
+} rs_context_key_name;
 
 /* The variants of every boolean flag ("off" false, "on" true): shared, never freed. */
 extern rs_variant_entry rs_boolean_variants[2];
@@ -165,6 +184,7 @@ struct rs_state {
     int64_t budget_left;
     /* Instructions between two calls of the count hook on the running thread (see hook_interval_for). */
     int hook_interval;
+    bool hook_off; /* armed with the count hook off, for a straight rule (rs_arm) */
     /* Steps charged since the wall clock was last read: reading it on every charge would cost more than
      * most of the work charged (helpers charge a few steps per call). */
     uint64_t steps_since_clock;
@@ -191,6 +211,7 @@ struct rs_state {
     /* Registry references of the variant name map and value list that every boolean flag shares, LUA_NOREF until
      * the first boolean flag. */
     int boolean_variants_ref, boolean_values_ref;
+    const void *boolean_interned[2]; /* "off" and "on" as Lua strings of the state (see rs_variant_entry) */
 
     /* Pooled proxies of nested context objects handed out since the last evaluation began (rs_env.c): an
      * evaluation entry point resets it, so a proxy is reused only once the evaluation that had it is over. */
@@ -205,6 +226,11 @@ struct rs_state {
     int key_cache_ref;
     /* The running conversion hands over the context's storage rather than its proxy (RS_SHAPE_SEALED). */
     bool bare_context;
+    /* The running conversion converts only these members (RS_CONTEXT_KEYS_KNOWN set; 0: all of them). */
+    uint64_t context_filter;
+    /* The context keys that sealed rules read, numbered from 1 (rs_context_key_number). */
+    rs_context_key_name context_key_names[RS_CONTEXT_KEY_NAMES];
+    uint8_t context_key_count;
     /* setmetatable has been called in this state: metamethods may be Lua functions, so no rule runs unhooked. */
     bool user_metatables;
     /* While loading finishes: the shapes of the closures rs_check_closure inspected, by closure (open addressing). */
@@ -264,11 +290,12 @@ extern const char rs_key_base;      /* the frozen base environment */
 extern const char rs_key_flag_index;/* flag key -> flag index (0-based) */
 extern const char rs_key_twins;     /* frozen table -> metatable twin */
 
-rs_state *rs_state_of(lua_State *L);
 uint64_t rs_now_ns(void);
 
-/* Arms the guard for user code: budget, deadline, fresh hook count. */
-void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns);
+/* Arms the guard for user code: budget, deadline, fresh hook count. `straight`: the length of the straight rule about
+ * to run (RS_SHAPE_STRAIGHT_MASK), or 0; shorter than the hook's interval, it cannot reach the hook, which is then
+ * set off until rs_disarm. */
+void rs_arm(rs_state *S, int phase, uint64_t instructions, uint64_t timeout_ns, unsigned straight);
 /* Back to host work: no budget applies, a kill is forgotten. */
 void rs_disarm(rs_state *S);
 /* Marks the running rule as killed (sticky) for `reason`, without raising. */
@@ -315,6 +342,11 @@ void rs_make_readonly_context(lua_State *L);
 void rs_create_context_proxy(lua_State *L);
 /* Creates the cache of interned top-level context keys (at setup). */
 void rs_create_key_cache(lua_State *L);
+/* The number (1 to RS_CONTEXT_KEY_NAMES) of context key s of n bytes in S's list of keys that rules read; with
+ * `add`, a key not listed yet is added while there is room. 0: not listed. */
+unsigned rs_context_key_number(rs_state *S, const char *s, size_t n, bool add);
+/* Renumbers the keys the cache holds after keys were added to S's list (rs_shape_rules). */
+void rs_renumber_cached_keys(rs_state *S);
 /* Pushes the context's proxy, then the reusable storage of the top-level context for a conversion to fill (`empty`:
  * emptied first; otherwise the conversion removes what it does not replace); once the storage (at the top) is
  * filled, rs_end_context_fill points the proxy at it and pops it, which leaves the proxy. With S->bare_context, no

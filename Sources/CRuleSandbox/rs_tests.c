@@ -616,7 +616,7 @@ void rs_run_test(rs_state *S, size_t index, double now, uint64_t timeout_ns, rs_
      * does not run then, since a killed state allocates nothing more). */
     S->current_file = a.test->file;
     lua_settop(L, 0);
-    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, timeout_ns);
+    rs_arm(S, RS_PHASE_EVAL, S->limits.eval_instruction_limit, timeout_ns, 0);
     S->log_lines_this_eval = 0;
     lua_pushcfunction(L, test_tx);
     lua_pushlightuserdata(L, &a);

@@ -311,9 +311,11 @@ public final class ServingEventLoop: EventLoop, @unchecked Sendable {
     private func endLoadWindow(now: UInt64) -> Bool {
         guard var window = loadWindow, now &- window.start >= window.length else { return false }
         let cpu = Self.threadCPUNanoseconds()
+        // The CPU clock is read just after the wall clock, so its span can pass the window's by those few
+        // nanoseconds: it is counted within the window.
         let load = LoopLoad(
             wallNanoseconds: now &- window.start, blockedNanoseconds: window.blocked,
-            cpuNanoseconds: cpu &- window.cpuStart)
+            cpuNanoseconds: min(cpu &- window.cpuStart, now &- window.start))
         window.start = now
         window.cpuStart = cpu
         window.blocked = 0

@@ -5,7 +5,10 @@
  * handed its storage rather than its read-only proxy); that a rule set with a metatable set by a rule shapes none;
  * and that every answer, error text included, is the one the general path gives: the same rules are evaluated in a
  * second state whose shapes are cleared, over contexts that are small and large, partial, mistyped, nested and
- * invalid, with flags interleaved so that the storage goes from one kind of rule to the other.
+ * invalid, with flags interleaved so that the storage goes from one kind of rule to the other. A sealed rule that reads
+ * only constant keys has its context converted without the members it cannot read (RS_CONTEXT_KEYS_KNOWN): the
+ * same comparison covers that, over contexts whose left-out members are duplicated, null, nested, escaped, invalid,
+ * too deep, too many or too many for the key cache, converted whole and converted on first read.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +51,13 @@ static const char *rules_head =
     "flag \"none\" { rule = function() return \"on\" end }\n"
     "flag \"vararg\" { rule = function(...) local ctx = ... return ctx.plan == \"pro\" and \"on\" or \"off\" end }\n"
     "flag \"fails\" { rule = function(ctx) return ctx.attrs.tier end }\n"
-    "flag \"call-result\" { rule = function(ctx) return (ctx.plan == \"pro\" and rollout or split)(ctx.user, 30) and \"on\" or \"off\" end }\n";
+    "flag \"call-result\" { rule = function(ctx) return (ctx.plan == \"pro\" and rollout or split)(ctx.user, 30) and \"on\" or \"off\" end }\n"
+    "flag \"country-only\" { rule = function(ctx) return ctx.country == \"DE\" and \"on\" or \"off\" end }\n"
+    "flag \"user-plan\" { rule = function(ctx)\n"
+    "  if ctx.plan == \"pro\" then return ctx.user and \"on\" or \"off\" end return \"off\" end }\n"
+    "flag \"ignores\" { rule = function(ctx) return \"on\" end }\n"
+    "flag \"escaped\" { rule = function(ctx)\n"
+    "  return ctx[\"z\\0\"] == nil and ctx.zzz == 2 and \"on\" or \"off\" end }\n";
 
 enum { STRAIGHT = 1, SEALED = 2 };
 
@@ -64,16 +73,25 @@ static const struct {
     {"captures", 0},               {"assigns", STRAIGHT},          {"key", STRAIGHT},
     {"writes", STRAIGHT},          {"pairs", 0},                   {"none", STRAIGHT},
     {"vararg", STRAIGHT},              {"fails", STRAIGHT | SEALED},   {"call-result", SEALED},
-    {"long", SEALED},
+    {"country-only", STRAIGHT | SEALED}, {"user-plan", STRAIGHT | SEALED}, {"ignores", STRAIGHT | SEALED},
+    {"escaped", STRAIGHT | SEALED},      {"long", SEALED},                   {"many-keys", SEALED},
 };
 
+/* The sealed rules whose context keys are not all known: they index it otherwise, or read more keys than fit. */
+static const char *const keys_unknown[] = {"dynamic", "index1", "many-keys"};
+
+#define MANY_KEYS 70
+
 static char *rules_text(void) {
-    size_t cap = strlen(rules_head) + LONG_IFS * 64 + 256;
+    size_t cap = strlen(rules_head) + LONG_IFS * 64 + MANY_KEYS * 64 + 256;
     char *text = malloc(cap);
     size_t n = (size_t)snprintf(text, cap, "%sflag \"long\" { rule = function(ctx)\n", rules_head);
     for (int i = 0; i < LONG_IFS; i++)
         n += (size_t)snprintf(text + n, cap - n, "  if ctx.plan == \"p%d\" then return \"on\" end\n", i);
-    snprintf(text + n, cap - n, "  return \"off\" end }\n");
+    n += (size_t)snprintf(text + n, cap - n, "  return \"off\" end }\nflag \"many-keys\" { rule = function(ctx)\n");
+    for (int i = 0; i < MANY_KEYS; i++)
+        n += (size_t)snprintf(text + n, cap - n, "  if ctx.k%d == 1 then return \"on\" end\n", i);
+    snprintf(text + n, cap - n, "  return ctx.plan and \"off\" or nil end }\n");
     return text;
 }
 
@@ -82,6 +100,8 @@ static rs_state *load(const char *text, const char *extra) {
     rs_limits limits;
     memset(&limits, 0, sizeof limits);
     limits.eval_instruction_limit = 2000; /* "spin" runs out; every other rule stays within */
+    limits.max_context_depth = 6;
+    limits.max_context_values = 400;
     rs_state *S = rs_state_new(&limits, error, sizeof error);
     if (S == NULL) return NULL;
     int bad = rs_load_file(S, "rules.lua", text, strlen(text));
@@ -115,7 +135,61 @@ static const char *contexts[] = {
     "{\"user\":\"u-6\",\"plan\":\"pro\",\"plan\":\"free\"}",
     "[1,2,3]",
     "{\"user\":\"u-7\",\"country\":\"DE\",\"plan\":\"pro\",\"attrs\":{\"tier\":\"gold\"},\"version\":\"2.0.0\",\"which\":\"plan\"}",
+    /* Members that rules reading constant keys leave out: each must be checked as converting it would check it. */
+    "{\"zzz\":null,\"zzz\":2,\"plan\":\"pro\",\"country\":\"DE\"}",
+    "{\"plan\":\"pro\",\"zzz\":1,\"zzz\":2}",
+    "{\"plan\":\"pro\",\"zzz\":1,\"zzz\":null}",
+    "{\"plan\":\"pro\",\"user\":\"u-8\",\"plan\":\"pro\"}",
+    "{\"plan\":\"pro\",\"obj\":{\"a\":1,\"a\":2}}",
+    "{\"plan\":\"pro\",\"obj\":{\"a\":[1,{\"b\":null}],\"c\":\"d\"},\"country\":\"FR\"}",
+    "{\"plan\":\"pro\",\"deep\":[[[[[[1]]]]]]}",
+    "{\"plan\":\"pro\",\"deep\":[[[[1]]]]}",
+    "{\"plan\":\"pro\",\"s\":\"caf\\u00e9 \\\"q\\\" \\ud83d\\ude00\",\"t\":\"\\x\"}",
+    "{\"plan\":\"pro\",\"s\":\"\\ud83d\"}",
+    "{\"plan\":\"pro\",\"s\":\"\xc3\xa9\",\"u\":\"\xff\"}",
+    "{\"plan\":\"pro\",\"s\":\"ctl\x01\"}",
+    "{\"plan\":\"pro\",\"s\":\"unterminated",
+    "{\"plan\":\"pro\",\"n\":01}",
+    "{\"plan\":\"pro\",\"n\":1.}",
+    "{\"plan\":\"pro\",\"n\":-}",
+    "{\"plan\":\"pro\",\"n\":1e999}",
+    "{\"plan\":\"pro\",\"b\":tru}",
+    "{\"plan\":\"pro\",\"b\":nul}",
+    "{\"plan\":\"pro\",\"b\":true,\"c\":false,\"d\":null,\"e\":-1.5e3,\"f\":123456789012345678901234}",
+    "{\"pl\\u0061n\":\"pro\",\"z\\u0000\":1,\"zzz\":2}",
+    "{\"z\\u0000\":null,\"zzz\":2,\"plan\":\"free\"}",
+    "{\"a-key-longer-than-thirty-one-bytes-here\":1,\"plan\":\"pro\",\"country\":\"DE\"}",
+    "{\"plan\":\"pro\",\"a-key-longer-than-thirty-one-bytes-here\":1,\"zzz\":2,\"zzz\":3}",
+    "{\"plan\":\"pro\" \"x\":1}",
+    "{\"plan\":\"pro\",\"x\" 1}",
+    "{\"plan\":\"pro\",\"x\":1,}",
+    "{\"plan\":\"pro\",\"x\":1",
+    " { \"plan\" : \"pro\" , \"x\" :\t\"y\" ,\"country\":\"DE\"\n} ",
+    "{\"country\":\"DE\",\"plan\":\"pro\",\"user\":\"u-1\"} x",
 };
+
+/* Contexts of many members (made at run time): `count` members named prefix0, prefix1... then, when repeat >= 0, the
+ * member named prefix<repeat> again; and an array of `array` numbers between the first and the second half. With
+ * more keys than the key cache has ways for in some of its sets, a conversion that left out a member whose key is
+ * then replaced loses track of it, and must start again to find its duplicate. */
+static char *many_members(int count, const char *prefix, int repeat, int array) {
+    size_t cap = (size_t)count * 24 + (size_t)array * 2 + 96;
+    char *text = malloc(cap);
+    size_t n = (size_t)snprintf(text, cap, "{");
+    for (int i = 0; i < count; i++) {
+        n += (size_t)snprintf(text + n, cap - n, i % 2 ? "\"%s%d\":%d," : "\"%s%d\":\"v%d\",", prefix, i, i % 3);
+        if (i == count / 2 && array > 0) {
+            n += (size_t)snprintf(text + n, cap - n, "\"array\":[0");
+            for (int k = 1; k < array; k++) n += (size_t)snprintf(text + n, cap - n, ",%d", k % 10);
+            n += (size_t)snprintf(text + n, cap - n, "],");
+        }
+    }
+    if (repeat >= 0) n += (size_t)snprintf(text + n, cap - n, "\"%s%d\":true,", prefix, repeat);
+    snprintf(text + n, cap - n, "\"plan\":\"pro\"}");
+    return text;
+}
+
+#define GENERATED 10
 
 static void same_outcome(rs_state *A, const rs_outcome *a, rs_state *B, const rs_outcome *b, const char *key,
                          const char *ctx) {
@@ -123,7 +197,7 @@ static void same_outcome(rs_state *A, const rs_outcome *a, rs_state *B, const rs
                 memcmp(rs_text_buffer(A) + a->message_offset, rs_text_buffer(B) + b->message_offset,
                        a->message_length) == 0;
     if (!same)
-        fprintf(stderr, "  %s on %s: %d/%d '%.*s' against %d/%d '%.*s'\n", key, ctx, a->status, a->index,
+        fprintf(stderr, "  %s on %.160s: %d/%d '%.*s' against %d/%d '%.*s'\n", key, ctx, a->status, a->index,
                 (int)a->message_length, rs_text_buffer(A) + a->message_offset, b->status, b->index,
                 (int)b->message_length, rs_text_buffer(B) + b->message_offset);
     check(same, "a shaped rule answers as the general path does");
@@ -147,23 +221,57 @@ int main(void) {
             fprintf(stderr, "  %s: shape %d, expected %d (0x%x)\n", expected[i].key, got, expected[i].shape, shape);
         check(got == expected[i].shape, "each rule has the shape its code gives");
         trusted[f] = got == expected[i].shape;
+        bool unknown = false;
+        for (size_t u = 0; u < sizeof keys_unknown / sizeof *keys_unknown; u++)
+            unknown = unknown || strcmp(keys_unknown[u], expected[i].key) == 0;
+        bool known = (S->flags[f].context_keys & RS_CONTEXT_KEYS_KNOWN) != 0;
+        if (known != ((got & SEALED) && !unknown))
+            fprintf(stderr, "  %s: context keys %s\n", expected[i].key, known ? "known" : "not known");
+        check(known == ((got & SEALED) && !unknown), "a sealed rule's context keys are known when its code names them");
     }
     size_t plain = flag_index(S, "plain");
     check((S->flags[plain].shape & RS_SHAPE_STRAIGHT_MASK) < RS_FIRST_HOOK_INTERVAL,
           "a short rule is shorter than the hook's first interval");
-    for (size_t i = 0; i < G->flag_count; i++) G->flags[i].shape = 0;
+    for (size_t i = 0; i < G->flag_count; i++) {
+        G->flags[i].shape = 0;
+        G->flags[i].context_keys = 0;
+    }
 
-    /* Every flag on every context, in two orders, so that sealed and proxied rules follow each other both ways. */
-    size_t ncontexts = sizeof contexts / sizeof *contexts;
-    for (int round = 0; round < 2; round++) {
-        for (size_t c = 0; c < ncontexts; c++) {
-            for (size_t k = 0; k < S->flag_count; k++) {
-                size_t i = round == 0 ? k : S->flag_count - 1 - k;
-                if (!trusted[i]) continue;
-                rs_outcome a, b;
-                rs_eval_flag(S, i, contexts[c], strlen(contexts[c]), 1.0, &a);
-                rs_eval_flag(G, i, contexts[c], strlen(contexts[c]), 1.0, &b);
-                same_outcome(S, &a, G, &b, S->flags[i].key, contexts[c]);
+    /* A rule reading constant keys has only those members converted. */
+    rs_outcome o;
+    rs_eval_flag(S, plain, contexts[0], strlen(contexts[0]), 1.0, &o);
+    lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->context_storage_ref);
+    lua_getfield(S->L, -1, "plan");
+    lua_getfield(S->L, -2, "user");
+    check(o.status == RS_OK && lua_type(S->L, -2) == LUA_TSTRING && lua_isnil(S->L, -1),
+          "the context of a rule reading constant keys holds those members only");
+    lua_settop(S->L, 0);
+
+    /* Every flag on every context, in two orders, so that sealed and proxied rules follow each other both ways;
+     * contexts converted by size (the small ones whole, the others on first read), then all converted whole. */
+    size_t nfixed = sizeof contexts / sizeof *contexts, ncontexts = nfixed + GENERATED;
+    const char **all = calloc(ncontexts, sizeof *all);
+    memcpy(all, contexts, sizeof contexts);
+    char *generated[GENERATED] = {
+        many_members(90, "k", -1, 0),  many_members(95, "m", -1, 0),  many_members(20, "s", -1, 370),
+        many_members(20, "s", -1, 390), many_members(300, "d", 0, 0), many_members(300, "d", 1, 0),
+        many_members(300, "d", 2, 0),  many_members(300, "d", 3, 0),  many_members(300, "d", 299, 0),
+        many_members(390, "k", -1, 0),
+    };
+    for (int i = 0; i < GENERATED; i++) all[nfixed + (size_t)i] = generated[i];
+    for (int mode = RS_CONTEXTS_BY_SIZE; mode <= RS_CONTEXTS_WHOLE; mode++) {
+        rs_set_context_conversion(S, mode);
+        rs_set_context_conversion(G, mode);
+        for (int round = 0; round < 2; round++) {
+            for (size_t c = 0; c < ncontexts; c++) {
+                for (size_t k = 0; k < S->flag_count; k++) {
+                    size_t i = round == 0 ? k : S->flag_count - 1 - k;
+                    if (!trusted[i]) continue;
+                    rs_outcome a, b;
+                    rs_eval_flag(S, i, all[c], strlen(all[c]), 1.0, &a);
+                    rs_eval_flag(G, i, all[c], strlen(all[c]), 1.0, &b);
+                    same_outcome(S, &a, G, &b, S->flags[i].key, all[c]);
+                }
             }
         }
     }
@@ -172,16 +280,15 @@ int main(void) {
     if (failures == 0) {
         rs_outcome *a = calloc(S->flag_count, sizeof *a), *b = calloc(S->flag_count, sizeof *b), ea, eb;
         for (size_t c = 0; c < ncontexts; c++) {
-            int32_t sa = rs_eval_all_flags(S, contexts[c], strlen(contexts[c]), 1.0, a, &ea);
-            int32_t sb = rs_eval_all_flags(G, contexts[c], strlen(contexts[c]), 1.0, b, &eb);
+            int32_t sa = rs_eval_all_flags(S, all[c], strlen(all[c]), 1.0, a, &ea);
+            int32_t sb = rs_eval_all_flags(G, all[c], strlen(all[c]), 1.0, b, &eb);
             check(sa == sb, "all flags at once: the same context is accepted or refused");
             for (size_t i = 0; sa == RS_OK && sb == RS_OK && i < S->flag_count; i++)
-                same_outcome(S, &a[i], G, &b[i], S->flags[i].key, contexts[c]);
+                same_outcome(S, &a[i], G, &b[i], S->flags[i].key, all[c]);
         }
         free(a);
         free(b);
     }
-    rs_outcome o;
     if (trusted[flag_index(S, "spin")]) {
         rs_eval_flag(S, flag_index(S, "spin"), contexts[0], strlen(contexts[0]), 1.0, &o);
         check(o.status == RS_ERR_RESOURCE_LIMIT, "a loop still runs out of instructions");
@@ -201,6 +308,8 @@ int main(void) {
         rs_state_free(M);
     }
     free(trusted);
+    for (int i = 0; i < GENERATED; i++) free(generated[i]);
+    free(all);
     rs_state_free(S);
     rs_state_free(G);
     free(text);
