@@ -36,7 +36,20 @@ typedef struct jp {
     int kcidx;
     uint64_t filter; /* building a context whole: the members to convert (S->context_filter; 0: all) */
     bool restart;    /* a filtered conversion lost track of the members it checked: convert it again, whole */
+    const unsigned char *key; /* the key of the member being read, when it is left out uncached (KEY_LEFT_OUT) */
+    size_t key_len;
+    uint32_t key_hash;
 } jp;
+
+/* jp_top_key's answer for the key of a member left out (see context_filter) that the key cache does not hold. */
+#define KEY_LEFT_OUT (-2)
+
+/* A key of a member left out and not cached, in the key cache's table of them: its place in the text. */
+typedef struct left_out_key {
+    uint32_t fill; /* the conversion that met it (another: an empty entry) */
+    uint32_t hash;
+    uint32_t offset, len;
+} left_out_key;
 
 /* The keys of top-level members, interned once per state: the same few keys arrive with every context, and pushing a
  * kept string costs a fraction of interning its bytes again (hashing, the string table's chain, the allocator's
@@ -80,6 +93,11 @@ typedef struct key_cache {
      * the same key again in that conversion is a duplicate. */
     uint32_t met_in[KEY_CACHE_SLOTS];
     uint8_t number[KEY_CACHE_SLOTS]; /* the key's number in the state's list of keys rules read; 0: none */
+    /* The keys of the members that a conversion leaving members out left out without caching them (a rule reads
+     * none of them, and they would only evict the keys it reads): by hash, open addressing, to tell duplicates.
+     * Host memory, grown as a context needs (freed with the state); out_count counts this conversion's. */
+    left_out_key *out;
+    uint32_t out_cap, out_count;
     uint8_t len[KEY_CACHE_SLOTS];     /* the key's length + 1; 0 for an empty slot */
     uint8_t last[KEY_CACHE_SLOTS];    /* the slots whose keys the last complete conversion set */
     uint8_t current[KEY_CACHE_SLOTS]; /* the slots whose keys this conversion has set */
@@ -545,6 +563,49 @@ static void key_cache_remove(lua_State *L, key_cache *kc, int kcidx, int t, unsi
     lua_rawset(L, t);
 }
 
+static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj);
+
+/* Whether the key of n bytes at p, of short_string_hash h, is in S's list of keys that rules read: the list's filter
+ * of hashes answers most keys that are not. */
+static inline bool context_key_listed(rs_state *S, uint32_t h, const unsigned char *p, size_t n) {
+    if ((S->context_key_hashes[(h >> 6) & 3] >> (h & 63) & 1) == 0) return false;
+    return rs_context_key_number(S, (const char *)p, n, false) != 0;
+}
+
+/* Whether this conversion left out a member of the key at j->key (KEY_LEFT_OUT) already. */
+static bool left_out_before(const jp *j, const key_cache *kc) {
+    if (kc->out_count == 0) return false;
+    uint32_t h = j->key_hash, mask = kc->out_cap - 1;
+    for (uint32_t i = h & mask; kc->out[i].fill == kc->fill; i = (i + 1) & mask) {
+        const left_out_key *e = &kc->out[i];
+        if (e->hash == h && e->len == j->key_len && memcmp(j->s + e->offset, j->key, j->key_len) == 0) return true;
+    }
+    return false;
+}
+
+/* Records the key at j->key as left out by this conversion; false when there is no memory for it. */
+static bool left_out_add(const jp *j, key_cache *kc) {
+    if ((kc->out_count + 1) * 2 > kc->out_cap) {
+        uint32_t cap = kc->out_cap ? kc->out_cap * 2 : 64;
+        left_out_key *grown = calloc(cap, sizeof *grown);
+        if (grown == NULL) return false;
+        for (uint32_t i = 0; i < kc->out_cap; i++) {
+            if (kc->out[i].fill != kc->fill) continue;
+            uint32_t at = kc->out[i].hash & (cap - 1);
+            while (grown[at].fill == kc->fill) at = (at + 1) & (cap - 1);
+            grown[at] = kc->out[i];
+        }
+        free(kc->out);
+        kc->out = grown;
+        kc->out_cap = cap;
+    }
+    uint32_t h = j->key_hash, mask = kc->out_cap - 1, at = h & mask;
+    while (kc->out[at].fill == kc->fill) at = (at + 1) & mask;
+    kc->out[at] = (left_out_key){kc->fill, h, (uint32_t)(j->key - j->s), (uint32_t)j->key_len};
+    kc->out_count++;
+    return true;
+}
+
 /* Pushes the key of a top-level member (after its opening quote), from the cache when it holds it; returns its slot,
  * or -1 for a key that is not cached. A key with escapes, non-ASCII bytes or of more than KEY_CACHE_MAX_LEN bytes
  * goes through jp_string, from its first byte, so that every error is raised at the same byte as before. */
@@ -554,6 +615,14 @@ static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
     const unsigned char *start = j->p;
     j->p = skip_plain(j->s, j->p, j->end);
     size_t n = (size_t)(j->p - start);
+    if (j->filter != 0 && j->p < j->end && *j->p == '"' && n > KEY_CACHE_MAX_LEN) {
+        j->p++; /* longer than any key a rule reads by name */
+        j->key = start;
+        j->key_len = n;
+        j->key_hash = jz_hash(start, n, 0);
+        *pushed = false;
+        return KEY_LEFT_OUT;
+    }
     if (j->p >= j->end || *j->p != '"' || n > KEY_CACHE_MAX_LEN) {
         j->p = start;
         jp_string(j, true, 0);
@@ -564,7 +633,8 @@ static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
         return key_cache_find(kc, key_cache_set_of((const unsigned char *)key, len), key, len);
     }
     j->p++;
-    unsigned first = key_cache_set_of(start, n);
+    uint32_t h = short_string_hash(start, n);
+    unsigned first = (h >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS; /* key_cache_set_of */
     int found = key_cache_find(kc, first, start, n);
     if (found >= 0) {
         *pushed = false; /* the caller pushes it when the member needs setting */
@@ -572,6 +642,15 @@ static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
     }
     /* The slot to replace: an empty one, else the one a conversion set longest ago. */
     unsigned slot = way_to_replace(kc->len, kc->set_in, first, KEY_CACHE_WAYS);
+    /* Converting for a rule that reads none of the key's members, it takes only an empty slot; it evicts no key,
+     * which would be cached again at its next conversion, and is left out uncached (see key_cache.out). */
+    if (j->filter != 0 && kc->len[slot] != 0 && !context_key_listed(kc->S, h, start, n)) {
+        j->key = start;
+        j->key_len = n;
+        j->key_hash = h;
+        *pushed = false;
+        return KEY_LEFT_OUT;
+    }
     lua_pushlstring(j->L, (const char *)start, n);
     /* The key it replaces: a member of this conversion stays, but the cache no longer names it (the slot stays
      * listed once, for the new key); one that only an earlier conversion set goes now, while the cache names it. */
@@ -657,11 +736,13 @@ static key_cache *context_fill_begin(lua_State *L) {
     if (++kc->fill == 0) {
         memset(kc->set_in, 0, sizeof kc->set_in);
         memset(kc->met_in, 0, sizeof kc->met_in);
+        if (kc->out != NULL) memset(kc->out, 0, kc->out_cap * sizeof *kc->out);
         memset(kc->str_used, 0, sizeof kc->str_used);
         memset(kc->kept_str, 0, sizeof kc->kept_str);
         kc->fill = 1;
     }
     kc->ncurrent = 0;
+    kc->out_count = 0;
     kc->lost = false;
     kc->untracked = true; /* until the conversion completes */
     return kc;
@@ -686,6 +767,8 @@ unsigned rs_context_key_number(rs_state *S, const char *s, size_t n, bool add) {
     rs_context_key_name *name = &S->context_key_names[S->context_key_count++];
     name->len = (uint8_t)n;
     memcpy(name->bytes, s, n);
+    uint32_t h = short_string_hash((const unsigned char *)s, n);
+    S->context_key_hashes[(h >> 6) & 3] |= 1ull << (h & 63);
     return S->context_key_count;
 }
 
@@ -694,6 +777,17 @@ void rs_renumber_cached_keys(rs_state *S) {
     for (unsigned slot = 0; slot < KEY_CACHE_SLOTS; slot++)
         kc->number[slot] =
             kc->len[slot] == 0 ? 0 : (uint8_t)rs_context_key_number(S, kc->bytes[slot], kc->len[slot] - 1u, false);
+}
+
+unsigned rs_key_cache_set(const char *key, size_t len) {
+    return key_cache_set_of((const unsigned char *)key, len) / KEY_CACHE_WAYS;
+}
+
+void rs_free_key_cache(rs_state *S) {
+    if (S->key_cache == NULL) return;
+    free(S->key_cache->out);
+    S->key_cache->out = NULL;
+    S->key_cache->out_cap = 0;
 }
 
 void rs_create_key_cache(lua_State *L) {
@@ -718,6 +812,9 @@ static void jp_end_container(jp *j, key_cache *kc, int t) {
 }
 
 static bool jp_value(jp *j, uint32_t depth);
+static jctx *jz_push(lua_State *L);
+static void jz_start(lua_State *L, jctx *z, int zidx, const unsigned char *text, size_t len, uint32_t max_depth);
+static void jz_forget_text(jctx *z);
 
 /* Whether the rule whose context keys are `filter` (RS_CONTEXT_KEYS_KNOWN and bits) can read the member of the key
  * in cached slot `slot`. */
@@ -731,7 +828,9 @@ static inline bool key_wanted(const key_cache *kc, int slot, uint64_t filter) {
  * byte exactly as converting it would: a scalar is read with building off (which reads it through the same code and
  * pushes nothing); a container is converted and dropped, since its own keys are told from duplicates by the table
  * being built. */
-static bool jp_skip_value(jp *j, uint32_t depth) {
+static bool jp_skip_other_value(jp *j, uint32_t depth);
+
+static inline __attribute__((always_inline)) bool jp_skip_value(jp *j, uint32_t depth) {
     jp_ws(j);
     if (j->p < j->end && *j->p == '"') {
         /* The common case, a string of plain bytes, as jp_value and jp_string read it (its count first). */
@@ -743,9 +842,22 @@ static bool jp_skip_value(jp *j, uint32_t depth) {
             return false;
         }
     }
+    return jp_skip_other_value(j, depth);
+}
+
+static bool jp_skip_other_value(jp *j, uint32_t depth) {
     if (j->p < j->end && (*j->p == '{' || *j->p == '[')) {
+        /* Checked as the lazy conversion checks a context, building nothing: the keys of its objects go to the
+         * state's checker (pushed above the storage and the key cache until the conversion ends), which tells
+         * their duplicates. A rule that never reads a large member does not pay for it, as with lazy reading. */
+        if (j->z == NULL) {
+            j->z = jz_push(j->L);
+            j->zidx = lua_gettop(j->L);
+            jz_start(j->L, j->z, j->zidx, j->s, (size_t)(j->end - j->s), j->max_depth);
+        }
+        j->build = false;
         jp_value(j, depth);
-        lua_pop(j->L, 1);
+        j->build = true;
         return false;
     }
     bool null = j->p < j->end && *j->p == 'n';
@@ -807,7 +919,7 @@ static bool jp_value(jp *j, uint32_t depth) {
                     /* While every member set so far is named by the cache, its slot tells a duplicate; after a key
                      * it cannot name, the table answers, once it holds this object's members only. */
                     slot = jp_top_key(j, kc, t, &pushed);
-                    if (slot < 0) kc->lost = true;
+                    if (slot == -1) kc->lost = true;
                     /* Members left out are told from duplicates by their slots alone: once those do not name every
                      * member met, the conversion starts again and converts them all. */
                     if (kc->lost && j->filter != 0) {
@@ -823,7 +935,8 @@ static bool jp_value(jp *j, uint32_t depth) {
                         seen.count = JP_SEEN_KEYS + 1;
                     }
                     if (seen.count > JP_SEEN_KEYS) jp_check_duplicate(j, t, &seen);
-                    else if (kc->met_in[slot] == kc->fill) jp_fail(j, "duplicate key");
+                    else if (slot == KEY_LEFT_OUT ? left_out_before(j, kc) : kc->met_in[slot] == kc->fill)
+                        jp_fail(j, "duplicate key");
                 } else {
                     jp_string(j, true, obj);
                     if (j->build && !j->trusted) jp_check_duplicate(j, t, &seen);
@@ -834,6 +947,13 @@ static bool jp_value(jp *j, uint32_t depth) {
                 }
                 j->p++;
                 if (!j->build) jz_set_value(j);
+                if (slot == KEY_LEFT_OUT) {
+                    if (!jp_skip_value(j, depth + 1) && !left_out_add(j, kc)) {
+                        j->restart = true;
+                        return false;
+                    }
+                    goto member_done;
+                }
                 if (slot >= 0) {
                     if (j->filter != 0 && !key_wanted(kc, slot, j->filter)) {
                         if (pushed) lua_pop(j->L, 1);
@@ -909,7 +1029,7 @@ static bool push_json_object(lua_State *L, const char *json, size_t len, uint32_
                              uint64_t filter) {
     int base = lua_gettop(L);
     jp j = {L, (const unsigned char *)json, (const unsigned char *)json, (const unsigned char *)json + len,
-            max_depth, max_values, max_values, true, false, NULL, 0, NULL, 0, filter, false};
+            max_depth, max_values, max_values, true, false, NULL, 0, NULL, 0, filter, false, NULL, 0, 0};
     jp_ws(&j);
     if (j.p >= j.end) {
         /* An absent context is an empty one. */
@@ -919,6 +1039,7 @@ static bool push_json_object(lua_State *L, const char *json, size_t len, uint32_
     }
     if (*j.p != '{') jp_fail(&j, "expected an object");
     jp_value(&j, 0);
+    if (j.z != NULL) jz_forget_text(j.z); /* nothing is read from this text later */
     if (j.restart) {
         lua_settop(L, base);
         return false;
@@ -988,11 +1109,6 @@ static const char key_lazy_meta = 0;
  * members (440 bytes), thanks to the reused storage and the key cache, but lazily read past this size they cost at
  * most ~12% more, where whole conversion of unique values cost up to 56% more: so the bound stays low. */
 #define RS_LAZY_CONTEXT_BYTES 96
-/* For a rule whose keys are known (RS_CONTEXT_KEYS_KNOWN), contexts shorter than this are converted whole without
- * the members it cannot read. With one key read, against checking the text and converting on first read: 365 against
- * 1,007 ns at 10 members (~250 bytes), 1,617 against 3,473 ns at 75 (~1,900 bytes). From about 100 keys on, some set
- * of the key cache holds too few ways for them, the conversion starts again, and it cost more than the lazy one. */
-#define RS_FILTERED_CONTEXT_BYTES 2048
 
 /* A hash of a key's bytes, eight at a time (keys are short, and hashing is most of checking one). */
 static uint32_t jz_hash(const unsigned char *p, size_t n, uint32_t obj) {
@@ -1134,10 +1250,32 @@ static jctx *jz_push(lua_State *L) {
     return z;
 }
 
+static void jz_forget_text(jctx *z) { z->json = NULL; }
+
+/* Makes the checker z (at zidx) ready to check `text`, whose keys it will point into; no storage is recognised as
+ * the context's until one is made for it (so a check that fails leaves nothing that could read the text later). */
+static void jz_start(lua_State *L, jctx *z, int zidx, const unsigned char *text, size_t len, uint32_t max_depth) {
+    z->json = NULL;
+    z->storage = NULL;
+    lua_pushnil(L);
+    lua_setiuservalue(L, zidx, UV_STORAGE);
+    z->nkeys = 0;
+    z->arena_len = 0;
+    z->next_obj = 0;
+    /* Sized for the keys the text can hold at about eight bytes a member, within what earlier contexts grew to. */
+    uint32_t slots = JZ_MIN_SLOTS;
+    while (slots < len / 4 && slots < z->slots_cap) slots *= 2;
+    z->mask = slots - 1;
+    memset(z->slots, 0, slots * sizeof *z->slots);
+    z->json = text; /* keys point into it while checking */
+    z->json_len = len;
+    z->max_depth = max_depth;
+}
+
 /* Pushes top-level member k of the context being read (nil for null), converted whole. The text was checked. */
 static void jz_convert(lua_State *L, jctx *z, jkey *k) {
     jp j = {L, z->json, z->json + k->value, z->json + z->json_len, z->max_depth, UINT32_MAX, UINT32_MAX, true,
-            true, NULL, 0, NULL, 0, 0, false};
+            true, NULL, 0, NULL, 0, 0, false, NULL, 0, 0};
     jp_value(&j, 1);
     k->converted = 1;
 }
@@ -1179,12 +1317,13 @@ bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t m
     while (first < text + len && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r')) first++;
     bool whole = mode == RS_CONTEXTS_WHOLE || (mode == RS_CONTEXTS_BY_SIZE && len < RS_LAZY_CONTEXT_BYTES) ||
                  first == text + len;
-    /* A rule whose keys are known has the other members left out (checked, not converted), which costs less than
-     * checking the text and converting on first read, up to a size: beyond it, or when the key cache cannot tell
-     * the members left out apart, the context is converted as for any rule. */
+    /* A rule whose keys are known has the other members left out (checked, not converted), whatever the size: with
+     * one key read, against checking the text and converting on first read, 10 members cost 4,490 instructions
+     * against 9,970, 100 members 29,300 against 55,400, and 1,000 members 400,000 against 495,000. When the key
+     * cache cannot tell the members left out apart (a key with escapes it does not hold, or a key evicted after
+     * its member was met), the context is converted as for any rule. */
     uint64_t filter = S->context_filter;
-    if (filter != 0 && mode != RS_CONTEXTS_LAZY && (whole || len < RS_FILTERED_CONTEXT_BYTES) &&
-        push_json_object(L, json, len, max_depth, max_values, filter))
+    if (filter != 0 && mode != RS_CONTEXTS_LAZY && push_json_object(L, json, len, max_depth, max_values, filter))
         return false;
     if (whole) {
         push_json_object(L, json, len, max_depth, max_values, 0);
@@ -1192,25 +1331,11 @@ bool rs_push_json_context(lua_State *L, const char *json, size_t len, uint32_t m
     }
     jctx *z = jz_push(L);
     int zidx = lua_gettop(L);
-    jp j = {L, text, first, text + len, max_depth, max_values, max_values, false, false, z, zidx, NULL, 0, 0, false};
-    /* Nothing is read from the last context any more. Until the storage is made below, no table is recognised as
-     * this context's (z->storage is NULL), so a check that fails leaves nothing that could read the text later. */
-    z->json = NULL;
-    z->storage = NULL;
-    lua_pushnil(L);
-    lua_setiuservalue(L, zidx, UV_STORAGE);
+    jp j = {L,     text,  first, text + len, max_depth, max_values, max_values, false, false,
+            z,     zidx,  NULL,  0,          0,         false,      NULL,       0,     0};
+    /* Nothing is read from the last context any more. */
+    jz_start(L, z, zidx, text, len, max_depth);
     if (*j.p != '{') jp_fail(&j, "expected an object");
-    z->nkeys = 0;
-    z->arena_len = 0;
-    z->next_obj = 0;
-    /* Sized for the keys the text can hold at about eight bytes a member, within what earlier contexts grew to. */
-    uint32_t slots = JZ_MIN_SLOTS;
-    while (slots < len / 4 && slots < z->slots_cap) slots *= 2;
-    z->mask = slots - 1;
-    memset(z->slots, 0, slots * sizeof *z->slots);
-    z->json = text; /* keys point into it while checking */
-    z->json_len = len;
-    z->max_depth = max_depth;
     jp_value(&j, 0);
     jp_ws(&j);
     if (j.p != j.end) {

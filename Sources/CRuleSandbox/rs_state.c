@@ -611,6 +611,7 @@ void rs_state_free(rs_state *S) {
     bool return_memory = S->memory_in_use >= RS_RETURN_MEMORY_BYTES;
     /* Finalizers are refused by the sandbox (setmetatable rejects __gc), so closing runs no user code. */
     S->phase = RS_PHASE_HOST;
+    rs_free_key_cache(S);
     lua_close(S->L);
     free_kept_blocks(S);
     rs_trace_free(S);

@@ -231,6 +231,7 @@ struct rs_state {
     /* The context keys that sealed rules read, numbered from 1 (rs_context_key_number). */
     rs_context_key_name context_key_names[RS_CONTEXT_KEY_NAMES];
     uint8_t context_key_count;
+    uint64_t context_key_hashes[4]; /* a filter of their hashes: bit h & 255 of each (rs_json.c) */
     /* setmetatable has been called in this state: metamethods may be Lua functions, so no rule runs unhooked. */
     bool user_metatables;
     /* While loading finishes: the shapes of the closures rs_check_closure inspected, by closure (open addressing). */
@@ -340,8 +341,12 @@ void rs_make_readonly(lua_State *L);
 void rs_make_readonly_context(lua_State *L);
 /* Creates the reusable context proxy and storage (at setup). */
 void rs_create_context_proxy(lua_State *L);
-/* Creates the cache of interned top-level context keys (at setup). */
+/* Creates the cache of interned top-level context keys (at setup); rs_free_key_cache frees its host memory (before
+ * the Lua state, which holds the cache itself, is closed). */
 void rs_create_key_cache(lua_State *L);
+void rs_free_key_cache(rs_state *S);
+/* The set of the key cache that a key of at most 31 bytes belongs to, of 64 (for tests that fill one). */
+unsigned rs_key_cache_set(const char *key, size_t len);
 /* The number (1 to RS_CONTEXT_KEY_NAMES) of context key s of n bytes in S's list of keys that rules read; with
  * `add`, a key not listed yet is added while there is room. 0: not listed. */
 unsigned rs_context_key_number(rs_state *S, const char *s, size_t n, bool add);

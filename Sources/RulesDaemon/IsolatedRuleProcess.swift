@@ -157,7 +157,14 @@ public final class IsolatedRuleProcess: Sendable {
         let promise = loop.makePromise(of: RuleProcessReply.self)
         var wakeSupervisor = false
         let refusal: ProtocolError? = state.withLock { state in
-            guard case .running(_, let channel) = state.phase else { return unavailableError(state) }
+            let channel: Int32?
+            switch state.phase {
+            case .running(_, let running): channel = running
+            // The first process is being started for the rule set just published (the daemon serves from then
+            // on): the request waits for it, behind its load, rather than being refused.
+            case .idle where state.load != nil && !state.stopRequested: channel = nil
+            default: return unavailableError(state)
+            }
             guard state.pending.count < Self.maxPending else {
                 return ProtocolError(.resourceLimit, "the rule process has \(Self.maxPending) requests waiting")
             }
@@ -170,7 +177,7 @@ public final class IsolatedRuleProcess: Sendable {
             // Written here when nothing else waits to be written (the usual case): a hand-over to the
             // supervising thread would cost a thread switch per request. What the channel does not take now,
             // the supervising thread writes when it can.
-            if wasIdle { Self.send(&state.outbound, on: channel) }
+            if wasIdle, let channel { Self.send(&state.outbound, on: channel) }
             wakeSupervisor = !state.outbound.isEmpty
             return nil
         }
@@ -432,6 +439,8 @@ public final class IsolatedRuleProcess: Sendable {
         let now = SystemClock.monotonicSeconds()
         let restarted = state.withLock { state -> Bool in
             guard state.phase != .stopped else { return false }
+            // Requests queued while the first process was being started follow its load.
+            let queued = state.phase == .idle ? state.outbound : []
             state.phase = .running(pid: pid, channel: channel)
             state.startedAt = now
             state.killedForHang = false
@@ -440,6 +449,7 @@ public final class IsolatedRuleProcess: Sendable {
                 state.outbound.append(contentsOf: load)
                 state.awaitingLoad = (0, now + loadDeadline(state))
             }
+            state.outbound.append(contentsOf: queued)
             return state.lastExit != nil
         }
         logger.info(
@@ -449,13 +459,20 @@ public final class IsolatedRuleProcess: Sendable {
 
     private func startFailed(_ reason: String) {
         logger.error("cannot start the rule process", metadata: ["reason": "\(reason)"])
-        state.withLock { state in
-            guard state.phase != .stopped else { return }
+        let waiting: [Pending] = state.withLock { state in
+            guard state.phase != .stopped else { return [] }
             let delay = state.backoff.delay(afterRunningFor: 0)
             state.lastExit = ("start_failed", SystemClock.epochSeconds(), false)
             state.exits["start_failed", default: 0] += 1
             state.phase = .waiting(due: SystemClock.monotonicSeconds() + delay)
+            // What waited for the first process is refused, as it would have been had it come now.
+            let waiting = Array(state.pending.values)
+            state.pending.removeAll()
+            state.outbound.removeAll()
+            return waiting
         }
+        let refusal = ProtocolError(.ruleError, "the rule process could not be started (\(reason)); it is restarting")
+        for pending in waiting { pending.promise.succeed(.unavailable(refusal)) }
     }
 
     /// Writes what is queued, as far as the channel takes it.
