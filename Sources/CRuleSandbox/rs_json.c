@@ -608,7 +608,9 @@ static bool left_out_add(const jp *j, key_cache *kc) {
 
 /* Pushes the key of a top-level member (after its opening quote), from the cache when it holds it; returns its slot,
  * or -1 for a key that is not cached. A key with escapes, non-ASCII bytes or of more than KEY_CACHE_MAX_LEN bytes
- * goes through jp_string, from its first byte, so that every error is raised at the same byte as before. */
+ * goes through jp_string, from its first byte, so that every error is raised at the same byte as before. Converting
+ * without the members the rule cannot read (j->filter), a plain key of such a member that the cache does not hold
+ * and has no free entry for, or that is too long to be cached, is pushed nowhere: KEY_LEFT_OUT, with j->key set. */
 static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
     int kcidx = t + 1;
     *pushed = true;
