@@ -235,13 +235,14 @@ static int find_flag(lua_State *L, const char *key, size_t len) {
  * and returns the variant index (-1: no decision), or raises a type-mismatch message. */
 static int variant_of_result(lua_State *L, rs_flag_entry *f, char *why, size_t why_cap) {
     /* A rule returns one of its variant names as a constant of its code, which is the very string the flag's name map
-     * holds when the name is short (Lua interns short strings): the same object is the same name. */
+     * holds when the name is short (Lua interns short strings): the same object is the same name. (The type is asked
+     * on a match only, for a light userdata's address could equal a string's.) */
     const void *result = lua_topointer(L, -1);
     if (result != NULL) {
         const void *const *booleans = rs_state_of(L)->boolean_interned;
         bool boolean = f->variants == rs_boolean_variants;
         for (int i = 0; i < f->variant_count; i++) {
-            if ((boolean ? booleans[i] : f->variants[i].interned) == result) {
+            if ((boolean ? booleans[i] : f->variants[i].interned) == result && lua_type(L, -1) == LUA_TSTRING) {
                 lua_pop(L, 1);
                 return i;
             }
