@@ -461,8 +461,10 @@ static void jp_check_duplicate(jp *j, int t, const jp_seen *seen) {
 
 /* The first of the slots a key may take (the cache is set-associative, so that keys of one context that hash alike
  * do not evict each other on every conversion): the top bits of the key's hash choose the set. */
+static unsigned key_cache_set_of_hash(uint32_t h) { return (h >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS; }
+
 static unsigned key_cache_set_of(const unsigned char *p, size_t n) {
-    return (short_string_hash(p, n) >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS;
+    return key_cache_set_of_hash(short_string_hash(p, n));
 }
 
 /* Whether n bytes (at most KEY_CACHE_MAX_LEN) at a and b are equal: a few word loads, overlapping at the end and
@@ -636,7 +638,7 @@ static int jp_top_key(jp *j, key_cache *kc, int t, bool *pushed) {
     }
     j->p++;
     uint32_t h = short_string_hash(start, n);
-    unsigned first = (h >> (32 - KEY_CACHE_SET_BITS)) * KEY_CACHE_WAYS; /* key_cache_set_of */
+    unsigned first = key_cache_set_of_hash(h);
     int found = key_cache_find(kc, first, start, n);
     if (found >= 0) {
         *pushed = false; /* the caller pushes it when the member needs setting */
@@ -826,10 +828,9 @@ static inline bool key_wanted(const key_cache *kc, int slot, uint64_t filter) {
 }
 
 /* Checks the value of a top-level member that the rule cannot read, without converting it; answers whether it is
- * null. It is read by jp_value itself, so that it raises every error, counts against every limit and stops at every
- * byte exactly as converting it would: a scalar is read with building off (which reads it through the same code and
- * pushes nothing); a container is converted and dropped, since its own keys are told from duplicates by the table
- * being built. */
+ * null. It is read by jp_value itself with building off (the same code, pushing nothing), so that it raises every
+ * error, counts against every limit and stops at every byte exactly as converting it would; the keys of its objects
+ * go to the state's lazy checker, which tells their duplicates. */
 static bool jp_skip_other_value(jp *j, uint32_t depth);
 
 static inline __attribute__((always_inline)) bool jp_skip_value(jp *j, uint32_t depth) {
@@ -848,19 +849,12 @@ static inline __attribute__((always_inline)) bool jp_skip_value(jp *j, uint32_t 
 }
 
 static bool jp_skip_other_value(jp *j, uint32_t depth) {
-    if (j->p < j->end && (*j->p == '{' || *j->p == '[')) {
-        /* Checked as the lazy conversion checks a context, building nothing: the keys of its objects go to the
-         * state's checker (pushed above the storage and the key cache until the conversion ends), which tells
-         * their duplicates. A rule that never reads a large member does not pay for it, as with lazy reading. */
-        if (j->z == NULL) {
-            j->z = jz_push(j->L);
-            j->zidx = lua_gettop(j->L);
-            jz_start(j->L, j->z, j->zidx, j->s, (size_t)(j->end - j->s), j->max_depth);
-        }
-        j->build = false;
-        jp_value(j, depth);
-        j->build = true;
-        return false;
+    if (j->p < j->end && (*j->p == '{' || *j->p == '[') && j->z == NULL) {
+        /* The checker is pushed above the storage and the key cache until the conversion ends. A rule that never
+         * reads a large member does not pay for it, as with lazy reading. */
+        j->z = jz_push(j->L);
+        j->zidx = lua_gettop(j->L);
+        jz_start(j->L, j->z, j->zidx, j->s, (size_t)(j->end - j->s), j->max_depth);
     }
     bool null = j->p < j->end && *j->p == 'n';
     j->build = false;
